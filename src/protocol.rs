@@ -1,0 +1,124 @@
+//! The worker protocol, version 1 (DESIGN.md section 5): report lines and the
+//! names of the environment variables.
+//!
+//! Owns the wire format shared by the master, the built-in worker and any
+//! third-party worker. Pure: no I/O beyond formatting and parsing.
+
+/// Environment variable names of section 5.1.
+pub const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
+pub const ENV_LISTEN_PID: &str = "LISTEN_PID";
+pub const ENV_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+pub const ENV_NOTIFY_FD: &str = "ZDRESTART_NOTIFY_FD";
+pub const ENV_CONFIG: &str = "ZDRESTART_CONFIG";
+pub const ENV_GENERATION: &str = "ZDRESTART_GENERATION";
+pub const ENV_WORKER: &str = "ZDRESTART_WORKER";
+pub const ENV_PROBE: &str = "ZDRESTART_PROBE";
+/// Log level the master asks new workers to use (`LOGLEVEL` on the control socket).
+pub const ENV_LOGLEVEL: &str = "ZDRESTART_LOGLEVEL";
+/// First inherited listener fd (systemd convention).
+pub const LISTEN_FDS_START: i32 = 3;
+/// Longest report line the master keeps; longer lines are cut.
+pub const MAX_REPORT_LINE: usize = 4096;
+
+/// One report line from a worker or probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Ready,
+    Error(String),
+    Status(String),
+    Magic(u64),
+    Version(String),
+    /// A `MAGIC=` whose value is not a u64.
+    BadMagic(String),
+    /// Any other line, kept for the log.
+    Unknown(String),
+}
+
+impl Report {
+    /// Parse one line (without its newline).
+    pub fn parse(line: &str) -> Report {
+        let line = line.trim_end_matches(['\r', '\n']);
+        match line.split_once('=') {
+            Some(("READY", "1")) => Report::Ready,
+            Some(("ERROR", v)) => Report::Error(v.to_string()),
+            Some(("STATUS", v)) => Report::Status(v.to_string()),
+            Some(("VERSION", v)) => Report::Version(v.to_string()),
+            Some(("MAGIC", v)) => match v.trim().parse::<u64>() {
+                Ok(n) => Report::Magic(n),
+                Err(_) => Report::BadMagic(v.to_string()),
+            },
+            _ => Report::Unknown(line.to_string()),
+        }
+    }
+}
+
+/// Splits a byte stream into lines, keeping at most `max` bytes of each line.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    buf: Vec<u8>,
+    /// True while discarding the rest of an over-long line.
+    skipping: bool,
+}
+
+impl LineBuffer {
+    /// Feed bytes; returns the complete lines (lossy UTF-8, without newline).
+    pub fn push(&mut self, data: &[u8], max: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for &b in data {
+            if b == b'\n' {
+                if !self.skipping {
+                    out.push(String::from_utf8_lossy(&self.buf).into_owned());
+                }
+                self.buf.clear();
+                self.skipping = false;
+            } else if self.skipping {
+                continue;
+            } else if self.buf.len() < max {
+                self.buf.push(b);
+            } else if !self.skipping {
+                // Emit what we have and drop the rest of the line.
+                out.push(String::from_utf8_lossy(&self.buf).into_owned());
+                self.buf.clear();
+                self.skipping = true;
+            }
+        }
+        out
+    }
+
+    /// The unterminated rest, at end of stream.
+    pub fn finish(&mut self) -> Option<String> {
+        if self.buf.is_empty() {
+            None
+        } else {
+            let s = String::from_utf8_lossy(&self.buf).into_owned();
+            self.buf.clear();
+            Some(s)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_reports() {
+        assert_eq!(Report::parse("READY=1\n"), Report::Ready);
+        assert_eq!(Report::parse("ERROR=bind: in use"), Report::Error("bind: in use".into()));
+        assert_eq!(Report::parse("MAGIC=42"), Report::Magic(42));
+        assert_eq!(Report::parse("MAGIC=x"), Report::BadMagic("x".into()));
+        assert_eq!(Report::parse("VERSION=1.0"), Report::Version("1.0".into()));
+        assert_eq!(Report::parse("FOO=bar"), Report::Unknown("FOO=bar".into()));
+        assert_eq!(Report::parse("READY=0"), Report::Unknown("READY=0".into()));
+    }
+
+    #[test]
+    fn line_buffer_splits_and_bounds() {
+        let mut lb = LineBuffer::default();
+        assert_eq!(lb.push(b"ab", 4), Vec::<String>::new());
+        assert_eq!(lb.push(b"c\nde\n", 4), vec!["abc", "de"]);
+        assert_eq!(lb.push(b"123456789\nx\n", 4), vec!["1234", "x"]);
+        lb.push(b"tail", 10);
+        assert_eq!(lb.finish().as_deref(), Some("tail"));
+    }
+}
