@@ -6,7 +6,9 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod control;
 pub mod log;
+pub mod master;
 pub mod protocol;
 pub mod sys;
 

@@ -1,1 +1,149 @@
-fn main(){}
+//! `zdrestart`: the master daemon. Parses the command line, loads the config,
+//! sets up logging and hands over to the event loop. Never daemonizes.
+#![deny(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use zdrestart::config::{Config, Driver, DEFAULT_PATH};
+use zdrestart::control;
+use zdrestart::master::event_loop::{self, Options};
+use zdrestart::master::state::reason;
+
+const HELP: &str = "\
+zdrestart: run a network service as a master and N workers, and roll the
+workers over to new code or configuration without downtime on SIGUSR2.
+
+Usage: zdrestart [-c FILE] [--check]
+       zdrestart --help | --version
+
+Options:
+  -c, --config FILE  configuration file (default /etc/zdrestart.json)
+      --check        validate the configuration, run the probe of the worker
+                     program, say whether a zero-downtime restart would be
+                     accepted, and exit 0 (yes) or 1 (no)
+  -h, --help         print this help
+  -V, --version      print the version and the magic number
+
+Signals:
+  SIGUSR2            zero-downtime restart (killall -USR2 zdrestart)
+  SIGTERM, SIGINT    graceful stop: SIGTERM to every worker, SIGKILL after
+                     shutdownTimeout, pidfile and control socket removed, exit 0
+  SIGHUP             reopen the log file (logrotate)
+
+Exit status: 0 after a graceful stop or a successful --check; 1 on a
+configuration error, a start-up failure, a refused --check, or when the last
+worker is gone after an aborted restart; 2 on a usage error.
+
+See zdrestart(8), zdrestart.json(5), zdrestartctl(8), zdrestart-worker(7).
+";
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("zdrestart: {}\nTry 'zdrestart --help'.", msg);
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let mut config_path = PathBuf::from(DEFAULT_PATH);
+    let mut check = false;
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        match a.to_str() {
+            Some("-h") | Some("--help") => {
+                print!("{}", HELP);
+                return ExitCode::SUCCESS;
+            }
+            Some("-V") | Some("--version") => {
+                println!("zdrestart {} (magic {})", zdrestart::VERSION, zdrestart::MAGIC);
+                return ExitCode::SUCCESS;
+            }
+            Some("--check") => check = true,
+            Some("-c") | Some("--config") => match args.next() {
+                Some(p) => config_path = PathBuf::from(p),
+                None => return usage_error("option -c needs a FILE"),
+            },
+            Some(s) if s.starts_with("--config=") => config_path = PathBuf::from(&s["--config=".len()..]),
+            _ => return usage_error(&format!("unknown argument '{}'", a.to_string_lossy())),
+        }
+    }
+    let cfg = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("zdrestart: {}", e);
+            return ExitCode::from(1);
+        }
+    };
+    if check {
+        return run_check(cfg);
+    }
+    let target = match &cfg.logfile {
+        Some(p) => zdrestart::log::Target::File(p.clone()),
+        None if std::io::stderr().is_terminal() => zdrestart::log::Target::Terminal,
+        None => zdrestart::log::Target::Stderr,
+    };
+    if let Err(e) = zdrestart::log::init(target, cfg.log_level, "master") {
+        eprintln!("zdrestart: {}", e);
+        return ExitCode::from(1);
+    }
+    for w in &cfg.warnings {
+        log::warn!("{}", w);
+        eprintln!("zdrestart: warning: {}", w);
+    }
+    let opts = Options { no_pidfd: std::env::var_os("ZDRESTART_NO_PIDFD").is_some_and(|v| v == "1") };
+    match event_loop::run(cfg, opts) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            log::error!(fatal = true, event = "master.stop"; "{}", e);
+            eprintln!("zdrestart: {}", e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--check`: the verdict an operator wants before sending SIGUSR2.
+fn run_check(cfg: Config) -> ExitCode {
+    for w in &cfg.warnings {
+        println!("warning: {}", w);
+    }
+    println!(
+        "config {}: valid ({} workers, driver {}, listen {})",
+        cfg.path.display(),
+        cfg.workers,
+        cfg.driver.as_str(),
+        cfg.listen_display()
+    );
+    let outcome = event_loop::probe_blocking(&cfg);
+    for l in &outcome.output {
+        println!("probe output: {}", l);
+    }
+    let verdict = outcome.for_restart(cfg.probe_timeout);
+    match &verdict {
+        Ok(info) => println!("probe: magic {}, version {}", info.magic, info.version),
+        Err(e) => println!("probe: failed: {}", e),
+    }
+    let refusal = if cfg.workers < 2 {
+        Some((reason::NO_WORKERS, format!("workers is {}, at least 2 are needed", cfg.workers)))
+    } else if cfg.driver != Driver::Mongodb {
+        Some((reason::BAD_DRIVER, format!("driver is \"{}\"", cfg.driver.as_str())))
+    } else {
+        match &verdict {
+            Err(e) => Some((reason::PROBE_FAILED, e.clone())),
+            Ok(info) if info.magic != zdrestart::MAGIC => Some((
+                reason::INCOMPATIBILITY,
+                format!("the worker program reports magic {}, this zdrestart has {}", info.magic, zdrestart::MAGIC),
+            )),
+            Ok(_) => None,
+        }
+    };
+    match refusal {
+        None => {
+            println!("verdict: a zero-downtime restart would be accepted");
+            ExitCode::SUCCESS
+        }
+        Some((r, detail)) => {
+            println!("verdict: a zero-downtime restart would be refused: {}: {}", r, detail);
+            println!("{}", control::operator_message(r));
+            ExitCode::from(1)
+        }
+    }
+}

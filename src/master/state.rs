@@ -1,0 +1,1070 @@
+//! The master's decisions: a pure state machine (state x event -> actions).
+//!
+//! Owns the worker table, the phases (running, probing, rolling out, lockout,
+//! stopping), every deadline (ready, kill, respawn backoff), the restart checks
+//! of DESIGN.md section 4 and the lifecycle log records. It must not touch fds,
+//! processes or the clock: the event loop feeds it events with `now` and
+//! carries out the actions it returns. Unit tests drive it without processes.
+
+use crate::config::{Config, Driver};
+use crate::sys::ExitStatus;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+pub type WorkerId = u64;
+pub type ClientId = u64;
+
+/// How many output lines of each worker are kept for abort records.
+const KEEP_LINES: usize = 10;
+/// A worker that dies within this long of its start counts as a crash loop.
+const CRASH_WINDOW: Duration = Duration::from_secs(1);
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Stable refusal reasons of DESIGN.md section 4.
+pub mod reason {
+    pub const IN_FLIGHT: &str = "restart in flight";
+    pub const ABORTED: &str = "aborted restart";
+    pub const BAD_CONFIG: &str = "bad config";
+    pub const LISTEN_CHANGED: &str = "listen address changed";
+    pub const NO_WORKERS: &str = "no workers";
+    pub const BAD_DRIVER: &str = "bad driver";
+    pub const INCOMPATIBILITY: &str = "incompatibility";
+    pub const PROBE_FAILED: &str = "probe failed";
+    /// Not in section 4: the master is shutting down.
+    pub const STOPPING: &str = "stopping";
+}
+
+/// Abort reasons (`restart.abort` records).
+pub mod abort {
+    pub const EXITED: &str = "new worker exited";
+    pub const ERROR: &str = "new worker reported an error";
+    pub const NOT_READY: &str = "new worker not ready";
+}
+
+/// What the probe of the code reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeInfo {
+    pub magic: u64,
+    pub version: String,
+}
+
+/// Who asked for a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requester {
+    Signal,
+    /// A control client; `wait`: answer when the restart ends.
+    Control { client: ClientId, wait: bool },
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// Spawn the first generation.
+    Start,
+    /// SIGUSR2 or RESTART: `config` is the file as re-read now.
+    Restart { config: Result<Config, String>, by: Requester },
+    /// SIGTERM/SIGINT.
+    Stop { signal: &'static str },
+    ProbeDone(Result<ProbeInfo, String>),
+    Spawned { id: WorkerId, pid: u32 },
+    SpawnFailed { id: WorkerId, error: String },
+    Ready { id: WorkerId },
+    ReportedError { id: WorkerId, text: String },
+    Output { id: WorkerId, line: String },
+    Exited { id: WorkerId, status: ExitStatus },
+    /// A deadline may have passed.
+    Tick,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Spawn { id: WorkerId, generation: u32, index: u32, config: Arc<Config> },
+    Signal { id: WorkerId, pid: u32, signal: i32 },
+    Probe { config: Arc<Config> },
+    CancelProbe,
+    Reply { client: ClientId, line: String },
+    /// Exit the master with this status (after cleanup).
+    Exit(i32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Starting,
+    Ready,
+    Stopping,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Stopping => "stopping",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub id: WorkerId,
+    pub pid: Option<u32>,
+    pub generation: u32,
+    pub index: u32,
+    pub state: WorkerState,
+    pub started: Instant,
+    pub started_wall: SystemTime,
+    pub ready_deadline: Option<Instant>,
+    pub kill_deadline: Option<Instant>,
+    /// We asked it to exit: its exit is expected.
+    pub asked_to_stop: bool,
+    pub killed: bool,
+    pub last_lines: VecDeque<String>,
+}
+
+#[derive(Debug)]
+struct Rollout {
+    generation: u32,
+    config: Arc<Config>,
+    started: Instant,
+    /// Old workers not yet asked to stop, oldest first.
+    old_serving: Vec<WorkerId>,
+    spawned: u32,
+    requesters: Vec<Requester>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Running,
+    Probing { config: Arc<Config>, requesters: Vec<Requester>, started: Instant },
+    Rolling(Rollout),
+    Lockout,
+    Stopping,
+}
+
+/// The last restart, for STATUS.
+#[derive(Debug, Clone)]
+pub struct RestartRecord {
+    pub generation: Option<u32>,
+    pub started_wall: SystemTime,
+    pub outcome: &'static str,
+    pub reason: Option<String>,
+    pub duration_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    due: Instant,
+    generation: u32,
+    index: u32,
+}
+
+pub struct Master {
+    config: Arc<Config>,
+    magic: u64,
+    version: String,
+    generation: u32,
+    phase: Phase,
+    workers: BTreeMap<WorkerId, Worker>,
+    next_id: WorkerId,
+    pending: Vec<Pending>,
+    /// Consecutive quick crashes per worker index.
+    streak: BTreeMap<u32, u32>,
+    last_restart: Option<RestartRecord>,
+    exited: bool,
+}
+
+impl Master {
+    pub fn new(config: Arc<Config>, probe: ProbeInfo) -> Master {
+        Master {
+            config,
+            magic: probe.magic,
+            version: probe.version,
+            generation: 0,
+            phase: Phase::Running,
+            workers: BTreeMap::new(),
+            next_id: 1,
+            pending: Vec::new(),
+            streak: BTreeMap::new(),
+            last_restart: None,
+            exited: false,
+        }
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    pub fn magic(&self) -> u64 {
+        self.magic
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    pub fn worker(&self, id: WorkerId) -> Option<&Worker> {
+        self.workers.get(&id)
+    }
+
+    pub fn is_locked_out(&self) -> bool {
+        matches!(self.phase, Phase::Lockout)
+    }
+
+    pub fn is_restarting(&self) -> bool {
+        matches!(self.phase, Phase::Probing { .. } | Phase::Rolling(_))
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Running => "running",
+            Phase::Probing { .. } | Phase::Rolling(_) => "restarting",
+            Phase::Lockout => "lockout",
+            Phase::Stopping => "stopping",
+        }
+    }
+
+    /// The earliest deadline the loop must wake up for.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let w = self.workers.values().flat_map(|w| [w.ready_deadline, w.kill_deadline]).flatten();
+        let p = self.pending.iter().map(|p| p.due);
+        w.chain(p).min()
+    }
+
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.exited {
+            return out;
+        }
+        match event {
+            Event::Start => {
+                self.generation = 1;
+                let cfg = self.config.clone();
+                for index in 0..cfg.workers {
+                    self.spawn(1, index, cfg.clone(), now, &mut out);
+                }
+            }
+            Event::Restart { config, by } => self.on_restart(config, by, now, &mut out),
+            Event::Stop { signal } => self.on_stop(signal, now, &mut out),
+            Event::ProbeDone(result) => self.on_probe(result, now, &mut out),
+            Event::Spawned { id, pid } => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    w.pid = Some(pid);
+                    log::info!(event = "worker.spawn", worker_pid = pid, generation = w.generation,
+                        worker = w.index; "spawned worker {} (generation {}, index {})", pid, w.generation, w.index);
+                }
+            }
+            Event::SpawnFailed { id, error } => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    log::error!(event = "worker.exit", generation = w.generation, worker = w.index, error = error.as_str();
+                        "cannot start worker: {}", error);
+                    w.last_lines.push_back(error);
+                }
+                self.on_gone(id, None, now, &mut out);
+            }
+            Event::Ready { id } => self.on_ready(id, now, &mut out),
+            Event::ReportedError { id, text } => self.on_reported_error(id, text, now, &mut out),
+            Event::Output { id, line } => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    if w.last_lines.len() == KEEP_LINES {
+                        w.last_lines.pop_front();
+                    }
+                    w.last_lines.push_back(line);
+                }
+            }
+            Event::Exited { id, status } => self.on_gone(id, Some(status), now, &mut out),
+            Event::Tick => self.on_tick(now, &mut out),
+        }
+        self.check_complete(now, &mut out);
+        if out.iter().any(|a| matches!(a, Action::Exit(_))) {
+            self.exited = true;
+        }
+        out
+    }
+
+    fn spawn(&mut self, generation: u32, index: u32, config: Arc<Config>, now: Instant, out: &mut Vec<Action>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.workers.insert(
+            id,
+            Worker {
+                id,
+                pid: None,
+                generation,
+                index,
+                state: WorkerState::Starting,
+                started: now,
+                started_wall: SystemTime::now(),
+                ready_deadline: Some(now + config.ready_timeout),
+                kill_deadline: None,
+                asked_to_stop: false,
+                killed: false,
+                last_lines: VecDeque::new(),
+            },
+        );
+        out.push(Action::Spawn { id, generation, index, config });
+    }
+
+    /// Ask a worker to exit (SIGTERM now, SIGKILL at its kill deadline).
+    fn stop_worker(&mut self, id: WorkerId, timeout: Duration, now: Instant, out: &mut Vec<Action>) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            if w.asked_to_stop {
+                return;
+            }
+            w.asked_to_stop = true;
+            w.state = WorkerState::Stopping;
+            w.ready_deadline = None;
+            w.kill_deadline = Some(now + timeout);
+            if let Some(pid) = w.pid {
+                log::info!(worker_pid = pid, generation = w.generation; "asking worker {} to exit (SIGTERM)", pid);
+                out.push(Action::Signal { id, pid, signal: libc::SIGTERM });
+            }
+        }
+    }
+
+    fn refuse(&mut self, by: Requester, reason: &'static str, detail: &str, now: Instant, out: &mut Vec<Action>) {
+        let _ = now;
+        log::warn!(event = "restart.refused", reason = reason, detail = detail;
+            "zero-downtime restart refused: {}{}{}", reason, if detail.is_empty() { "" } else { ": " }, detail);
+        // A refusal while a restart runs must not overwrite that restart's record.
+        if reason != reason::IN_FLIGHT {
+            self.last_restart = Some(RestartRecord {
+                generation: None,
+                started_wall: SystemTime::now(),
+                outcome: "refused",
+                reason: Some(if detail.is_empty() { reason.to_string() } else { format!("{}: {}", reason, detail) }),
+                duration_ms: None,
+            });
+        }
+        if let Requester::Control { client, .. } = by {
+            let line = if detail.is_empty() { format!("NACK {}", reason) } else { format!("NACK {}: {}", reason, detail) };
+            out.push(Action::Reply { client, line });
+        }
+    }
+
+    fn on_restart(&mut self, config: Result<Config, String>, by: Requester, now: Instant, out: &mut Vec<Action>) {
+        log::info!(component = "master"; "zero-downtime restart requested ({})",
+            match by { Requester::Signal => "SIGUSR2", Requester::Control { .. } => "control socket" });
+        match self.phase {
+            Phase::Probing { .. } | Phase::Rolling(_) => return self.refuse(by, reason::IN_FLIGHT, "", now, out),
+            Phase::Lockout => {
+                return self.refuse(by, reason::ABORTED, "restart the master as soon as possible", now, out)
+            }
+            Phase::Stopping => return self.refuse(by, reason::STOPPING, "the master is stopping", now, out),
+            Phase::Running => {}
+        }
+        let new = match config {
+            Ok(c) => c,
+            Err(e) => return self.refuse(by, reason::BAD_CONFIG, &e, now, out),
+        };
+        for w in &new.warnings {
+            log::warn!("{}", w);
+        }
+        let old = &self.config;
+        if new.address != old.address || new.port != old.port {
+            let detail = format!("{} -> {}; use a normal restart", old.listen_display(), new.listen_display());
+            return self.refuse(by, reason::LISTEN_CHANGED, &detail, now, out);
+        }
+        if new.workers < 2 {
+            let detail = format!("workers is {}, at least 2 are needed", new.workers);
+            return self.refuse(by, reason::NO_WORKERS, &detail, now, out);
+        }
+        if new.driver != Driver::Mongodb {
+            let detail = format!("driver is \"{}\", zero-downtime restarts need \"mongodb\"", new.driver.as_str());
+            return self.refuse(by, reason::BAD_DRIVER, &detail, now, out);
+        }
+        for (key, changed) in [
+            ("logfile", new.logfile != old.logfile),
+            ("pidfile", new.pidfile != old.pidfile),
+            ("controlSocket", new.control_socket != old.control_socket),
+            ("serverUser", new.server_user != old.server_user),
+        ] {
+            if changed {
+                log::warn!(key = key; "config key \"{}\" changed: it applies only after a normal restart of the master", key);
+            }
+        }
+        let config = Arc::new(new);
+        out.push(Action::Probe { config: config.clone() });
+        self.phase = Phase::Probing { config, requesters: vec![by], started: now };
+    }
+
+    fn on_probe(&mut self, result: Result<ProbeInfo, String>, now: Instant, out: &mut Vec<Action>) {
+        let Phase::Probing { .. } = self.phase else { return };
+        let Phase::Probing { config, requesters, started } = std::mem::replace(&mut self.phase, Phase::Running)
+        else {
+            unreachable!()
+        };
+        let info = match result {
+            Ok(i) => i,
+            Err(e) => {
+                for by in requesters {
+                    self.refuse(by, reason::PROBE_FAILED, &e, now, out);
+                }
+                return;
+            }
+        };
+        if info.magic != self.magic {
+            let detail = format!(
+                "the new code reports magic number {} (version {}), the master started with {}; use a normal restart",
+                info.magic, info.version, self.magic
+            );
+            for by in requesters {
+                self.refuse(by, reason::INCOMPATIBILITY, &detail, now, out);
+            }
+            return;
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        log::info!(event = "restart.start", generation = generation, workers = config.workers, version = info.version.as_str();
+            "zero-downtime restart started: generation {} ({} workers, version {})", generation, config.workers, info.version);
+        for by in &requesters {
+            if let Requester::Control { client, wait: false } = *by {
+                out.push(Action::Reply { client, line: "ACK".into() });
+            }
+        }
+        self.last_restart = Some(RestartRecord {
+            generation: Some(generation),
+            started_wall: SystemTime::now(),
+            outcome: "in progress",
+            reason: None,
+            duration_ms: None,
+        });
+        // Pending respawns belong to the old generation: the new one replaces them.
+        self.pending.clear();
+        let old_serving: Vec<WorkerId> =
+            self.workers.values().filter(|w| !w.asked_to_stop).map(|w| w.id).collect();
+        let _ = started;
+        self.phase = Phase::Rolling(Rollout {
+            generation,
+            config: config.clone(),
+            started: now,
+            old_serving,
+            spawned: 1,
+            requesters,
+        });
+        self.spawn(generation, 0, config, now, out);
+    }
+
+    fn on_ready(&mut self, id: WorkerId, now: Instant, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        if w.state != WorkerState::Starting {
+            return;
+        }
+        w.state = WorkerState::Ready;
+        w.ready_deadline = None;
+        let (pid, generation) = (w.pid.unwrap_or(0), w.generation);
+        log::info!(event = "worker.ready", worker_pid = pid, generation = generation, worker = w.index,
+            ms = now.duration_since(w.started).as_millis() as u64; "worker {} ready", pid);
+        if let Phase::Rolling(r) = &mut self.phase {
+            if generation != r.generation {
+                return;
+            }
+            // Surge: one old worker goes for each new one that is ready.
+            let mut stop = Vec::new();
+            if !r.old_serving.is_empty() {
+                stop.push(r.old_serving.remove(0));
+            }
+            let timeout = r.config.shutdown_timeout;
+            let next = if r.spawned < r.config.workers {
+                r.spawned += 1;
+                Some((r.generation, r.spawned - 1, r.config.clone()))
+            } else {
+                // Every new worker is spawned; the remaining old ones go once all are ready.
+                let all_ready = self
+                    .workers
+                    .values()
+                    .filter(|w| w.generation == r.generation)
+                    .all(|w| w.state == WorkerState::Ready);
+                if all_ready {
+                    stop.append(&mut r.old_serving);
+                }
+                None
+            };
+            // Old workers' shutdownTimeout is the new config's: it is the
+            // operator's latest word and both are read at restart time.
+            for old in stop {
+                self.stop_worker(old, timeout, now, out);
+            }
+            if let Some((g, i, c)) = next {
+                self.spawn(g, i, c, now, out);
+            }
+        }
+    }
+
+    fn is_new_in_rollout(&self, id: WorkerId) -> bool {
+        match (&self.phase, self.workers.get(&id)) {
+            (Phase::Rolling(r), Some(w)) => w.generation == r.generation,
+            _ => false,
+        }
+    }
+
+    fn on_reported_error(&mut self, id: WorkerId, text: String, now: Instant, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get(&id) else { return };
+        let pid = w.pid.unwrap_or(0);
+        log::error!(worker_pid = pid, generation = w.generation, error = text.as_str(); "worker {} reported an error: {}", pid, text);
+        if self.is_new_in_rollout(id) {
+            let detail = format!("worker {} reported ERROR={}", pid, text);
+            let w = w.clone();
+            self.abort(&w, true, abort::ERROR, detail, now, out);
+        } else if !w.asked_to_stop {
+            // It exits by protocol; make sure it does.
+            let t = self.config.shutdown_timeout;
+            self.stop_worker(id, t, now, out);
+        }
+    }
+
+    /// Abort the rollout and lock out. `failed` is the new worker that caused
+    /// it; `alive` says whether it still runs (and must be stopped).
+    fn abort(&mut self, failed: &Worker, alive: bool, why: &'static str, detail: String, now: Instant, out: &mut Vec<Action>) {
+        let Phase::Rolling(r) = std::mem::replace(&mut self.phase, Phase::Lockout) else { return };
+        let pid = failed.pid.unwrap_or(0);
+        let lines = failed.last_lines.iter().cloned().collect::<Vec<_>>().join("\n");
+        log::error!(event = "restart.abort", reason = why, detail = detail.as_str(), worker_pid = pid,
+            generation = r.generation, stderr = lines.as_str();
+            "zero-downtime restart aborted: {}: {}", why, detail);
+        log::error!(event = "master.lockout";
+            "restarts are now refused and no worker will be respawned: restart the master as soon as possible");
+        self.last_restart = Some(RestartRecord {
+            generation: Some(r.generation),
+            started_wall: self.last_restart.as_ref().map(|l| l.started_wall).unwrap_or_else(SystemTime::now),
+            outcome: "aborted",
+            reason: Some(format!("{}: {}", why, detail)),
+            duration_ms: Some(now.duration_since(r.started).as_millis() as u64),
+        });
+        for by in r.requesters {
+            if let Requester::Control { client, wait: true } = by {
+                out.push(Action::Reply { client, line: format!("NACK aborted: {}: {}", why, detail) });
+            }
+        }
+        // The failed worker is not serving: make sure it goes. Serving ones stay.
+        if alive && failed.state != WorkerState::Ready {
+            let timeout = self.config.shutdown_timeout;
+            self.stop_worker(failed.id, timeout, now, out);
+        }
+        self.pending.clear();
+    }
+
+    fn on_gone(&mut self, id: WorkerId, status: Option<ExitStatus>, now: Instant, out: &mut Vec<Action>) {
+        let new_in_rollout = self.is_new_in_rollout(id);
+        let Some(w) = self.workers.remove(&id) else { return };
+        let pid = w.pid.unwrap_or(0);
+        let lived = now.duration_since(w.started);
+        if let Some(st) = status {
+            let expected = w.asked_to_stop && !matches!(self.phase, Phase::Lockout);
+            let level = if expected { log::Level::Info } else { log::Level::Error };
+            let how = if expected { "exited" } else { "exited unexpectedly" };
+            // Either `code` or `signal`, never a null placeholder.
+            match st {
+                ExitStatus::Code(c) => log::log!(level, event = "worker.exit", worker_pid = pid,
+                    generation = w.generation, worker = w.index, code = c; "worker {} {} ({})", pid, how, st),
+                ExitStatus::Signal(sig) => log::log!(level, event = "worker.exit", worker_pid = pid,
+                    generation = w.generation, worker = w.index, signal = sig; "worker {} {} ({})", pid, how, st),
+            }
+        }
+        if let Phase::Rolling(r) = &mut self.phase {
+            r.old_serving.retain(|&o| o != id);
+        }
+        if new_in_rollout {
+            let what = match status {
+                Some(st) => format!("new worker {} exited ({}) before the restart completed", pid, st),
+                None => format!("new worker could not be started: {}", w.last_lines.back().cloned().unwrap_or_default()),
+            };
+            self.abort(&w, false, abort::EXITED, what, now, out);
+            self.after_exit_in_lockout(pid, now, out);
+            return;
+        }
+        match self.phase {
+            Phase::Running => {
+                if w.generation == self.generation && w.index < self.config.workers {
+                    self.schedule_respawn(&w, lived, now, out);
+                }
+            }
+            Phase::Probing { .. } => {
+                if w.generation == self.generation && w.index < self.config.workers {
+                    self.schedule_respawn(&w, lived, now, out);
+                }
+            }
+            Phase::Rolling(_) => {
+                if !w.asked_to_stop {
+                    log::error!(worker_pid = pid; "old worker {} died during the restart; the new generation replaces it", pid);
+                }
+            }
+            Phase::Lockout => self.after_exit_in_lockout(pid, now, out),
+            Phase::Stopping => {
+                if self.workers.is_empty() {
+                    log::info!(event = "master.stop"; "all workers gone; master exiting");
+                    out.push(Action::Exit(0));
+                }
+            }
+        }
+    }
+
+    fn after_exit_in_lockout(&mut self, pid: u32, _now: Instant, out: &mut Vec<Action>) {
+        if !matches!(self.phase, Phase::Lockout) {
+            return;
+        }
+        log::error!(worker_pid = pid, remaining = self.workers.len() as u64;
+            "worker {} is gone and will not be respawned after the aborted restart ({} left): restart the master as soon as possible",
+            pid, self.workers.len());
+        if self.workers.is_empty() {
+            log::error!(fatal = true, event = "master.stop";
+                "no workers left after the aborted restart; master exiting so the port is released: restart it");
+            out.push(Action::Exit(1));
+        }
+    }
+
+    fn schedule_respawn(&mut self, w: &Worker, lived: Duration, now: Instant, out: &mut Vec<Action>) {
+        let streak = self.streak.entry(w.index).or_insert(0);
+        if lived < CRASH_WINDOW {
+            *streak += 1;
+        } else {
+            *streak = 0;
+        }
+        if *streak == 0 {
+            log::error!(generation = w.generation, worker = w.index; "respawning worker {} now", w.index);
+            let cfg = self.config.clone();
+            self.spawn(w.generation, w.index, cfg, now, out);
+        } else {
+            let delay = BACKOFF_FIRST.saturating_mul(1 << (*streak - 1).min(10)).min(BACKOFF_MAX);
+            log::error!(generation = w.generation, worker = w.index, delay_ms = delay.as_millis() as u64;
+                "worker {} died within {:?} of starting; respawning in {:?}", w.index, CRASH_WINDOW, delay);
+            self.pending.push(Pending { due: now + delay, generation: w.generation, index: w.index });
+        }
+    }
+
+    fn on_stop(&mut self, signal: &'static str, now: Instant, out: &mut Vec<Action>) {
+        if matches!(self.phase, Phase::Stopping) {
+            log::info!("{} received again; already stopping", signal);
+            return;
+        }
+        log::info!(signal = signal; "{} received: stopping {} workers", signal, self.workers.len());
+        match std::mem::replace(&mut self.phase, Phase::Stopping) {
+            Phase::Probing { requesters, .. } => {
+                out.push(Action::CancelProbe);
+                for by in requesters {
+                    if let Requester::Control { client, .. } = by {
+                        out.push(Action::Reply { client, line: format!("NACK {}", reason::STOPPING) });
+                    }
+                }
+            }
+            Phase::Rolling(r) => {
+                for by in r.requesters {
+                    if let Requester::Control { client, wait: true } = by {
+                        out.push(Action::Reply { client, line: format!("NACK {}", reason::STOPPING) });
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.pending.clear();
+        let timeout = self.config.shutdown_timeout;
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            self.stop_worker(id, timeout, now, out);
+        }
+        if self.workers.is_empty() {
+            log::info!(event = "master.stop"; "no workers; master exiting");
+            out.push(Action::Exit(0));
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        // SIGKILL for workers past their kill deadline.
+        let mut to_kill = Vec::new();
+        let mut not_ready = Vec::new();
+        for w in self.workers.values_mut() {
+            if let Some(d) = w.kill_deadline {
+                if d <= now && !w.killed {
+                    w.killed = true;
+                    w.kill_deadline = None;
+                    if let Some(pid) = w.pid {
+                        to_kill.push((w.id, pid, w.generation));
+                    }
+                }
+            }
+            if let Some(d) = w.ready_deadline {
+                if d <= now {
+                    w.ready_deadline = None;
+                    not_ready.push(w.id);
+                }
+            }
+        }
+        for (id, pid, generation) in to_kill {
+            log::warn!(event = "worker.kill", worker_pid = pid, generation = generation;
+                "worker {} did not exit within shutdownTimeout; sending SIGKILL", pid);
+            out.push(Action::Signal { id, pid, signal: libc::SIGKILL });
+        }
+        for id in not_ready {
+            let Some(w) = self.workers.get(&id) else { continue };
+            let pid = w.pid.unwrap_or(0);
+            if self.is_new_in_rollout(id) {
+                let t = match &self.phase {
+                    Phase::Rolling(r) => r.config.ready_timeout,
+                    _ => self.config.ready_timeout,
+                };
+                let detail = format!("worker {} did not report READY=1 within readyTimeout ({:?})", pid, t);
+                let w = w.clone();
+                self.abort(&w, true, abort::NOT_READY, detail, now, out);
+            } else {
+                log::error!(worker_pid = pid; "worker {} not ready within readyTimeout; stopping it", pid);
+                let t = self.config.shutdown_timeout;
+                self.stop_worker(id, t, now, out);
+            }
+        }
+        // Respawns whose backoff is over.
+        let (due, later): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending).into_iter().partition(|p| p.due <= now);
+        self.pending = later;
+        for p in due {
+            if matches!(self.phase, Phase::Running | Phase::Probing { .. }) && p.generation == self.generation {
+                let cfg = self.config.clone();
+                self.spawn(p.generation, p.index, cfg, now, out);
+            }
+        }
+    }
+
+    fn check_complete(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Phase::Rolling(r) = &self.phase else { return };
+        let new: Vec<&Worker> = self.workers.values().filter(|w| w.generation == r.generation).collect();
+        let done = new.len() as u32 == r.config.workers
+            && r.spawned == r.config.workers
+            && new.iter().all(|w| w.state == WorkerState::Ready)
+            && self.workers.values().all(|w| w.generation == r.generation);
+        if !done {
+            return;
+        }
+        let Phase::Rolling(r) = std::mem::replace(&mut self.phase, Phase::Running) else { unreachable!() };
+        let ms = now.duration_since(r.started).as_millis() as u64;
+        log::info!(event = "restart.complete", generation = r.generation, duration_ms = ms, workers = r.config.workers;
+            "Zero-downtime restart complete");
+        self.config = r.config;
+        self.streak.clear();
+        if let Some(l) = &mut self.last_restart {
+            l.outcome = "complete";
+            l.duration_ms = Some(ms);
+        }
+        for by in r.requesters {
+            if let Requester::Control { client, wait: true } = by {
+                out.push(Action::Reply { client, line: "ACK complete".into() });
+            }
+        }
+    }
+
+    /// STATUS: one JSON object describing the master and every worker.
+    pub fn status(&self, master_pid: u32, started: SystemTime) -> Value {
+        let iso = |t: SystemTime| {
+            let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            crate::log::iso8601(d.as_secs() as i64, d.subsec_millis())
+        };
+        let workers: Vec<Value> = self
+            .workers
+            .values()
+            .map(|w| {
+                json!({"pid": w.pid, "generation": w.generation, "index": w.index,
+                       "state": w.state.as_str(), "started": iso(w.started_wall)})
+            })
+            .collect();
+        let last = self.last_restart.as_ref().map(|l| {
+            json!({"generation": l.generation, "started": iso(l.started_wall), "outcome": l.outcome,
+                   "reason": l.reason, "duration_ms": l.duration_ms})
+        });
+        json!({
+            "state": self.state_name(),
+            "generation": self.generation,
+            "lockout": self.is_locked_out(),
+            "magic": self.magic,
+            "version": self.version,
+            "pid": master_pid,
+            "started": iso(started),
+            "workers_configured": self.config.workers,
+            "last_restart": last,
+            "workers": workers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(json: &str) -> Config {
+        Config::parse(Path::new("/t/c.json"), json).unwrap()
+    }
+
+    fn mongo(workers: u32) -> Config {
+        cfg(&format!(r#"{{"driver":"mongodb","workers":{},"readyTimeout":5,"shutdownTimeout":3}}"#, workers))
+    }
+
+    struct H {
+        m: Master,
+        now: Instant,
+        next_pid: u32,
+    }
+
+    impl H {
+        fn new(c: Config) -> H {
+            let m = Master::new(Arc::new(c), ProbeInfo { magic: 7, version: "v".into() });
+            H { m, now: Instant::now(), next_pid: 100 }
+        }
+        /// Feed an event; Spawn actions get pids at once (like the loop).
+        fn ev(&mut self, e: Event) -> Vec<Action> {
+            let mut acts = self.m.handle(e, self.now);
+            let mut i = 0;
+            while i < acts.len() {
+                if let Action::Spawn { id, .. } = acts[i] {
+                    self.next_pid += 1;
+                    let more = self.m.handle(Event::Spawned { id, pid: self.next_pid }, self.now);
+                    acts.extend(more);
+                }
+                i += 1;
+            }
+            acts
+        }
+        fn advance(&mut self, d: Duration) -> Vec<Action> {
+            self.now += d;
+            self.ev(Event::Tick)
+        }
+        fn id_of(&self, pid: u32) -> WorkerId {
+            self.m.workers().find(|w| w.pid == Some(pid)).unwrap().id
+        }
+        fn ready_all(&mut self) -> Vec<Action> {
+            let ids: Vec<_> = self.m.workers().filter(|w| w.state == WorkerState::Starting).map(|w| w.id).collect();
+            ids.into_iter().flat_map(|id| self.ev(Event::Ready { id })).collect()
+        }
+        fn restart(&mut self, c: Config, wait: bool) -> Vec<Action> {
+            self.ev(Event::Restart { config: Ok(c), by: Requester::Control { client: 1, wait } })
+        }
+        fn probe_ok(&mut self) -> Vec<Action> {
+            self.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 7, version: "v2".into() })))
+        }
+    }
+
+    fn spawns(a: &[Action]) -> usize {
+        a.iter().filter(|a| matches!(a, Action::Spawn { .. })).count()
+    }
+    fn terms(a: &[Action]) -> Vec<u32> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Signal { pid, signal, .. } if *signal == libc::SIGTERM => Some(*pid),
+                _ => None,
+            })
+            .collect()
+    }
+    fn kills(a: &[Action]) -> Vec<u32> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Signal { pid, signal, .. } if *signal == libc::SIGKILL => Some(*pid),
+                _ => None,
+            })
+            .collect()
+    }
+    fn replies(a: &[Action]) -> Vec<String> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Reply { line, .. } => Some(line.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+    fn exit_code(a: &[Action]) -> Option<i32> {
+        a.iter().find_map(|a| match a {
+            Action::Exit(c) => Some(*c),
+            _ => None,
+        })
+    }
+
+    fn running(c: Config) -> H {
+        let mut h = H::new(c);
+        let a = h.ev(Event::Start);
+        assert_eq!(spawns(&a), h.m.config().workers as usize);
+        h.ready_all();
+        h
+    }
+
+    #[test]
+    fn start_spawns_and_respawns_with_backoff() {
+        let mut h = running(mongo(2));
+        assert_eq!(h.m.generation(), 1);
+        // Lived more than a second: immediate respawn.
+        h.now += Duration::from_secs(5);
+        let id = h.id_of(101);
+        let a = h.ev(Event::Exited { id, status: ExitStatus::Signal(9) });
+        assert_eq!(spawns(&a), 1);
+        // Dies at once: backoff, no immediate spawn.
+        let id = h.id_of(103);
+        let a = h.ev(Event::Exited { id, status: ExitStatus::Code(1) });
+        assert_eq!(spawns(&a), 0);
+        assert!(h.m.next_deadline().unwrap() > h.now);
+        let a = h.advance(Duration::from_millis(600));
+        assert_eq!(spawns(&a), 1);
+    }
+
+    #[test]
+    fn refusals_in_order() {
+        let mut h = running(cfg(r#"{"workers":1}"#));
+        // bad config comes before everything that needs the new config.
+        let a = h.ev(Event::Restart { config: Err("x: bad".into()), by: Requester::Control { client: 1, wait: false } });
+        assert_eq!(replies(&a), vec!["NACK bad config: x: bad"]);
+        let a = h.restart(cfg(r#"{"port":9,"workers":1}"#), false);
+        assert!(replies(&a)[0].starts_with("NACK listen address changed"));
+        let a = h.restart(cfg(r#"{"workers":1,"driver":"mongodb"}"#), false);
+        assert!(replies(&a)[0].starts_with("NACK no workers"));
+        let a = h.restart(cfg(r#"{"workers":2}"#), false);
+        assert!(replies(&a)[0].starts_with("NACK bad driver"));
+        // Checks pass: the probe runs, and a second request is in flight.
+        let a = h.restart(mongo(2), false);
+        assert!(a.iter().any(|a| matches!(a, Action::Probe { .. })));
+        let a = h.restart(mongo(2), false);
+        assert_eq!(replies(&a), vec!["NACK restart in flight"]);
+        let a = h.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 8, version: "v".into() })));
+        assert!(replies(&a)[0].starts_with("NACK incompatibility"));
+        h.restart(mongo(2), false);
+        let a = h.ev(Event::ProbeDone(Err("ERROR=database unreachable".into())));
+        assert!(replies(&a)[0].starts_with("NACK probe failed"));
+        // Nothing was touched by any refusal.
+        assert_eq!(h.m.generation(), 1);
+        assert_eq!(h.m.workers().count(), 1);
+        assert!(!h.m.is_restarting());
+    }
+
+    #[test]
+    fn surge_rollout_one_at_a_time() {
+        let mut h = running(mongo(2));
+        h.restart(mongo(2), true);
+        let a = h.probe_ok();
+        assert_eq!(spawns(&a), 1, "one new worker first");
+        assert!(terms(&a).is_empty(), "no old worker touched before a new one is ready");
+        assert_eq!(h.m.generation(), 2);
+        let a = h.ready_all();
+        assert_eq!(terms(&a), vec![101], "one old worker goes per ready new worker");
+        assert_eq!(spawns(&a), 1);
+        let a = h.ready_all();
+        assert_eq!(terms(&a), vec![102]);
+        assert_eq!(spawns(&a), 0);
+        let a = h.ev(Event::Exited { id: h.id_of(101), status: ExitStatus::Code(0) });
+        assert!(replies(&a).is_empty());
+        let a = h.ev(Event::Exited { id: h.id_of(102), status: ExitStatus::Code(0) });
+        assert_eq!(replies(&a), vec!["ACK complete"]);
+        assert!(!h.m.is_restarting());
+        assert!(h.m.workers().all(|w| w.generation == 2));
+    }
+
+    #[test]
+    fn ack_without_wait_comes_after_probe() {
+        let mut h = running(mongo(2));
+        let a = h.restart(mongo(2), false);
+        assert!(replies(&a).is_empty());
+        let a = h.probe_ok();
+        assert_eq!(replies(&a), vec!["ACK"]);
+    }
+
+    #[test]
+    fn worker_count_change_and_old_killed_after_timeout() {
+        let mut h = running(mongo(2));
+        h.restart(mongo(3), false);
+        h.probe_ok();
+        let mut total_new = 1;
+        for _ in 0..3 {
+            let a = h.ready_all();
+            total_new += spawns(&a);
+        }
+        assert_eq!(total_new, 3);
+        assert_eq!(h.m.workers().filter(|w| w.generation == 2).count(), 3);
+        // Old workers ignore SIGTERM: SIGKILL after shutdownTimeout (3 s).
+        let a = h.advance(Duration::from_millis(3100));
+        assert_eq!(kills(&a).len(), 2);
+        for pid in [101, 102] {
+            h.ev(Event::Exited { id: h.id_of(pid), status: ExitStatus::Signal(9) });
+        }
+        assert!(!h.m.is_restarting());
+        assert_eq!(h.m.config().workers, 3);
+    }
+
+    #[test]
+    fn abort_on_exit_locks_out_and_exits_when_last_worker_goes() {
+        let mut h = running(mongo(2));
+        h.restart(mongo(2), true);
+        h.probe_ok();
+        let new = h.m.workers().find(|w| w.generation == 2).unwrap().id;
+        h.ev(Event::Output { id: new, line: "invalid JSON in config".into() });
+        let a = h.ev(Event::Exited { id: new, status: ExitStatus::Code(1) });
+        assert!(replies(&a)[0].starts_with("NACK aborted: new worker exited"));
+        assert!(h.m.is_locked_out());
+        assert!(terms(&a).is_empty(), "serving workers are left alone");
+        let a = h.restart(mongo(2), false);
+        assert!(replies(&a)[0].starts_with("NACK aborted restart"));
+        h.now += Duration::from_secs(10);
+        let a = h.ev(Event::Exited { id: h.id_of(101), status: ExitStatus::Signal(9) });
+        assert_eq!(spawns(&a), 0, "no respawn in lockout");
+        assert_eq!(exit_code(&a), None);
+        let a = h.ev(Event::Exited { id: h.id_of(102), status: ExitStatus::Signal(9) });
+        assert_eq!(exit_code(&a), Some(1));
+    }
+
+    #[test]
+    fn abort_on_error_report_and_on_ready_timeout() {
+        let mut h = running(mongo(2));
+        h.restart(mongo(2), false);
+        h.probe_ok();
+        let new = h.m.workers().find(|w| w.generation == 2).unwrap();
+        let (id, pid) = (new.id, new.pid.unwrap());
+        let a = h.ev(Event::ReportedError { id, text: "bind: in use".into() });
+        assert!(h.m.is_locked_out());
+        assert_eq!(terms(&a), vec![pid], "the failed new worker is stopped");
+
+        let mut h = running(mongo(2));
+        h.restart(mongo(2), false);
+        h.probe_ok();
+        let a = h.advance(Duration::from_secs(6));
+        assert!(h.m.is_locked_out());
+        assert_eq!(terms(&a).len(), 1);
+        assert_eq!(h.m.workers().filter(|w| w.generation == 1 && w.state == WorkerState::Ready).count(), 2);
+    }
+
+    #[test]
+    fn old_worker_dying_mid_rollout_is_not_respawned() {
+        let mut h = running(mongo(2));
+        h.restart(mongo(2), false);
+        h.probe_ok();
+        h.now += Duration::from_secs(2);
+        let a = h.ev(Event::Exited { id: h.id_of(102), status: ExitStatus::Signal(9) });
+        assert_eq!(spawns(&a), 0);
+        h.ready_all(); // new0 ready: old 101 asked to stop, new1 spawned
+        h.ready_all();
+        h.ev(Event::Exited { id: h.id_of(101), status: ExitStatus::Code(0) });
+        assert!(!h.m.is_restarting());
+        assert_eq!(h.m.workers().count(), 2);
+    }
+
+    #[test]
+    fn stop_terms_then_kills_then_exits_zero() {
+        let mut h = running(mongo(2));
+        let a = h.ev(Event::Stop { signal: "SIGTERM" });
+        assert_eq!(terms(&a).len(), 2);
+        let a = h.advance(Duration::from_secs(4));
+        assert_eq!(kills(&a).len(), 2);
+        h.ev(Event::Exited { id: h.id_of(101), status: ExitStatus::Signal(9) });
+        let a = h.ev(Event::Exited { id: h.id_of(102), status: ExitStatus::Signal(9) });
+        assert_eq!(exit_code(&a), Some(0));
+    }
+
+    #[test]
+    fn stop_during_probe_cancels_it() {
+        let mut h = running(mongo(2));
+        h.restart(mongo(2), true);
+        let a = h.ev(Event::Stop { signal: "SIGINT" });
+        assert!(a.contains(&Action::CancelProbe));
+        assert_eq!(replies(&a), vec!["NACK stopping"]);
+    }
+
+    #[test]
+    fn idle_master_has_no_deadline() {
+        let h = running(mongo(2));
+        assert_eq!(h.m.next_deadline(), None);
+    }
+}
