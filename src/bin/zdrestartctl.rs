@@ -1,1 +1,531 @@
-fn main(){}
+//! zdrestartctl: the client of the master's control socket (DESIGN.md section 8).
+//!
+//! Sends one command, prints the answer for a person (or the raw JSON of
+//! `status --json`), and exits 0 on ACK, 1 on NACK (reason and advice on
+//! stderr, the same wording as `zdrestart --check`: `zdrestart::control`),
+//! 2 on usage, connection, timeout or protocol errors. Never links MongoDB.
+#![deny(unsafe_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use zdrestart::config::{self, Config};
+use zdrestart::control::{self, Answer};
+
+const EXIT_ACK: u8 = 0;
+const EXIT_NACK: u8 = 1;
+const EXIT_ERROR: u8 = 2;
+
+/// Default timeout of every command but `restart --wait`.
+const DEFAULT_TIMEOUT_SECS: f64 = 30.0;
+/// Longest answer line read (STATUS of many workers stays far below).
+const MAX_ANSWER: u64 = 4 * 1024 * 1024;
+
+const USAGE: &str = "\
+Usage: zdrestartctl [-s SOCKET] [-t SECONDS] [-c CONFIG] COMMAND
+
+Talk to a running zdrestart master through its control socket.
+
+Commands:
+  restart [--wait]     zero-downtime restart (like SIGUSR2). Without --wait:
+                       returns once the master accepted or refused it. With
+                       --wait: returns when the restart is complete (exit 0),
+                       or refused or aborted (exit 1, reason and advice on stderr)
+  status [--json]      state of the master and of every worker; --json prints
+                       the master's one-line JSON as it is
+  version              version of the running master
+  loglevel LEVEL       set the log level of the master and its workers:
+                       trace, debug, info, warn, error, fatal, or restore
+                       (back to logLevel of the config)
+  cmds                 commands the master understands
+
+Options:
+  -s, --socket SOCKET  control socket (default: controlSocket of the config,
+                       else /run/zdrestart/zdrestart.sock)
+  -c, --config CONFIG  config file to read controlSocket from
+                       (default: /etc/zdrestart.json)
+  -t, --timeout SECS   give up after SECS seconds without an answer (exit 2);
+                       0 waits forever. Default: 30, except restart --wait,
+                       which waits forever: the master bounds every step of a
+                       restart (readyTimeout, shutdownTimeout) and answers when
+                       it ends, or closes the connection if it exits
+  -h, --help           this help
+  -V, --version        version of zdrestartctl
+
+Exit status: 0 ACK, 1 NACK (refused, aborted, or bad request), 2 usage,
+connection, timeout or protocol error.
+";
+
+#[derive(Debug, Clone, PartialEq)]
+enum Cmd {
+    Restart { wait: bool },
+    Status { json: bool },
+    Version,
+    LogLevel(String),
+    Cmds,
+}
+
+impl Cmd {
+    fn line(&self) -> String {
+        match self {
+            Cmd::Restart { wait: false } => "RESTART".into(),
+            Cmd::Restart { wait: true } => "RESTART WAIT".into(),
+            Cmd::Status { .. } => "STATUS".into(),
+            Cmd::Version => "VERSION".into(),
+            Cmd::LogLevel(l) => format!("LOGLEVEL {}", l),
+            Cmd::Cmds => "CMDS".into(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Cmd::Restart { .. } => "restart",
+            Cmd::Status { .. } => "status",
+            Cmd::Version => "version",
+            Cmd::LogLevel(_) => "loglevel",
+            Cmd::Cmds => "cmds",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Opts {
+    socket: Option<PathBuf>,
+    config: Option<PathBuf>,
+    timeout: Option<f64>,
+    cmd: Cmd,
+}
+
+enum Parsed {
+    Run(Opts),
+    Help,
+    Version,
+}
+
+fn parse_args(args: &[String]) -> Result<Parsed, String> {
+    let mut socket = None;
+    let mut config = None;
+    let mut timeout = None;
+    let mut words: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        };
+        let value = |i: &mut usize| -> Result<String, String> {
+            if let Some(v) = inline.clone() {
+                return Ok(v);
+            }
+            *i += 1;
+            args.get(*i).cloned().ok_or_else(|| format!("option {} needs a value", name))
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "-V" | "--version" => return Ok(Parsed::Version),
+            "-s" | "--socket" => socket = Some(PathBuf::from(value(&mut i)?)),
+            "-c" | "--config" => config = Some(PathBuf::from(value(&mut i)?)),
+            "-t" | "--timeout" => {
+                let v = value(&mut i)?;
+                match v.parse::<f64>() {
+                    Ok(t) if t.is_finite() && t >= 0.0 && t <= 1e9 => timeout = Some(t),
+                    _ => {
+                        return Err(format!("invalid timeout \"{}\": expected a number of seconds (0: no timeout)", v))
+                    }
+                }
+            }
+            "--wait" | "-w" | "--json" => words.push(a.clone()),
+            "--" => {
+                words.extend(args[i + 1..].iter().cloned());
+                break;
+            }
+            s if s.starts_with('-') && s.len() > 1 && s.parse::<f64>().is_err() => {
+                return Err(format!("unknown option {}", a))
+            }
+            _ => words.push(a.clone()),
+        }
+        i += 1;
+    }
+    let Some((first, rest)) = words.split_first() else {
+        return Err("missing command".into());
+    };
+    let rest: Vec<&str> = rest.iter().map(|s| s.as_str()).collect();
+    let unexpected = |x: &str| format!("{}: unexpected argument \"{}\"", first, x);
+    let extra = |r: &[&str]| -> Result<(), String> { r.first().map_or(Ok(()), |x| Err(unexpected(x))) };
+    let cmd = match first.as_str() {
+        "restart" => match rest.as_slice() {
+            [] => Cmd::Restart { wait: false },
+            ["--wait" | "-w" | "wait"] => Cmd::Restart { wait: true },
+            r => return Err(unexpected(r[r.len() - 1])),
+        },
+        "status" => match rest.as_slice() {
+            [] => Cmd::Status { json: false },
+            ["--json"] => Cmd::Status { json: true },
+            r => return Err(unexpected(r[r.len() - 1])),
+        },
+        "version" => {
+            extra(&rest)?;
+            Cmd::Version
+        }
+        "cmds" => {
+            extra(&rest)?;
+            Cmd::Cmds
+        }
+        "loglevel" => match rest.as_slice() {
+            [] => return Err("loglevel: missing LEVEL (trace, debug, info, warn, error, fatal or restore)".into()),
+            [l] => {
+                let l = l.to_ascii_lowercase();
+                if l != "restore" && config::parse_level(&l).is_none() {
+                    return Err(format!(
+                        "loglevel: invalid level \"{}\": expected trace, debug, info, warn, error, fatal or restore",
+                        l
+                    ));
+                }
+                Cmd::LogLevel(l)
+            }
+            [_, r @ ..] => return Err(unexpected(r[0])),
+        },
+        other => return Err(format!("unknown command \"{}\"", other)),
+    };
+    Ok(Parsed::Run(Opts { socket, config, timeout, cmd }))
+}
+
+/// An io::Error as text without std's " (os error N)" suffix.
+fn os_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_string(),
+        _ => s,
+    }
+}
+
+/// The socket to use: -s, else controlSocket of the config, else the default.
+/// Warnings (config unreadable or invalid) go to stderr; an explicit -c that
+/// cannot be read is an error.
+fn socket_path(opts: &Opts) -> Result<PathBuf, String> {
+    if let Some(s) = &opts.socket {
+        return Ok(config::absolute(s));
+    }
+    let default = PathBuf::from(config::DEFAULT_CONTROL_SOCKET);
+    let (cfg, explicit) = match &opts.config {
+        Some(c) => (config::absolute(c), true),
+        None => (PathBuf::from(config::DEFAULT_PATH), false),
+    };
+    let text = match std::fs::read_to_string(&cfg) {
+        Ok(t) => t,
+        Err(e) if !explicit && e.kind() == ErrorKind::NotFound => return Ok(default),
+        Err(e) if explicit => return Err(format!("cannot read config {}: {}", cfg.display(), os_text(&e))),
+        Err(e) => {
+            eprintln!(
+                "zdrestartctl: warning: cannot read {}: {}; using {}",
+                cfg.display(),
+                os_text(&e),
+                default.display()
+            );
+            return Ok(default);
+        }
+    };
+    match Config::parse(&cfg, &text) {
+        Ok(c) => Ok(c.control_socket.unwrap_or(default)),
+        Err(e) => {
+            // An invalid config (being edited?) may still name the socket.
+            let named = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("controlSocket").and_then(|s| s.as_str()).map(|s| s.to_string()))
+                .filter(|s| !s.is_empty());
+            match named {
+                Some(s) => Ok(config::absolute(Path::new(&s))),
+                None => {
+                    eprintln!("zdrestartctl: warning: {}; using {}", e, default.display());
+                    Ok(default)
+                }
+            }
+        }
+    }
+}
+
+fn connect_hint(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused => " (is the master running with controlSocket set?)",
+        ErrorKind::PermissionDenied => " (the socket is mode 0600: run as the user that runs the master)",
+        _ => "",
+    }
+}
+
+/// Send one command line and read one answer line. Err: message for exit 2.
+fn exchange(sock: &Path, line: &str, timeout: Option<Duration>, wait: bool) -> Result<String, String> {
+    let stream = UnixStream::connect(sock)
+        .map_err(|e| format!("connect {}: {}{}", sock.display(), os_text(&e), connect_hint(e.kind())))?;
+    stream.set_read_timeout(timeout).map_err(|e| format!("{}: {}", sock.display(), os_text(&e)))?;
+    stream.set_write_timeout(timeout).map_err(|e| format!("{}: {}", sock.display(), os_text(&e)))?;
+    (&stream)
+        .write_all(format!("{}\n", line).as_bytes())
+        .map_err(|e| format!("send to {}: {}", sock.display(), os_text(&e)))?;
+    let mut buf = Vec::new();
+    let mut r = BufReader::new((&stream).take(MAX_ANSWER));
+    let still = if wait { "; the restart may still be in progress: see `zdrestartctl status`" } else { "" };
+    match r.read_until(b'\n', &mut buf) {
+        Ok(_) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            let secs = timeout.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            return Err(format!("{}: no answer within {} s{}", sock.display(), secs, still));
+        }
+        Err(e) => return Err(format!("read from {}: {}{}", sock.display(), os_text(&e), still)),
+    }
+    if buf.last() != Some(&b'\n') {
+        if buf.is_empty() {
+            return Err(format!(
+                "{}: the master closed the connection without answering{}",
+                sock.display(),
+                if wait { " (did it exit? see its log)" } else { "" }
+            ));
+        }
+        if buf.len() as u64 >= MAX_ANSWER {
+            return Err(format!("{}: answer longer than {} bytes", sock.display(), MAX_ANSWER));
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(|x| x.as_str()).unwrap_or("-")
+}
+
+fn num(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(s)) => s.clone(),
+        _ => "-".into(),
+    }
+}
+
+/// STATUS JSON for a person.
+fn render_status(v: &Value) -> String {
+    let mut o = String::new();
+    let lockout = v.get("lockout").and_then(|x| x.as_bool()).unwrap_or(false);
+    o += &format!("state:         {}\n", text(v, "state"));
+    o += &format!("generation:    {}\n", num(v, "generation"));
+    o += &format!("lockout:       {}\n", if lockout { "YES" } else { "no" });
+    o += &format!("magic:         {}\n", num(v, "magic"));
+    o += &format!("version:       {}\n", text(v, "version"));
+    o += &format!("master:        pid {}, started {}\n", num(v, "pid"), text(v, "started"));
+    match v.get("last_restart") {
+        Some(lr) if lr.is_object() => {
+            let outcome = text(lr, "outcome");
+            let mut s = format!("generation {}, started {}: {}", num(lr, "generation"), text(lr, "started"), outcome);
+            if let Some(ms) = lr.get("duration_ms").and_then(|x| x.as_u64()) {
+                s += &format!(" in {}.{:03} s", ms / 1000, ms % 1000);
+            }
+            if let Some(r) = lr.get("reason").and_then(|x| x.as_str()) {
+                s += &format!(" ({})", r);
+            }
+            o += &format!("last restart:  {}\n", s);
+        }
+        _ => o += "last restart:  none\n",
+    }
+    let workers = v.get("workers").and_then(|w| w.as_array()).cloned().unwrap_or_default();
+    o += &format!("workers:       {}\n", workers.len());
+    if !workers.is_empty() {
+        o += &format!("  {:>8}  {:>4}  {:>5}  {:<9} {}\n", "PID", "GEN", "INDEX", "STATE", "STARTED");
+        for w in &workers {
+            o += &format!(
+                "  {:>8}  {:>4}  {:>5}  {:<9} {}\n",
+                num(w, "pid"),
+                num(w, "generation"),
+                num(w, "index"),
+                text(w, "state"),
+                text(w, "started")
+            );
+        }
+    }
+    if lockout {
+        o += &format!(
+            "\nLockout: {}.\n{}\n",
+            control::describe(control::REASON_ABORTED_RESTART),
+            control::advice(control::REASON_ABORTED_RESTART)
+        );
+    }
+    o
+}
+
+/// Print the outcome of one command; returns the exit status.
+fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
+    match answer {
+        Answer::Nack(reason) => {
+            let verb = match cmd {
+                Cmd::Restart { .. } if control::reason_key(&reason) == control::REASON_ABORTED => "restart failed",
+                Cmd::Restart { .. } => "restart refused",
+                other => other.name(),
+            };
+            eprintln!("zdrestartctl: {}: {}", verb, control::operator_message(&reason));
+            Ok(EXIT_NACK)
+        }
+        Answer::Ack(data) => {
+            match cmd {
+                Cmd::Restart { wait: false } => {
+                    println!("zero-downtime restart started (`zdrestartctl status` follows it)")
+                }
+                Cmd::Restart { wait: true } => {
+                    if data.is_empty() || data == control::ACK_COMPLETE {
+                        println!("zero-downtime restart complete");
+                    } else {
+                        println!("zero-downtime restart complete: {}", data);
+                    }
+                }
+                Cmd::Status { json: true } => println!("{}", data),
+                Cmd::Status { json: false } => {
+                    let v: Value = serde_json::from_str(&data)
+                        .map_err(|e| format!("STATUS answer is not JSON ({}): {}", e, data))?;
+                    print!("{}", render_status(&v));
+                }
+                Cmd::Version | Cmd::Cmds => println!("{}", data),
+                Cmd::LogLevel(l) if l == "restore" => println!("log level restored to logLevel of the config"),
+                Cmd::LogLevel(l) => println!("log level set to {}", l),
+            }
+            Ok(EXIT_ACK)
+        }
+    }
+}
+
+fn run(args: &[String]) -> u8 {
+    let opts = match parse_args(args) {
+        Ok(Parsed::Help) => {
+            print!("{}", USAGE);
+            return EXIT_ACK;
+        }
+        Ok(Parsed::Version) => {
+            println!("zdrestartctl {}", zdrestart::VERSION);
+            return EXIT_ACK;
+        }
+        Ok(Parsed::Run(o)) => o,
+        Err(e) => {
+            eprintln!("zdrestartctl: {}\nTry 'zdrestartctl --help'.", e);
+            return EXIT_ERROR;
+        }
+    };
+    let sock = match socket_path(&opts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("zdrestartctl: {}", e);
+            return EXIT_ERROR;
+        }
+    };
+    let wait = matches!(opts.cmd, Cmd::Restart { wait: true });
+    let secs = opts.timeout.unwrap_or(if wait { 0.0 } else { DEFAULT_TIMEOUT_SECS });
+    let timeout = if secs > 0.0 { Some(Duration::from_secs_f64(secs)) } else { None };
+    let line = match exchange(&sock, &opts.cmd.line(), timeout, wait) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("zdrestartctl: {}", e);
+            return EXIT_ERROR;
+        }
+    };
+    let Some(answer) = control::parse_answer(&line) else {
+        eprintln!("zdrestartctl: {}: unexpected answer: {:?}", sock.display(), line);
+        return EXIT_ERROR;
+    };
+    match report(&opts.cmd, answer) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zdrestartctl: {}: {}", sock.display(), e);
+            EXIT_ERROR
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    ExitCode::from(run(&args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Parsed, String> {
+        parse_args(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    fn cmd(args: &[&str]) -> Opts {
+        match p(args) {
+            Ok(Parsed::Run(o)) => o,
+            Ok(_) => panic!("not a command: {:?}", args),
+            Err(e) => panic!("{:?}: {}", args, e),
+        }
+    }
+
+    #[test]
+    fn parses_commands_and_options() {
+        assert_eq!(cmd(&["restart"]).cmd, Cmd::Restart { wait: false });
+        assert_eq!(cmd(&["restart", "--wait"]).cmd, Cmd::Restart { wait: true });
+        assert_eq!(cmd(&["status"]).cmd, Cmd::Status { json: false });
+        assert_eq!(cmd(&["status", "--json"]).cmd, Cmd::Status { json: true });
+        assert_eq!(cmd(&["loglevel", "DEBUG"]).cmd, Cmd::LogLevel("debug".into()));
+        assert_eq!(cmd(&["loglevel", "restore"]).cmd, Cmd::LogLevel("restore".into()));
+        let o = cmd(&["-s", "/tmp/x.sock", "-t", "5", "-c", "/etc/z.json", "version"]);
+        assert_eq!(o.socket, Some(PathBuf::from("/tmp/x.sock")));
+        assert_eq!(o.config, Some(PathBuf::from("/etc/z.json")));
+        assert_eq!(o.timeout, Some(5.0));
+        assert_eq!(o.cmd, Cmd::Version);
+        let o = cmd(&["restart", "--wait", "--timeout=0", "--socket=/s"]);
+        assert_eq!((o.timeout, o.socket), (Some(0.0), Some(PathBuf::from("/s"))));
+        assert!(matches!(p(&["--help"]), Ok(Parsed::Help)));
+        assert!(matches!(p(&["status", "-V"]), Ok(Parsed::Version)));
+    }
+
+    #[test]
+    fn usage_errors() {
+        for bad in [
+            &[][..],
+            &["frob"][..],
+            &["restart", "now"][..],
+            &["status", "--yaml"][..],
+            &["loglevel"][..],
+            &["loglevel", "loud"][..],
+            &["-t", "soon", "status"][..],
+            &["-t", "-1", "status"][..],
+            &["-s"][..],
+            &["--bogus", "status"][..],
+            &["version", "x"][..],
+        ] {
+            assert!(p(bad).is_err(), "{:?} should be a usage error", bad);
+        }
+    }
+
+    #[test]
+    fn command_lines() {
+        assert_eq!(Cmd::Restart { wait: true }.line(), "RESTART WAIT");
+        assert_eq!(Cmd::LogLevel("warn".into()).line(), "LOGLEVEL warn");
+        assert_eq!(Cmd::Status { json: true }.line(), "STATUS");
+    }
+
+    #[test]
+    fn renders_status() {
+        let v: Value = serde_json::from_str(
+            r#"{"state":"lockout","generation":3,"lockout":true,"magic":1,"version":"0.1.0","pid":100,
+            "started":"2024-01-01T00:00:00.000Z","last_restart":{"generation":3,"started":"2024-01-01T00:10:00.000Z",
+            "outcome":"aborted","reason":"new worker 12 exited with status 1","duration_ms":1500},
+            "workers":[{"pid":11,"generation":2,"index":0,"state":"ready","started":"2024-01-01T00:00:01.000Z"}]}"#,
+        )
+        .unwrap();
+        let s = render_status(&v);
+        assert!(s.contains("state:         lockout"), "{}", s);
+        assert!(s.contains("lockout:       YES"), "{}", s);
+        assert!(s.contains("aborted in 1.500 s (new worker 12 exited with status 1)"), "{}", s);
+        assert!(s.contains("      11     2      0  ready"), "{}", s);
+        assert!(s.contains("restart the master as soon as possible"), "{}", s);
+        let v: Value = serde_json::from_str(r#"{"state":"running","last_restart":null,"workers":[]}"#).unwrap();
+        let s = render_status(&v);
+        assert!(s.contains("last restart:  none") && s.contains("workers:       0"), "{}", s);
+    }
+
+    #[test]
+    fn strips_os_error_suffix() {
+        let e = std::io::Error::from_raw_os_error(2);
+        assert_eq!(os_text(&e), "No such file or directory");
+    }
+}

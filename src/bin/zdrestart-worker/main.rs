@@ -1,1 +1,267 @@
-fn main(){}
+//! `zdrestart-worker`: the built-in worker (DESIGN.md sections 5 and 6), an
+//! HTTP/1.1 JSON object store on a Databank driver (`memory` or `mongodb`).
+//!
+//! This file owns start-up: arguments, config, logging, the listeners
+//! (inherited through `LISTEN_FDS`, or bound by hand), the driver, the probe
+//! mode, and the exit status. It must not hold request logic (`api.rs`,
+//! `http.rs`) or serving logic (`server.rs`). A fatal start-up error is
+//! reported as `ERROR=<text>` on the report pipe and ends the process with
+//! status 1; no `unsafe` here: inherited fds are taken with
+//! `zdrestart::sys::adopt_fd`.
+#![deny(unsafe_code)]
+
+mod api;
+mod http;
+mod mongo;
+mod notify;
+mod probe;
+mod server;
+mod store;
+
+use notify::Notifier;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use zdrestart::config::{Config, Driver};
+use zdrestart::protocol::{
+    ENV_CONFIG, ENV_GENERATION, ENV_LISTEN_FDS, ENV_LISTEN_PID, ENV_LOGLEVEL, ENV_PROBE, LISTEN_FDS_START,
+};
+
+const USAGE: &str = "\
+Usage: zdrestart-worker [-c FILE]
+
+The built-in worker of zdrestart: an HTTP/1.1 JSON object store.
+Normally started by the zdrestart master, which passes the listening sockets
+(LISTEN_FDS) and a report pipe (ZDRESTART_NOTIFY_FD). Run by hand, it binds
+address:port of the config itself.
+
+Options:
+  -c, --config FILE  config file (default: $ZDRESTART_CONFIG, else /etc/zdrestart.json)
+  -h, --help         print this help
+  -V, --version      print the version
+
+Environment:
+  ZDRESTART_CONFIG      config file when -c is not given
+  ZDRESTART_LOGLEVEL    overrides logLevel (trace, debug, info, warn, error, fatal)
+  ZDRESTART_PROBE=1     probe mode: print MAGIC= and VERSION=, check the config and
+                        (mongodb) ping the database, then exit 0, or print ERROR= and exit 1
+  ZDRESTART_GENERATION  generation number reported by /healthz
+  LISTEN_FDS, LISTEN_PID  inherited listeners (fds 3..), systemd convention
+
+API: GET /healthz; GET, PUT, DELETE /objects/{type}/{id}; GET /delay/{ms}.
+Signals: SIGTERM, SIGINT: finish requests in flight and exit 0.";
+
+enum Args {
+    Run(Option<PathBuf>),
+    Help,
+    Version,
+}
+
+fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut config = None;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "-h" | "--help" => return Ok(Args::Help),
+            "-V" | "--version" => return Ok(Args::Version),
+            "-c" | "--config" => {
+                i += 1;
+                let v = args.get(i).ok_or_else(|| format!("{} needs a file name", args[i - 1]))?;
+                config = Some(PathBuf::from(v));
+            }
+            s if s.starts_with("--config=") => config = Some(PathBuf::from(&s["--config=".len()..])),
+            other => return Err(format!("unknown argument {:?}", other)),
+        }
+        i += 1;
+    }
+    Ok(Args::Run(config))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config_arg = match parse_args(&args) {
+        Ok(Args::Help) => {
+            println!("{}", USAGE);
+            return;
+        }
+        Ok(Args::Version) => {
+            println!("zdrestart-worker {}", zdrestart::VERSION);
+            return;
+        }
+        Ok(Args::Run(c)) => c,
+        Err(e) => {
+            eprintln!("zdrestart-worker: {}\n\n{}", e, USAGE);
+            std::process::exit(2);
+        }
+    };
+    std::process::exit(start(config_arg));
+}
+
+/// Log a fatal start-up error and report it; returns the exit status.
+fn fail(notifier: &Notifier, msg: &str) -> i32 {
+    log::error!("{}", msg);
+    if !notifier.send("ERROR", msg) {
+        if std::env::var(ENV_PROBE).is_ok_and(|v| v == "1") {
+            // A probe run by hand reports on stdout, like MAGIC= and VERSION=.
+            println!("ERROR={}", notify::one_line(msg));
+        } else {
+            // Make sure a person running it by hand sees it.
+            eprintln!("zdrestart-worker: {}", msg);
+        }
+    }
+    1
+}
+
+/// `ZDRESTART_LOGLEVEL`, when set and valid.
+fn env_level() -> Option<log::LevelFilter> {
+    std::env::var(ENV_LOGLEVEL).ok().and_then(|s| zdrestart::config::parse_level(s.trim()))
+}
+
+fn start(config_arg: Option<PathBuf>) -> i32 {
+    let probe_mode = std::env::var(ENV_PROBE).is_ok_and(|v| v == "1");
+    // Logs: bunyan lines on stdout, which the master reads and passes on.
+    let _ = zdrestart::log::init(
+        zdrestart::log::Target::Stdout,
+        env_level().unwrap_or(log::LevelFilter::Info),
+        if probe_mode { "probe" } else { "worker" },
+    );
+    let notifier = match Notifier::from_env() {
+        Ok(n) => n,
+        Err(e) => return fail(&Notifier::none(), &e),
+    };
+
+    let path = config_arg
+        .or_else(|| std::env::var_os(ENV_CONFIG).filter(|v| !v.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(zdrestart::config::DEFAULT_PATH));
+    let cfg = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(&notifier, &format!("config: {}", e)),
+    };
+    match std::env::var(ENV_LOGLEVEL) {
+        Ok(v) if env_level().is_none() => {
+            zdrestart::log::set_level(cfg.log_level);
+            log::warn!("{}={:?} is not a level (trace..fatal): using logLevel of the config", ENV_LOGLEVEL, v);
+        }
+        Ok(_) => {}
+        Err(_) => zdrestart::log::set_level(cfg.log_level),
+    }
+    for w in &cfg.warnings {
+        log::warn!("{}", w);
+    }
+
+    if probe_mode {
+        return probe::run(&cfg, &notifier);
+    }
+
+    let generation = std::env::var(ENV_GENERATION).ok().and_then(|g| g.trim().parse::<u64>().ok()).unwrap_or(0);
+    let pid = std::process::id();
+    log::info!(
+        event = "worker.start",
+        generation = generation,
+        driver = cfg.driver.as_str(),
+        version = zdrestart::VERSION,
+        threads = cfg.threads as u64;
+        "Worker starting"
+    );
+
+    let listeners = match take_listeners(&cfg, notifier.fd()) {
+        Ok(l) => l,
+        Err(e) => return fail(&notifier, &e),
+    };
+    for l in &listeners {
+        if let Ok(a) = l.local_addr() {
+            log::info!(address = a.to_string().as_str(); "Listening on {}", a);
+        }
+    }
+
+    let store: Arc<dyn store::Store> = match cfg.driver {
+        Driver::Memory => Arc::new(store::MemoryStore::default()),
+        Driver::Mongodb => match mongo::MongoStore::new(&cfg, cfg.db_timeout, cfg.threads) {
+            Ok(s) => {
+                let s = Arc::new(s);
+                // Never wait for the database before serving: it may be down,
+                // and requests answer 503 until it is back.
+                let check = s.clone();
+                let _ = std::thread::Builder::new().name("db-check".into()).spawn(move || match check.ping() {
+                    Ok(()) => log::info!("Database reachable"),
+                    Err(e) => log::warn!(error = e.to_string().as_str();
+                        "Database unreachable at start; requests answer 503 until it is back"),
+                });
+                s
+            }
+            Err(mongo::InitError::Config(m)) => return fail(&notifier, &format!("config: {}", m)),
+            Err(mongo::InitError::Other(m)) => return fail(&notifier, &m),
+        },
+    };
+
+    let signals = match server::Signals::install() {
+        Ok(s) => s,
+        Err(e) => return fail(&notifier, &format!("cannot install signal handlers: {}", e)),
+    };
+    let who = api::Identity { pid, generation, driver: store.name() };
+    let shared = Arc::new(server::Shared::new(store, who, cfg.threads as usize));
+    match server::run(listeners, shared, signals, &notifier) {
+        Ok(()) => 0,
+        Err(e) => {
+            // Before READY this is a start-up error; after it the master sees us exit.
+            fail(&notifier, &format!("serving failed: {}", e))
+        }
+    }
+}
+
+/// The listeners: inherited (`LISTEN_FDS`, `LISTEN_PID`), or bound from the config.
+fn take_listeners(cfg: &Config, notify_fd: Option<i32>) -> Result<Vec<TcpListener>, String> {
+    let n = match std::env::var(ENV_LISTEN_FDS) {
+        Err(_) => {
+            let l = TcpListener::bind((cfg.address.as_str(), cfg.port))
+                .map_err(|e| format!("cannot listen on {}: {}", cfg.listen_display(), e))?;
+            return Ok(vec![l]);
+        }
+        Ok(v) => v
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|&n| (1..=1024).contains(&n))
+            .ok_or_else(|| format!("{}={:?}: expected a number of listeners from 1 to 1024", ENV_LISTEN_FDS, v))?,
+    };
+    let pid = std::process::id();
+    let listen_pid = std::env::var(ENV_LISTEN_PID).unwrap_or_default();
+    if listen_pid.trim().parse::<u32>().ok() != Some(pid) {
+        return Err(format!(
+            "{} is set but {}={:?} is not this process ({}): the listeners are not ours",
+            ENV_LISTEN_FDS, ENV_LISTEN_PID, listen_pid, pid
+        ));
+    }
+    let mut out = Vec::new();
+    for fd in LISTEN_FDS_START..LISTEN_FDS_START + n {
+        if Some(fd) == notify_fd {
+            return Err(format!("listener fd {} is also the report pipe", fd));
+        }
+        let owned = zdrestart::sys::adopt_fd(fd).map_err(|e| format!("listener fd {}: {}", fd, e))?;
+        let l = TcpListener::from(owned);
+        // A socket that is not TCP (or not a socket) has no IP local address.
+        l.local_addr().map_err(|e| format!("listener fd {} is not a TCP socket: {}", fd, e))?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn args() {
+        assert!(matches!(parse_args(&s(&[])), Ok(Args::Run(None))));
+        assert!(matches!(parse_args(&s(&["-c", "/x"])), Ok(Args::Run(Some(p))) if p == PathBuf::from("/x")));
+        assert!(matches!(parse_args(&s(&["--config=/y"])), Ok(Args::Run(Some(p))) if p == PathBuf::from("/y")));
+        assert!(matches!(parse_args(&s(&["--help"])), Ok(Args::Help)));
+        assert!(matches!(parse_args(&s(&["-V"])), Ok(Args::Version)));
+        assert!(parse_args(&s(&["-c"])).is_err());
+        assert!(parse_args(&s(&["--bogus"])).is_err());
+    }
+}

@@ -1,0 +1,304 @@
+//! Zero-downtime restarts (issue 4, DESIGN.md section 4): every refusal
+//! reason, every abort cause and the lockout after it, the rollout itself.
+//! Real master, real workers, a real MongoDB-compatible server, and the
+//! fault-injection workers of tests/fault/.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A master on MongoDB with 2 workers, serving.
+fn mongo_master(mongo: &Mongo, extra: Value) -> Master {
+    Master::for_test()
+        .merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri(), "timeout": 2}, "shutdownTimeout": 3}))
+        .merge(extra)
+        .start()
+}
+
+fn reason_of(rec: &Value) -> &str {
+    rec.get("reason").and_then(Value::as_str).unwrap_or("")
+}
+
+/// Send SIGUSR2 and return the `restart.refused` record that follows.
+fn refused(m: &Master) -> Value {
+    let mark = m.mark();
+    m.signal(libc::SIGUSR2);
+    let (_, rec) = m.wait_event_after(mark, "restart.refused", T);
+    assert_eq!(rec["level"], 40, "a refusal is one warn record: {}", rec);
+    rec
+}
+
+fn generation_of(m: &Master) -> u64 {
+    get(m.port, "/healthz").json()["generation"].as_u64().unwrap()
+}
+
+#[test]
+fn every_refusal_reason_changes_nothing() {
+    let mongo = Mongo::start();
+    let mut m = mongo_master(&mongo, json!({}));
+    let before = m.worker_pids();
+    assert_eq!(before.len(), 2);
+
+    // bad config: not JSON. The old workers keep serving.
+    m.write_config_raw("{ \"workers\": 2, ");
+    let r = refused(&m);
+    assert_eq!(reason_of(&r), "bad config");
+    assert!(r["detail"].as_str().unwrap().contains("zdrestart.json"), "{}", r);
+    assert_eq!(m.healthz().status, 200);
+    // bad config: invalid value.
+    m.rewrite_config(|c| {
+        c.insert("workers".into(), json!(0));
+    });
+    let r = refused(&m);
+    assert_eq!(reason_of(&r), "bad config");
+    assert!(r["detail"].as_str().unwrap().contains("\"workers\""), "{}", r);
+
+    // listen address changed.
+    m.rewrite_config(|c| {
+        c.insert("workers".into(), json!(2));
+        c.insert("port".into(), json!(free_port()));
+    });
+    assert_eq!(reason_of(&refused(&m)), "listen address changed");
+    let port = m.port;
+    m.rewrite_config(|c| {
+        c.insert("port".into(), json!(port));
+    });
+
+    // no workers.
+    m.rewrite_config(|c| {
+        c.insert("workers".into(), json!(1));
+    });
+    assert_eq!(reason_of(&refused(&m)), "no workers");
+
+    // bad driver.
+    m.rewrite_config(|c| {
+        c.insert("workers".into(), json!(2));
+        c.insert("driver".into(), json!("memory"));
+    });
+    assert_eq!(reason_of(&refused(&m)), "bad driver");
+
+    // incompatibility: the new code reports another magic number.
+    m.rewrite_config(|c| {
+        c.insert("driver".into(), json!("mongodb"));
+        c.insert("worker".into(), fault_worker_json("bad-magic.sh"));
+    });
+    let r = refused(&m);
+    assert_eq!(reason_of(&r), "incompatibility");
+    assert!(r["detail"].as_str().unwrap().contains("999999"), "{}", r);
+
+    // probe failed: the probe reports an error.
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), fault_worker_json("probe-error.sh"));
+    });
+    assert_eq!(reason_of(&refused(&m)), "probe failed");
+
+    // probe failed: the probe hangs (probeTimeout), and a restart requested
+    // meanwhile is refused as in flight.
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), fault_worker_json("probe-hang.sh"));
+        c.insert("probeTimeout".into(), json!(3));
+    });
+    let mark = m.mark();
+    m.signal(libc::SIGUSR2);
+    std::thread::sleep(Duration::from_millis(800));
+    m.signal(libc::SIGUSR2);
+    let recs = m.wait_events_after(mark, "restart.refused", 2, T);
+    assert_eq!(reason_of(&recs[0]), "restart in flight");
+    assert_eq!(reason_of(&recs[1]), "probe failed");
+    assert!(recs[1]["detail"].as_str().unwrap().contains("probeTimeout"), "{}", recs[1]);
+
+    // Nothing changed through all of it: same workers, same generation,
+    // no restart started, no worker spawned.
+    assert_eq!(m.worker_pids(), before);
+    assert_eq!(generation_of(&m), 1);
+    assert!(m.events("restart.start").is_empty());
+    assert_eq!(m.events("worker.spawn").len(), 2);
+    // No probe left behind.
+    assert!(wait_until(Duration::from_secs(5), || m.children().len() == 2), "{:?}", m.children());
+}
+
+#[test]
+fn restart_rolls_over_to_new_config_with_three_workers() {
+    let mongo = Mongo::start();
+    let mut m = mongo_master(&mongo, json!({}));
+    let old = m.worker_pids();
+    put_json(m.port, "/objects/note/before", &json!({"v": 1}));
+    m.rewrite_config(|c| {
+        c.insert("workers".into(), json!(3));
+    });
+    let mark = m.mark();
+    m.signal(libc::SIGUSR2);
+    let (_, done) = m.wait_event_after(mark, "restart.complete", T);
+    assert_eq!(done["msg"], "Zero-downtime restart complete");
+    assert_eq!(done["level"], 30);
+    assert_eq!(done["generation"], 2);
+    assert!(done["duration_ms"].as_u64().is_some());
+    let new = m.wait_worker_count(3, T);
+    assert!(new.iter().all(|p| !old.contains(p)), "old {:?} new {:?}", old, new);
+    assert_eq!(generation_of(&m), 2);
+    // The old data is there for the new generation (shared database).
+    assert_eq!(get(m.port, "/objects/note/before").json()["v"], 1);
+
+    // Surge order: every old worker was asked to exit only after a new one
+    // was ready, and never more old ones than ready new ones.
+    let recs = m.log_records();
+    let mut ready_new = 0;
+    let mut stopped_old = 0;
+    for r in &recs[mark..] {
+        if event_of(r) == "worker.ready" && r["generation"] == 2 {
+            ready_new += 1;
+        }
+        if r["msg"].as_str().unwrap_or("").starts_with("asking worker") {
+            stopped_old += 1;
+            assert!(stopped_old <= ready_new, "an old worker was stopped before a new one was ready");
+        }
+    }
+    assert_eq!((ready_new, stopped_old), (3, 2));
+    // Exits of old workers are expected: info, not error.
+    for r in m.events("worker.exit") {
+        assert_eq!(r["level"], 30, "{}", r);
+    }
+}
+
+#[test]
+fn old_worker_ignoring_sigterm_is_killed_after_shutdown_timeout() {
+    let mongo = Mongo::start();
+    // Generation 1 ignores SIGTERM (and serves nothing: wait for READY only).
+    let mut m = Master::for_test()
+        .merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri()}, "shutdownTimeout": 2,
+                      "worker": fault_worker_json("ignore-term.sh")}))
+        .spawn();
+    m.wait_events_after(0, "worker.ready", 2, T);
+    let old = m.worker_pids();
+    m.rewrite_config(|c| {
+        c.remove("worker");
+    });
+    let mark = m.mark();
+    m.signal(libc::SIGUSR2);
+    let kills = m.wait_events_after(mark, "worker.kill", 2, T);
+    let killed: Vec<i64> = kills.iter().map(|r| r["worker_pid"].as_i64().unwrap()).collect();
+    for p in &old {
+        assert!(killed.contains(&(*p as i64)), "{:?} not in {:?}", p, killed);
+    }
+    m.wait_event_after(mark, "restart.complete", T);
+    assert_eq!(m.healthz().status, 200);
+}
+
+/// After an abort: lockout. Refuses restarts, respawns nothing, tells the
+/// operator for each worker that dies, leaves serving workers alone, and
+/// exits 1 releasing the port when the last worker is gone.
+fn check_lockout(m: &mut Master, abort_reason: &str) {
+    let abort = m.wait_for_event("restart.abort", T);
+    assert_eq!(abort["level"], 50);
+    assert_eq!(reason_of(&abort), abort_reason, "{}", abort);
+    m.wait_for_event("master.lockout", T);
+    // The old workers still serve.
+    let old: Vec<i32> = m.events("worker.spawn").iter().filter(|r| r["generation"] == 1).filter_map(worker_pid_of).collect();
+    assert!(wait_until(Duration::from_secs(10), || m.worker_pids() == old), "{:?} vs {:?}", m.worker_pids(), old);
+    let h = m.healthz();
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["generation"], 1);
+
+    // Further restarts are refused, even with a good config.
+    m.rewrite_config(|c| {
+        c.remove("worker");
+    });
+    let r = refused(m);
+    assert_eq!(reason_of(&r), "aborted restart");
+
+    // A dying worker is not respawned, and the operator is told.
+    let spawns = m.events("worker.spawn").len();
+    let mark = m.mark();
+    kill(old[0], libc::SIGKILL);
+    m.wait_for(&format!("error about worker {}", old[0]), T, |recs| {
+        recs[mark..].iter().find(|r| {
+            r["level"] == 50 && r["msg"].as_str().unwrap_or("").contains("restart the master as soon as possible")
+        }).map(|_| ())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(m.events("worker.spawn").len(), spawns, "no respawn in lockout");
+    assert_eq!(m.healthz().status, 200, "the last worker still serves");
+
+    // The last one goes: fatal, exit 1, port released.
+    kill(old[1], libc::SIGKILL);
+    let st = m.wait_exit(T);
+    assert_eq!(Master::exit_code(st), 1);
+    let fatal = m.log_records().into_iter().rev().find(|r| r["level"] == 60).expect("a fatal record");
+    assert!(fatal["msg"].as_str().unwrap().contains("no workers left"), "{}", fatal);
+    assert!(wait_until(Duration::from_secs(5), || port_is_free(m.port)), "port still bound");
+}
+
+fn deploy_broken(m: &mut Master, script: &str, extra: Value) {
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), fault_worker_json(script));
+        for (k, v) in extra.as_object().unwrap() {
+            c.insert(k.clone(), v.clone());
+        }
+    });
+    m.signal(libc::SIGUSR2);
+}
+
+#[test]
+fn abort_when_new_worker_dies_at_start() {
+    let mongo = Mongo::start();
+    let mut m = mongo_master(&mongo, json!({}));
+    deploy_broken(&mut m, "die-at-start.sh", json!({}));
+    let abort = m.wait_for_event("restart.abort", T);
+    // The worker's last output lines travel with the abort record.
+    assert!(abort["stderr"].as_str().unwrap_or("").contains("die-at-start"), "{}", abort);
+    check_lockout(&mut m, "new worker exited");
+}
+
+#[test]
+fn abort_when_new_worker_cannot_bind() {
+    let mongo = Mongo::start();
+    let mut m = mongo_master(&mongo, json!({}));
+    deploy_broken(&mut m, "report-error.sh", json!({}));
+    let abort = m.wait_for_event("restart.abort", T);
+    assert!(abort["detail"].as_str().unwrap().contains("Address already in use"), "{}", abort);
+    check_lockout(&mut m, "new worker reported an error");
+}
+
+#[test]
+fn abort_when_new_worker_is_not_ready_in_time() {
+    let mongo = Mongo::start();
+    let mut m = mongo_master(&mongo, json!({}));
+    deploy_broken(&mut m, "never-ready.sh", json!({"readyTimeout": 2}));
+    let abort = m.wait_for_event("restart.abort", T);
+    assert!(abort["detail"].as_str().unwrap().contains("readyTimeout"), "{}", abort);
+    // The worker that never got ready is stopped.
+    let bad = worker_pid_of(&abort).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !pid_alive(bad)), "not-ready worker {} still alive", bad);
+    check_lockout(&mut m, "new worker not ready");
+}
+
+#[test]
+fn sigterm_during_a_restart_stops_everything() {
+    let mongo = Mongo::start();
+    let mut m = mongo_master(&mongo, json!({}));
+    // New workers never get ready, so the restart is still running.
+    deploy_broken(&mut m, "never-ready.sh", json!({"readyTimeout": 20}));
+    m.wait_events_after(0, "worker.spawn", 3, T);
+    let all = m.children();
+    m.signal(libc::SIGTERM);
+    let st = m.wait_exit(T);
+    assert_eq!(Master::exit_code(st), 0);
+    m.wait_for_event("master.stop", T);
+    for p in all {
+        assert!(wait_until(Duration::from_secs(5), || !pid_alive(p)), "{} survived", p);
+    }
+    assert!(port_is_free(m.port));
+    assert!(!m.pidfile.as_ref().unwrap().exists());
+}
+
+#[test]
+fn default_shutdown_timeout_is_thirty_seconds() {
+    // "if a worker process doesn't shut itself down within 30 seconds, it will be killed"
+    let c = zdrestart::config::Config::parse(std::path::Path::new("/x.json"), "{}").unwrap();
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(c.workers, 2, "two or more workers is the default");
+}

@@ -1,0 +1,85 @@
+//! Zero-downtime restarts under continuous load (issue 4): keep-alive and
+//! new-connection clients plus ~300 ms requests in flight at every swap.
+//! Ten restarts in a row fail no request and lose no acknowledged write; a
+//! deploy whose new workers die at start-up fails no request either.
+
+mod common;
+mod load;
+
+use common::*;
+use load::{Load, Spec};
+use serde_json::json;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+const SPEC: Spec = Spec { keepalive: 4, fresh: 2, slow: 3, slow_ms: 300 };
+
+fn report(what: &str, s: &load::Stats) {
+    let ok = s.samples.iter().filter(|x| x.ok).count();
+    eprintln!(
+        "{}: {} requests, {} ok, {} failed, {} keep-alive retries, {} acknowledged writes, {} worker pids answered",
+        what,
+        s.samples.len(),
+        ok,
+        s.failures.len(),
+        s.retries,
+        s.acked.len(),
+        s.pids.len()
+    );
+    for f in s.failures.iter().take(20) {
+        eprintln!("  failed: {}", f);
+    }
+}
+
+#[test]
+fn ten_restarts_under_load_fail_no_request_and_lose_no_write() {
+    let _g = exclusive();
+    let mongo = Mongo::start();
+    let m = Master::for_test()
+        .merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri()}, "threads": 8, "shutdownTimeout": 10}))
+        .start();
+    let load = Load::start(m.port, SPEC);
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..10 {
+        let mark = m.mark();
+        m.signal(libc::SIGUSR2);
+        let (_, done) = m.wait_event_after(mark, "restart.complete", T);
+        assert_eq!(done["generation"], i + 2);
+        // Let the new generation take traffic before the next swap.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = load.finish();
+    report("10 restarts", &stats);
+    assert!(stats.failures.is_empty(), "{} failed requests", stats.failures.len());
+    assert!(stats.acked.len() > 100, "too little load to mean anything: {}", stats.acked.len());
+    assert!(stats.pids.len() >= 2 * 11 - 2, "answers came from {} worker pids", stats.pids.len());
+    let lost = load::verify_acked(m.port, &stats.acked);
+    assert!(lost.is_empty(), "{} acknowledged writes not read back: {:?}", lost.len(), &lost[..lost.len().min(10)]);
+    assert!(m.events("restart.abort").is_empty());
+    assert!(m.events("worker.kill").is_empty(), "every old worker exited by itself");
+}
+
+#[test]
+fn broken_deploy_under_load_fails_no_request() {
+    let _g = exclusive();
+    let mongo = Mongo::start();
+    let mut m = Master::for_test()
+        .merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri()}, "threads": 8}))
+        .start();
+    let old = m.worker_pids();
+    let load = Load::start(m.port, SPEC);
+    std::thread::sleep(Duration::from_secs(1));
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), fault_worker_json("die-at-start.sh"));
+    });
+    m.signal(libc::SIGUSR2);
+    m.wait_for_event("restart.abort", T);
+    std::thread::sleep(Duration::from_secs(2));
+    let stats = load.finish();
+    report("broken deploy", &stats);
+    assert!(stats.failures.is_empty(), "{} failed requests", stats.failures.len());
+    assert_eq!(m.worker_pids(), old, "the old workers keep serving");
+    assert_eq!(m.healthz().status, 200);
+    assert!(load::verify_acked(m.port, &stats.acked).is_empty());
+}
