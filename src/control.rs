@@ -31,6 +31,7 @@
 //! - a client need not wait for an answer before sending the next command
 //!   (pipelining); `echo RESTART | nc -U pump.socket` is the documented use;
 //! - the socket is created read-write for its owner only.
+//!
 //! pump.io's client splits input with the npm `split` module, whose default
 //! separator is `/\r?\n/`: we accept `\r\n` too, and answer with `\n` only.
 //! Where the sources are silent we chose: a last line without newline before

@@ -199,12 +199,18 @@ fn sigkill_worker_is_respawned(m: Master) {
 
 #[test]
 fn sigkilled_worker_is_respawned() {
-    sigkill_worker_is_respawned(Master::for_test().start());
+    let m = Master::for_test().start();
+    let pidfds = fd_targets(m.pid()).into_iter().filter(|t| t.ends_with("[pidfd]")).count();
+    assert!(pidfds >= 2, "a pidfd per worker (Linux >= 5.3): {:?}", fd_targets(m.pid()));
+    sigkill_worker_is_respawned(m);
 }
 
 #[test]
 fn sigkilled_worker_is_respawned_without_pidfd() {
-    sigkill_worker_is_respawned(Master::for_test().env("ZDRESTART_NO_PIDFD", "1").start());
+    let m = Master::for_test().env("ZDRESTART_NO_PIDFD", "1").start();
+    let pidfds: Vec<String> = fd_targets(m.pid()).into_iter().filter(|t| t.ends_with("[pidfd]")).collect();
+    assert!(pidfds.is_empty(), "ZDRESTART_NO_PIDFD=1 but the master holds pidfds: {:?}", pidfds);
+    sigkill_worker_is_respawned(m);
 }
 
 #[test]

@@ -108,12 +108,12 @@ fn every_client_error() {
     // And with the body actually sent (a client that does not wait): still 413.
     let mut c = Conn::open(p);
     let mut big = format!("PUT /objects/t/big HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", 2 * size).into_bytes();
-    big.extend(std::iter::repeat_n(b' ', 2 * size));
+    big.extend(vec![b' '; 2 * size]);
     let _ = c.stream.write_all(&big); // may fail once the worker closes: fine
     assert_eq!(c.read().unwrap().status, 413);
     // Exactly 1 MiB is accepted.
     let mut obj = b"{\"k\":\"".to_vec();
-    obj.extend(std::iter::repeat_n(b'a', 1024 * 1024 - 8));
+    obj.extend(vec![b'a'; 1024 * 1024 - 8]);
     obj.extend_from_slice(b"\"}");
     assert_eq!(obj.len(), 1024 * 1024);
     assert_eq!(request(p, "PUT", "/objects/t/big", Some(&obj)).status, 200);
@@ -324,8 +324,7 @@ fn spawn_inherited(
     listener_fd: std::process::Stdio,
     cfg: &std::path::Path,
     log: &std::path::Path,
-) -> (Proc, std::io::PipeReader) {
-    let (rd, wr) = std::io::pipe().unwrap();
+) -> (Proc, std::process::ChildStdout) {
     let script = r#"exec 3<&0 4>&1 0</dev/null 1>>"$LOG" 2>&1; LISTEN_PID=$$ exec "$W" -c "$CFG""#;
     let child = std::process::Command::new("sh")
         .arg("-c")
@@ -338,13 +337,15 @@ fn spawn_inherited(
         .env("ZDRESTART_GENERATION", "3")
         .env_remove("ZDRESTART_PROBE")
         .stdin(listener_fd)
-        .stdout(wr)
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = child;
+    let rd = child.stdout.take().unwrap();
     (Proc { child: Some(child), log: log.to_path_buf() }, rd)
 }
 
-fn read_report_line(rd: &mut std::io::PipeReader) -> String {
+fn read_report_line(rd: &mut std::process::ChildStdout) -> String {
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     while std::io::Read::read(rd, &mut b).unwrap() == 1 && b[0] != b'\n' {

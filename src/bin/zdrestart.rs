@@ -44,6 +44,9 @@ fn usage_error(msg: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = zdrestart::sys::ensure_std_fds() {
+        return usage_error(&format!("open /dev/null: {}", e));
+    }
     let mut config_path = PathBuf::from(DEFAULT_PATH);
     let mut check = false;
     let mut args = std::env::args_os().skip(1);

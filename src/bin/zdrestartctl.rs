@@ -132,7 +132,7 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
             "-t" | "--timeout" => {
                 let v = value(&mut i)?;
                 match v.parse::<f64>() {
-                    Ok(t) if t.is_finite() && t >= 0.0 && t <= 1e9 => timeout = Some(t),
+                    Ok(t) if (0.0..=1e9).contains(&t) => timeout = Some(t),
                     _ => {
                         return Err(format!("invalid timeout \"{}\": expected a number of seconds (0: no timeout)", v))
                     }

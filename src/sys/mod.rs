@@ -439,3 +439,24 @@ pub fn strerror(e: &io::Error) -> String {
         None => s,
     }
 }
+
+/// Make sure fds 0, 1 and 2 are open (on /dev/null if they were closed), so
+/// that no socket or pipe created later lands on them and receives what is
+/// meant for stdout or stderr.
+pub fn ensure_std_fds() -> io::Result<()> {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries flags; EBADF means the fd is closed.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            let f = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+            let raw = f.as_raw_fd();
+            if raw != fd {
+                // SAFETY: dup2 onto a closed fd number; `f` is dropped after.
+                cvt(unsafe { libc::dup2(raw, fd) })?;
+            } else {
+                // It landed exactly on the hole: keep it open (and inheritable).
+                std::mem::forget(f);
+            }
+        }
+    }
+    Ok(())
+}

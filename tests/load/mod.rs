@@ -30,6 +30,8 @@ pub struct Sample {
     pub at: Instant,
     pub latency: Duration,
     pub ok: bool,
+    /// A deliberately slow request (`/delay/{ms}`).
+    pub slow: bool,
 }
 
 #[derive(Default)]
@@ -230,7 +232,7 @@ impl Load {
                             false
                         }
                     };
-                    local.samples.push(Sample { at: t0, latency, ok });
+                    local.samples.push(Sample { at: t0, latency, ok, slow: kind == 2 });
                 }
                 let mut s = stats.lock().unwrap();
                 s.samples.append(&mut local.samples);

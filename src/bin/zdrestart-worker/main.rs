@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use zdrestart::config::{Config, Driver};
 use zdrestart::protocol::{
-    ENV_CONFIG, ENV_GENERATION, ENV_LISTEN_FDS, ENV_LISTEN_PID, ENV_LOGLEVEL, ENV_PROBE, LISTEN_FDS_START,
+    ENV_CONFIG, ENV_GENERATION, ENV_WORKER, ENV_LISTEN_FDS, ENV_LISTEN_PID, ENV_LOGLEVEL, ENV_PROBE, LISTEN_FDS_START,
 };
 
 const USAGE: &str = "\
@@ -153,11 +153,18 @@ fn start(config_arg: Option<PathBuf>) -> i32 {
         return probe::run(&cfg, &notifier);
     }
 
+    // Early, so that a SIGTERM during start-up (e.g. while the driver is being
+    // prepared) means "exit 0 once started" instead of the default death.
+    let signals = match server::Signals::install() {
+        Ok(s) => s,
+        Err(e) => return fail(&notifier, &format!("cannot install signal handlers: {}", e)),
+    };
     let generation = std::env::var(ENV_GENERATION).ok().and_then(|g| g.trim().parse::<u64>().ok()).unwrap_or(0);
     let pid = std::process::id();
     log::info!(
         event = "worker.start",
         generation = generation,
+        worker = std::env::var(ENV_WORKER).unwrap_or_default().as_str(),
         driver = cfg.driver.as_str(),
         version = zdrestart::VERSION,
         threads = cfg.threads as u64;
@@ -194,10 +201,6 @@ fn start(config_arg: Option<PathBuf>) -> i32 {
         },
     };
 
-    let signals = match server::Signals::install() {
-        Ok(s) => s,
-        Err(e) => return fail(&notifier, &format!("cannot install signal handlers: {}", e)),
-    };
     let who = api::Identity { pid, generation, driver: store.name() };
     let shared = Arc::new(server::Shared::new(store, who, cfg.threads as usize));
     match server::run(listeners, shared, signals, &notifier) {

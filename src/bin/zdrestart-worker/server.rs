@@ -208,6 +208,9 @@ pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, mut sig: Signals, notif
     let mut pending = vec![true; listeners.len()];
     let mut events = Events::with_capacity(64);
     'serve: loop {
+        if sig.check() {
+            break;
+        }
         for (i, l) in listeners.iter().enumerate() {
             if pending[i] {
                 pending[i] = false;
@@ -215,9 +218,6 @@ pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, mut sig: Signals, notif
                     break 'serve;
                 }
             }
-        }
-        if sig.check() {
-            break;
         }
         match poll.poll(&mut events, None) {
             Ok(()) => {}
@@ -230,9 +230,6 @@ pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, mut sig: Signals, notif
             } else if let Some(p) = pending.get_mut(ev.token().0) {
                 *p = true;
             }
-        }
-        if sig.check() {
-            break;
         }
     }
 
@@ -303,5 +300,34 @@ fn accept_all(l: &TcpListener, sh: &Arc<Shared>, sig: &Signals) -> bool {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permits_bound_concurrency() {
+        let p = Arc::new(Permits::new(2));
+        let running = Arc::new(AtomicU64::new(0));
+        let peak = Arc::new(AtomicU64::new(0));
+        let hs: Vec<_> = (0..8)
+            .map(|_| {
+                let (p, running, peak) = (p.clone(), running.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    let _g = p.acquire();
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(peak.load(Ordering::SeqCst), 2);
+        assert_eq!(*p.free.lock().unwrap(), 2);
     }
 }

@@ -1,0 +1,29 @@
+//! The master and zdrestartctl never link the MongoDB driver or an async
+//! runtime (DESIGN.md section 1): checked on the symbols of the binaries
+//! cargo built for this test run, with the worker as the positive control.
+
+use std::path::Path;
+
+fn has_symbol_prefix(bin: &Path, needle: &[u8]) -> bool {
+    let bytes = std::fs::read(bin).unwrap_or_else(|e| panic!("read {}: {}", bin.display(), e));
+    bytes.windows(needle.len()).any(|w| w == needle)
+}
+
+// Rust's legacy mangling: `_ZN7mongodb...`, `_ZN5tokio...`.
+const MONGODB: &[u8] = b"_ZN7mongodb";
+const TOKIO: &[u8] = b"_ZN5tokio";
+
+#[test]
+fn worker_links_mongodb() {
+    let w = Path::new(env!("CARGO_BIN_EXE_zdrestart-worker"));
+    assert!(has_symbol_prefix(w, MONGODB), "the symbol check finds nothing even in the worker: it would prove nothing");
+}
+
+#[test]
+fn master_and_ctl_do_not_link_mongodb_or_tokio() {
+    for bin in [env!("CARGO_BIN_EXE_zdrestart"), env!("CARGO_BIN_EXE_zdrestartctl")] {
+        let p = Path::new(bin);
+        assert!(!has_symbol_prefix(p, MONGODB), "{} links the mongodb crate", bin);
+        assert!(!has_symbol_prefix(p, TOKIO), "{} links tokio", bin);
+    }
+}
