@@ -482,7 +482,8 @@ pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
                 if let Some(pf) = &cfg.pidfile {
                     remove_pidfile(pf);
                 }
-                return Err(format!("control socket {}: {}", p.display(), e));
+                // ControlServer errors already name the socket path.
+                return Err(e.to_string());
             }
         },
     };
