@@ -49,8 +49,10 @@
 //! listener accepts at most [`MAX_ACCEPT_PER_CALL`] connections per wake-up.
 //! - a line longer than [`Limits::max_line`] (4096 bytes) answers
 //!   `NACK line too long` and the client is closed once that answer is sent;
-//! - past [`Limits::max_clients`] (64) clients, a new connection is answered
-//!   `NACK too many clients` (best effort, never waiting) and closed;
+//! - at most [`Limits::max_clients`] (64) clients are connected. When the
+//!   table is full, a new connection evicts one client (see *Eviction* below)
+//!   and is served; only when no client is evictable is it answered `NACK too
+//!   many clients` (best effort, never waiting) and closed;
 //! - answers waiting for a client that does not read are bounded by
 //!   [`Limits::max_output`] (64 KiB): past it the client is dropped. The
 //!   master also stops reading from a client while an answer to it is still
@@ -62,6 +64,31 @@
 //! Answers come back in the order of the commands: while a client waits for
 //! the answer to `RESTART WAIT`, its further lines are not read (they stay in
 //! the socket) and are handled once that answer is sent.
+//!
+//! # Eviction (a full table never locks the operator out)
+//!
+//! Idle or hostile clients cannot keep `zdrestartctl` out until they time out.
+//! When a connection arrives and [`Limits::max_clients`] clients are
+//! connected, the server closes the *evictable* client that has been idle
+//! longest (oldest last activity: a byte read from it or written to it; ties:
+//! the oldest connection), logs that at debug level, and accepts the new one.
+//!
+//! A client is evictable when the master owes it nothing: it is not marked
+//! waiting ([`ControlServer::set_waiting`], i.e. `RESTART WAIT`, or `RESTART`
+//! while its probe runs) and every command handed out for it was answered
+//! ([`ControlServer::reply`]). Whatever else its state, it is evictable: idle
+//! after its answers, connected without sending anything, in the middle of a
+//! line, or stalled with answers queued that it does not read (its unsent
+//! answers are dropped with it). A client owed an answer, above all one
+//! waiting for `RESTART WAIT`, is never evicted. Only when no client is
+//! evictable is the new connection refused with `NACK too many clients`.
+//!
+//! An evicted client's socket is shut down at once (its peer sees EOF) and
+//! its fd is closed at the next [`ControlServer::expire`], so that a fd
+//! number of the current round of `poll(2)` results never names two clients.
+//! A client that sends its command right after connecting is read within a
+//! wake-up or two, before [`MAX_ACCEPT_PER_CALL`] (16) connections per wake-up
+//! can push it to the head of the eviction order.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -268,7 +295,9 @@ pub fn describe(reason: &str) -> &'static str {
             "the log level must be one of trace, debug, info, warn, error, fatal, or restore"
         }
         NACK_LINE_TOO_LONG => "the command line was longer than the master accepts",
-        NACK_TOO_MANY_CLIENTS => "too many clients are connected to the control socket",
+        NACK_TOO_MANY_CLIENTS => {
+            "too many clients are connected to the control socket, all waiting for an answer from the master"
+        }
         _ => "the master refused",
     }
 }
@@ -323,7 +352,10 @@ pub fn advice(reason: &str) -> &'static str {
         }
         NACK_MISSING_LOGLEVEL | NACK_INVALID_LOGLEVEL => "Use one of: trace debug info warn error fatal restore.",
         NACK_LINE_TOO_LONG => "Send shorter command lines (at most 4096 bytes).",
-        NACK_TOO_MANY_CLIENTS => "Close idle control connections, or retry in a moment.",
+        NACK_TOO_MANY_CLIENTS => {
+            "Retry in a moment, once some of them are answered (such as a `zdrestartctl restart \
+             --wait` that waits for a restart to end); idle connections would have made room."
+        }
         _ => "See the master's log for details.",
     }
 }
@@ -377,6 +409,11 @@ pub struct WorkerStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_line: usize,
+    /// Most clients connected at once. When full, a new connection evicts
+    /// the evictable client idle longest (one the master owes no answer: not
+    /// waiting for `RESTART WAIT`, no command unanswered; stalled clients that
+    /// do not read their answers included); only if none is evictable is it
+    /// answered `NACK too many clients` and closed. See the module doc.
     pub max_clients: usize,
     pub max_output: usize,
     pub idle_timeout: Duration,
@@ -465,6 +502,12 @@ impl Client {
     fn done(&self) -> bool {
         self.owed == 0 && self.pending() == 0 && (self.closing || (self.eof && self.inbuf.is_empty()))
     }
+
+    /// May this client be closed to make room for a new one? Yes unless the
+    /// master owes it an answer (module doc, *Eviction*).
+    fn evictable(&self) -> bool {
+        !self.waiting && self.owed == 0
+    }
 }
 
 /// The control socket: a non-blocking listener and its clients, driven by the
@@ -487,6 +530,10 @@ pub struct ControlServer {
     limits: Limits,
     clients: BTreeMap<ClientId, Client>,
     next_id: ClientId,
+    /// Evicted clients' sockets, shut down but not closed until the next
+    /// [`expire`](Self::expire): their fd numbers must not be reused by a
+    /// client accepted in the same round of poll results.
+    evicted: Vec<UnixStream>,
 }
 
 fn err_at(path: &Path, kind: ErrorKind, what: impl std::fmt::Display) -> io::Error {
@@ -603,6 +650,7 @@ impl ControlServer {
             limits,
             clients: BTreeMap::new(),
             next_id: 1,
+            evicted: Vec::new(),
         })
     }
 
@@ -731,10 +779,11 @@ impl ControlServer {
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
-                    if self.clients.len() >= self.limits.max_clients {
-                        // Best effort, never waits: the socket buffer is empty.
+                    if self.clients.len() >= self.limits.max_clients && !self.evict_one(now) {
+                        // Nobody evictable (all are owed an answer). Best
+                        // effort, never waits: the socket buffer is empty.
                         let _ = (&stream).write(format!("{}{}", nack(NACK_TOO_MANY_CLIENTS), LINE_END).as_bytes());
-                        log::debug!(component = "control"; "control client refused: too many clients ({})", self.clients.len());
+                        log::debug!(component = "control"; "control client refused: too many clients ({}), all owed an answer", self.clients.len());
                         continue;
                     }
                     let id = self.next_id;
@@ -767,6 +816,24 @@ impl ControlServer {
                 }
             }
         }
+    }
+
+    /// Make room for one client: shut down and forget the evictable client
+    /// idle longest (module doc, *Eviction*). False if none is evictable.
+    fn evict_one(&mut self, now: Instant) -> bool {
+        // min_by_key keeps the first of equal keys: the oldest connection.
+        let Some(id) =
+            self.clients.iter().filter(|(_, c)| c.evictable()).min_by_key(|(_, c)| c.last_activity).map(|(id, _)| *id)
+        else {
+            return false;
+        };
+        let c = self.clients.remove(&id).expect("client");
+        log::debug!(component = "control";
+            "control client evicted to admit a new one (too many clients, {}): idle for {} ms, {} answer bytes unsent",
+            self.limits.max_clients, now.saturating_duration_since(c.last_activity).as_millis(), c.pending());
+        let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        self.evicted.push(c.stream);
+        true
     }
 
     /// Queue one answer line for `client` (`ACK`, `ACK data`, `NACK reason`;
@@ -815,8 +882,11 @@ impl ControlServer {
     }
 
     /// Close the clients idle past their deadline (no byte read from or
-    /// written to them for the idle timeout), except waiting ones.
+    /// written to them for the idle timeout), except waiting ones, and the
+    /// fds of clients evicted since the last call. Call it once per round of
+    /// poll results, after handling them.
     pub fn expire(&mut self, now: Instant) {
+        self.evicted.clear();
         let idle = self.limits.idle_timeout;
         let before = self.clients.len();
         self.clients.retain(|_, c| c.waiting || now < c.last_activity + idle);

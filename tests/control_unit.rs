@@ -385,7 +385,7 @@ fn line_too_long_is_refused_and_never_blocks() {
 }
 
 #[test]
-fn too_many_clients() {
+fn a_full_table_evicts_the_longest_idle_client() {
     let dir = TempDir::new("many");
     let limits = Limits { max_clients: 4, ..Limits::default() };
     let h = Harness::start(&dir.sock(), limits, Duration::from_millis(10));
@@ -396,29 +396,244 @@ fn too_many_clients() {
         let mut r = BufReader::new(s);
         assert_eq!(read_line(&mut r), "ACK test-version\n");
         kept.push(r);
+        thread::sleep(Duration::from_millis(20)); // distinct last activities
     }
+    // The second one is active again: the first is now idle longest.
+    (kept[1].get_ref()).write_all(b"VERSION\n").unwrap();
+    assert_eq!(read_line(&mut kept[1]), "ACK test-version\n");
+    // A fifth client is served at once; the first is evicted (EOF).
+    let t0 = Instant::now();
     let s = connect(&h.path);
-    let mut r = BufReader::new(s);
-    assert_eq!(read_line(&mut r), "NACK too many clients\n");
-    assert!(reaches_eof(&mut r));
-    assert_eq!(h.stats.clients.load(Ordering::SeqCst), 4);
-    // One leaves: room again.
-    drop(kept.pop());
-    eventually(5, "a slot frees", || h.stats.clients.load(Ordering::SeqCst) == 3);
-    assert_eq!(ask(&h.path, "VERSION\n"), "ACK test-version\n");
+    (&s).write_all(b"VERSION\n").unwrap();
+    let mut fifth = BufReader::new(s);
+    assert_eq!(read_line(&mut fifth), "ACK test-version\n");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert!(reaches_eof(&mut kept[0]), "the longest idle client is evicted");
+    let evicted = kept.remove(0);
+    kept.push(fifth);
+    // The others are still connected and served, in this order.
+    for r in kept.iter_mut() {
+        thread::sleep(Duration::from_millis(20));
+        r.get_ref().write_all(b"VERSION\n").unwrap();
+        assert_eq!(read_line(r), "ACK test-version\n");
+    }
+    // Next in line: the first of them, once the second is active again.
+    thread::sleep(Duration::from_millis(20));
+    (kept[0].get_ref()).write_all(b"VERSION\n").unwrap();
+    assert_eq!(read_line(&mut kept[0]), "ACK test-version\n");
+    let s = connect(&h.path);
+    (&s).write_all(b"VERSION\n").unwrap();
+    let mut fresh = BufReader::new(s);
+    assert_eq!(read_line(&mut fresh), "ACK test-version\n");
+    assert!(reaches_eof(&mut kept[1]), "the longest idle client is evicted");
+    for (i, r) in kept.iter().enumerate() {
+        assert_eq!(closed_now(r.get_ref()), Some(i == 1), "client {}", i);
+    }
+    eventually(5, "4 clients", || h.stats.clients.load(Ordering::SeqCst) == 4);
+    drop((evicted, fresh));
 }
 
 #[test]
-fn hundreds_of_idle_clients_do_not_block_the_master() {
+fn restart_wait_clients_are_never_evicted_and_a_full_table_of_them_nacks() {
+    let dir = TempDir::new("fullwait");
+    let limits = Limits { max_clients: 4, idle_timeout: Duration::from_secs(60), ..Limits::default() };
+    let h = Harness::start(&dir.sock(), limits, Duration::from_secs(4));
+    let t0 = Instant::now();
+    // Four clients wait for RESTART WAIT (set_waiting: true): nothing evictable.
+    let mut waiting: Vec<BufReader<UnixStream>> = (0..4)
+        .map(|_| {
+            let s = connect(&h.path);
+            (&s).write_all(b"RESTART WAIT\n").unwrap();
+            BufReader::new(s)
+        })
+        .collect();
+    eventually(5, "4 waiting clients", || h.stats.restarts.load(Ordering::SeqCst) == 4);
+    for _ in 0..3 {
+        let reply = ask(&h.path, "VERSION\n");
+        assert_eq!(reply, "NACK too many clients\n");
+    }
+    // zdrestartctl reports it like any NACK (exit 1, reason and advice),
+    // whether the master's answer and close come before or after its send.
+    let sock = dir.sock().to_string_lossy().into_owned();
+    for _ in 0..5 {
+        let (code, out, err) = ctl(&["-s", &sock, "status"]);
+        assert_eq!((code, out.as_str()), (1, ""), "{}", err);
+        assert!(err.starts_with("zdrestartctl: status: too many clients: "), "{}", err);
+        assert!(err.contains("Retry in a moment"), "{}", err);
+    }
+    assert!(t0.elapsed() < Duration::from_millis(3500), "test too slow for its wait delay: {:?}", t0.elapsed());
+    // None of the waiting clients was evicted: each gets its answer.
+    for r in waiting.iter_mut() {
+        assert_eq!(read_line(r), "ACK complete\n");
+    }
+    // Answered, they are evictable like any idle client: room again, one
+    // of them goes.
+    assert_eq!(ask(&h.path, "VERSION\n"), "ACK test-version\n");
+    eventually(5, "one evicted", || waiting.iter().filter(|r| closed_now(r.get_ref()) == Some(true)).count() == 1);
+}
+
+/// Poll `server` for `dur`, handling every fd; returns the commands (not
+/// answered: the caller decides).
+fn pump(server: &mut ControlServer, dur: Duration) -> Vec<(control::ClientId, Command)> {
+    let end = Instant::now() + dur;
+    let mut cmds = Vec::new();
+    let mut fds = Vec::new();
+    while Instant::now() < end {
+        fds.clear();
+        server.poll_fds(&mut fds);
+        let mut pfds: Vec<libc::pollfd> =
+            fds.iter().map(|&(fd, ev)| libc::pollfd { fd, events: ev, revents: 0 }).collect();
+        // SAFETY: pfds is a valid, exclusively borrowed array of pollfd of the given length.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 10) };
+        assert!(n >= 0 || std::io::Error::last_os_error().kind() == ErrorKind::Interrupted);
+        let now = Instant::now();
+        for p in &pfds {
+            if p.revents != 0 {
+                cmds.extend(server.on_ready(p.fd, p.revents, now));
+            }
+        }
+        server.expire(now);
+    }
+    cmds
+}
+
+/// Without waiting: Some(true) if the server closed `s` (EOF or reset),
+/// Some(false) if it is open and silent, None if there is data.
+fn closed_now(s: &UnixStream) -> Option<bool> {
+    s.set_nonblocking(true).unwrap();
+    let r = match (&*s).read(&mut [0u8; 16]) {
+        Ok(0) => Some(true),
+        Ok(_) => None,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Some(false),
+        Err(_) => Some(true),
+    };
+    s.set_nonblocking(false).unwrap();
+    r
+}
+
+/// Whether the server closed `s` (EOF or reset), looking without waiting long.
+fn closed(s: &UnixStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut buf = [0u8; 1024];
+    let r = loop {
+        match (&*s).read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    r
+}
+
+#[test]
+fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
+    let dir = TempDir::new("evict");
+    let limits = Limits { max_clients: 3, ..Limits::default() };
+    let mut server = ControlServer::bind_with(&dir.sock(), limits).unwrap();
+    let step = Duration::from_millis(60);
+
+    // a: a command the master has not answered yet (owed, not waiting).
+    let a = connect(&dir.sock());
+    (&a).write_all(b"VERSION\n").unwrap();
+    let cmds = pump(&mut server, step);
+    assert_eq!(cmds.len(), 1);
+    let a_id = cmds[0].0;
+    // b: RESTART WAIT, marked waiting like the master does.
+    let b = connect(&dir.sock());
+    (&b).write_all(b"RESTART WAIT\n").unwrap();
+    let cmds = pump(&mut server, step);
+    assert_eq!(cmds.len(), 1);
+    assert_eq!(cmds[0].1, Command::Restart { wait: true });
+    let b_id = cmds[0].0;
+    server.set_waiting(b_id, true);
+    // c: connected, never sent anything; the only evictable one.
+    let c = connect(&dir.sock());
+    pump(&mut server, step);
+    assert_eq!(server.client_count(), 3);
+
+    // d evicts c, the only client owed nothing, though a and b are older.
+    let d = connect(&dir.sock());
+    pump(&mut server, step);
+    assert!(closed(&c), "the idle client is evicted");
+    assert_eq!(server.client_count(), 3);
+    // d sends a command left unanswered: now nobody is evictable.
+    (&d).write_all(b"STATUS\n").unwrap();
+    let cmds = pump(&mut server, step);
+    assert_eq!(cmds.len(), 1);
+    let d_id = cmds[0].0;
+    let e = connect(&dir.sock());
+    pump(&mut server, step);
+    let mut r = BufReader::new(e);
+    assert_eq!(read_line(&mut r), "NACK too many clients\n");
+    assert!(reaches_eof(&mut r));
+    assert_eq!(server.client_count(), 3);
+    assert_eq!(server.waiting_clients(), vec![b_id]);
+
+    // a is answered (it has not read it yet): evictable, and now idle
+    // longest. d is answered more than its socket takes and does not read:
+    // stalled with answers queued, evictable too.
+    server.reply(a_id, "ACK first");
+    let chunk = format!("ACK {}", "y".repeat(16 * 1024));
+    for _ in 0..200 {
+        if server.queued_bytes() > 0 {
+            break;
+        }
+        server.reply(d_id, &chunk);
+    }
+    assert!(server.queued_bytes() > 0, "d's socket never filled");
+    assert_eq!(server.client_count(), 3);
+    let f = connect(&dir.sock());
+    pump(&mut server, step);
+    let mut ra = BufReader::new(a);
+    assert_eq!(read_line(&mut ra), "ACK first\n");
+    assert!(reaches_eof(&mut ra), "the answered, idle-longest client is evicted");
+    assert_eq!(server.client_count(), 3);
+    // d, stalled with answers it never read, is next: not b.
+    assert!(server.queued_bytes() > 0);
+    let g = connect(&dir.sock());
+    pump(&mut server, step);
+    assert!(closed(&d), "the stalled client is evicted");
+    assert_eq!(server.client_count(), 3);
+    assert_eq!(server.waiting_clients(), vec![b_id]);
+    assert_eq!(server.queued_bytes(), 0);
+    // b, still waiting, is never evicted: f and g go first, then NACK.
+    let h1 = connect(&dir.sock());
+    pump(&mut server, step);
+    let h2 = connect(&dir.sock());
+    pump(&mut server, step);
+    assert!(closed(&f) && closed(&g));
+    let h3 = connect(&dir.sock());
+    pump(&mut server, step);
+    assert!(closed(&h1), "h1 is evicted by h3");
+    assert_eq!(server.client_count(), 3);
+    assert_eq!(server.waiting_clients(), vec![b_id]);
+    // The restart ends: b gets its answer.
+    server.reply(b_id, "ACK complete");
+    let mut rb = BufReader::new(b);
+    assert_eq!(read_line(&mut rb), "ACK complete\n");
+    drop((h2, h3));
+    server.close();
+}
+
+#[test]
+fn hundreds_of_idle_clients_do_not_lock_out_a_new_client() {
     let dir = TempDir::new("flood");
     let h = default_harness(&dir);
     let idle: Vec<UnixStream> = (0..150).map(|_| connect(&h.path)).collect();
+    // The first 86 are evicted, oldest first, by the 64 that came after.
+    eventually(5, "86 evicted", || idle.iter().take(86).all(|s| closed_now(s) == Some(true)));
     eventually(5, "64 clients kept", || h.stats.clients.load(Ordering::SeqCst) == control::MAX_CLIENTS);
-    // The 64 idle ones fill the table: a new client is refused at once, not hung.
+    for (i, s) in idle.iter().enumerate().skip(86) {
+        assert_eq!(closed_now(s), Some(false), "recent client {} was closed", i);
+    }
+    // The 64 idle ones fill the table: a new client is served at once.
     let t0 = Instant::now();
-    let reply = ask(&h.path, "VERSION\n");
-    assert!(reply == "NACK too many clients\n", "{:?}", reply);
-    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert_eq!(ask(&h.path, "VERSION\n"), "ACK test-version\n");
+    let sock = dir.sock().to_string_lossy().into_owned();
+    assert_eq!(ctl(&["-s", &sock, "restart", "--wait"]).0, 0);
+    assert!(t0.elapsed() < Duration::from_secs(3));
     drop(idle);
     eventually(5, "all gone", || h.stats.clients.load(Ordering::SeqCst) == 0);
     assert_eq!(ask(&h.path, "VERSION\n"), "ACK test-version\n");
@@ -537,4 +752,40 @@ fn zdrestartctl_exit_codes_and_messages() {
     assert_eq!(ctl(&["-s", s, "loglevel", "loud"]).0, 2);
     let (code, out, _) = ctl(&["--help"]);
     assert!(code == 0 && out.contains("restart [--wait]"));
+}
+
+#[test]
+fn zdrestartctl_reads_an_answer_sent_before_the_master_closed() {
+    // A stand-in that answers `NACK too many clients` and closes at once,
+    // never reading: whether zdrestartctl's send comes before the close (the
+    // close then resets the connection) or after it (the send fails with
+    // EPIPE), the NACK waiting in the socket is what it reports: exit 1.
+    let dir = TempDir::new("nackclose");
+    let listener = UnixListener::bind(dir.sock()).unwrap();
+    let runs = 20;
+    let server = thread::spawn(move || {
+        for (i, s) in listener.incoming().take(runs).enumerate() {
+            let s = s.unwrap();
+            if i % 2 == 1 {
+                // Give the client time to send first, half of the time.
+                thread::sleep(Duration::from_millis(50));
+            }
+            (&s).write_all(b"NACK too many clients\n").unwrap();
+        }
+    });
+    let sock = dir.sock().to_string_lossy().into_owned();
+    for _ in 0..runs {
+        let (code, out, err) = ctl(&["-s", &sock, "restart", "--wait"]);
+        assert_eq!((code, out.as_str()), (1, ""), "{}", err);
+        assert!(err.starts_with("zdrestartctl: restart refused: too many clients: "), "{}", err);
+    }
+    server.join().unwrap();
+
+    // Closed without an answer: exit 2, naming the socket.
+    let listener = UnixListener::bind(dir.0.join("mute.sock")).unwrap();
+    let server = thread::spawn(move || drop(listener.accept().unwrap()));
+    let (code, _, err) = ctl(&["-s", dir.0.join("mute.sock").to_str().unwrap(), "status"]);
+    assert_eq!(code, 2, "{}", err);
+    assert!(err.contains("mute.sock"), "{}", err);
+    server.join().unwrap();
 }

@@ -262,13 +262,40 @@ fn exchange(sock: &Path, line: &str, timeout: Option<Duration>, wait: bool) -> R
         .map_err(|e| format!("connect {}: {}{}", sock.display(), os_text(&e), connect_hint(e.kind())))?;
     stream.set_read_timeout(timeout).map_err(|e| format!("{}: {}", sock.display(), os_text(&e)))?;
     stream.set_write_timeout(timeout).map_err(|e| format!("{}: {}", sock.display(), os_text(&e)))?;
-    (&stream)
-        .write_all(format!("{}\n", line).as_bytes())
-        .map_err(|e| format!("send to {}: {}", sock.display(), os_text(&e)))?;
+    converse(&stream, sock, line, timeout, wait)
+}
+
+/// The exchange on a connected stream (timeouts set).
+///
+/// The master may answer and close before it reads the command (`NACK too
+/// many clients` at accept): then the send fails (EPIPE, ECONNRESET) while the
+/// answer waits to be read. So a failed send still reads what was sent; only
+/// if there is no answer is the send error reported.
+fn converse(stream: &UnixStream, sock: &Path, line: &str, timeout: Option<Duration>, wait: bool) -> Result<String, String> {
+    let send_err = match (&*stream).write_all(format!("{}\n", line).as_bytes()) {
+        Ok(()) => None,
+        // The master does not read: waiting again for an answer is pointless.
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            return Err(format!("send to {}: {}", sock.display(), os_text(&e)))
+        }
+        Err(e) => {
+            // The peer is gone or going: an answer, if any, is already there.
+            // Never wait long for it.
+            let short = Duration::from_secs(1);
+            let _ = stream.set_read_timeout(Some(timeout.map_or(short, |t| t.min(short))));
+            Some(format!("send to {}: {}", sock.display(), os_text(&e)))
+        }
+    };
     let mut buf = Vec::new();
-    let mut r = BufReader::new((&stream).take(MAX_ANSWER));
+    let mut r = BufReader::new(stream.take(MAX_ANSWER));
     let still = if wait { "; the restart may still be in progress: see `zdrestartctl status`" } else { "" };
-    match r.read_until(b'\n', &mut buf) {
+    let read = r.read_until(b'\n', &mut buf);
+    if let Some(e) = send_err {
+        if buf.is_empty() {
+            return Err(e);
+        }
+    }
+    match read {
         Ok(_) => {}
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
             let secs = timeout.map(|d| d.as_secs_f64()).unwrap_or(0.0);
@@ -521,6 +548,40 @@ mod tests {
         let v: Value = serde_json::from_str(r#"{"state":"running","last_restart":null,"workers":[]}"#).unwrap();
         let s = render_status(&v);
         assert!(s.contains("last restart:  none") && s.contains("workers:       0"), "{}", s);
+    }
+
+    #[test]
+    fn answer_sent_before_close_is_read_even_if_the_send_fails() {
+        // The master answers `NACK too many clients` and closes before it
+        // reads the command: the send fails (EPIPE), the NACK is still read.
+        let sock = Path::new("/run/test.sock");
+        let t = Some(Duration::from_secs(5));
+        let (client, master) = UnixStream::pair().unwrap();
+        (&master).write_all(b"NACK too many clients\n").unwrap();
+        drop(master);
+        let e = (&client).write_all(b"x").expect_err("the send must fail for this test");
+        assert!(matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset), "{:?}", e);
+        let (client, master) = UnixStream::pair().unwrap();
+        (&master).write_all(b"NACK too many clients\n").unwrap();
+        drop(master);
+        assert_eq!(converse(&client, sock, "STATUS", t, false), Ok("NACK too many clients".to_string()));
+
+        // Closed without an answer: the send error, as before.
+        let (client, master) = UnixStream::pair().unwrap();
+        drop(master);
+        let err = converse(&client, sock, "RESTART WAIT", None, true).unwrap_err();
+        assert_eq!(err, "send to /run/test.sock: Broken pipe");
+
+        // Send fine, answer read (the usual case).
+        let (client, master) = UnixStream::pair().unwrap();
+        let peer = std::thread::spawn(move || {
+            let mut l = String::new();
+            BufReader::new(&master).read_line(&mut l).unwrap();
+            (&master).write_all(b"ACK 0.1.0\n").unwrap();
+            l
+        });
+        assert_eq!(converse(&client, sock, "VERSION", t, false), Ok("ACK 0.1.0".to_string()));
+        assert_eq!(peer.join().unwrap(), "VERSION\n");
     }
 
     #[test]
