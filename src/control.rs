@@ -783,7 +783,8 @@ impl ControlServer {
                         // Nobody evictable (all are owed an answer). Best
                         // effort, never waits: the socket buffer is empty.
                         let _ = (&stream).write(format!("{}{}", nack(NACK_TOO_MANY_CLIENTS), LINE_END).as_bytes());
-                        log::debug!(component = "control"; "control client refused: too many clients ({}), all owed an answer", self.clients.len());
+                        log::debug!(component = "control";
+                            "control client refused: too many clients ({}), all owed an answer", self.clients.len());
                         continue;
                     }
                     let id = self.next_id;
@@ -822,9 +823,8 @@ impl ControlServer {
     /// idle longest (module doc, *Eviction*). False if none is evictable.
     fn evict_one(&mut self, now: Instant) -> bool {
         // min_by_key keeps the first of equal keys: the oldest connection.
-        let Some(id) =
-            self.clients.iter().filter(|(_, c)| c.evictable()).min_by_key(|(_, c)| c.last_activity).map(|(id, _)| *id)
-        else {
+        let victim = self.clients.iter().filter(|(_, c)| c.evictable()).min_by_key(|(_, c)| c.last_activity);
+        let Some(id) = victim.map(|(id, _)| *id) else {
             return false;
         };
         let c = self.clients.remove(&id).expect("client");

@@ -68,6 +68,20 @@ impl Raw {
         self.send(&format!("{}\n", line));
         self.line()
     }
+
+    /// Whether the master closed this connection (EOF or reset) within
+    /// `wait`, with no answer before it.
+    fn closed_within(&mut self, wait: Duration) -> bool {
+        self.r.get_ref().set_read_timeout(Some(wait)).unwrap();
+        let mut l = String::new();
+        let r = match self.r.read_line(&mut l) {
+            Ok(0) => true,
+            Ok(_) => panic!("unexpected answer {:?}", l),
+            Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        };
+        self.r.get_ref().set_read_timeout(Some(T)).unwrap();
+        r
+    }
 }
 
 /// One command on a fresh connection.
@@ -258,22 +272,20 @@ fn informational_commands_raw_and_through_zdrestartctl() {
 }
 
 /// Hold `MAX_CLIENTS` (64) answered connections and open one more: the master
-/// answers it `NACK too many clients` and logs that at debug level. Returns
-/// the held connections.
+/// evicts the held one idle longest (the first), logs that at debug level,
+/// and answers the new one. Returns the 63 held connections left.
 fn fill_clients(sock: &Path) -> Vec<Raw> {
     let mut held = Vec::new();
-    // Clients closed just before (an earlier fill) may not be gone yet.
-    let end = Instant::now() + T;
     while held.len() < 64 {
         let mut c = Raw::connect(sock);
-        match c.cmd("VERSION").as_str() {
-            "ACK 0.1.0" => held.push(c),
-            "NACK too many clients" if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
-            other => panic!("VERSION answered {:?} with {} clients held", other, held.len()),
-        }
+        assert_eq!(c.cmd("VERSION"), "ACK 0.1.0", "with {} clients held", held.len());
+        held.push(c);
     }
     let mut extra = Raw::connect(sock);
-    assert_eq!(extra.line(), "NACK too many clients");
+    assert_eq!(extra.cmd("VERSION"), "ACK 0.1.0", "a 65th client is served");
+    assert!(held[0].closed_within(Duration::from_secs(5)), "the longest idle client is evicted");
+    held.remove(0);
+    assert!(!held[0].closed_within(Duration::from_millis(100)), "only one client is evicted");
     held
 }
 
@@ -285,7 +297,7 @@ fn loglevel_changes_the_master_and_new_workers() {
         m.log_records()[mark..].iter().filter(|r| r["level"] == 20).cloned().collect()
     };
 
-    // At info, a refused client (a debug record) leaves no trace.
+    // At info, an evicted client (a debug record) leaves no trace.
     let mark = m.mark();
     drop(fill_clients(&sock));
     std::thread::sleep(Duration::from_millis(300));
@@ -300,7 +312,9 @@ fn loglevel_changes_the_master_and_new_workers() {
     let mark = m.mark();
     drop(fill_clients(&sock));
     m.wait_for("a debug record from the master", T, |recs| {
-        recs[mark..].iter().find(|r| r["level"] == 20 && r["msg"].as_str().unwrap_or("").contains("too many clients"))
+        recs[mark..]
+            .iter()
+            .find(|r| r["level"] == 20 && r["msg"].as_str().unwrap_or("").starts_with("control client evicted"))
             .map(|_| ())
     });
 
@@ -762,33 +776,60 @@ fn socket_removed_at_graceful_exit_then_missing_socket_is_exit_2() {
 // Client limits and hostile clients
 
 #[test]
-fn zdrestartctl_reports_too_many_clients_as_a_nack() {
-    // 64 connected clients (MAX_CLIENTS): the master answers the next one
-    // `NACK too many clients` and closes it. zdrestartctl must report that
-    // NACK like any other (exit 1, reason and advice), whether the master's
-    // answer and close come before or after it sent its command.
-    //
-    // What is right for an operator: the socket is mode 0600, so only the
-    // service's own user can fill the slots, idle ones are closed after 60 s,
-    // and the NACK says what to do; a clear exit 1 is acceptable. (Better
-    // still, and recommended in the report: when full, evict the longest-idle
-    // client that is owed nothing, so that zdrestartctl always gets through.)
-    let (_m, sock) = mem_master(json!({}));
+fn a_full_table_never_locks_out_zdrestartctl_nor_evicts_a_waiting_client() {
+    // 64 connected clients (MAX_CLIENTS), idle or hostile, never keep the
+    // operator out: when the table is full, a new connection evicts the
+    // client idle longest that the master owes nothing, and is served at
+    // once. A client waiting for the answer to RESTART WAIT is never evicted.
+    // (`NACK too many clients` only when every client is owed an answer:
+    // tests/control_unit.rs.)
+    let mongo = Mongo::start();
+    let (mut m, sock) = mongo_master(&mongo, json!({}));
+    // A restart that stays in flight for 3 s: the probe hangs until its timeout.
+    set_worker(&mut m, Some("probe-hang.sh"), json!({"probeTimeout": 3}));
+    let mark = m.mark();
+    let mut waiter = Raw::connect(&sock);
+    let t0 = Instant::now();
+    waiter.send("RESTART WAIT\n");
+    m.wait_for("the probe to start", T, |recs| {
+        recs[mark..].iter().find(|r| r["msg"].as_str().unwrap_or("").starts_with("zero-downtime restart requested")).map(|_| ())
+    });
+    // 150 hostile clients: connected, silent. The master keeps the 63 newest
+    // (+ the waiter) and evicts the others, oldest first.
+    let mut idle: Vec<Raw> = (0..150).map(|_| Raw::connect(&sock)).collect();
+    // zdrestartctl gets through at once, every time, and so does a raw client.
+    for _ in 0..20 {
+        let t = Instant::now();
+        let c = ctl(&sock, &["status"]);
+        assert_eq!(c.code, 0, "{:?}", c);
+        assert!(c.out.contains("state:         restarting"), "{:?}", c);
+        assert!(t.elapsed() < Duration::from_secs(2), "zdrestartctl status took {:?}", t.elapsed());
+    }
+    assert_eq!(ask(&sock, "VERSION"), "ACK 0.1.0");
+    let c = ctl(&sock, &["restart"]);
+    assert_ctl_nack(&c, "restart refused", "restart in flight");
+    assert!(t0.elapsed() < Duration::from_secs(3), "still in flight while checked: {:?}", t0.elapsed());
+    // The idle clients were evicted oldest first; the newest are still there.
+    assert!(idle[0].closed_within(Duration::from_secs(5)));
+    for c in idle.iter_mut().rev().take(30) {
+        assert!(!c.closed_within(Duration::from_millis(10)), "a recent idle client was evicted");
+    }
+    // The waiter was never evicted: it gets the outcome of its restart.
+    let a = waiter.line();
+    assert!(a.starts_with("NACK probe failed"), "RESTART WAIT answered {:?}", a);
+    assert!(t0.elapsed() >= Duration::from_millis(2500), "answered when the probe timed out: {:?}", t0.elapsed());
+
+    // Without a restart in flight: 64 answered idle clients, then zdrestartctl
+    // 20 times in a row: exit 0 at once each time (each evicts one of them).
+    drop(idle);
     let held = fill_clients(&sock);
-    // The race is timing-dependent: try it 50 times.
-    let runs: Vec<Ctl> = (0..50).map(|_| ctl(&sock, &["status"])).collect();
-    let bad: Vec<&Ctl> = runs.iter().filter(|c| c.code != 1).collect();
-    let mut kinds: Vec<String> =
-        bad.iter().map(|c| format!("exit {}: {}", c.code, c.err.rsplit(": ").next().unwrap_or("").trim())).collect();
-    kinds.sort();
-    kinds.dedup();
-    assert!(bad.is_empty(), "{} of 50 runs did not exit 1: {:?}; e.g.: {:?}", bad.len(), kinds, bad.first());
-    for c in &runs {
-        assert_ctl_nack(c, "status", "too many clients");
-        assert!(c.err.contains("Close idle control connections"), "{:?}", c);
+    for _ in 0..20 {
+        let t = Instant::now();
+        let c = ctl(&sock, &["version"]);
+        assert_eq!((c.code, c.out.as_str()), (0, "0.1.0\n"), "{:?}", c);
+        assert!(t.elapsed() < Duration::from_secs(2), "zdrestartctl version took {:?}", t.elapsed());
     }
     drop(held);
-    assert!(wait_until(Duration::from_secs(5), || ctl(&sock, &["version"]).code == 0));
 }
 
 /// A client that sends 1 MiB without a newline. The master answers `NACK line
@@ -901,8 +942,15 @@ fn hostile_clients_do_not_stop_a_restart_or_the_service() {
     let verdict = long.join().unwrap();
     assert!(!verdict.contains("write_err None"), "1 MiB went through without being cut off: {}", verdict);
     let (flood_sock, sent, err) = flood.join().unwrap();
+    // Stalled (its writes time out), or dropped: one read of 4 KiB holds ~585
+    // STATUS lines, whose answers can pass the socket buffer plus the 64 KiB
+    // output bound, and then the master drops it (documented; timing-dependent).
     assert!(
-        sent < 10_000 && matches!(err, Some(ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        sent < 10_000
+            && matches!(
+                err,
+                Some(ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
+            ),
         "the flooder was never stalled: sent {} err {:?}",
         sent,
         err
@@ -915,57 +963,100 @@ fn hostile_clients_do_not_stop_a_restart_or_the_service() {
     let used = cpu_ticks(m.pid()) - t0;
     assert!(used < 30, "the master used {} ticks of CPU in 1 s with a stalled client", used);
 
-    // 2. 100 idle clients. The master holds 64 (MAX_CLIENTS) clients, the
-    // stalled flooder included, and answers the others `NACK too many
-    // clients` at once, closing them.
-    let mut idle: Vec<UnixStream> = (0..100).map(|_| UnixStream::connect(&sock).unwrap()).collect();
+    // 2. 100 idle clients. The master holds 64 (MAX_CLIENTS) clients: when
+    // full, each new one evicts the client idle longest that it owes nothing:
+    // first the stalled flooder (answers unsent, none owed; if it was not
+    // dropped already), then the oldest idle ones. The 64 newest are kept.
+    let idle: Vec<UnixStream> = (0..100).map(|_| UnixStream::connect(&sock).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(500));
     let mut accepted = Vec::new();
-    let mut refused = 0;
-    for mut s in idle.drain(..) {
+    let mut evicted = Vec::new();
+    for (i, mut s) in idle.into_iter().enumerate() {
         match peek_answer(&mut s) {
             None => accepted.push(s),
             Some(a) => {
-                assert_eq!(a, "NACK too many clients\n", "an idle client got an unexpected answer");
-                refused += 1;
+                assert!(a.is_empty() || a.starts_with("error"), "an idle client got an answer: {:?}", a);
+                evicted.push(i);
             }
         }
     }
-    assert_eq!((accepted.len(), refused), (63, 37), "accepted vs refused idle clients (+1 flooder = 64)");
-    // With every slot taken, a fresh client is refused at once, the master
-    // keeps serving HTTP. (zdrestartctl in that situation: see
-    // zdrestartctl_reports_too_many_clients_as_a_nack.)
-    let mut extra = Raw::connect(&sock);
-    assert_eq!(extra.line(), "NACK too many clients");
+    assert_eq!((accepted.len(), evicted.len()), (64, 36), "kept vs evicted idle clients (the flooder evicted too)");
+    assert_eq!(evicted, (0..36).collect::<Vec<_>>(), "the oldest are evicted first");
+    // The flooder was evicted (or dropped): it reads its answers, then EOF
+    // (or a reset: it left unread commands).
+    flood_sock.set_read_timeout(Some(T)).unwrap();
+    let mut rest = Vec::new();
+    match (&flood_sock).read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "the stalled flooder: {:?}", e),
+    }
+    // With every slot taken by idle clients, a fresh client is served at
+    // once, and so is zdrestartctl (each evicts the oldest idle one); the
+    // master keeps serving HTTP.
+    let t0 = Instant::now();
+    assert_eq!(ask(&sock, "VERSION"), "ACK 0.1.0");
+    let v = ctl(&sock, &["version"]);
+    assert_eq!((v.code, v.out.as_str()), (0, "0.1.0\n"), "{:?}", v);
+    assert!(t0.elapsed() < Duration::from_secs(2), "a full table delayed a new client: {:?}", t0.elapsed());
     assert_eq!(m.healthz().status, 200);
 
-    // 3. Close 8 idle clients: the master notices the hang-ups at once and
-    // zdrestartctl works again while 55 idle clients stay connected.
-    accepted.truncate(55);
-    assert!(wait_until(Duration::from_secs(5), || ctl(&sock, &["version"]).code == 0), "zdrestartctl never got through");
-
-    // 4. A restart with 55 idle clients, the stalled flooder, a new 1 MiB client and a new
-    // STATUS flooder connected at the same time: completes, exit 0.
+    // 3. A restart with 64 idle clients, a new 1 MiB client and a new
+    // STATUS flooder connected at the same time, and new idle clients
+    // connecting every 2 ms while it runs (each evicting an older one, never
+    // the zdrestartctl that waits for the restart): completes, exit 0.
     let mut new_old = m.worker_pids();
     new_old.sort();
     let long2 = spawn_long_line_client(&sock);
     let flood2 = spawn_status_flooder(&sock);
+    let connecting = Arc::new(AtomicBool::new(true));
+    let connected = Arc::new(AtomicUsize::new(0));
+    let connector = {
+        let (sock, connecting, connected) = (sock.clone(), connecting.clone(), connected.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while connecting.load(Ordering::SeqCst) && held.len() < 300 {
+                held.push(UnixStream::connect(&sock).unwrap());
+                connected.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            held
+        })
+    };
     let mark = m.mark();
     let t0 = Instant::now();
-    let c = ctl(&sock, &["restart", "--wait"]);
+    let waiter = {
+        let sock = sock.clone();
+        std::thread::spawn(move || ctl(&sock, &["restart", "--wait"]))
+    };
+    m.wait_for("the restart to be requested", T, |recs| {
+        recs[mark..]
+            .iter()
+            .find(|r| r["msg"].as_str().unwrap_or("").starts_with("zero-downtime restart requested"))
+            .map(|_| ())
+    });
+    let before = connected.load(Ordering::SeqCst);
+    let c = waiter.join().unwrap();
+    let during = connected.load(Ordering::SeqCst) - before;
+    connecting.store(false, Ordering::SeqCst);
     let took = t0.elapsed();
     let still: Vec<i32> = new_old.iter().copied().filter(|p| proc_stat(*p).is_some_and(|s| s.ppid == m.pid())).collect();
     assert_eq!((c.code, c.out.as_str()), (0, "zero-downtime restart complete\n"), "{:?}", c);
     assert!(took < Duration::from_secs(20), "restart --wait took {:?}", took);
     assert!(still.is_empty(), "{:?}", still);
     assert!(m.log_records()[mark..].iter().any(|r| event_of(r) == "restart.complete"));
+    // The restart may be quick (< 100 ms): how many connected during it is
+    // only reported. A waiter's slot under a steady flood is asserted in
+    // a_full_table_never_locks_out_zdrestartctl_nor_evicts_a_waiting_client.
+    eprintln!("{} clients connected while restart --wait waited ({:?})", during, took);
     let _ = long2.join().unwrap();
     let (flood2_sock, _, _) = flood2.join().unwrap();
+    accepted.extend(connector.join().unwrap());
+    accepted.reverse(); // newest first
 
-    // The idle clients that were accepted are still connected (idle timeout
-    // is 60 s), and the master still answers a fresh client.
+    // The newest idle clients are still connected (idle timeout is 60 s),
+    // and the master still answers a fresh client.
     for s in accepted.iter_mut().take(5) {
-        assert_eq!(peek_answer(s), None, "an accepted idle client was closed early");
+        assert_eq!(peek_answer(s), None, "a recent idle client was closed early");
     }
     assert_eq!(status(&sock)["generation"], 2);
 

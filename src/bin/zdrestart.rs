@@ -122,21 +122,43 @@ fn run_check(cfg: Config) -> ExitCode {
     let verdict = outcome.for_restart(cfg.probe_timeout);
     match &verdict {
         Ok(info) => println!("probe: magic {}, version {}", info.magic, info.version),
-        Err(e) => println!("probe: failed: {}", e),
+        Err(f) => println!("probe: failed: {}", f.error),
     }
-    let refusal = if cfg.workers < 2 {
+    // The running master, if its control socket answers: its recorded magic
+    // number and state are what a restart is checked against.
+    let running = cfg.control_socket.as_deref().and_then(master_status);
+    let recorded = match &running {
+        Some(st) => {
+            println!(
+                "running master: pid {}, state {}, magic {}",
+                st["pid"], st["state"].as_str().unwrap_or("?"), st["magic"]
+            );
+            st["magic"].as_u64().unwrap_or(zdrestart::MAGIC)
+        }
+        None => {
+            println!("running master: not reachable (no controlSocket, or not running): comparing with this zdrestart's magic {}", zdrestart::MAGIC);
+            zdrestart::MAGIC
+        }
+    };
+    let probe_magic = match &verdict {
+        Ok(info) => Some(info.magic),
+        Err(f) => f.magic,
+    };
+    let state = running.as_ref().and_then(|s| s["state"].as_str().map(str::to_string));
+    let refusal = if state.as_deref() == Some("restarting") {
+        Some((reason::IN_FLIGHT, "the running master is restarting now".to_string()))
+    } else if running.as_ref().is_some_and(|s| s["lockout"] == true) {
+        Some((reason::ABORTED, "the running master locked out after an aborted restart".to_string()))
+    } else if cfg.workers < 2 {
         Some((reason::NO_WORKERS, format!("workers is {}, at least 2 are needed", cfg.workers)))
     } else if cfg.driver != Driver::Mongodb {
         Some((reason::BAD_DRIVER, format!("driver is \"{}\"", cfg.driver.as_str())))
+    } else if let Some(m) = probe_magic.filter(|&m| m != recorded) {
+        Some((reason::INCOMPATIBILITY, format!("the worker program reports magic {}, the master has {}", m, recorded)))
+    } else if let Err(f) = &verdict {
+        Some((reason::PROBE_FAILED, f.error.clone()))
     } else {
-        match &verdict {
-            Err(e) => Some((reason::PROBE_FAILED, e.clone())),
-            Ok(info) if info.magic != zdrestart::MAGIC => Some((
-                reason::INCOMPATIBILITY,
-                format!("the worker program reports magic {}, this zdrestart has {}", info.magic, zdrestart::MAGIC),
-            )),
-            Ok(_) => None,
-        }
+        None
     };
     match refusal {
         None => {
@@ -149,4 +171,16 @@ fn run_check(cfg: Config) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// STATUS of the master on `sock`, or None when nobody answers (bounded: 2 s).
+fn master_status(sock: &std::path::Path) -> Option<serde_json::Value> {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::os::unix::net::UnixStream::connect(sock).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+    s.set_write_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+    (&s).write_all(b"STATUS\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).ok()?;
+    serde_json::from_str(line.trim_end().strip_prefix("ACK ")?).ok()
 }

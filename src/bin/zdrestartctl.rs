@@ -271,7 +271,13 @@ fn exchange(sock: &Path, line: &str, timeout: Option<Duration>, wait: bool) -> R
 /// many clients` at accept): then the send fails (EPIPE, ECONNRESET) while the
 /// answer waits to be read. So a failed send still reads what was sent; only
 /// if there is no answer is the send error reported.
-fn converse(stream: &UnixStream, sock: &Path, line: &str, timeout: Option<Duration>, wait: bool) -> Result<String, String> {
+fn converse(
+    stream: &UnixStream,
+    sock: &Path,
+    line: &str,
+    timeout: Option<Duration>,
+    wait: bool,
+) -> Result<String, String> {
     let send_err = match (&*stream).write_all(format!("{}\n", line).as_bytes()) {
         Ok(()) => None,
         // The master does not read: waiting again for an answer is pointless.

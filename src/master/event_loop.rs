@@ -6,7 +6,7 @@
 //! is poll(2) with the earliest deadline as its timeout, so an idle master
 //! does not wake up.
 
-use super::state::{Action, ClientId, Event, Master, ProbeInfo, Requester, WorkerId};
+use super::state::{Action, ClientId, Event, Master, ProbeFailure, ProbeInfo, Requester, WorkerId};
 use crate::config::Config;
 use crate::control::{self, Command, ControlServer};
 use crate::protocol::{self, LineBuffer, Report};
@@ -100,23 +100,24 @@ pub struct ProbeOutcome {
 
 impl ProbeOutcome {
     /// The verdict for a restart: every problem is a failure.
-    pub fn for_restart(&self, timeout: Duration) -> Result<ProbeInfo, String> {
+    pub fn for_restart(&self, timeout: Duration) -> Result<ProbeInfo, ProbeFailure> {
+        let fail = |error: String| Err(ProbeFailure { magic: self.magic, error });
         if let Some(e) = &self.spawn_error {
-            return Err(e.clone());
+            return fail(e.clone());
         }
         if self.timed_out {
-            return Err(format!("no answer within probeTimeout ({:?})", timeout));
+            return fail(format!("no answer within probeTimeout ({:?})", timeout));
         }
         if let Some(e) = &self.error {
-            return Err(format!("ERROR={}", e));
+            return fail(format!("ERROR={}", e));
         }
         match self.status {
-            Some(st) if !st.success() => return Err(format!("probe exited with {}", st)),
+            Some(st) if !st.success() => return fail(format!("probe exited with {}", st)),
             _ => {}
         }
         match self.magic {
             Some(m) => Ok(ProbeInfo { magic: m, version: self.version.clone().unwrap_or_default() }),
-            None => Err("the probe reported no MAGIC=".into()),
+            None => fail("the probe reported no MAGIC=".into()),
         }
     }
 }
@@ -130,8 +131,8 @@ struct ProbeRun {
 }
 
 impl ProbeRun {
-    fn start(cfg: &Config, no_pidfd: bool, loglevel: Option<&str>) -> Result<ProbeRun, String> {
-        let spec = build_spec(cfg, 0, 0, &[], true, loglevel)?;
+    fn start(cfg: &Config, no_pidfd: bool, loglevel: Option<&str>, user: Option<&str>) -> Result<ProbeRun, String> {
+        let spec = build_spec(cfg, 0, 0, &[], true, loglevel, user)?;
         let sp = sys::spawn(&spec).map_err(|e| format!("cannot run probe {}: {}", spec.path.to_string_lossy(), e))?;
         log::debug!(component = "probe", worker_pid = sp.pid; "probe {} started", sp.pid);
         let pidfd = if no_pidfd { None } else { sys::pidfd_open(sp.pid).ok() };
@@ -196,7 +197,7 @@ impl ProbeRun {
 
 /// Run the probe to completion (start-up and `--check`), blocking.
 pub fn probe_blocking(cfg: &Config) -> ProbeOutcome {
-    let mut run = match ProbeRun::start(cfg, false, None) {
+    let mut run = match ProbeRun::start(cfg, false, None, cfg.server_user.as_deref()) {
         Ok(r) => r,
         Err(e) => return ProbeOutcome { spawn_error: Some(e), ..Default::default() },
     };
@@ -293,6 +294,7 @@ fn build_spec(
     listeners: &[RawFd],
     probe: bool,
     loglevel: Option<&str>,
+    server_user: Option<&str>,
 ) -> Result<SpawnSpec, String> {
     let argv = worker_argv(cfg);
     let path = resolve_program(&argv[0])?;
@@ -324,7 +326,7 @@ fn build_spec(
     if let Some(l) = loglevel {
         set(protocol::ENV_LOGLEVEL, l.to_string())?;
     }
-    let user = match &cfg.server_user {
+    let user = match server_user {
         None => None,
         Some(name) => match sys::lookup_user(name) {
             Ok(Some(u)) => Some(u),
@@ -443,6 +445,10 @@ struct Loop {
     loglevel: Option<String>,
     /// The pidfile written at start (a changed `pidfile` applies only after a normal restart).
     pidfile: Option<PathBuf>,
+    /// `serverUser` at start: like the pidfile, it changes only with a normal restart.
+    server_user: Option<String>,
+    /// The log level in force from the config (not a LOGLEVEL override).
+    config_level: log::LevelFilter,
 }
 
 /// Run the master until it stops. Start-up errors come back as `Err` with a
@@ -460,7 +466,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
         (_, Some(e)) => return Err(format!("probe of the worker program failed: {}", e)),
         (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default() },
         (None, None) => {
-            let why = outcome.for_restart(cfg.probe_timeout).err().unwrap_or_default();
+            let why = outcome.for_restart(cfg.probe_timeout).err().map(|f| f.error).unwrap_or_default();
             return Err(format!("probe of the worker program failed: {}", why));
         }
     };
@@ -504,6 +510,8 @@ pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
         started_wall,
         loglevel: None,
         pidfile: cfg.pidfile.clone(),
+        server_user: cfg.server_user.clone(),
+        config_level: cfg.log_level,
     };
     let code = lp.run();
     lp.shutdown();
@@ -611,13 +619,23 @@ impl Loop {
                 self.execute(a);
             }
         }
+        // A completed restart may bring another logLevel: the master follows
+        // it unless an operator set one with LOGLEVEL.
+        let level = self.sm.config().log_level;
+        if level != self.config_level {
+            self.config_level = level;
+            if self.loglevel.is_none() {
+                crate::log::set_level(level);
+            }
+        }
     }
 
     fn execute(&mut self, action: Action) {
         match action {
             Action::Spawn { id, generation, index, config } => {
                 let fds: Vec<RawFd> = self.listeners.iter().map(|l| l.as_raw_fd()).collect();
-                let spec = match build_spec(&config, generation, index, &fds, false, self.loglevel.as_deref()) {
+                let user = self.server_user.as_deref();
+                let spec = match build_spec(&config, generation, index, &fds, false, self.loglevel.as_deref(), user) {
                     Ok(s) => s,
                     Err(error) => return self.queue.push_back(Event::SpawnFailed { id, error }),
                 };
@@ -656,9 +674,14 @@ impl Loop {
                     }
                 }
             }
-            Action::Probe { config } => match ProbeRun::start(&config, self.opts.no_pidfd, self.loglevel.as_deref()) {
+            Action::Probe { config } => match ProbeRun::start(
+                &config,
+                self.opts.no_pidfd,
+                self.loglevel.as_deref(),
+                self.server_user.as_deref(),
+            ) {
                 Ok(p) => self.probe = Some(p),
-                Err(e) => self.queue.push_back(Event::ProbeDone(Err(e))),
+                Err(error) => self.queue.push_back(Event::ProbeDone(Err(ProbeFailure { magic: None, error }))),
             },
             Action::CancelProbe => {
                 if let Some(mut p) = self.probe.take() {

@@ -51,6 +51,15 @@ pub struct ProbeInfo {
     pub version: String,
 }
 
+/// A probe that failed; `magic` is what it reported before failing, if
+/// anything, so that another magic number is refused as `incompatibility`
+/// (the earlier check of section 4) even when the probe also failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeFailure {
+    pub magic: Option<u64>,
+    pub error: String,
+}
+
 /// Who asked for a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requester {
@@ -67,7 +76,7 @@ pub enum Event {
     Restart { config: Result<Config, String>, by: Requester },
     /// SIGTERM/SIGINT.
     Stop { signal: &'static str },
-    ProbeDone(Result<ProbeInfo, String>),
+    ProbeDone(Result<ProbeInfo, ProbeFailure>),
     Spawned { id: WorkerId, pid: u32 },
     SpawnFailed { id: WorkerId, error: String },
     Ready { id: WorkerId },
@@ -127,6 +136,7 @@ pub struct Worker {
 struct Rollout {
     generation: u32,
     config: Arc<Config>,
+    version: String,
     started: Instant,
     /// Old workers not yet asked to stop, oldest first.
     old_serving: Vec<WorkerId>,
@@ -331,8 +341,9 @@ impl Master {
         let _ = now;
         log::warn!(event = "restart.refused", reason = reason, detail = detail;
             "zero-downtime restart refused: {}{}{}", reason, if detail.is_empty() { "" } else { ": " }, detail);
-        // A refusal while a restart runs must not overwrite that restart's record.
-        if reason != reason::IN_FLIGHT {
+        // A refusal while a restart runs, or in lockout, must not hide that
+        // restart's record from STATUS.
+        if reason != reason::IN_FLIGHT && reason != reason::ABORTED {
             self.last_restart = Some(RestartRecord {
                 generation: None,
                 started_wall: SystemTime::now(),
@@ -393,7 +404,7 @@ impl Master {
         self.phase = Phase::Probing { config, requesters: vec![by], started: now };
     }
 
-    fn on_probe(&mut self, result: Result<ProbeInfo, String>, now: Instant, out: &mut Vec<Action>) {
+    fn on_probe(&mut self, result: Result<ProbeInfo, ProbeFailure>, now: Instant, out: &mut Vec<Action>) {
         let Phase::Probing { .. } = self.phase else { return };
         let Phase::Probing { config, requesters, started } = std::mem::replace(&mut self.phase, Phase::Running)
         else {
@@ -401,9 +412,12 @@ impl Master {
         };
         let info = match result {
             Ok(i) => i,
-            Err(e) => {
+            Err(f) if f.magic.is_some_and(|m| m != self.magic) => {
+                ProbeInfo { magic: f.magic.unwrap_or_default(), version: format!("unknown; the probe also failed: {}", f.error) }
+            }
+            Err(f) => {
                 for by in requesters {
-                    self.refuse(by, reason::PROBE_FAILED, &e, now, out);
+                    self.refuse(by, reason::PROBE_FAILED, &f.error, now, out);
                 }
                 return;
             }
@@ -442,6 +456,7 @@ impl Master {
         self.phase = Phase::Rolling(Rollout {
             generation,
             config: config.clone(),
+            version: info.version.clone(),
             started: now,
             old_serving,
             spawned: 1,
@@ -742,6 +757,7 @@ impl Master {
         log::info!(event = "restart.complete", generation = r.generation, duration_ms = ms, workers = r.config.workers;
             "Zero-downtime restart complete");
         self.config = r.config;
+        self.version = r.version;
         self.streak.clear();
         if let Some(l) = &mut self.last_restart {
             l.outcome = "complete";
@@ -924,8 +940,12 @@ mod tests {
         let a = h.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 8, version: "v".into() })));
         assert!(replies(&a)[0].starts_with("NACK incompatibility"));
         h.restart(mongo(2), false);
-        let a = h.ev(Event::ProbeDone(Err("ERROR=database unreachable".into())));
+        let a = h.ev(Event::ProbeDone(Err(ProbeFailure { magic: Some(7), error: "ERROR=database unreachable".into() })));
         assert!(replies(&a)[0].starts_with("NACK probe failed"));
+        // Another magic number is an incompatibility even when the probe also failed.
+        h.restart(mongo(2), false);
+        let a = h.ev(Event::ProbeDone(Err(ProbeFailure { magic: Some(9), error: "ERROR=x".into() })));
+        assert!(replies(&a)[0].starts_with("NACK incompatibility"));
         // Nothing was touched by any refusal.
         assert_eq!(h.m.generation(), 1);
         assert_eq!(h.m.workers().count(), 1);

@@ -1,0 +1,68 @@
+//! `zdrestart --check`: validate the config, run the probe, and say whether a
+//! zero-downtime restart would be accepted (exit 0) or refused (exit 1, with
+//! the reason and the advice that zdrestartctl gives).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::process::Command;
+use std::time::Duration;
+
+fn check(config: &std::path::Path) -> (i32, String) {
+    let out = Command::new(master_bin()).args(["--check", "-c"]).arg(config).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn write(dir: &TestDir, v: serde_json::Value) -> std::path::PathBuf {
+    let p = dir.join("c.json");
+    std::fs::write(&p, v.to_string()).unwrap();
+    p
+}
+
+#[test]
+fn check_verdicts() {
+    let dir = TestDir::for_test();
+    // Memory driver: refused, with the reason and the shared advice.
+    let (code, text) = check(&write(&dir, json!({"port": free_port()})));
+    assert_eq!(code, 1, "{}", text);
+    assert!(text.contains("probe: magic"), "{}", text);
+    assert!(text.contains("refused: bad driver"), "{}", text);
+    assert!(text.contains(zdrestart::control::advice("bad driver")), "{}", text);
+    // One worker: no workers.
+    let (code, text) = check(&write(&dir, json!({"workers": 1, "driver": "mongodb"})));
+    assert_eq!(code, 1);
+    assert!(text.contains("refused: no workers"), "{}", text);
+    // Invalid config: exit 1 naming the key.
+    let (code, text) = check(&write(&dir, json!({"workers": "two"})));
+    assert_eq!(code, 1);
+    assert!(text.contains("key \"workers\""), "{}", text);
+    // MongoDB down: the probe fails.
+    let (code, text) = check(&write(
+        &dir,
+        json!({"driver": "mongodb", "params": {"uri": format!("mongodb://127.0.0.1:{}/?directConnection=true", free_port()), "timeout": 1}}),
+    ));
+    assert_eq!(code, 1, "{}", text);
+    assert!(text.contains("refused: probe failed"), "{}", text);
+    assert!(text.contains("database unreachable"), "{}", text);
+    // Incompatible code.
+    let (code, text) = check(&write(&dir, json!({"driver": "mongodb", "worker": fault_worker("bad-magic.sh")})));
+    assert_eq!(code, 1, "{}", text);
+    assert!(text.contains("refused: incompatibility"), "{}", text);
+}
+
+#[test]
+fn check_accepts_and_consults_the_running_master() {
+    let mongo = Mongo::start();
+    let b = Master::for_test();
+    let sock = b.dir().join("ctl.sock").display().to_string();
+    let m = b.merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri()}, "controlSocket": sock})).start();
+    let (code, text) = check(&m.config_path);
+    assert_eq!(code, 0, "{}", text);
+    assert!(text.contains("would be accepted"), "{}", text);
+    assert!(text.contains(&format!("running master: pid {}", m.pid())), "{}", text);
+    // --check changed nothing in the running master.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(m.events("restart.start").is_empty());
+}
