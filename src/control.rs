@@ -379,6 +379,8 @@ pub struct StatusReport {
     pub pid: u32,
     /// When the master started (ISO 8601 UTC).
     pub started: String,
+    /// `workers` of the config the current generation runs with.
+    pub workers_configured: u32,
     pub last_restart: Option<LastRestart>,
     pub workers: Vec<WorkerStatus>,
 }
@@ -386,7 +388,8 @@ pub struct StatusReport {
 /// The last restart in [`StatusReport`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastRestart {
-    pub generation: u64,
+    /// None for a refused restart (no generation was started).
+    pub generation: Option<u64>,
     pub started: String,
     /// `complete`, `refused`, `aborted` or `in progress`.
     pub outcome: String,
@@ -397,7 +400,8 @@ pub struct LastRestart {
 /// One worker in [`StatusReport`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStatus {
-    pub pid: u32,
+    /// None only between the decision to spawn and the fork.
+    pub pid: Option<u32>,
     pub generation: u64,
     pub index: u32,
     /// `starting`, `ready` or `stopping`.
@@ -1033,15 +1037,16 @@ mod tests {
             version: "0.1.0".into(),
             pid: 10,
             started: "2024-01-01T00:00:00.000Z".into(),
+            workers_configured: 2,
             last_restart: Some(LastRestart {
-                generation: 2,
+                generation: Some(2),
                 started: "2024-01-01T00:01:00.000Z".into(),
                 outcome: "complete".into(),
                 reason: None,
                 duration_ms: Some(1200),
             }),
             workers: vec![WorkerStatus {
-                pid: 11,
+                pid: Some(11),
                 generation: 2,
                 index: 0,
                 state: "ready".into(),

@@ -490,7 +490,8 @@ fn refusals_after_probe_and_restart_in_flight() {
     assert!(c.err.contains("Wait for it to end"), "{:?}", c);
     assert!(t0.elapsed() < Duration::from_secs(3), "refusals in flight must not wait for the probe");
     // A refusal in flight does not overwrite the last restart's record.
-    assert_eq!(status(&sock)["last_restart"]["outcome"], "refused");
+    // Refusals in lockout do not hide the abort that caused it.
+    assert_eq!(status(&sock)["last_restart"]["outcome"], "aborted");
     assert!(status(&sock)["last_restart"]["reason"].as_str().unwrap().starts_with("probe failed"));
     let a = first.line();
     assert!(a.starts_with("NACK probe failed: "), "{:?}", a);
@@ -634,7 +635,8 @@ fn aborted_restart_gives_exit_1_and_lockout() {
     set_worker(&mut m, None, json!({}));
     assert_refused_everywhere(&m, &sock, "aborted restart");
     assert!(ctl(&sock, &["restart"]).err.contains("normal restart"));
-    assert_eq!(status(&sock)["last_restart"]["outcome"], "refused");
+    // Refusals in lockout do not hide the abort that caused it.
+    assert_eq!(status(&sock)["last_restart"]["outcome"], "aborted");
     assert_eq!(status(&sock)["lockout"], true);
     assert_eq!(m.worker_pids(), old);
 }

@@ -812,7 +812,10 @@ impl Loop {
         let answer = match cmd {
             Command::Cmds => control::cmds_answer(),
             Command::Version => control::ack(crate::VERSION),
-            Command::Status => control::ack(&self.sm.status(std::process::id(), self.started_wall).to_string()),
+            Command::Status => {
+                let st = self.sm.status(std::process::id(), self.started_wall);
+                control::ack(&serde_json::to_string(&st).unwrap_or_default())
+            }
             Command::LogLevel(level) => {
                 crate::log::set_level(level);
                 let name = level.to_string().to_lowercase();

@@ -8,7 +8,7 @@
 
 use crate::config::{Config, Driver};
 use crate::sys::ExitStatus;
-use serde_json::{json, Value};
+use crate::control::{LastRestart, StatusReport, WorkerStatus};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -770,36 +770,40 @@ impl Master {
         }
     }
 
-    /// STATUS: one JSON object describing the master and every worker.
-    pub fn status(&self, master_pid: u32, started: SystemTime) -> Value {
+    /// STATUS: the master and every worker (serialized as one JSON line).
+    pub fn status(&self, master_pid: u32, started: SystemTime) -> StatusReport {
         let iso = |t: SystemTime| {
             let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             crate::log::iso8601(d.as_secs() as i64, d.subsec_millis())
         };
-        let workers: Vec<Value> = self
-            .workers
-            .values()
-            .map(|w| {
-                json!({"pid": w.pid, "generation": w.generation, "index": w.index,
-                       "state": w.state.as_str(), "started": iso(w.started_wall)})
-            })
-            .collect();
-        let last = self.last_restart.as_ref().map(|l| {
-            json!({"generation": l.generation, "started": iso(l.started_wall), "outcome": l.outcome,
-                   "reason": l.reason, "duration_ms": l.duration_ms})
-        });
-        json!({
-            "state": self.state_name(),
-            "generation": self.generation,
-            "lockout": self.is_locked_out(),
-            "magic": self.magic,
-            "version": self.version,
-            "pid": master_pid,
-            "started": iso(started),
-            "workers_configured": self.config.workers,
-            "last_restart": last,
-            "workers": workers,
-        })
+        StatusReport {
+            state: self.state_name().into(),
+            generation: self.generation.into(),
+            lockout: self.is_locked_out(),
+            magic: self.magic,
+            version: self.version.clone(),
+            pid: master_pid,
+            started: iso(started),
+            workers_configured: self.config.workers,
+            last_restart: self.last_restart.as_ref().map(|l| LastRestart {
+                generation: l.generation.map(u64::from),
+                started: iso(l.started_wall),
+                outcome: l.outcome.into(),
+                reason: l.reason.clone(),
+                duration_ms: l.duration_ms,
+            }),
+            workers: self
+                .workers
+                .values()
+                .map(|w| WorkerStatus {
+                    pid: w.pid,
+                    generation: w.generation.into(),
+                    index: w.index,
+                    state: w.state.as_str().into(),
+                    started: iso(w.started_wall),
+                })
+                .collect(),
+        }
     }
 }
 
