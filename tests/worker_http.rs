@@ -2,50 +2,51 @@
 //! driver: the HTTP API of DESIGN.md section 6, every error answer, keep-alive,
 //! the probe mode and the graceful exit of 5.4.
 
-mod worker_support;
+mod common;
 
-use std::io::Write;
+use common::*;
+use serde_json::json;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
-use worker_support::*;
 
 #[test]
 fn crud_round_trip() {
-    let dir = TempDir::new("crud");
-    let w = start_worker(&dir, "w", r#""driver": "memory""#);
+    let dir = TestDir::for_test();
+    let w = start_worker(&dir, "w", json!({"driver": "memory"}));
     let body = br#"{"$set": {"a.b": 1}, "x": [1, "two", null], "n": {"$where": "1"}}"#;
-    let r = request(w.port, "PUT", "/objects/note/a.b-c_9", Some(body));
+    let r = worker_request(w.port, "PUT", "/objects/note/a.b-c_9", Some(body));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.body, body);
-    assert_eq!(r.pid(), w.proc.pid());
-    let r = request(w.port, "GET", "/objects/note/a.b-c_9", None);
+    assert_eq!(r.worker_pid(), Some(w.proc.pid()));
+    let r = worker_request(w.port, "GET", "/objects/note/a.b-c_9", None);
     assert_eq!((r.status, r.body.as_slice()), (200, &body[..]));
     // PUT replaces.
-    let r = request(w.port, "PUT", "/objects/note/a.b-c_9", Some(br#"{"v":2}"#));
+    let r = worker_request(w.port, "PUT", "/objects/note/a.b-c_9", Some(br#"{"v":2}"#));
     assert_eq!(r.status, 200);
-    assert_eq!(request(w.port, "GET", "/objects/note/a.b-c_9", None).json(), serde_json::json!({"v": 2}));
+    assert_eq!(worker_request(w.port, "GET", "/objects/note/a.b-c_9", None).json(), json!({"v": 2}));
     // Same id, other type: another object.
-    assert_eq!(request(w.port, "GET", "/objects/other/a.b-c_9", None).status, 404);
-    let r = request(w.port, "DELETE", "/objects/note/a.b-c_9", None);
+    assert_eq!(worker_request(w.port, "GET", "/objects/other/a.b-c_9", None).status, 404);
+    let r = worker_request(w.port, "DELETE", "/objects/note/a.b-c_9", None);
     assert_eq!((r.status, r.body.len()), (204, 0));
-    let r = request(w.port, "GET", "/objects/note/a.b-c_9", None);
+    let r = worker_request(w.port, "GET", "/objects/note/a.b-c_9", None);
     assert_eq!(r.status, 404);
     assert!(r.json()["error"].is_string());
-    assert_eq!(request(w.port, "DELETE", "/objects/note/a.b-c_9", None).status, 404);
+    assert_eq!(worker_request(w.port, "DELETE", "/objects/note/a.b-c_9", None).status, 404);
     // Longest valid names.
     let long = format!("/objects/{}/{}", "t".repeat(128), "i".repeat(128));
-    assert_eq!(request(w.port, "PUT", &long, Some(b"{}")).status, 200);
+    assert_eq!(worker_request(w.port, "PUT", &long, Some(b"{}")).status, 200);
 }
 
 #[test]
 fn every_client_error() {
-    let dir = TempDir::new("errors");
-    let w = start_worker(&dir, "w", "");
+    let dir = TestDir::for_test();
+    let w = start_worker(&dir, "w", json!({}));
     let p = w.port;
-    let err = |r: &Resp| r.json()["error"].as_str().unwrap_or_else(|| panic!("no error: {}", r.text())).to_string();
+    let err = |r: &Response| r.json()["error"].as_str().unwrap_or_else(|| panic!("no error: {}", r.text())).to_string();
 
     // 400: bad JSON, a body that is not an object, bad names.
     for bad in [&b"{"[..], b"not json", b"", b"[1,2]", b"\"s\"", b"12", b"null", b"\xff\xfe"] {
-        let r = request(p, "PUT", "/objects/t/x", Some(bad));
+        let r = worker_request(p, "PUT", "/objects/t/x", Some(bad));
         assert_eq!(r.status, 400, "body {:?}", bad);
         err(&r);
     }
@@ -58,81 +59,81 @@ fn every_client_error() {
         "/objects/t/a:b",
         &format!("/objects/t/{}", "i".repeat(129)),
     ] {
-        let r = request(p, "GET", path, None);
+        let r = worker_request(p, "GET", path, None);
         assert_eq!(r.status, 400, "{}", path);
         err(&r);
-        assert_eq!(request(p, "PUT", path, Some(b"{}")).status, 400, "{}", path);
+        assert_eq!(worker_request(p, "PUT", path, Some(b"{}")).status, 400, "{}", path);
     }
-    assert_eq!(request(p, "GET", "/delay/10001", None).status, 400);
-    assert_eq!(request(p, "GET", "/delay/abc", None).status, 400);
+    assert_eq!(worker_request(p, "GET", "/delay/10001", None).status, 400);
+    assert_eq!(worker_request(p, "GET", "/delay/abc", None).status, 400);
 
     // 404: unknown paths and objects.
     for path in ["/", "/nope", "/objects", "/objects/t", "/objects/t/x/y", "/healthz/x"] {
-        let r = request(p, "GET", path, None);
+        let r = worker_request(p, "GET", path, None);
         assert_eq!(r.status, 404, "{}", path);
         err(&r);
     }
 
     // 405 with Allow.
-    let r = request(p, "POST", "/objects/t/x", Some(b"{}"));
+    let r = worker_request(p, "POST", "/objects/t/x", Some(b"{}"));
     assert_eq!(r.status, 405);
     err(&r);
     let allow = r.header("allow").unwrap();
     for m in ["GET", "PUT", "DELETE"] {
         assert!(allow.contains(m), "{}", allow);
     }
-    let r = request(p, "DELETE", "/healthz", None);
+    let r = worker_request(p, "DELETE", "/healthz", None);
     assert_eq!(r.status, 405);
     assert!(r.header("allow").unwrap().contains("GET"));
 
     // 411: PUT without Content-Length, and chunked bodies.
-    let mut c = Conn::open(p);
+    let mut c = KeepAlive::one_connection(p);
     c.send_raw(b"PUT /objects/t/x HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
     let r = c.read().unwrap();
-    r.check_common();
+    r.check_worker_headers();
     assert_eq!(r.status, 411);
     err(&r);
-    let mut c = Conn::open(p);
+    let mut c = KeepAlive::one_connection(p);
     c.send_raw(b"PUT /objects/t/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n").unwrap();
     assert_eq!(c.read().unwrap().status, 411);
 
     // 413 over 1 MiB, answered without reading the body.
-    let mut c = Conn::open(p);
+    let mut c = KeepAlive::one_connection(p);
     let size = 1024 * 1024 + 1;
     c.send_raw(format!("PUT /objects/t/big HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", size).as_bytes()).unwrap();
     let r = c.read().unwrap();
-    r.check_common();
+    r.check_worker_headers();
     assert_eq!(r.status, 413);
     assert_eq!(r.header("connection"), Some("close"));
     err(&r);
     // And with the body actually sent (a client that does not wait): still 413.
-    let mut c = Conn::open(p);
+    let mut c = KeepAlive::one_connection(p);
     let mut big = format!("PUT /objects/t/big HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", 2 * size).into_bytes();
     big.extend(vec![b' '; 2 * size]);
-    let _ = c.stream.write_all(&big); // may fail once the worker closes: fine
+    let _ = c.send_raw(&big); // may fail once the worker closes: fine
     assert_eq!(c.read().unwrap().status, 413);
     // Exactly 1 MiB is accepted.
     let mut obj = b"{\"k\":\"".to_vec();
     obj.extend(vec![b'a'; 1024 * 1024 - 8]);
     obj.extend_from_slice(b"\"}");
     assert_eq!(obj.len(), 1024 * 1024);
-    assert_eq!(request(p, "PUT", "/objects/t/big", Some(&obj)).status, 200);
-    assert_eq!(request(p, "GET", "/objects/t/big", None).body.len(), 1024 * 1024);
+    assert_eq!(worker_request(p, "PUT", "/objects/t/big", Some(&obj)).status, 200);
+    assert_eq!(worker_request(p, "GET", "/objects/t/big", None).body.len(), 1024 * 1024);
 
     // Garbage instead of HTTP: 400, never a crash.
-    let mut c = Conn::open(p);
+    let mut c = KeepAlive::one_connection(p);
     c.send_raw(b"\x00\x01\x02 garbage\r\n\r\n").unwrap();
     assert_eq!(c.read().unwrap().status, 400);
-    assert_eq!(request(p, "GET", "/healthz", None).status, 200);
+    assert_eq!(worker_request(p, "GET", "/healthz", None).status, 200);
 }
 
 #[test]
 fn healthz_and_keep_alive() {
-    let dir = TempDir::new("health");
-    let w = start_worker(&dir, "w", "");
-    let mut c = Conn::open(w.port);
-    let a = c.req("GET", "/healthz", None);
-    a.check_common();
+    let dir = TestDir::for_test();
+    let w = start_worker(&dir, "w", json!({}));
+    let mut c = KeepAlive::one_connection(w.port);
+    let a = c.request("GET", "/healthz", None).unwrap();
+    a.check_worker_headers();
     let h = a.json();
     assert_eq!(h["status"], "ok");
     assert_eq!(h["pid"], w.proc.pid());
@@ -142,11 +143,11 @@ fn healthz_and_keep_alive() {
     assert_eq!(h["driver"], "memory");
     assert_eq!(a.header("connection"), Some("keep-alive"));
     // Second and third request on the same connection, one pipelined behind the other.
-    let b = c.req("PUT", "/objects/k/1", Some(b"{\"a\":1}"));
+    let b = c.request("PUT", "/objects/k/1", Some(b"{\"a\":1}")).unwrap();
     assert_eq!(b.status, 200);
     c.send("GET", "/objects/k/1", None).unwrap();
     c.send("GET", "/healthz", None).unwrap();
-    assert_eq!(c.read().unwrap().json(), serde_json::json!({"a": 1}));
+    assert_eq!(c.read().unwrap().json(), json!({"a": 1}));
     assert_eq!(c.read().unwrap().status, 200);
     // Connection: close is honoured.
     c.send_raw(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
@@ -154,52 +155,52 @@ fn healthz_and_keep_alive() {
     assert_eq!(r.header("connection"), Some("close"));
     assert!(c.closed_within(Duration::from_secs(3)));
     // HEAD: headers only.
-    let mut c = Conn::open(w.port);
-    c.send_raw(b"HEAD /healthz HTTP/1.1\r\n\r\n").unwrap();
-    c.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+    s.write_all(b"HEAD /healthz HTTP/1.1\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 4096];
-    let n = std::io::Read::read(&mut c.stream, &mut buf).unwrap();
+    let n = s.read(&mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\n"), "{}", text);
 }
 
 #[test]
 fn generation_from_environment() {
-    let dir = TempDir::new("gen");
+    let dir = TestDir::for_test();
     let port = free_port();
-    let cfg = dir.path("c.json");
+    let cfg = dir.join("c.json");
     std::fs::write(&cfg, format!(r#"{{"port": {}}}"#, port)).unwrap();
-    let _p = spawn_worker(&cfg, &dir.path("w.log"), &[("ZDRESTART_GENERATION", "7")]);
-    assert!(wait_port(port, Duration::from_secs(10)));
-    assert_eq!(request(port, "GET", "/healthz", None).json()["generation"], 7);
+    let _p = spawn_worker(&cfg, &dir.join("w.log"), &[("ZDRESTART_GENERATION", "7")]);
+    assert!(wait_until(Duration::from_secs(10), || port_accepts(port)));
+    assert_eq!(worker_request(port, "GET", "/healthz", None).json()["generation"], 7);
 }
 
 #[test]
 fn many_keep_alive_clients_and_slow_requests() {
-    let dir = TempDir::new("load");
+    let dir = TestDir::for_test();
     // One request thread: slow requests and idle keep-alive connections must
     // still not block the other clients.
-    let w = start_worker(&dir, "w", r#""threads": 1"#);
+    let w = start_worker(&dir, "w", json!({"threads": 1}));
     let port = w.port;
     let slow = std::thread::spawn(move || {
         let t = Instant::now();
-        let r = request(port, "GET", "/delay/1500", None);
+        let r = worker_request(port, "GET", "/delay/1500", None);
         (r.status, r.json()["slept_ms"].as_u64(), t.elapsed())
     });
     std::thread::sleep(Duration::from_millis(100));
     // The slow request holds no request permit: a quick one is not queued behind it.
     let t = Instant::now();
-    assert_eq!(request(port, "GET", "/healthz", None).status, 200);
+    assert_eq!(worker_request(port, "GET", "/healthz", None).status, 200);
     assert!(t.elapsed() < Duration::from_millis(700), "blocked behind /delay: {:?}", t.elapsed());
     let clients: Vec<_> = (0..20)
         .map(|i| {
             std::thread::spawn(move || {
-                let mut c = Conn::open(port);
+                let mut c = KeepAlive::one_connection(port);
                 for j in 0..50 {
                     let path = format!("/objects/c{}/o{}", i, j);
                     let body = format!(r#"{{"i":{},"j":{}}}"#, i, j);
-                    assert_eq!(c.req("PUT", &path, Some(body.as_bytes())).status, 200);
-                    assert_eq!(c.req("GET", &path, None).body, body.as_bytes());
+                    assert_eq!(c.request("PUT", &path, Some(body.as_bytes())).unwrap().status, 200);
+                    assert_eq!(c.request("GET", &path, None).unwrap().body, body.as_bytes());
                 }
             })
         })
@@ -214,10 +215,10 @@ fn many_keep_alive_clients_and_slow_requests() {
 
 #[test]
 fn probe_mode_prints_magic_and_version() {
-    let dir = TempDir::new("probe");
-    let cfg = dir.path("c.json");
+    let dir = TestDir::for_test();
+    let cfg = dir.join("c.json");
     std::fs::write(&cfg, r#"{"port": 1, "driver": "memory"}"#).unwrap();
-    let (st, out, err) = probe(&cfg);
+    let (st, out, err) = worker_probe(&cfg);
     assert!(st.success(), "{} {}", out, err);
     let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('{')).collect();
     assert!(lines.contains(&format!("MAGIC={}", zdrestart::MAGIC).as_str()), "{}", out);
@@ -226,66 +227,68 @@ fn probe_mode_prints_magic_and_version() {
 
     // A config it cannot use: ERROR=config: naming the key, exit 1.
     std::fs::write(&cfg, r#"{"threads": "many"}"#).unwrap();
-    let (st, out, _) = probe(&cfg);
+    let (st, out, _) = worker_probe(&cfg);
     assert_eq!(st.code(), Some(1));
     assert!(out.lines().any(|l| l.starts_with("ERROR=config: ") && l.contains("threads")), "{}", out);
     std::fs::write(&cfg, "{not json").unwrap();
-    let (st, out, _) = probe(&cfg);
+    let (st, out, _) = worker_probe(&cfg);
     assert_eq!(st.code(), Some(1));
     assert!(out.contains("ERROR=config: "), "{}", out);
 }
 
 #[test]
 fn start_up_errors_exit_1() {
-    let dir = TempDir::new("fail");
-    let cfg = dir.path("c.json");
+    let dir = TestDir::for_test();
+    let cfg = dir.join("c.json");
     // Invalid config.
     std::fs::write(&cfg, r#"{"driver": "oracle"}"#).unwrap();
-    let mut p = spawn_worker(&cfg, &dir.path("a.log"), &[]);
+    let mut p = spawn_worker(&cfg, &dir.join("a.log"), &[]);
     assert_eq!(p.wait_timeout(Duration::from_secs(10)).and_then(|s| s.code()), Some(1));
     assert!(p.output().contains("driver"), "{}", p.output());
     // Port in use.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     std::fs::write(&cfg, format!(r#"{{"port": {}}}"#, busy.local_addr().unwrap().port())).unwrap();
-    let mut p = spawn_worker(&cfg, &dir.path("b.log"), &[]);
+    let mut p = spawn_worker(&cfg, &dir.join("b.log"), &[]);
     assert_eq!(p.wait_timeout(Duration::from_secs(10)).and_then(|s| s.code()), Some(1));
     assert!(p.output().contains("cannot listen"), "{}", p.output());
     // LISTEN_FDS that are not ours / not sockets.
     std::fs::write(&cfg, r#"{"port": 1}"#).unwrap();
-    let mut p = spawn_worker(&cfg, &dir.path("c.log"), &[("LISTEN_FDS", "1"), ("LISTEN_PID", "1")]);
+    let mut p = spawn_worker(&cfg, &dir.join("c.log"), &[("LISTEN_FDS", "1"), ("LISTEN_PID", "1")]);
     assert_eq!(p.wait_timeout(Duration::from_secs(10)).and_then(|s| s.code()), Some(1));
     assert!(p.output().contains("LISTEN_PID"), "{}", p.output());
     // Help and version.
-    let out = std::process::Command::new(WORKER).arg("--version").output().unwrap();
+    let out = std::process::Command::new(worker_bin()).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(zdrestart::VERSION));
-    let out = std::process::Command::new(WORKER).arg("--help").output().unwrap();
+    let out = std::process::Command::new(worker_bin()).arg("--help").output().unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ZDRESTART_PROBE"));
-    let out = std::process::Command::new(WORKER).arg("--bogus").output().unwrap();
+    let out = std::process::Command::new(worker_bin()).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
 fn sigterm_finishes_requests_in_flight() {
-    let dir = TempDir::new("term");
-    let mut w = start_worker(&dir, "w", "");
+    let dir = TestDir::for_test();
+    let mut w = start_worker(&dir, "w", json!({}));
     let port = w.port;
     // An idle keep-alive connection, opened before SIGTERM.
-    let mut idle = Conn::open(port);
-    assert_eq!(idle.req("GET", "/healthz", None).status, 200);
+    let mut idle = KeepAlive::one_connection(port);
+    assert_eq!(idle.request("GET", "/healthz", None).unwrap().status, 200);
     // A request in flight.
     let inflight = std::thread::spawn(move || {
-        let mut c = Conn::open(port);
-        let r = c.req("GET", "/delay/1000", None);
+        let mut c = KeepAlive::one_connection(port);
+        let r = c.request("GET", "/delay/1000", None).unwrap();
         (r.status, r.json()["slept_ms"].as_u64(), r.header("connection").map(str::to_string))
     });
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
-    signal(w.proc.pid(), "TERM");
+    assert!(kill(w.proc.pid(), libc::SIGTERM));
     // No new connections once it stopped accepting (it was the only holder of the port).
     std::thread::sleep(Duration::from_millis(200));
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "still accepting after SIGTERM");
     // The idle connection may still send one request during the grace: answered, then closed.
-    let r = idle.req("GET", "/objects/t/none", None);
+    // (send + read, not request: the connection stays open to see it closed)
+    idle.send("GET", "/objects/t/none", None).unwrap();
+    let r = idle.read().unwrap();
     assert_eq!(r.status, 404);
     assert_eq!(r.header("connection"), Some("close"));
     assert!(idle.closed_within(Duration::from_secs(3)));
@@ -305,12 +308,12 @@ fn sigterm_finishes_requests_in_flight() {
 
 #[test]
 fn idle_connections_are_closed_after_the_grace() {
-    let dir = TempDir::new("idle");
-    let mut w = start_worker(&dir, "w", "");
-    let mut idle = Conn::open(w.port);
-    assert_eq!(idle.req("GET", "/healthz", None).status, 200);
+    let dir = TestDir::for_test();
+    let mut w = start_worker(&dir, "w", json!({}));
+    let mut idle = KeepAlive::one_connection(w.port);
+    assert_eq!(idle.request("GET", "/healthz", None).unwrap().status, 200);
     let t = Instant::now();
-    signal(w.proc.pid(), "INT");
+    assert!(kill(w.proc.pid(), libc::SIGINT));
     assert!(idle.closed_within(Duration::from_secs(4)));
     let st = w.proc.wait_timeout(Duration::from_secs(5)).expect("no exit");
     assert_eq!(st.code(), Some(0));
@@ -325,12 +328,12 @@ fn spawn_inherited(
     listener_fd: std::process::Stdio,
     cfg: &std::path::Path,
     log: &std::path::Path,
-) -> (Proc, std::process::ChildStdout) {
+) -> (ChildGuard, std::process::ChildStdout) {
     let script = r#"exec 3<&0 4>&1 0</dev/null 1>>"$LOG" 2>&1; LISTEN_PID=$$ exec "$W" -c "$CFG""#;
     let child = std::process::Command::new("sh")
         .arg("-c")
         .arg(script)
-        .env("W", WORKER)
+        .env("W", worker_bin())
         .env("CFG", cfg)
         .env("LOG", log)
         .env("LISTEN_FDS", "1")
@@ -343,39 +346,30 @@ fn spawn_inherited(
         .unwrap();
     let mut child = child;
     let rd = child.stdout.take().unwrap();
-    (Proc { child: Some(child), log: log.to_path_buf() }, rd)
-}
-
-fn read_report_line(rd: &mut std::process::ChildStdout) -> String {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while std::io::Read::read(rd, &mut b).unwrap() == 1 && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    String::from_utf8(line).unwrap()
+    (ChildGuard::new(child, log), rd)
 }
 
 #[test]
 fn inherited_listener_and_report_pipe() {
-    let dir = TempDir::new("inherit");
+    let dir = TestDir::for_test();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let cfg = dir.path("c.json");
+    let cfg = dir.join("c.json");
     // The config's own port is irrelevant with LISTEN_FDS.
     std::fs::write(&cfg, r#"{"port": 1}"#).unwrap();
     let fd = std::os::fd::OwnedFd::from(listener.try_clone().unwrap());
     let t = Instant::now();
-    let (mut w, mut rd) = spawn_inherited(fd.into(), &cfg, &dir.path("w.log"));
-    assert_eq!(read_report_line(&mut rd), "READY=1", "{}", w.output());
+    let (mut w, mut rd) = spawn_inherited(fd.into(), &cfg, &dir.join("w.log"));
+    assert_eq!(read_line_unbuffered(&mut rd), "READY=1", "{}", w.output());
     eprintln!("start to READY: {:?}", t.elapsed());
-    let h = request(port, "GET", "/healthz", None).json();
+    let h = worker_request(port, "GET", "/healthz", None).json();
     assert_eq!((h["pid"].as_u64(), h["generation"].as_u64()), (Some(w.pid() as u64), Some(3)));
-    signal(w.pid(), "TERM");
+    assert!(kill(w.pid(), libc::SIGTERM));
     assert_eq!(w.wait_timeout(Duration::from_secs(5)).and_then(|s| s.code()), Some(0), "{}", w.output());
-    assert_eq!(read_report_line(&mut rd), "STATUS=stopping");
+    assert_eq!(read_line_unbuffered(&mut rd), "STATUS=stopping");
     // The listener was not shut down: connections still queue on it for the
     // next worker (here: the test itself).
-    let mut c = Conn::open(port);
+    let mut c = KeepAlive::one_connection(port);
     c.send("GET", "/healthz", None).unwrap();
     listener.set_nonblocking(false).unwrap();
     let (s, _) = listener.accept().expect("listener still usable after the worker exited");
@@ -383,16 +377,16 @@ fn inherited_listener_and_report_pipe() {
 
     // A listener fd that is not a socket: ERROR= on the report pipe, exit 1.
     let devnull = std::fs::File::open("/dev/null").unwrap();
-    let (mut w, mut rd) = spawn_inherited(devnull.into(), &cfg, &dir.path("w2.log"));
-    let line = read_report_line(&mut rd);
+    let (mut w, mut rd) = spawn_inherited(devnull.into(), &cfg, &dir.join("w2.log"));
+    let line = read_line_unbuffered(&mut rd);
     assert!(line.starts_with("ERROR=listener fd 3"), "{}", line);
     assert_eq!(w.wait_timeout(Duration::from_secs(5)).and_then(|s| s.code()), Some(1));
 
     // A bad config: ERROR=config: on the report pipe.
     std::fs::write(&cfg, r#"{"workers": 0}"#).unwrap();
     let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (mut w, mut rd) = spawn_inherited(std::os::fd::OwnedFd::from(l2).into(), &cfg, &dir.path("w3.log"));
-    let line = read_report_line(&mut rd);
+    let (mut w, mut rd) = spawn_inherited(std::os::fd::OwnedFd::from(l2).into(), &cfg, &dir.join("w3.log"));
+    let line = read_line_unbuffered(&mut rd);
     assert!(line.starts_with("ERROR=config: ") && line.contains("workers"), "{}", line);
     assert_eq!(w.wait_timeout(Duration::from_secs(5)).and_then(|s| s.code()), Some(1));
 }

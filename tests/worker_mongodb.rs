@@ -3,32 +3,27 @@
 //! through `ZDRESTART_SECANTUSD` or `.venv/bin/secantusd-py`. These tests FAIL
 //! when the server cannot be started: they are never skipped.
 
-mod worker_support;
+mod common;
 
-use serde_json::json;
+use common::*;
+use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use worker_support::*;
 
 /// `params.timeout` of these tests (seconds).
 const DB_TIMEOUT: u64 = 2;
 
-fn mongo_cfg(db: &Db, dbname: &str) -> String {
-    format!(
-        r#""driver": "mongodb", "threads": 8, "params": {{"uri": "{}", "dbname": "{}", "timeout": {}}}"#,
-        db.uri(),
-        dbname,
-        DB_TIMEOUT
-    )
+fn mongo_cfg(db: &Mongo, dbname: &str) -> Value {
+    json!({"driver": "mongodb", "threads": 8, "params": {"uri": db.uri(), "dbname": dbname, "timeout": DB_TIMEOUT}})
 }
 
 #[test]
 fn round_trip_and_injection_safety() {
-    let dir = TempDir::new("mrt");
-    let db = Db::start(&dir);
-    let w = start_worker(&dir, "w", &mongo_cfg(&db, "rt"));
+    let dir = TestDir::for_test();
+    let db = Mongo::start();
+    let w = start_worker(&dir, "w", mongo_cfg(&db, "rt"));
     let p = w.port;
-    assert_eq!(request(p, "GET", "/healthz", None).json()["driver"], "mongodb");
+    assert_eq!(worker_request(p, "GET", "/healthz", None).json()["driver"], "mongodb");
 
     let cases: Vec<(&str, &str, String)> = vec![
         ("note", "plain", r#"{"a":1}"#.to_string()),
@@ -41,72 +36,73 @@ fn round_trip_and_injection_safety() {
     ];
     for (ty, id, body) in &cases {
         let path = format!("/objects/{}/{}", ty, id);
-        let r = request(p, "PUT", &path, Some(body.as_bytes()));
+        let r = worker_request(p, "PUT", &path, Some(body.as_bytes()));
         assert_eq!(r.status, 200, "{} {}", path, r.text());
         assert_eq!(r.body, body.as_bytes(), "{}", path);
     }
     for (ty, id, body) in &cases {
-        let r = request(p, "GET", &format!("/objects/{}/{}", ty, id), None);
+        let r = worker_request(p, "GET", &format!("/objects/{}/{}", ty, id), None);
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), *body, "exact round trip of {}/{}", ty, id);
     }
     // "a.b"/"c.d" is not "a"/"b.c.d" or anything else.
-    assert_eq!(request(p, "GET", "/objects/a/b.c.d", None).status, 404);
-    assert_eq!(request(p, "GET", "/objects/a.b/c", None).status, 404);
+    assert_eq!(worker_request(p, "GET", "/objects/a/b.c.d", None).status, 404);
+    assert_eq!(worker_request(p, "GET", "/objects/a.b/c", None).status, 404);
     // Operator-looking names are refused before reaching the database.
-    assert_eq!(request(p, "GET", "/objects/t/$where", None).status, 400);
-    assert_eq!(request(p, "PUT", "/objects/$set/x", Some(b"{}")).status, 400);
+    assert_eq!(worker_request(p, "GET", "/objects/t/$where", None).status, 400);
+    assert_eq!(worker_request(p, "PUT", "/objects/$set/x", Some(b"{}")).status, 400);
     // Replace, not merge.
-    assert_eq!(request(p, "PUT", "/objects/note/plain", Some(br#"{"b":2}"#)).status, 200);
-    assert_eq!(request(p, "GET", "/objects/note/plain", None).json(), json!({"b": 2}));
+    assert_eq!(worker_request(p, "PUT", "/objects/note/plain", Some(br#"{"b":2}"#)).status, 200);
+    assert_eq!(worker_request(p, "GET", "/objects/note/plain", None).json(), json!({"b": 2}));
     // DELETE then GET: 204 then 404; DELETE again: 404.
-    assert_eq!(request(p, "DELETE", "/objects/a.b/c.d", None).status, 204);
-    assert_eq!(request(p, "GET", "/objects/a.b/c.d", None).status, 404);
-    assert_eq!(request(p, "DELETE", "/objects/a.b/c.d", None).status, 404);
+    assert_eq!(worker_request(p, "DELETE", "/objects/a.b/c.d", None).status, 204);
+    assert_eq!(worker_request(p, "GET", "/objects/a.b/c.d", None).status, 404);
+    assert_eq!(worker_request(p, "DELETE", "/objects/a.b/c.d", None).status, 404);
     // Over 1 MiB: 413.
-    let mut c = Conn::open(p);
+    let mut c = KeepAlive::one_connection(p);
     c.send_raw(b"PUT /objects/t/huge HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n").unwrap();
     assert_eq!(c.read().unwrap().status, 413);
 }
 
 #[test]
 fn two_workers_share_the_database() {
-    let dir = TempDir::new("mshare");
-    let db = Db::start(&dir);
-    let a = start_worker(&dir, "a", &mongo_cfg(&db, "share"));
-    let b = start_worker(&dir, "b", &mongo_cfg(&db, "share"));
+    let dir = TestDir::for_test();
+    let db = Mongo::start();
+    let a = start_worker(&dir, "a", mongo_cfg(&db, "share"));
+    let b = start_worker(&dir, "b", mongo_cfg(&db, "share"));
     for i in 0..20 {
         let body = format!(r#"{{"i":{}}}"#, i);
         let (w, r) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        let put = request(w.port, "PUT", &format!("/objects/s/{}", i), Some(body.as_bytes()));
+        let put = worker_request(w.port, "PUT", &format!("/objects/s/{}", i), Some(body.as_bytes()));
         assert_eq!(put.status, 200);
-        let got = request(r.port, "GET", &format!("/objects/s/{}", i), None);
+        let got = worker_request(r.port, "GET", &format!("/objects/s/{}", i), None);
         assert_eq!((got.status, got.text()), (200, body));
-        assert_ne!(put.pid(), got.pid(), "answered by two different workers");
+        assert_ne!(put.worker_pid().unwrap(), got.worker_pid().unwrap(), "answered by two different workers");
     }
-    assert_eq!(request(a.port, "DELETE", "/objects/s/3", None).status, 204);
-    assert_eq!(request(b.port, "GET", "/objects/s/3", None).status, 404);
+    assert_eq!(worker_request(a.port, "DELETE", "/objects/s/3", None).status, 204);
+    assert_eq!(worker_request(b.port, "GET", "/objects/s/3", None).status, 404);
     // Another database name is another store.
-    let other = start_worker(&dir, "o", &mongo_cfg(&db, "other"));
-    assert_eq!(request(other.port, "GET", "/objects/s/4", None).status, 404);
+    let other = start_worker(&dir, "o", mongo_cfg(&db, "other"));
+    assert_eq!(worker_request(other.port, "GET", "/objects/s/4", None).status, 404);
 }
 
 #[test]
 fn database_down_gives_503_and_recovers() {
-    let dir = TempDir::new("mdown");
-    let mut db = Db::start(&dir);
-    let mut w = start_worker(&dir, "w", &mongo_cfg(&db, "down"));
+    let dir = TestDir::for_test();
+    let mut db = Mongo::start();
+    let mut w = start_worker(&dir, "w", mongo_cfg(&db, "down"));
     let p = w.port;
-    assert_eq!(request(p, "PUT", "/objects/d/1", Some(b"{\"v\":1}")).status, 200);
-    let cfg = dir.path("w.json");
-    let (st, out, _) = probe(&cfg);
+    assert_eq!(worker_request(p, "PUT", "/objects/d/1", Some(b"{\"v\":1}")).status, 200);
+    let cfg = w.config.clone();
+    let (st, out, _) = worker_probe(&cfg);
     assert!(st.success(), "{}", out);
 
-    db.kill();
+    db.stop();
+    wait_until(Duration::from_secs(5), || !port_accepts(db.port));
     let bound = Duration::from_secs(DB_TIMEOUT + 2);
     for (method, body) in [("GET", None), ("PUT", Some(&b"{\"v\":2}"[..])), ("DELETE", None)] {
         let t = Instant::now();
-        let r = request(p, method, "/objects/d/1", body);
+        let r = worker_request(p, method, "/objects/d/1", body);
         let took = t.elapsed();
         assert_eq!(r.status, 503, "{} {}", method, r.text());
         assert_eq!(r.json(), json!({"error": "database unavailable"}));
@@ -115,27 +111,27 @@ fn database_down_gives_503_and_recovers() {
     }
     // Concurrent requests while down all get their 503 in time too.
     let t = Instant::now();
-    let hs: Vec<_> = (0..8).map(|i| std::thread::spawn(move || request(p, "GET", &format!("/objects/d/{}", i), None).status)).collect();
+    let hs: Vec<_> = (0..8).map(|i| std::thread::spawn(move || worker_request(p, "GET", &format!("/objects/d/{}", i), None).status)).collect();
     for h in hs {
         assert_eq!(h.join().unwrap(), 503);
     }
     assert!(t.elapsed() <= bound, "{:?}", t.elapsed());
     // The worker is alive and answers what does not need the database.
     assert!(w.proc.alive());
-    assert_eq!(request(p, "GET", "/healthz", None).status, 200);
+    assert_eq!(worker_request(p, "GET", "/healthz", None).status, 200);
     // The probe reports the database down.
     let t = Instant::now();
-    let (st, out, _) = probe(&cfg);
+    let (st, out, _) = worker_probe(&cfg);
     assert_eq!(st.code(), Some(1), "{}", out);
     assert!(out.lines().any(|l| l.starts_with("ERROR=database unreachable")), "{}", out);
     assert!(out.contains(&format!("MAGIC={}", zdrestart::MAGIC)));
     assert!(t.elapsed() < Duration::from_secs(6), "probe took {:?}", t.elapsed());
 
     // Restart on the same port: writes succeed again, without restarting the worker.
-    let _db2 = Db::start_on(&dir, db.port);
+    db.restart();
     let t = Instant::now();
     loop {
-        let r = request(p, "PUT", "/objects/d/1", Some(b"{\"v\":3}"));
+        let r = worker_request(p, "PUT", "/objects/d/1", Some(b"{\"v\":3}"));
         if r.status == 200 {
             break;
         }
@@ -144,26 +140,26 @@ fn database_down_gives_503_and_recovers() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("recovered {:?} after the database came back", t.elapsed());
-    assert_eq!(request(p, "GET", "/objects/d/1", None).json(), json!({"v": 3}));
+    assert_eq!(worker_request(p, "GET", "/objects/d/1", None).json(), json!({"v": 3}));
     assert!(w.proc.alive());
-    let (st, out, _) = probe(&cfg);
+    let (st, out, _) = worker_probe(&cfg);
     assert!(st.success(), "{}", out);
 }
 
 #[test]
 fn worker_starts_while_the_database_is_down() {
-    let dir = TempDir::new("mlate");
+    let dir = TestDir::for_test();
     let port = free_port();
     let uri = format!("mongodb://127.0.0.1:{}/?directConnection=true", port);
-    let cfg = format!(r#""driver": "mongodb", "params": {{"uri": "{}", "timeout": 1}}"#, uri);
+    let cfg = json!({"driver": "mongodb", "params": {"uri": uri, "timeout": 1}});
     let t = Instant::now();
-    let w = start_worker(&dir, "w", &cfg);
+    let w = start_worker(&dir, "w", cfg);
     assert!(t.elapsed() < Duration::from_secs(2), "start-up waited for the database: {:?}", t.elapsed());
-    assert_eq!(request(w.port, "GET", "/healthz", None).status, 200);
-    assert_eq!(request(w.port, "PUT", "/objects/l/1", Some(b"{}")).status, 503);
-    let _db = Db::start_on(&dir, port);
+    assert_eq!(worker_request(w.port, "GET", "/healthz", None).status, 200);
+    assert_eq!(worker_request(w.port, "PUT", "/objects/l/1", Some(b"{}")).status, 503);
+    let _db = Mongo::start_on(port);
     let t = Instant::now();
-    while request(w.port, "PUT", "/objects/l/1", Some(b"{}")).status != 200 {
+    while worker_request(w.port, "PUT", "/objects/l/1", Some(b"{}")).status != 200 {
         assert!(t.elapsed() < Duration::from_secs(15), "no recovery");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -172,10 +168,10 @@ fn worker_starts_while_the_database_is_down() {
 
 #[test]
 fn concurrent_writers_lose_nothing() {
-    let dir = TempDir::new("mconc");
-    let db = Db::start(&dir);
-    let a = start_worker(&dir, "a", &mongo_cfg(&db, "conc"));
-    let b = start_worker(&dir, "b", &mongo_cfg(&db, "conc"));
+    let dir = TestDir::for_test();
+    let db = Mongo::start();
+    let a = start_worker(&dir, "a", mongo_cfg(&db, "conc"));
+    let b = start_worker(&dir, "b", mongo_cfg(&db, "conc"));
     let ports = Arc::new([a.port, b.port]);
     const THREADS: usize = 8;
     const TOTAL: usize = 2000;
@@ -185,10 +181,10 @@ fn concurrent_writers_lose_nothing() {
             let ports = ports.clone();
             std::thread::spawn(move || {
                 // Each client keeps one connection to one of the two workers.
-                let mut c = Conn::open(ports[k % 2]);
+                let mut c = KeepAlive::one_connection(ports[k % 2]);
                 for i in (k..TOTAL).step_by(THREADS) {
                     let body = format!(r#"{{"i":{},"k":{}}}"#, i, k);
-                    let r = c.req("PUT", &format!("/objects/c/{}", i), Some(body.as_bytes()));
+                    let r = c.request("PUT", &format!("/objects/c/{}", i), Some(body.as_bytes())).unwrap();
                     assert_eq!(r.status, 200, "{}", r.text());
                 }
             })
@@ -199,9 +195,9 @@ fn concurrent_writers_lose_nothing() {
     }
     let put_time = t.elapsed();
     let t = Instant::now();
-    let mut c = [Conn::open(a.port), Conn::open(b.port)];
+    let mut c = [KeepAlive::one_connection(a.port), KeepAlive::one_connection(b.port)];
     for i in 0..TOTAL {
-        let r = c[i % 2].req("GET", &format!("/objects/c/{}", i), None);
+        let r = c[i % 2].request("GET", &format!("/objects/c/{}", i), None).unwrap();
         assert_eq!(r.status, 200, "object {} lost", i);
         assert_eq!(r.json()["i"], i);
     }

@@ -68,6 +68,9 @@ pub enum Requester {
     Control { client: ClientId, wait: bool },
 }
 
+// Events are built and consumed at once, never stored in bulk: the size of
+// the Restart variant (a whole Config) costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event {
     /// Spawn the first generation.

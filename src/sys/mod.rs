@@ -323,6 +323,7 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
             }
             let n = nlisten as usize;
             let (m_notify, m_out, m_null, m_err) = (moved[n], moved[n + 1], moved[n + 2], moved[n + 3]);
+            #[allow(clippy::needless_range_loop)] // the index is the target fd number
             for i in 0..n {
                 if libc::dup2(moved[i], 3 + i as RawFd) < 0 {
                     fail(1, m_err);

@@ -3,9 +3,9 @@
 //! Every process a test starts through this harness dies when the owning value
 //! is dropped, also when the test panics: a `Master` runs in its own process
 //! group and its drop SIGKILLs that group plus every descendant still alive; a
-//! `Mongo` is SIGKILLed on drop. Temporary directories are unique per test and
-//! removed on success, kept (path printed) on failure or with
-//! `ZDRESTART_KEEP_TMP=1`.
+//! `Mongo` or a `ChildGuard` is SIGKILLed on drop. Temporary directories are
+//! unique per test and removed on success, kept (path printed) on failure or
+//! with `ZDRESTART_KEEP_TMP=1`.
 //!
 //! Main pieces:
 //! - [`TestDir`]: a unique temp dir; [`free_port`]: a free loopback port.
@@ -13,7 +13,12 @@
 //! - [`Master`] / [`MasterBuilder`]: a real `zdrestart` master with a config
 //!   written from defaults + overrides, log parsing and event waits, signals,
 //!   worker pids from /proc, exit waits, config rewrites.
-//! - [`http`], [`get`], [`KeepAlive`]: a tiny HTTP/1.1 client with timeouts.
+//! - [`http`], [`get`], [`KeepAlive`]: a tiny HTTP/1.1 client with timeouts
+//!   (`KeepAlive::send`/`read`/`closed_within` for pipelining and checking
+//!   that the server closes a connection).
+//! - The built-in worker run by hand, without a master: [`start_worker`],
+//!   [`spawn_worker`], [`worker_request`], [`worker_probe`]; [`ChildGuard`]
+//!   kills any directly spawned process on drop.
 //! - [`wait_until`], /proc helpers ([`proc_stat`], [`fd_count`], ...),
 //!   [`fault_worker`] (argv of a fault-injection worker under tests/fault/).
 #![allow(dead_code)]
@@ -461,8 +466,13 @@ impl Mongo {
     /// Start a server and wait until it accepts TCP connections (20 s at most;
     /// panics with its output otherwise).
     pub fn start() -> Mongo {
+        Mongo::start_on(free_port())
+    }
+
+    /// `start` on a given port (e.g. one a worker was already pointed at).
+    pub fn start_on(port: u16) -> Mongo {
         let dir = TestDir::new(&format!("{}-mongo", test_name()));
-        let mut m = Mongo { port: free_port(), child: None, dir, starts: 0 };
+        let mut m = Mongo { port, child: None, dir, starts: 0 };
         m.spawn();
         m
     }
@@ -1077,6 +1087,15 @@ impl Response {
     pub fn closes(&self) -> bool {
         self.header("connection").map(|v| v.eq_ignore_ascii_case("close")).unwrap_or(false)
     }
+
+    /// Assert the headers every answer of the built-in worker carries: a
+    /// numeric X-Worker-Pid, `Content-Type: application/json` and a
+    /// Content-Length equal to the body's length.
+    pub fn check_worker_headers(&self) {
+        assert!(self.header("x-worker-pid").is_some_and(|p| p.parse::<u32>().is_ok()), "{:?}", self);
+        assert_eq!(self.header("content-type"), Some("application/json"), "{:?}", self);
+        assert_eq!(self.header("content-length").map(|l| l.parse::<usize>().unwrap()), Some(self.body.len()));
+    }
 }
 
 /// Default I/O timeout of the client.
@@ -1244,6 +1263,12 @@ impl KeepAlive {
         KeepAlive { timeout, ..KeepAlive::new(port) }
     }
 
+    /// A client that never reconnects: once its one connection is closed,
+    /// further requests fail (for tests that a connection stays open).
+    pub fn one_connection(port: u16) -> KeepAlive {
+        KeepAlive { reconnect: false, ..KeepAlive::new(port) }
+    }
+
     /// Whether a connection is open now.
     pub fn is_open(&self) -> bool {
         self.conn.is_some()
@@ -1290,9 +1315,209 @@ impl KeepAlive {
         self.request("GET", path, None)
     }
 
+    /// Send one request without reading its answer (pipelining; read it with
+    /// `read`). Opens the connection if needed.
+    pub fn send(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> io::Result<()> {
+        let req = build_request(method, path, body, false, &[]);
+        self.send_raw(&req)
+    }
+
+    /// Send raw bytes (a request of the test's own making, maybe malformed).
+    /// Opens the connection if needed; a write error does not close it (an
+    /// answer the server sent before closing can still be `read`).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.ensure()?;
+        self.conn.as_mut().unwrap().get_mut().write_all(bytes)
+    }
+
+    /// Read one answer (to a GET/PUT/... request sent by `send`/`send_raw`).
+    /// Unlike `request`, it keeps the connection after `Connection: close`,
+    /// so that `closed_within` can check the server really closes it.
+    pub fn read(&mut self) -> io::Result<Response> {
+        match self.conn.as_mut() {
+            Some(c) => read_response(c, false),
+            None => Err(io::Error::new(io::ErrorKind::NotConnected, "no open connection")),
+        }
+    }
+
+    /// Whether the server closes the open connection (EOF or reset, with no
+    /// further byte) within `timeout`. False when data arrives or the timeout
+    /// passes. Panics when no connection is open.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        use std::io::Read;
+        let c = self.conn.as_mut().expect("closed_within: no open connection");
+        if !c.buffer().is_empty() {
+            return false;
+        }
+        let _ = c.get_ref().set_read_timeout(Some(timeout));
+        let mut b = [0u8; 1];
+        let closed = match c.get_mut().read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
+        };
+        if closed {
+            self.conn = None;
+        } else {
+            let _ = c.get_ref().set_read_timeout(Some(self.timeout));
+        }
+        closed
+    }
+
     pub fn close(&mut self) {
         self.conn = None;
     }
+}
+
+// ---------------------------------------------------------------------------
+// Processes started directly, and the built-in worker run by hand
+
+/// A child process started by a test itself (not through `Master`/`Mongo`),
+/// its stdout/stderr in `log`. SIGKILLed and reaped on drop.
+pub struct ChildGuard {
+    child: Option<Child>,
+    pid: i32,
+    pub log: PathBuf,
+}
+
+impl ChildGuard {
+    pub fn new(child: Child, log: impl Into<PathBuf>) -> ChildGuard {
+        let pid = child.id() as i32;
+        ChildGuard { child: Some(child), pid, log: log.into() }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Wait for the exit at most `timeout` (reaps it); None if it still runs
+    /// (or was killed by `kill`).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let c = self.child.as_mut()?;
+        let end = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether it has not exited yet.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGKILL and reap it. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// What it wrote to `log` so far.
+    pub fn output(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Environment a master gives its workers; removed when a test runs the
+/// built-in worker by hand.
+const WORKER_ENV: [&str; 7] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "ZDRESTART_NOTIFY_FD",
+    "ZDRESTART_PROBE",
+    "ZDRESTART_CONFIG",
+    "ZDRESTART_LOGLEVEL",
+];
+
+/// Start `zdrestart-worker -c config` by hand (no master, no LISTEN_FDS),
+/// stdout and stderr into `log`, with extra environment. Does not wait.
+pub fn spawn_worker(config: &Path, log: &Path, env: &[(&str, &str)]) -> ChildGuard {
+    let out = fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {}", log.display(), e));
+    let err = out.try_clone().unwrap();
+    let mut cmd = Command::new(worker_bin());
+    cmd.arg("-c").arg(config).stdin(Stdio::null()).stdout(out).stderr(err);
+    for k in WORKER_ENV {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    ChildGuard::new(cmd.spawn().expect("spawn zdrestart-worker"), log)
+}
+
+/// A built-in worker run by hand by `start_worker`.
+pub struct HandWorker {
+    pub proc: ChildGuard,
+    pub port: u16,
+    /// Its config file.
+    pub config: PathBuf,
+}
+
+/// Run the built-in worker by hand on a free port: config `<dir>/<name>.json`
+/// = `{"address": "127.0.0.1", "port": <port>}` plus the keys of `extra` (a
+/// JSON object), output in `<dir>/<name>.log`. Waits (15 s at most) until it
+/// accepts connections; panics with its output otherwise.
+pub fn start_worker(dir: &TestDir, name: &str, extra: Value) -> HandWorker {
+    let port = free_port();
+    let mut cfg = Map::new();
+    cfg.insert("address".into(), json!("127.0.0.1"));
+    cfg.insert("port".into(), json!(port));
+    for (k, v) in extra.as_object().expect("start_worker: extra must be a JSON object") {
+        cfg.insert(k.clone(), v.clone());
+    }
+    let config = dir.join(format!("{}.json", name));
+    fs::write(&config, serde_json::to_vec_pretty(&Value::Object(cfg)).unwrap()).unwrap();
+    let mut proc = spawn_worker(&config, &dir.join(format!("{}.log", name)), &[]);
+    if !wait_until(Duration::from_secs(15), || port_accepts(port)) {
+        let alive = proc.alive();
+        panic!("worker {} not listening on {} (alive: {}):\n{}", name, port, alive, proc.output());
+    }
+    HandWorker { proc, port, config }
+}
+
+/// One request to a worker (directly, not through a master) on a new
+/// connection; panics on I/O errors and checks `Response::check_worker_headers`.
+pub fn worker_request(port: u16, method: &str, path: &str, body: Option<&[u8]>) -> Response {
+    let r = http(port, method, path, body).unwrap_or_else(|e| panic!("{} {} on port {}: {}", method, path, port, e));
+    r.check_worker_headers();
+    r
+}
+
+/// Run the built-in worker's probe by hand (`ZDRESTART_PROBE=1`, no report
+/// pipe, 60 s at most): exit status, stdout, stderr.
+pub fn worker_probe(config: &Path) -> (ExitStatus, String, String) {
+    let mut cmd = Command::new(worker_bin());
+    cmd.arg("-c").arg(config);
+    for k in WORKER_ENV {
+        cmd.env_remove(k);
+    }
+    cmd.env("ZDRESTART_PROBE", "1");
+    run_cmd(&mut cmd, Duration::from_secs(60))
+}
+
+/// Read one line (without its '\n') byte by byte, so that nothing after it is
+/// consumed (e.g. a worker's report pipe). Stops at EOF too.
+pub fn read_line_unbuffered(r: &mut impl io::Read) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while r.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    String::from_utf8(line).unwrap()
 }
 
 // ---------------------------------------------------------------------------
