@@ -150,7 +150,7 @@ struct Rollout {
 #[derive(Debug)]
 enum Phase {
     Running,
-    Probing { config: Arc<Config>, requesters: Vec<Requester>, started: Instant },
+    Probing { config: Arc<Config>, requesters: Vec<Requester> },
     Rolling(Rollout),
     Lockout,
     Stopping,
@@ -262,7 +262,7 @@ impl Master {
                     self.spawn(1, index, cfg.clone(), now, &mut out);
                 }
             }
-            Event::Restart { config, by } => self.on_restart(config, by, now, &mut out),
+            Event::Restart { config, by } => self.on_restart(config, by, &mut out),
             Event::Stop { signal } => self.on_stop(signal, now, &mut out),
             Event::ProbeDone(result) => self.on_probe(result, now, &mut out),
             Event::Spawned { id, pid } => {
@@ -340,8 +340,7 @@ impl Master {
         }
     }
 
-    fn refuse(&mut self, by: Requester, reason: &'static str, detail: &str, now: Instant, out: &mut Vec<Action>) {
-        let _ = now;
+    fn refuse(&mut self, by: Requester, reason: &'static str, detail: &str, out: &mut Vec<Action>) {
         log::warn!(event = "restart.refused", reason = reason, detail = detail;
             "zero-downtime restart refused: {}{}{}", reason, if detail.is_empty() { "" } else { ": " }, detail);
         // A refusal while a restart runs, or in lockout, must not hide that
@@ -361,20 +360,20 @@ impl Master {
         }
     }
 
-    fn on_restart(&mut self, config: Result<Config, String>, by: Requester, now: Instant, out: &mut Vec<Action>) {
+    fn on_restart(&mut self, config: Result<Config, String>, by: Requester, out: &mut Vec<Action>) {
         log::info!(component = "master"; "zero-downtime restart requested ({})",
             match by { Requester::Signal => "SIGUSR2", Requester::Control { .. } => "control socket" });
         match self.phase {
-            Phase::Probing { .. } | Phase::Rolling(_) => return self.refuse(by, reason::IN_FLIGHT, "", now, out),
+            Phase::Probing { .. } | Phase::Rolling(_) => return self.refuse(by, reason::IN_FLIGHT, "", out),
             Phase::Lockout => {
-                return self.refuse(by, reason::ABORTED, "restart the master as soon as possible", now, out)
+                return self.refuse(by, reason::ABORTED, "restart the master as soon as possible", out)
             }
-            Phase::Stopping => return self.refuse(by, reason::STOPPING, "the master is stopping", now, out),
+            Phase::Stopping => return self.refuse(by, reason::STOPPING, "the master is stopping", out),
             Phase::Running => {}
         }
         let new = match config {
             Ok(c) => c,
-            Err(e) => return self.refuse(by, reason::BAD_CONFIG, &e, now, out),
+            Err(e) => return self.refuse(by, reason::BAD_CONFIG, &e, out),
         };
         for w in &new.warnings {
             log::warn!("{}", w);
@@ -382,15 +381,15 @@ impl Master {
         let old = &self.config;
         if new.address != old.address || new.port != old.port {
             let detail = format!("{} -> {}; use a normal restart", old.listen_display(), new.listen_display());
-            return self.refuse(by, reason::LISTEN_CHANGED, &detail, now, out);
+            return self.refuse(by, reason::LISTEN_CHANGED, &detail, out);
         }
         if new.workers < 2 {
             let detail = format!("workers is {}, at least 2 are needed", new.workers);
-            return self.refuse(by, reason::NO_WORKERS, &detail, now, out);
+            return self.refuse(by, reason::NO_WORKERS, &detail, out);
         }
         if new.driver != Driver::Mongodb {
             let detail = format!("driver is \"{}\", zero-downtime restarts need \"mongodb\"", new.driver.as_str());
-            return self.refuse(by, reason::BAD_DRIVER, &detail, now, out);
+            return self.refuse(by, reason::BAD_DRIVER, &detail, out);
         }
         for (key, changed) in [
             ("logfile", new.logfile != old.logfile),
@@ -404,12 +403,12 @@ impl Master {
         }
         let config = Arc::new(new);
         out.push(Action::Probe { config: config.clone() });
-        self.phase = Phase::Probing { config, requesters: vec![by], started: now };
+        self.phase = Phase::Probing { config, requesters: vec![by] };
     }
 
     fn on_probe(&mut self, result: Result<ProbeInfo, ProbeFailure>, now: Instant, out: &mut Vec<Action>) {
         let Phase::Probing { .. } = self.phase else { return };
-        let Phase::Probing { config, requesters, started } = std::mem::replace(&mut self.phase, Phase::Running)
+        let Phase::Probing { config, requesters } = std::mem::replace(&mut self.phase, Phase::Running)
         else {
             unreachable!()
         };
@@ -420,7 +419,7 @@ impl Master {
             }
             Err(f) => {
                 for by in requesters {
-                    self.refuse(by, reason::PROBE_FAILED, &f.error, now, out);
+                    self.refuse(by, reason::PROBE_FAILED, &f.error, out);
                 }
                 return;
             }
@@ -431,7 +430,7 @@ impl Master {
                 info.magic, info.version, self.magic
             );
             for by in requesters {
-                self.refuse(by, reason::INCOMPATIBILITY, &detail, now, out);
+                self.refuse(by, reason::INCOMPATIBILITY, &detail, out);
             }
             return;
         }
@@ -455,7 +454,6 @@ impl Master {
         self.pending.clear();
         let old_serving: Vec<WorkerId> =
             self.workers.values().filter(|w| !w.asked_to_stop).map(|w| w.id).collect();
-        let _ = started;
         self.phase = Phase::Rolling(Rollout {
             generation,
             config: config.clone(),
@@ -597,12 +595,7 @@ impl Master {
             return;
         }
         match self.phase {
-            Phase::Running => {
-                if w.generation == self.generation && w.index < self.config.workers {
-                    self.schedule_respawn(&w, lived, now, out);
-                }
-            }
-            Phase::Probing { .. } => {
+            Phase::Running | Phase::Probing { .. } => {
                 if w.generation == self.generation && w.index < self.config.workers {
                     self.schedule_respawn(&w, lived, now, out);
                 }
