@@ -289,7 +289,9 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     // SAFETY: sigset_t is plain data; sigfillset/pthread_sigmask write only
     // the sets we pass.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
