@@ -381,6 +381,8 @@ pub struct StatusReport {
     pub started: String,
     /// `workers` of the config the current generation runs with.
     pub workers_configured: u32,
+    /// `address:port` the master listens on (bound once, at start).
+    pub listen: String,
     pub last_restart: Option<LastRestart>,
     pub workers: Vec<WorkerStatus>,
 }
@@ -1038,6 +1040,7 @@ mod tests {
             pid: 10,
             started: "2024-01-01T00:00:00.000Z".into(),
             workers_configured: 2,
+            listen: "127.0.0.1:8080".into(),
             last_restart: Some(LastRestart {
                 generation: Some(2),
                 started: "2024-01-01T00:01:00.000Z".into(),

@@ -62,6 +62,14 @@ fn check_accepts_and_consults_the_running_master() {
     assert_eq!(code, 0, "{}", text);
     assert!(text.contains("would be accepted"), "{}", text);
     assert!(text.contains(&format!("running master: pid {}", m.pid())), "{}", text);
+    // A changed port is what the running master would refuse.
+    let mut other: serde_json::Value = serde_json::from_slice(&std::fs::read(&m.config_path).unwrap()).unwrap();
+    other["port"] = json!(free_port());
+    let changed = m.dir.join("changed.json");
+    std::fs::write(&changed, other.to_string()).unwrap();
+    let (code, text) = check(&changed);
+    assert_eq!(code, 1, "{}", text);
+    assert!(text.contains("refused: listen address changed"), "{}", text);
     // --check changed nothing in the running master.
     std::thread::sleep(Duration::from_millis(300));
     assert!(m.events("restart.start").is_empty());

@@ -149,6 +149,8 @@ fn run_check(cfg: Config) -> ExitCode {
         Some((reason::IN_FLIGHT, "the running master is restarting now".to_string()))
     } else if running.as_ref().is_some_and(|s| s["lockout"] == true) {
         Some((reason::ABORTED, "the running master locked out after an aborted restart".to_string()))
+    } else if let Some(l) = running.as_ref().and_then(|s| s["listen"].as_str()).filter(|l| *l != cfg.listen_display()) {
+        Some((reason::LISTEN_CHANGED, format!("{} -> {}; use a normal restart", l, cfg.listen_display())))
     } else if cfg.workers < 2 {
         Some((reason::NO_WORKERS, format!("workers is {}, at least 2 are needed", cfg.workers)))
     } else if cfg.driver != Driver::Mongodb {

@@ -781,6 +781,8 @@ impl Master {
             pid: master_pid,
             started: iso(started),
             workers_configured: self.config.workers,
+            // address/port never change without a normal restart.
+            listen: self.config.listen_display(),
             last_restart: self.last_restart.as_ref().map(|l| LastRestart {
                 generation: l.generation.map(u64::from),
                 started: iso(l.started_wall),
