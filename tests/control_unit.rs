@@ -10,35 +10,10 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::TestDir;
 use zdrestart::control::{self, Command, ControlServer, Limits};
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A unique temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "zdctl-test-{}-{}-{}",
-            name,
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn sock(&self) -> PathBuf {
-        self.0.join("ctl.sock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[derive(Default)]
 struct Stats {
@@ -193,80 +168,80 @@ fn reaches_eof(r: &mut impl Read) -> bool {
     }
 }
 
-fn default_harness(dir: &TempDir) -> Harness {
-    Harness::start(&dir.sock(), Limits::default(), Duration::from_millis(300))
+fn default_harness(dir: &TestDir) -> Harness {
+    Harness::start(&dir.join("ctl.sock"), Limits::default(), Duration::from_millis(300))
 }
 
 #[test]
 fn socket_is_mode_0600_and_removed_by_close() {
-    let dir = TempDir::new("mode");
-    let server = ControlServer::bind(&dir.sock()).unwrap();
-    let m = std::fs::symlink_metadata(dir.sock()).unwrap();
+    let dir = TestDir::new("mode");
+    let server = ControlServer::bind(&dir.join("ctl.sock")).unwrap();
+    let m = std::fs::symlink_metadata(dir.join("ctl.sock")).unwrap();
     assert!(m.file_type().is_socket());
     assert_eq!(m.permissions().mode() & 0o7777, 0o600, "mode {:o}", m.mode());
     // Nothing else left in the directory (the private bind directory is gone).
-    let names: Vec<_> = std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, vec![std::ffi::OsString::from("ctl.sock")]);
-    assert!(UnixStream::connect(dir.sock()).is_ok());
+    assert!(UnixStream::connect(dir.join("ctl.sock")).is_ok());
     server.close();
-    assert!(std::fs::symlink_metadata(dir.sock()).is_err(), "close removes the socket file");
+    assert!(std::fs::symlink_metadata(dir.join("ctl.sock")).is_err(), "close removes the socket file");
 }
 
 #[test]
 fn drop_keeps_the_file_and_close_leaves_a_foreign_file_alone() {
-    let dir = TempDir::new("drop");
-    let server = ControlServer::bind(&dir.sock()).unwrap();
+    let dir = TestDir::new("drop");
+    let server = ControlServer::bind(&dir.join("ctl.sock")).unwrap();
     drop(server);
-    assert!(std::fs::symlink_metadata(dir.sock()).is_ok(), "drop does not remove the file");
+    assert!(std::fs::symlink_metadata(dir.join("ctl.sock")).is_ok(), "drop does not remove the file");
     // The file is now stale: a new bind replaces it; if someone replaced
     // ours meanwhile, close must not remove theirs.
-    let server = ControlServer::bind(&dir.sock()).unwrap();
-    std::fs::remove_file(dir.sock()).unwrap();
-    std::fs::write(dir.sock(), b"not ours").unwrap();
+    let server = ControlServer::bind(&dir.join("ctl.sock")).unwrap();
+    std::fs::remove_file(dir.join("ctl.sock")).unwrap();
+    std::fs::write(dir.join("ctl.sock"), b"not ours").unwrap();
     server.close();
-    assert_eq!(std::fs::read(dir.sock()).unwrap(), b"not ours");
+    assert_eq!(std::fs::read(dir.join("ctl.sock")).unwrap(), b"not ours");
 }
 
 #[test]
 fn stale_socket_is_replaced() {
-    let dir = TempDir::new("stale");
-    let l = UnixListener::bind(dir.sock()).unwrap();
+    let dir = TestDir::new("stale");
+    let l = UnixListener::bind(dir.join("ctl.sock")).unwrap();
     drop(l); // the file stays, nobody listens: a dead master's socket
-    assert!(UnixStream::connect(dir.sock()).is_err());
+    assert!(UnixStream::connect(dir.join("ctl.sock")).is_err());
     let h = default_harness(&dir);
     assert_eq!(ask(&h.path, "VERSION\n"), "ACK test-version\n");
-    let m = std::fs::symlink_metadata(dir.sock()).unwrap();
+    let m = std::fs::symlink_metadata(dir.join("ctl.sock")).unwrap();
     assert_eq!(m.permissions().mode() & 0o777, 0o600);
 }
 
 #[test]
 fn live_socket_is_never_stolen() {
-    let dir = TempDir::new("live");
+    let dir = TestDir::new("live");
     let h = default_harness(&dir);
-    let ino = std::fs::symlink_metadata(dir.sock()).unwrap().ino();
-    let err = ControlServer::bind(&dir.sock()).err().expect("second bind must fail");
+    let ino = std::fs::symlink_metadata(dir.join("ctl.sock")).unwrap().ino();
+    let err = ControlServer::bind(&dir.join("ctl.sock")).err().expect("second bind must fail");
     assert_eq!(err.kind(), ErrorKind::AddrInUse);
     let msg = err.to_string();
     assert!(msg.contains("in use by a running master") && msg.contains("ctl.sock"), "{}", msg);
-    assert_eq!(std::fs::symlink_metadata(dir.sock()).unwrap().ino(), ino);
+    assert_eq!(std::fs::symlink_metadata(dir.join("ctl.sock")).unwrap().ino(), ino);
     assert_eq!(ask(&h.path, "VERSION\n"), "ACK test-version\n", "the first server still answers");
 }
 
 #[test]
 fn not_a_socket_is_refused_and_left_alone() {
-    let dir = TempDir::new("notsock");
-    std::fs::write(dir.sock(), b"data").unwrap();
-    let err = ControlServer::bind(&dir.sock()).err().expect("must fail");
+    let dir = TestDir::new("notsock");
+    std::fs::write(dir.join("ctl.sock"), b"data").unwrap();
+    let err = ControlServer::bind(&dir.join("ctl.sock")).err().expect("must fail");
     assert!(err.to_string().contains("not a socket"), "{}", err);
-    assert_eq!(std::fs::read(dir.sock()).unwrap(), b"data");
+    assert_eq!(std::fs::read(dir.join("ctl.sock")).unwrap(), b"data");
     // A missing directory is an error naming the path.
-    let err = ControlServer::bind(&dir.0.join("nope/ctl.sock")).err().expect("must fail");
+    let err = ControlServer::bind(&dir.join("nope/ctl.sock")).err().expect("must fail");
     assert!(err.to_string().contains("nope"), "{}", err);
 }
 
 #[test]
 fn pump_io_compatible_answers() {
-    let dir = TempDir::new("proto");
+    let dir = TestDir::new("proto");
     let h = default_harness(&dir);
     assert_eq!(ask(&h.path, "CMDS\n"), "ACK CMDS VERSION LOGLEVEL STATUS RESTART\n");
     assert_eq!(ask(&h.path, "version\r\n"), "ACK test-version\n");
@@ -308,9 +283,9 @@ fn pump_io_compatible_answers() {
 
 #[test]
 fn restart_wait_answers_in_order_and_does_not_time_out() {
-    let dir = TempDir::new("wait");
+    let dir = TestDir::new("wait");
     let limits = Limits { idle_timeout: Duration::from_millis(200), ..Limits::default() };
-    let h = Harness::start(&dir.sock(), limits, Duration::from_millis(800));
+    let h = Harness::start(&dir.join("ctl.sock"), limits, Duration::from_millis(800));
     let s = connect(&h.path);
     let t0 = Instant::now();
     (&s).write_all(b"RESTART WAIT\nVERSION\n").unwrap();
@@ -325,9 +300,9 @@ fn restart_wait_answers_in_order_and_does_not_time_out() {
 
 #[test]
 fn idle_clients_time_out() {
-    let dir = TempDir::new("idle");
+    let dir = TestDir::new("idle");
     let limits = Limits { idle_timeout: Duration::from_millis(300), ..Limits::default() };
-    let h = Harness::start(&dir.sock(), limits, Duration::from_millis(10));
+    let h = Harness::start(&dir.join("ctl.sock"), limits, Duration::from_millis(10));
     let s = connect(&h.path);
     let t0 = Instant::now();
     let mut r = BufReader::new(s);
@@ -338,7 +313,7 @@ fn idle_clients_time_out() {
 
 #[test]
 fn line_too_long_is_refused_and_never_blocks() {
-    let dir = TempDir::new("long");
+    let dir = TestDir::new("long");
     let h = default_harness(&dir);
     let s = connect(&h.path);
     let writer = {
@@ -386,9 +361,9 @@ fn line_too_long_is_refused_and_never_blocks() {
 
 #[test]
 fn a_full_table_evicts_the_longest_idle_client() {
-    let dir = TempDir::new("many");
+    let dir = TestDir::new("many");
     let limits = Limits { max_clients: 4, ..Limits::default() };
-    let h = Harness::start(&dir.sock(), limits, Duration::from_millis(10));
+    let h = Harness::start(&dir.join("ctl.sock"), limits, Duration::from_millis(10));
     let mut kept = Vec::new();
     for _ in 0..4 {
         let s = connect(&h.path);
@@ -435,9 +410,9 @@ fn a_full_table_evicts_the_longest_idle_client() {
 
 #[test]
 fn restart_wait_clients_are_never_evicted_and_a_full_table_of_them_nacks() {
-    let dir = TempDir::new("fullwait");
+    let dir = TestDir::new("fullwait");
     let limits = Limits { max_clients: 4, idle_timeout: Duration::from_secs(60), ..Limits::default() };
-    let h = Harness::start(&dir.sock(), limits, Duration::from_secs(4));
+    let h = Harness::start(&dir.join("ctl.sock"), limits, Duration::from_secs(4));
     let t0 = Instant::now();
     // Four clients wait for RESTART WAIT (set_waiting: true): nothing evictable.
     let mut waiting: Vec<BufReader<UnixStream>> = (0..4)
@@ -454,7 +429,7 @@ fn restart_wait_clients_are_never_evicted_and_a_full_table_of_them_nacks() {
     }
     // zdrestartctl reports it like any NACK (exit 1, reason and advice),
     // whether the master's answer and close come before or after its send.
-    let sock = dir.sock().to_string_lossy().into_owned();
+    let sock = dir.join("ctl.sock").to_string_lossy().into_owned();
     for _ in 0..5 {
         let (code, out, err) = ctl(&["-s", &sock, "status"]);
         assert_eq!((code, out.as_str()), (1, ""), "{}", err);
@@ -529,19 +504,19 @@ fn closed(s: &UnixStream) -> bool {
 
 #[test]
 fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
-    let dir = TempDir::new("evict");
+    let dir = TestDir::new("evict");
     let limits = Limits { max_clients: 3, ..Limits::default() };
-    let mut server = ControlServer::bind_with(&dir.sock(), limits).unwrap();
+    let mut server = ControlServer::bind_with(&dir.join("ctl.sock"), limits).unwrap();
     let step = Duration::from_millis(60);
 
     // a: a command the master has not answered yet (owed, not waiting).
-    let a = connect(&dir.sock());
+    let a = connect(&dir.join("ctl.sock"));
     (&a).write_all(b"VERSION\n").unwrap();
     let cmds = pump(&mut server, step);
     assert_eq!(cmds.len(), 1);
     let a_id = cmds[0].0;
     // b: RESTART WAIT, marked waiting like the master does.
-    let b = connect(&dir.sock());
+    let b = connect(&dir.join("ctl.sock"));
     (&b).write_all(b"RESTART WAIT\n").unwrap();
     let cmds = pump(&mut server, step);
     assert_eq!(cmds.len(), 1);
@@ -549,12 +524,12 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
     let b_id = cmds[0].0;
     server.set_waiting(b_id, true);
     // c: connected, never sent anything; the only evictable one.
-    let c = connect(&dir.sock());
+    let c = connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
     assert_eq!(server.client_count(), 3);
 
     // d evicts c, the only client owed nothing, though a and b are older.
-    let d = connect(&dir.sock());
+    let d = connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
     assert!(closed(&c), "the idle client is evicted");
     assert_eq!(server.client_count(), 3);
@@ -563,7 +538,7 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
     let cmds = pump(&mut server, step);
     assert_eq!(cmds.len(), 1);
     let d_id = cmds[0].0;
-    let e = connect(&dir.sock());
+    let e = connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
     let mut r = BufReader::new(e);
     assert_eq!(read_line(&mut r), "NACK too many clients\n");
@@ -584,7 +559,7 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
     }
     assert!(server.queued_bytes() > 0, "d's socket never filled");
     assert_eq!(server.client_count(), 3);
-    let f = connect(&dir.sock());
+    let f = connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
     let mut ra = BufReader::new(a);
     assert_eq!(read_line(&mut ra), "ACK first\n");
@@ -592,19 +567,19 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
     assert_eq!(server.client_count(), 3);
     // d, stalled with answers it never read, is next: not b.
     assert!(server.queued_bytes() > 0);
-    let g = connect(&dir.sock());
+    let g = connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
     assert!(closed(&d), "the stalled client is evicted");
     assert_eq!(server.client_count(), 3);
     assert_eq!(server.waiting_clients(), vec![b_id]);
     assert_eq!(server.queued_bytes(), 0);
     // b, still waiting, is never evicted: f and g go first, then NACK.
-    let h1 = connect(&dir.sock());
+    let h1 = connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
-    let h2 = connect(&dir.sock());
+    let h2 = connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
     assert!(closed(&f) && closed(&g));
-    let h3 = connect(&dir.sock());
+    let h3 = connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
     assert!(closed(&h1), "h1 is evicted by h3");
     assert_eq!(server.client_count(), 3);
@@ -619,7 +594,7 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
 
 #[test]
 fn hundreds_of_idle_clients_do_not_lock_out_a_new_client() {
-    let dir = TempDir::new("flood");
+    let dir = TestDir::new("flood");
     let h = default_harness(&dir);
     let idle: Vec<UnixStream> = (0..150).map(|_| connect(&h.path)).collect();
     // The first 86 are evicted, oldest first, by the 64 that came after.
@@ -631,7 +606,7 @@ fn hundreds_of_idle_clients_do_not_lock_out_a_new_client() {
     // The 64 idle ones fill the table: a new client is served at once.
     let t0 = Instant::now();
     assert_eq!(ask(&h.path, "VERSION\n"), "ACK test-version\n");
-    let sock = dir.sock().to_string_lossy().into_owned();
+    let sock = dir.join("ctl.sock").to_string_lossy().into_owned();
     assert_eq!(ctl(&["-s", &sock, "restart", "--wait"]).0, 0);
     assert!(t0.elapsed() < Duration::from_secs(3));
     drop(idle);
@@ -641,7 +616,7 @@ fn hundreds_of_idle_clients_do_not_lock_out_a_new_client() {
 
 #[test]
 fn a_client_that_never_reads_stays_bounded() {
-    let dir = TempDir::new("noread");
+    let dir = TestDir::new("noread");
     let h = default_harness(&dir);
     let hog = connect(&h.path);
     hog.set_nonblocking(true).unwrap();
@@ -689,9 +664,9 @@ fn ctl(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn zdrestartctl_exit_codes_and_messages() {
-    let dir = TempDir::new("ctl");
-    let h = Harness::start(&dir.sock(), Limits::default(), Duration::from_millis(300));
-    let sock = dir.sock().to_string_lossy().into_owned();
+    let dir = TestDir::new("ctl");
+    let h = Harness::start(&dir.join("ctl.sock"), Limits::default(), Duration::from_millis(300));
+    let sock = dir.join("ctl.sock").to_string_lossy().into_owned();
     let s = sock.as_str();
 
     assert_eq!(ctl(&["-s", s, "version"]), (0, "test-version\n".into(), String::new()));
@@ -729,16 +704,16 @@ fn zdrestartctl_exit_codes_and_messages() {
     assert!(err.contains("no answer within 0.1 s") && err.contains("zdrestartctl status"), "{}", err);
 
     // The socket named by controlSocket in the config given with -c.
-    let cfg = dir.0.join("z.json");
+    let cfg = dir.join("z.json");
     std::fs::write(&cfg, format!("{{\"controlSocket\": \"{}\"}}", s)).unwrap();
     assert_eq!(ctl(&["-c", cfg.to_str().unwrap(), "version"]).0, 0);
     // An explicit config that does not exist is an error.
-    let (code, _, err) = ctl(&["-c", dir.0.join("missing.json").to_str().unwrap(), "version"]);
+    let (code, _, err) = ctl(&["-c", dir.join("missing.json").to_str().unwrap(), "version"]);
     assert_eq!(code, 2);
     assert!(err.contains("missing.json"), "{}", err);
 
     // Connection and usage errors: exit 2, naming the socket and the cause.
-    let missing = dir.0.join("none.sock");
+    let missing = dir.join("none.sock");
     let (code, _, err) = ctl(&["-s", missing.to_str().unwrap(), "status"]);
     assert_eq!(code, 2);
     assert_eq!(
@@ -760,8 +735,8 @@ fn zdrestartctl_reads_an_answer_sent_before_the_master_closed() {
     // never reading: whether zdrestartctl's send comes before the close (the
     // close then resets the connection) or after it (the send fails with
     // EPIPE), the NACK waiting in the socket is what it reports: exit 1.
-    let dir = TempDir::new("nackclose");
-    let listener = UnixListener::bind(dir.sock()).unwrap();
+    let dir = TestDir::new("nackclose");
+    let listener = UnixListener::bind(dir.join("ctl.sock")).unwrap();
     let runs = 20;
     let server = thread::spawn(move || {
         for (i, s) in listener.incoming().take(runs).enumerate() {
@@ -773,7 +748,7 @@ fn zdrestartctl_reads_an_answer_sent_before_the_master_closed() {
             (&s).write_all(b"NACK too many clients\n").unwrap();
         }
     });
-    let sock = dir.sock().to_string_lossy().into_owned();
+    let sock = dir.join("ctl.sock").to_string_lossy().into_owned();
     for _ in 0..runs {
         let (code, out, err) = ctl(&["-s", &sock, "restart", "--wait"]);
         assert_eq!((code, out.as_str()), (1, ""), "{}", err);
@@ -782,9 +757,9 @@ fn zdrestartctl_reads_an_answer_sent_before_the_master_closed() {
     server.join().unwrap();
 
     // Closed without an answer: exit 2, naming the socket.
-    let listener = UnixListener::bind(dir.0.join("mute.sock")).unwrap();
+    let listener = UnixListener::bind(dir.join("mute.sock")).unwrap();
     let server = thread::spawn(move || drop(listener.accept().unwrap()));
-    let (code, _, err) = ctl(&["-s", dir.0.join("mute.sock").to_str().unwrap(), "status"]);
+    let (code, _, err) = ctl(&["-s", dir.join("mute.sock").to_str().unwrap(), "status"]);
     assert_eq!(code, 2, "{}", err);
     assert!(err.contains("mute.sock"), "{}", err);
     server.join().unwrap();

@@ -865,21 +865,20 @@ mod tests {
     fn spawns(a: &[Action]) -> usize {
         a.iter().filter(|a| matches!(a, Action::Spawn { .. })).count()
     }
-    fn terms(a: &[Action]) -> Vec<u32> {
+    /// Pids sent `sig` by these actions.
+    fn signaled(a: &[Action], sig: i32) -> Vec<u32> {
         a.iter()
             .filter_map(|a| match a {
-                Action::Signal { pid, signal, .. } if *signal == libc::SIGTERM => Some(*pid),
+                Action::Signal { pid, signal, .. } if *signal == sig => Some(*pid),
                 _ => None,
             })
             .collect()
     }
+    fn terms(a: &[Action]) -> Vec<u32> {
+        signaled(a, libc::SIGTERM)
+    }
     fn kills(a: &[Action]) -> Vec<u32> {
-        a.iter()
-            .filter_map(|a| match a {
-                Action::Signal { pid, signal, .. } if *signal == libc::SIGKILL => Some(*pid),
-                _ => None,
-            })
-            .collect()
+        signaled(a, libc::SIGKILL)
     }
     fn replies(a: &[Action]) -> Vec<String> {
         a.iter()
