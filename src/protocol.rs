@@ -15,6 +15,10 @@ pub const ENV_WORKER: &str = "ZDRESTART_WORKER";
 pub const ENV_PROBE: &str = "ZDRESTART_PROBE";
 /// Log level the master asks new workers to use (`LOGLEVEL` on the control socket).
 pub const ENV_LOGLEVEL: &str = "ZDRESTART_LOGLEVEL";
+/// Read end of the control pipe: newline-terminated `KEY=VALUE` lines from
+/// the master to a running worker. Only `LOGLEVEL=<level>` exists; a worker
+/// ignores lines it does not know, and may ignore the pipe altogether.
+pub const ENV_CONTROL_FD: &str = "ZDRESTART_CONTROL_FD";
 /// First inherited listener fd (systemd convention).
 pub const LISTEN_FDS_START: i32 = 3;
 /// Longest report line the master keeps; longer lines are cut.

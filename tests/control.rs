@@ -340,7 +340,22 @@ fn loglevel_changes_the_master_and_new_workers() {
         recs[mark..].iter().find(|r| r["level"] == 20 && worker_pid_of(r) == Some(newp)).map(|_| ())
     });
 
-    // zdrestartctl loglevel restore: back to info for the master and new workers.
+    // Running workers follow too, through their control pipe: the old worker
+    // started before LOGLEVEL now logs its requests at debug, and says so.
+    let still_old = old[1];
+    let mark = m.mark();
+    m.wait_for("a debug record of a worker started before LOGLEVEL", T, |recs| {
+        let _ = get(m.port, "/healthz");
+        recs[mark..].iter().find(|r| r["level"] == 20 && worker_pid_of(r) == Some(still_old)).map(|_| ())
+    });
+    assert!(
+        m.log_records().iter().any(|r| worker_pid_of(r) == Some(still_old)
+            && r["msg"].as_str().unwrap_or("").starts_with("log level set to debug by the master")),
+        "worker {} did not report the new level",
+        still_old
+    );
+
+    // zdrestartctl loglevel restore: back to info for the master and every worker.
     let v = ctl(&sock, &["loglevel", "restore"]);
     assert_eq!((v.code, v.out.as_str()), (0, "log level restored to logLevel of the config\n"), "{:?}", v);
     m.wait_for("log level restored record", T, |recs| {

@@ -83,6 +83,23 @@ struct Child {
     pid: u32,
     pidfd: Option<OwnedFd>,
     pipes: Pipes,
+    /// Write end of the worker's control pipe (non-blocking).
+    control: File,
+}
+
+impl Child {
+    fn new(sp: sys::Spawned, pidfd: Option<OwnedFd>) -> Child {
+        // Non-blocking: a worker that does not read its control pipe only
+        // misses lines, it never stalls the master.
+        let _ = sys::set_nonblocking(sp.control.as_fd(), true);
+        Child { pid: sp.pid, pidfd, pipes: Pipes::new(sp.notify, sp.output), control: File::from(sp.control) }
+    }
+
+    /// Send one control line; a full or closed pipe drops it.
+    fn send(&self, line: &str) {
+        use std::io::Write;
+        let _ = (&self.control).write(line.as_bytes());
+    }
 }
 
 /// What a probe of the worker program said.
@@ -137,7 +154,7 @@ impl ProbeRun {
         log::debug!(component = "probe", worker_pid = sp.pid; "probe {} started", sp.pid);
         let pidfd = if no_pidfd { None } else { sys::pidfd_open(sp.pid).ok() };
         Ok(ProbeRun {
-            child: Child { pid: sp.pid, pidfd, pipes: Pipes::new(sp.notify, sp.output) },
+            child: Child::new(sp, pidfd),
             deadline: Instant::now() + cfg.probe_timeout,
             timeout: cfg.probe_timeout,
             outcome: ProbeOutcome::default(),
@@ -322,6 +339,7 @@ fn build_spec(
         set(protocol::ENV_PROBE, "1".into())?;
     }
     set(protocol::ENV_NOTIFY_FD, sys::notify_fd_number(listeners.len()).to_string())?;
+    set(protocol::ENV_CONTROL_FD, sys::control_fd_number(listeners.len()).to_string())?;
     set(protocol::ENV_CONFIG, cfg.path.to_string_lossy().into_owned())?;
     if let Some(l) = loglevel {
         set(protocol::ENV_LOGLEVEL, l.to_string())?;
@@ -654,9 +672,9 @@ impl Loop {
                                 }
                             }
                         };
-                        self.children
-                            .insert(id, Child { pid: sp.pid, pidfd, pipes: Pipes::new(sp.notify, sp.output) });
-                        self.queue.push_back(Event::Spawned { id, pid: sp.pid });
+                        let pid = sp.pid;
+                        self.children.insert(id, Child::new(sp, pidfd));
+                        self.queue.push_back(Event::Spawned { id, pid });
                         // A child that died before we had its pidfd is found here.
                         self.check_child(id);
                     }
@@ -820,6 +838,7 @@ impl Loop {
                 crate::log::set_level(level);
                 let name = level.to_string().to_lowercase();
                 log::info!(component = "control", level = name.as_str(); "log level set to {}", name);
+                self.send_all(&format!("LOGLEVEL={}\n", name));
                 self.loglevel = Some(name);
                 control::ack("")
             }
@@ -827,7 +846,9 @@ impl Loop {
                 let level = self.sm.config().log_level;
                 crate::log::set_level(level);
                 self.loglevel = None;
-                log::info!(component = "control"; "log level restored to {}", level.to_string().to_lowercase());
+                let name = level.to_string().to_lowercase();
+                log::info!(component = "control"; "log level restored to {}", name);
+                self.send_all(&format!("LOGLEVEL={}\n", name));
                 control::ack("")
             }
             Command::Restart { wait } => {
@@ -843,6 +864,13 @@ impl Loop {
         };
         if let Some(c) = &mut self.control {
             c.reply(client, &answer);
+        }
+    }
+
+    /// A control line to every running worker.
+    fn send_all(&self, line: &str) {
+        for c in self.children.values() {
+            c.send(line);
         }
     }
 

@@ -235,19 +235,23 @@ pub struct SpawnSpec {
     pub user: Option<(u32, u32)>,
 }
 
-/// A started child: its pid and the read ends of its report and output pipes.
+/// A started child: its pid, the read ends of its report and output pipes,
+/// and the write end of its control pipe.
 pub struct Spawned {
     pub pid: u32,
     pub notify: OwnedFd,
     pub output: OwnedFd,
+    pub control: OwnedFd,
 }
 
 /// The step of the child that failed, reported over the exec-error pipe.
 const STAGES: [&str; 7] = ["", "dup2", "setgroups", "setgid", "setuid", "execve", "prctl"];
 
 /// fork and exec a worker per the worker protocol: listeners at fds 3..,
-/// report pipe at the next fd (`ZDRESTART_NOTIFY_FD` must say so; see
-/// [`notify_fd_number`]), stdout and stderr into one output pipe, stdin from
+/// report pipe at the next fd and the read end of the control pipe (lines
+/// from the master) at the one after (`ZDRESTART_NOTIFY_FD` and
+/// `ZDRESTART_CONTROL_FD` must say so; see [`notify_fd_number`] and
+/// [`control_fd_number`]), stdout and stderr into one output pipe, stdin from
 /// /dev/null, signal dispositions reset with SIGUSR2 ignored, PDEATHSIG
 /// SIGTERM, optional user switch. An exec failure is returned as an error
 /// naming the failed step, with the child already reaped.
@@ -255,6 +259,7 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     let (err_r, err_w) = pipe()?;
     let (notify_r, notify_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
+    let (control_r, control_w) = pipe()?;
     let devnull = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
 
     // argv/envp pointer arrays; the LISTEN_PID entry is a buffer the child
@@ -273,12 +278,19 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
 
     let nlisten = spec.listen_fds.len() as RawFd;
     let notify_target = 3 + nlisten;
-    let base = notify_target + 1;
+    let control_target = notify_target + 1;
+    let base = control_target + 1;
     let sources: Vec<RawFd> = spec
         .listen_fds
         .iter()
         .copied()
-        .chain([notify_w.as_raw_fd(), out_w.as_raw_fd(), devnull.as_raw_fd(), err_w.as_raw_fd()])
+        .chain([
+            notify_w.as_raw_fd(),
+            out_w.as_raw_fd(),
+            devnull.as_raw_fd(),
+            err_w.as_raw_fd(),
+            control_r.as_raw_fd(),
+        ])
         .collect();
     let mut moved: Vec<RawFd> = vec![-1; sources.len()];
     let master_pid = std::process::id() as libc::pid_t;
@@ -324,7 +336,8 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
                 moved[i] = m;
             }
             let n = nlisten as usize;
-            let (m_notify, m_out, m_null, m_err) = (moved[n], moved[n + 1], moved[n + 2], moved[n + 3]);
+            let (m_notify, m_out, m_null, m_err, m_control) =
+                (moved[n], moved[n + 1], moved[n + 2], moved[n + 3], moved[n + 4]);
             #[allow(clippy::needless_range_loop)] // the index is the target fd number
             for i in 0..n {
                 if libc::dup2(moved[i], 3 + i as RawFd) < 0 {
@@ -332,6 +345,7 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
                 }
             }
             if libc::dup2(m_notify, notify_target) < 0
+                || libc::dup2(m_control, control_target) < 0
                 || libc::dup2(m_null, 0) < 0
                 || libc::dup2(m_out, 1) < 0
                 || libc::dup2(m_out, 2) < 0
@@ -402,6 +416,7 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     drop(err_w);
     drop(notify_w);
     drop(out_w);
+    drop(control_r);
     drop(devnull);
     let mut report = [0u8; 5];
     let mut got = 0;
@@ -415,7 +430,7 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         }
     }
     if got == 0 {
-        return Ok(Spawned { pid, notify: notify_r, output: out_r });
+        return Ok(Spawned { pid, notify: notify_r, output: out_r, control: control_w });
     }
     let _ = wait(pid);
     let stage = STAGES.get(report[0] as usize).copied().unwrap_or("child");
@@ -432,6 +447,11 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
 /// The fd number at which a child with `nlisten` listeners finds its report pipe.
 pub fn notify_fd_number(nlisten: usize) -> RawFd {
     3 + nlisten as RawFd
+}
+
+/// The fd number at which a child with `nlisten` listeners finds its control pipe.
+pub fn control_fd_number(nlisten: usize) -> RawFd {
+    notify_fd_number(nlisten) + 1
 }
 
 /// The text of an OS error without Rust's " (os error N)" suffix.

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use zdrestart::config::{Config, Driver};
 use zdrestart::protocol::{
-    ENV_CONFIG, ENV_GENERATION, ENV_WORKER, ENV_LISTEN_FDS, ENV_LISTEN_PID, ENV_LOGLEVEL, ENV_PROBE, LISTEN_FDS_START,
+    ENV_CONFIG, ENV_CONTROL_FD, ENV_GENERATION, ENV_WORKER, ENV_LISTEN_FDS, ENV_LISTEN_PID, ENV_LOGLEVEL, ENV_PROBE, LISTEN_FDS_START,
 };
 
 const USAGE: &str = "\
@@ -112,6 +112,40 @@ fn fail(notifier: &Notifier, msg: &str) -> i32 {
     1
 }
 
+/// Follow the master's control pipe (`ZDRESTART_CONTROL_FD`), if any, on a
+/// thread of its own: `LOGLEVEL=<level>` lines set this worker's log level
+/// (the operator's `zdrestartctl loglevel`); other lines are ignored. The
+/// thread ends at EOF, when the master is gone.
+fn listen_to_master() {
+    use std::io::BufRead;
+    let Some(fd) = std::env::var(ENV_CONTROL_FD).ok().and_then(|v| v.trim().parse::<i32>().ok()) else { return };
+    let file = match zdrestart::sys::adopt_fd(fd) {
+        Ok(f) => std::fs::File::from(f),
+        Err(e) => {
+            log::warn!("{}={}: {}; log levels from the master are not followed", ENV_CONTROL_FD, fd, e);
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new().name("master-control".into()).stack_size(64 * 1024).spawn(move || {
+        for line in std::io::BufReader::new(file).lines() {
+            let Ok(line) = line else { break };
+            match line.trim().split_once('=') {
+                Some(("LOGLEVEL", v)) => match zdrestart::config::parse_level(v) {
+                    Some(level) => {
+                        zdrestart::log::set_level(level);
+                        log::info!(level = v; "log level set to {} by the master", v);
+                    }
+                    None => log::warn!("control line {:?}: not a level", line),
+                },
+                _ => log::debug!("control line {:?} ignored", line),
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the control pipe reader: {}", e);
+    }
+}
+
 /// `ZDRESTART_LOGLEVEL`, when set and valid.
 fn env_level() -> Option<log::LevelFilter> {
     std::env::var(ENV_LOGLEVEL).ok().and_then(|s| zdrestart::config::parse_level(s.trim()))
@@ -152,6 +186,7 @@ fn start(config_arg: Option<PathBuf>) -> i32 {
     if probe_mode {
         return probe::run(&cfg, &notifier);
     }
+    listen_to_master();
 
     // Early, so that a SIGTERM during start-up (e.g. while the driver is being
     // prepared) means "exit 0 once started" instead of the default death.
