@@ -143,7 +143,7 @@ pub fn worker_line(component: &str, pid: u32, line: &str) {
             rec.insert("worker_pid".into(), pid.into());
             if let Some(l) = LOGGER.get() {
                 let msg = rec.get("msg").and_then(Value::as_str).unwrap_or("").to_string();
-                l.write_record(level_of_bunyan(lv), lv, rec, &msg);
+                l.write_record(level_of_bunyan(lv), rec, &msg);
             }
             return;
         }
@@ -152,7 +152,7 @@ pub fn worker_line(component: &str, pid: u32, line: &str) {
 }
 
 impl Logger {
-    fn write_record(&self, level: Level, bunyan: u64, rec: Map<String, Value>, msg: &str) {
+    fn write_record(&self, level: Level, rec: Map<String, Value>, msg: &str) {
         let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
         let mut line = match &*sink {
             Sink::Terminal(t) => {
@@ -173,7 +173,6 @@ impl Logger {
             }
             _ => serde_json::to_string(&Value::Object(rec)).unwrap_or_default(),
         };
-        let _ = bunyan;
         line.push('\n');
         // A failed log write must never take the process down.
         let _ = match &mut *sink {
@@ -250,7 +249,7 @@ impl Log for Logger {
                 rec.insert(k, v);
             }
         }
-        self.write_record(record.level(), bunyan, rec, &msg);
+        self.write_record(record.level(), rec, &msg);
     }
 
     fn flush(&self) {

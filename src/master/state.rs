@@ -591,7 +591,7 @@ impl Master {
                 None => format!("new worker could not be started: {}", w.last_lines.back().cloned().unwrap_or_default()),
             };
             self.abort(&w, false, abort::EXITED, what, now, out);
-            self.after_exit_in_lockout(pid, now, out);
+            self.after_exit_in_lockout(pid, out);
             return;
         }
         match self.phase {
@@ -605,7 +605,7 @@ impl Master {
                     log::error!(worker_pid = pid; "old worker {} died during the restart; the new generation replaces it", pid);
                 }
             }
-            Phase::Lockout => self.after_exit_in_lockout(pid, now, out),
+            Phase::Lockout => self.after_exit_in_lockout(pid, out),
             Phase::Stopping => {
                 if self.workers.is_empty() {
                     log::info!(event = "master.stop"; "all workers gone; master exiting");
@@ -615,7 +615,7 @@ impl Master {
         }
     }
 
-    fn after_exit_in_lockout(&mut self, pid: u32, _now: Instant, out: &mut Vec<Action>) {
+    fn after_exit_in_lockout(&mut self, pid: u32, out: &mut Vec<Action>) {
         if !matches!(self.phase, Phase::Lockout) {
             return;
         }
