@@ -16,6 +16,7 @@ mod mongo;
 mod notify;
 mod probe;
 mod server;
+mod shared;
 mod store;
 
 use notify::Notifier;
@@ -237,7 +238,7 @@ fn start(config_arg: Option<PathBuf>) -> i32 {
     };
 
     let who = api::Identity { pid, generation, driver: store.name() };
-    let shared = Arc::new(server::Shared::new(store, who, cfg.threads as usize));
+    let shared = Arc::new(shared::Shared::new(store, who, cfg.threads as usize));
     match server::run(listeners, shared, signals, &notifier) {
         Ok(()) => 0,
         Err(e) => {
