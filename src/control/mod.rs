@@ -16,10 +16,6 @@ pub mod bind;
 pub mod server;
 pub mod wire;
 
-pub use advice::{advice, describe, operator_message, reason_key};
-pub use server::{ClientId, ControlServer, Limits, IDLE_TIMEOUT, MAX_ACCEPT_PER_CALL, MAX_CLIENTS, MAX_LINE, MAX_OUTPUT, READ_CHUNK};
-pub use wire::{
-    ack, cmds_answer, nack, parse_answer, parse_command, render, Answer, Command, ACK_COMPLETE, COMMANDS, LINE_END,
-    NACK_INVALID_LOGLEVEL, NACK_LINE_TOO_LONG, NACK_MISSING_LOGLEVEL, NACK_TOO_MANY_CLIENTS, NACK_UNKNOWN,
-    NACK_UNKNOWN_ARGUMENT,
-};
+pub use advice::{advice, operator_message, reason_key};
+pub use server::{ClientId, ControlServer, Limits, MAX_CLIENTS, MAX_LINE, MAX_OUTPUT};
+pub use wire::{ack, cmds_answer, nack, parse_answer, render, Answer, Command, ACK_COMPLETE, NACK_UNKNOWN};

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// The worker argv: `worker` from the config, else the built-in worker next
 /// to this executable, else the packaged one.
-pub fn worker_argv(cfg: &Config) -> Vec<String> {
+fn worker_argv(cfg: &Config) -> Vec<String> {
     if let Some(w) = &cfg.worker {
         return w.clone();
     }

@@ -112,13 +112,13 @@ enum Phase {
 
 /// The last restart, for STATUS.
 #[derive(Debug, Clone)]
-pub struct RestartRecord {
-    pub generation: Option<u32>,
-    pub started_wall: SystemTime,
-    pub outcome: Outcome,
+struct RestartRecord {
+    generation: Option<u32>,
+    started_wall: SystemTime,
+    outcome: Outcome,
     /// `reason: detail` of a refusal or an abort.
-    pub reason: Option<String>,
-    pub duration_ms: Option<u64>,
+    reason: Option<String>,
+    duration_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -173,14 +173,6 @@ impl Master {
 
     pub fn workers(&self) -> impl Iterator<Item = &Worker> {
         self.workers.values()
-    }
-
-    pub fn is_locked_out(&self) -> bool {
-        matches!(self.phase, Phase::Lockout)
-    }
-
-    pub fn is_restarting(&self) -> bool {
-        matches!(self.phase, Phase::Probing { .. } | Phase::Rolling(_))
     }
 
     pub fn state(&self) -> MasterState {
@@ -704,7 +696,7 @@ impl Master {
         StatusReport {
             state: self.state(),
             generation: self.generation.into(),
-            lockout: self.is_locked_out(),
+            lockout: self.state() == MasterState::Lockout,
             magic: self.magic,
             version: self.version.clone(),
             pid: master_pid,
@@ -886,7 +878,7 @@ mod tests {
         // Nothing was touched by any refusal.
         assert_eq!(h.m.generation(), 1);
         assert_eq!(h.m.workers().count(), 1);
-        assert!(!h.m.is_restarting());
+        assert!(!(h.m.state() == MasterState::Restarting));
     }
 
     /// The refusal the state machine answered to a control client.
@@ -964,7 +956,7 @@ mod tests {
         assert!(replies(&a).is_empty());
         let a = h.ev(Event::Exited { id: h.id_of(102), status: ExitStatus::Code(0) });
         assert_eq!(replies(&a), vec!["ACK complete"]);
-        assert!(!h.m.is_restarting());
+        assert!(!(h.m.state() == MasterState::Restarting));
         assert!(h.m.workers().all(|w| w.generation == 2));
     }
 
@@ -995,7 +987,7 @@ mod tests {
         for pid in [101, 102] {
             h.ev(Event::Exited { id: h.id_of(pid), status: ExitStatus::Signal(9) });
         }
-        assert!(!h.m.is_restarting());
+        assert!(!(h.m.state() == MasterState::Restarting));
         assert_eq!(h.m.config().workers, 3);
     }
 
@@ -1008,7 +1000,7 @@ mod tests {
         h.ev(Event::Output { id: new, line: "invalid JSON in config".into() });
         let a = h.ev(Event::Exited { id: new, status: ExitStatus::Code(1) });
         assert!(replies(&a)[0].starts_with("NACK aborted: new worker exited"));
-        assert!(h.m.is_locked_out());
+        assert!((h.m.state() == MasterState::Lockout));
         assert!(terms(&a).is_empty(), "serving workers are left alone");
         let a = h.restart(mongo(2), false);
         assert!(replies(&a)[0].starts_with("NACK aborted restart"));
@@ -1028,14 +1020,14 @@ mod tests {
         let new = h.m.workers().find(|w| w.generation == 2).unwrap();
         let (id, pid) = (new.id, new.pid.unwrap());
         let a = h.ev(Event::ReportedError { id, text: "bind: in use".into() });
-        assert!(h.m.is_locked_out());
+        assert!((h.m.state() == MasterState::Lockout));
         assert_eq!(terms(&a), vec![pid], "the failed new worker is stopped");
 
         let mut h = running(mongo(2));
         h.restart(mongo(2), false);
         h.probe_ok();
         let a = h.advance(Duration::from_secs(6));
-        assert!(h.m.is_locked_out());
+        assert!((h.m.state() == MasterState::Lockout));
         assert_eq!(terms(&a).len(), 1);
         assert_eq!(h.m.workers().filter(|w| w.generation == 1 && w.state == WorkerState::Ready).count(), 2);
     }
@@ -1051,7 +1043,7 @@ mod tests {
         h.ready_all(); // new0 ready: old 101 asked to stop, new1 spawned
         h.ready_all();
         h.ev(Event::Exited { id: h.id_of(101), status: ExitStatus::Code(0) });
-        assert!(!h.m.is_restarting());
+        assert!(!(h.m.state() == MasterState::Restarting));
         assert_eq!(h.m.workers().count(), 2);
     }
 
