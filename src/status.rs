@@ -13,25 +13,31 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MasterState {
-    #[default]
     Running,
     /// A restart is being probed or rolled out.
     Restarting,
     /// An aborted restart: restarts refused, no respawn.
     Lockout,
     Stopping,
+    /// Read side only: not reported, or a word this build does not know.
+    #[default]
+    #[serde(rename = "-", other)]
+    Unknown,
 }
 
 /// How the last restart went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
-    #[default]
     #[serde(rename = "in progress")]
     InProgress,
     Complete,
     Refused,
     Aborted,
+    /// Read side only: not reported, or a word this build does not know.
+    #[default]
+    #[serde(rename = "-", other)]
+    Unknown,
 }
 
 /// A worker's state.
@@ -39,11 +45,14 @@ pub enum Outcome {
 #[serde(rename_all = "lowercase")]
 pub enum WorkerState {
     /// Spawned, no `READY=1` yet.
-    #[default]
     Starting,
     Ready,
     /// Asked to exit (SIGTERM sent).
     Stopping,
+    /// Read side only: not reported, or a word this build does not know.
+    #[default]
+    #[serde(rename = "-", other)]
+    Unknown,
 }
 
 macro_rules! words {
@@ -62,9 +71,13 @@ macro_rules! words {
     };
 }
 
-words!(MasterState { Running => "running", Restarting => "restarting", Lockout => "lockout", Stopping => "stopping" });
-words!(Outcome { InProgress => "in progress", Complete => "complete", Refused => "refused", Aborted => "aborted" });
-words!(WorkerState { Starting => "starting", Ready => "ready", Stopping => "stopping" });
+words!(MasterState {
+    Running => "running", Restarting => "restarting", Lockout => "lockout", Stopping => "stopping", Unknown => "-"
+});
+words!(Outcome {
+    InProgress => "in progress", Complete => "complete", Refused => "refused", Aborted => "aborted", Unknown => "-"
+});
+words!(WorkerState { Starting => "starting", Ready => "ready", Stopping => "stopping", Unknown => "-" });
 
 /// The JSON of `STATUS`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -158,5 +171,9 @@ mod tests {
         for w in [WorkerState::Starting, WorkerState::Ready, WorkerState::Stopping] {
             assert_eq!(serde_json::to_string(&w).unwrap(), format!("\"{}\"", w));
         }
+        // A reader is lenient: missing fields and unknown words are "-".
+        let old: StatusReport = serde_json::from_str(r#"{"state":"hibernating","workers":[{"state":"x"}],"new":1}"#).unwrap();
+        assert_eq!((old.state, old.workers[0].state, old.last_restart), (MasterState::Unknown, WorkerState::Unknown, None));
+        assert_eq!(serde_json::from_str::<StatusReport>("{}").unwrap().state.as_str(), "-");
     }
 }

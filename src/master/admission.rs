@@ -44,7 +44,9 @@ pub fn check_request(running: &Running, new: Result<&Config, &str>) -> Result<()
         MasterState::Restarting => return Err(Refused::new(Reason::InFlight, "")),
         MasterState::Lockout => return Err(Refused::new(Reason::AbortedRestart, "restart the master as soon as possible")),
         MasterState::Stopping => return Err(Refused::new(Reason::Stopping, "the master is stopping")),
-        MasterState::Running => {}
+        // Unknown: a STATUS word this build does not know (`--check` against
+        // another version); the running master makes its own decision.
+        MasterState::Running | MasterState::Unknown => {}
     }
     let new = new.map_err(|e| Refused::new(Reason::BadConfig, e))?;
     if new.listen_display() != running.listen {
