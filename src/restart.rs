@@ -45,19 +45,8 @@ struct Words {
 }
 
 impl Reason {
-    /// The refusals of a restart request, in the order they are checked.
-    pub const REFUSALS: [Reason; 8] = [
-        Reason::InFlight,
-        Reason::AbortedRestart,
-        Reason::BadConfig,
-        Reason::ListenChanged,
-        Reason::NoWorkers,
-        Reason::BadDriver,
-        Reason::Incompatibility,
-        Reason::ProbeFailed,
-    ];
-
-    /// Every reason.
+    /// Every reason: the refusals of a restart request first, in the order
+    /// they are checked, then the ends of a restart that did not complete.
     pub const ALL: [Reason; 10] = [
         Reason::InFlight,
         Reason::AbortedRestart,
@@ -70,6 +59,9 @@ impl Reason {
         Reason::Stopping,
         Reason::Aborted,
     ];
+
+    /// The refusals of a restart request, in the order they are checked.
+    pub const REFUSALS: &'static [Reason] = Reason::ALL.split_at(8).0;
 
     const fn words(self) -> Words {
         match self {

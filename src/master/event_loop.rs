@@ -47,6 +47,29 @@ enum Slot {
     Control(RawFd),
 }
 
+/// The pollfd array of one round and what each entry stands for (reused
+/// across rounds: no allocation once warm).
+#[derive(Default)]
+struct PollSet {
+    fds: Vec<libc::pollfd>,
+    slots: Vec<Slot>,
+    /// Scratch for the control server's fds.
+    control: Vec<(RawFd, i16)>,
+}
+
+impl PollSet {
+    fn clear(&mut self) {
+        self.fds.clear();
+        self.slots.clear();
+        self.control.clear();
+    }
+
+    fn add(&mut self, fd: RawFd, events: i16, slot: Slot) {
+        self.fds.push(libc::pollfd { fd, events, revents: 0 });
+        self.slots.push(slot);
+    }
+}
+
 struct Loop {
     opts: Options,
     sm: Master,
@@ -137,46 +160,13 @@ pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
 
 impl Loop {
     fn run(&mut self) -> i32 {
-        let mut fds: Vec<libc::pollfd> = Vec::new();
-        let mut slots: Vec<Slot> = Vec::new();
-        let mut control_fds: Vec<(RawFd, i16)> = Vec::new();
+        let mut set = PollSet::default();
         loop {
             self.process_queue();
             if let Some(code) = self.exit {
                 return code;
             }
-            fds.clear();
-            slots.clear();
-            let add = |fds: &mut Vec<libc::pollfd>, slots: &mut Vec<Slot>, fd: RawFd, ev: i16, s: Slot| {
-                fds.push(libc::pollfd { fd, events: ev, revents: 0 });
-                slots.push(s);
-            };
-            add(&mut fds, &mut slots, self.signals.as_raw_fd(), libc::POLLIN, Slot::Signals);
-            for (&id, c) in &self.children {
-                let (pidfd, pipes) = c.poll_fds();
-                if let Some(fd) = pidfd {
-                    add(&mut fds, &mut slots, fd, libc::POLLIN, Slot::Pidfd(id));
-                }
-                for fd in pipes.into_iter().flatten() {
-                    add(&mut fds, &mut slots, fd, libc::POLLIN, Slot::Pipe(id));
-                }
-            }
-            if let Some(p) = &self.probe {
-                let (pidfd, pipes) = p.child.poll_fds();
-                if let Some(fd) = pidfd {
-                    add(&mut fds, &mut slots, fd, libc::POLLIN, Slot::ProbePidfd);
-                }
-                for fd in pipes.into_iter().flatten() {
-                    add(&mut fds, &mut slots, fd, libc::POLLIN, Slot::ProbePipe);
-                }
-            }
-            if let Some(c) = &self.control {
-                control_fds.clear();
-                c.poll_fds(&mut control_fds);
-                for &(fd, ev) in &control_fds {
-                    add(&mut fds, &mut slots, fd, ev, Slot::Control(fd));
-                }
-            }
+            self.fill(&mut set);
             let deadline = [
                 self.sm.next_deadline(),
                 self.probe.as_ref().map(|p| p.deadline),
@@ -185,29 +175,16 @@ impl Loop {
             .into_iter()
             .flatten()
             .min();
-            let now = Instant::now();
-            let timeout = deadline.map(|d| d.saturating_duration_since(now));
-            if let Err(e) = sys::poll(&mut fds, timeout) {
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if let Err(e) = sys::poll(&mut set.fds, timeout) {
                 log::error!("poll: {}", e);
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
             let now = Instant::now();
-            for (i, pfd) in fds.iter().enumerate() {
-                if pfd.revents == 0 {
-                    continue;
-                }
-                match slots[i] {
-                    Slot::Signals => self.on_signals(),
-                    Slot::Pidfd(id) => self.check_child(id),
-                    Slot::Pipe(id) => self.read_child(id, false),
-                    Slot::ProbePidfd => self.check_probe(now),
-                    Slot::ProbePipe => {
-                        if let Some(p) = &mut self.probe {
-                            p.absorb(false);
-                        }
-                    }
-                    Slot::Control(fd) => self.on_control(fd, pfd.revents, now),
+            for (pfd, slot) in set.fds.iter().zip(&set.slots) {
+                if pfd.revents != 0 {
+                    self.on_ready(slot, pfd.revents, now);
                 }
             }
             if let Some(p) = &self.probe {
@@ -221,6 +198,53 @@ impl Loop {
             if self.sm.next_deadline().is_some_and(|d| d <= now) {
                 self.queue.push_back(Event::Tick);
             }
+        }
+    }
+
+    /// The fds to poll this round: signals, children, probe, control socket.
+    fn fill(&self, set: &mut PollSet) {
+        set.clear();
+        set.add(self.signals.as_raw_fd(), libc::POLLIN, Slot::Signals);
+        for (&id, c) in &self.children {
+            let (pidfd, pipes) = c.poll_fds();
+            if let Some(fd) = pidfd {
+                set.add(fd, libc::POLLIN, Slot::Pidfd(id));
+            }
+            for fd in pipes.into_iter().flatten() {
+                set.add(fd, libc::POLLIN, Slot::Pipe(id));
+            }
+        }
+        if let Some(p) = &self.probe {
+            let (pidfd, pipes) = p.child.poll_fds();
+            if let Some(fd) = pidfd {
+                set.add(fd, libc::POLLIN, Slot::ProbePidfd);
+            }
+            for fd in pipes.into_iter().flatten() {
+                set.add(fd, libc::POLLIN, Slot::ProbePipe);
+            }
+        }
+        if let Some(c) = &self.control {
+            c.poll_fds(&mut set.control);
+            for &(fd, ev) in &set.control {
+                set.fds.push(libc::pollfd { fd, events: ev, revents: 0 });
+                set.slots.push(Slot::Control(fd));
+            }
+        }
+    }
+
+    /// One fd of the poll set is ready.
+    fn on_ready(&mut self, slot: &Slot, revents: i16, now: Instant) {
+        match *slot {
+            Slot::Signals => self.on_signals(),
+            Slot::Pidfd(id) => self.check_child(id),
+            Slot::Pipe(id) => self.read_child(id, false),
+            Slot::ProbePidfd => self.check_probe(now),
+            Slot::ProbePipe => {
+                if let Some(p) = &mut self.probe {
+                    p.absorb(false);
+                }
+            }
+            Slot::Control(fd) => self.on_control(fd, revents, now),
         }
     }
 

@@ -933,7 +933,7 @@ mod tests {
         let mut h = running(mongo(2));
         h.ev(Event::Stop { signal: "SIGTERM" });
         case(&mut h, Ok(mongo(2)), probe_ok());
-        for r in Reason::REFUSALS.into_iter().chain([Reason::Stopping]) {
+        for &r in Reason::REFUSALS.iter().chain(&[Reason::Stopping]) {
             assert!(seen.contains(&r), "{:?} not walked", r);
         }
     }
