@@ -1,5 +1,5 @@
-//! `zdrestart-worker`: the built-in worker (DESIGN.md sections 5 and 6), an
-//! HTTP/1.1 JSON object store on a Databank driver (`memory` or `mongodb`).
+//! `zdrestart-worker`: the built-in worker (zdrestart-worker(7); ARCHITECTURE.md,
+//! "The tree" and "The worker protocol"), an HTTP/1.1 JSON object store on a Databank driver (`memory` or `mongodb`).
 //!
 //! This file owns start-up: arguments, config, logging, the listeners
 //! (inherited through `LISTEN_FDS`, or bound by hand), the driver, the probe
