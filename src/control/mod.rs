@@ -3,7 +3,7 @@
 //!
 //! - [`wire`]: the line protocol (commands, `ACK`/`NACK`, rendering of the
 //!   state machine's typed restart answers); pure.
-//! - [`advice`]: what a NACK means and what an operator should do, shared by
+//! - [`advice`](mod@advice): what a NACK means and what an operator should do, shared by
 //!   `zdrestartctl` and `zdrestart --check`; pure.
 //! - [`server`]: the non-blocking server inside the master's poll loop, with
 //!   its bounds and eviction.

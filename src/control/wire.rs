@@ -69,11 +69,11 @@ pub enum Command {
     LogLevel(log::LevelFilter),
     /// `LOGLEVEL restore`: back to the level of the config.
     LogLevelRestore,
-    /// `STATUS`: `ACK <one-line JSON>` ([`StatusReport`]).
+    /// `STATUS`: `ACK <one-line JSON>` ([`crate::status::StatusReport`]).
     Status,
     /// `RESTART` (answer when accepted or refused) or `RESTART WAIT` (answer
     /// when the restart ends: `ACK complete`, or `NACK <reason>`; call
-    /// [`ControlServer::set_waiting`] while it runs).
+    /// [`super::ControlServer::set_waiting`] while it runs).
     Restart { wait: bool },
     /// Not a command: answer `NACK unknown` ([`NACK_UNKNOWN`]). Holds the word.
     Unknown(String),

@@ -1,6 +1,6 @@
 //! fork and exec of a worker or probe, shaped like the Rust standard
 //! library's unix `Command::spawn`: everything is prepared before fork, the
-//! child runs one function ([`child_exec`]) whose steps return
+//! child runs one function (`Child::child_exec`) whose steps return
 //! `Result<Infallible, Failure>` and use `?`, and a failure is reported to
 //! the parent over a close-on-exec pipe as (stage, errno).
 //!
