@@ -139,7 +139,7 @@ fn run_check(cfg: Config) -> ExitCode {
             Running { state: MasterState::Running, listen: cfg.listen_display(), magic: zdrestart::MAGIC }
         }
     };
-    match admission::admit(&running, Ok(&cfg), verdict) {
+    match admission::admit(&running, Ok::<_, String>(&cfg), verdict) {
         Ok(_) => {
             println!("verdict: a zero-downtime restart would be accepted");
             ExitCode::SUCCESS

@@ -10,6 +10,7 @@
 use crate::config::{Config, Driver};
 use crate::restart::{Reason, Refused};
 use crate::status::MasterState;
+use std::borrow::Borrow;
 
 /// What the probe of the code reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +39,8 @@ pub struct Running {
 }
 
 /// The checks that need no probe, in order: the master's state, then the
-/// new config (`Err`: why it could not be loaded).
-pub fn check_request(running: &Running, new: Result<&Config, &str>) -> Result<(), Refused> {
+/// new config (`Err`: why it could not be loaded). Ok: the new config.
+pub fn check_request<C: Borrow<Config>>(running: &Running, new: Result<C, String>) -> Result<C, Refused> {
     match running.state {
         MasterState::Restarting => return Err(Refused::new(Reason::InFlight, "")),
         MasterState::Lockout => return Err(Refused::new(Reason::AbortedRestart, "restart the master as soon as possible")),
@@ -48,7 +49,8 @@ pub fn check_request(running: &Running, new: Result<&Config, &str>) -> Result<()
         // another version); the running master makes its own decision.
         MasterState::Running | MasterState::Unknown => {}
     }
-    let new = new.map_err(|e| Refused::new(Reason::BadConfig, e))?;
+    let config = new.map_err(|e| Refused::new(Reason::BadConfig, e))?;
+    let new = config.borrow();
     if new.listen_display() != running.listen {
         let detail = format!("{} -> {}; use a normal restart", running.listen, new.listen_display());
         return Err(Refused::new(Reason::ListenChanged, detail));
@@ -60,7 +62,7 @@ pub fn check_request(running: &Running, new: Result<&Config, &str>) -> Result<()
         let detail = format!("driver is \"{}\", zero-downtime restarts need \"mongodb\"", new.driver.as_str());
         return Err(Refused::new(Reason::BadDriver, detail));
     }
-    Ok(())
+    Ok(config)
 }
 
 /// The checks on the probe's verdict: another magic number first (even from
@@ -85,7 +87,11 @@ pub fn check_probe(master_magic: u64, probe: Result<ProbeInfo, ProbeFailure>) ->
 }
 
 /// Every check, in order: [`check_request`] then [`check_probe`].
-pub fn admit(running: &Running, new: Result<&Config, &str>, probe: Result<ProbeInfo, ProbeFailure>) -> Result<ProbeInfo, Refused> {
+pub fn admit<C: Borrow<Config>>(
+    running: &Running,
+    new: Result<C, String>,
+    probe: Result<ProbeInfo, ProbeFailure>,
+) -> Result<ProbeInfo, Refused> {
     check_request(running, new)?;
     check_probe(running.magic, probe)
 }

@@ -318,10 +318,10 @@ impl Master {
                 log::warn!("{}", w);
             }
         }
-        if let Err(refused) = admission::check_request(&self.running(), config.as_ref().map_err(String::as_str)) {
-            return self.refuse(by, refused, out);
-        }
-        let Ok(new) = config else { unreachable!("admission refuses a bad config") };
+        let new = match admission::check_request(&self.running(), config) {
+            Ok(new) => new,
+            Err(refused) => return self.refuse(by, refused, out),
+        };
         let old = &self.config;
         for (key, changed) in [
             ("logfile", new.logfile != old.logfile),
@@ -901,7 +901,7 @@ mod tests {
         let mut case = |h: &mut H, new: Result<Config, String>, probe: Result<ProbeInfo, ProbeFailure>| {
             // The --check path first: it must not change the master.
             let running = Running { state: h.m.state(), listen: h.m.config().listen_display(), magic: 7 };
-            let checked = admission::admit(&running, new.as_ref().map_err(String::as_str), probe.clone()).unwrap_err();
+            let checked = admission::admit(&running, new.as_ref().map_err(String::clone), probe.clone()).unwrap_err();
             let mut a = h.ev(Event::Restart { config: new, by: Requester::Control { client: 1, wait: false } });
             if a.iter().any(|a| matches!(a, Action::Probe { .. })) {
                 a = h.ev(Event::ProbeDone(probe));
