@@ -37,6 +37,10 @@ const KNOWN_KEYS: &[&str] = &[
     "readyTimeout",
     "probeTimeout",
     "threads",
+    "notify",
+    "probe",
+    "magic",
+    "version",
 ];
 
 /// The Databank driver the workers use.
@@ -52,6 +56,38 @@ impl Driver {
             Driver::Memory => "memory",
             Driver::Mongodb => "mongodb",
         }
+    }
+}
+
+/// Where a worker reports readiness (`notify`): the report pipe of this
+/// project, systemd's `$NOTIFY_SOCKET` (sd_notify(3)), or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notify {
+    /// `ZDRESTART_NOTIFY_FD` only (the default: today's workers unchanged).
+    Zdrestart,
+    /// `$NOTIFY_SOCKET` only: any server that speaks sd_notify(3).
+    Systemd,
+    /// Both; a report counts from either.
+    Both,
+}
+
+impl Notify {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Notify::Zdrestart => "zdrestart",
+            Notify::Systemd => "systemd",
+            Notify::Both => "both",
+        }
+    }
+
+    /// Reports on the report pipe count.
+    pub fn pipe(self) -> bool {
+        self != Notify::Systemd
+    }
+
+    /// The worker is offered `$NOTIFY_SOCKET`.
+    pub fn socket(self) -> bool {
+        self != Notify::Zdrestart
     }
 }
 
@@ -83,6 +119,16 @@ pub struct Config {
     pub ready_timeout: Duration,
     pub probe_timeout: Duration,
     pub threads: u32,
+    /// `notify`: where workers report.
+    pub notify: Notify,
+    /// `probe`: run the probe of the worker program (false: the config
+    /// declares what it would have reported, `magic` and `version`).
+    pub probe: bool,
+    /// `magic`: the magic number declared for a worker without a probe
+    /// (always `Some` when `probe` is false).
+    pub magic: Option<u64>,
+    /// `version`: the version declared for a worker without a probe.
+    pub version: Option<String>,
     /// Non-fatal findings (unknown keys), for the caller to log.
     pub warnings: Vec<String>,
 }
@@ -236,6 +282,49 @@ impl Config {
         let ready_timeout = r.seconds("readyTimeout", Duration::from_secs(30))?;
         let probe_timeout = r.seconds("probeTimeout", Duration::from_secs(10))?;
         let threads = r.int("threads", 4, 1, 1024)? as u32;
+        let notify = match r.string("notify")?.as_deref() {
+            None | Some("zdrestart") => Notify::Zdrestart,
+            Some("systemd") => Notify::Systemd,
+            Some("both") => Notify::Both,
+            Some(other) => {
+                return Err(err(
+                    Some("notify"),
+                    format!("expected \"zdrestart\", \"systemd\" or \"both\", found \"{}\"", other),
+                ))
+            }
+        };
+        let probe = match obj.get("probe") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => return Err(err(Some("probe"), format!("expected true or false, found {}", kind(other)))),
+        };
+        let magic = match obj.get("magic") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+            Some(other) => {
+                return Err(err(
+                    Some("magic"),
+                    format!("expected an integer from 0 to {}, found {}", u64::MAX, kind(other)),
+                ))
+            }
+        };
+        let version = r.string("version")?;
+        if probe {
+            for (key, set) in [("magic", magic.is_some()), ("version", version.is_some())] {
+                if set {
+                    warnings.push(format!(
+                        "{}: key \"{}\" ignored: it is used only when \"probe\" is false (the probe reports it)",
+                        path.display(),
+                        key
+                    ));
+                }
+            }
+        } else if magic.is_none() {
+            return Err(err(
+                Some("magic"),
+                "required when \"probe\" is false: the magic number the probe would have reported".into(),
+            ));
+        }
 
         Ok(Config {
             path: path.to_path_buf(),
@@ -257,6 +346,10 @@ impl Config {
             ready_timeout,
             probe_timeout,
             threads,
+            notify,
+            probe,
+            magic,
+            version,
             warnings,
         })
     }
@@ -439,6 +532,31 @@ mod tests {
         let c = parse(r#"{"readyTimeout": 0.5, "logfile": "rel/x.log"}"#).unwrap();
         assert_eq!(c.ready_timeout, Duration::from_millis(500));
         assert!(c.logfile.unwrap().is_absolute());
+    }
+
+    #[test]
+    fn notify_and_declared_probe() {
+        let c = parse("{}").unwrap();
+        assert_eq!((c.notify, c.probe, c.magic), (Notify::Zdrestart, true, None));
+        let c = parse(r#"{"notify": "systemd", "probe": false, "magic": 18446744073709551615, "version": "g1"}"#).unwrap();
+        assert_eq!((c.notify, c.probe, c.magic, c.version.as_deref()), (Notify::Systemd, false, Some(u64::MAX), Some("g1")));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(parse(r#"{"notify": "both"}"#).unwrap().notify, Notify::Both);
+        let e = parse(r#"{"notify": "sd"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "/etc/z.json: key \"notify\": expected \"zdrestart\", \"systemd\" or \"both\", found \"sd\"");
+        let e = parse(r#"{"probe": "no"}"#).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("probe"));
+        let e = parse(r#"{"probe": false}"#).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("magic"), "{}", e);
+        for bad in [r#"-1"#, r#"1.5"#, r#""7""#] {
+            let e = parse(&format!(r#"{{"probe": false, "magic": {}}}"#, bad)).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("magic"), "{}", e);
+        }
+        let e = parse(r#"{"probe": false, "magic": 1, "version": 2}"#).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("version"));
+        // With the probe on, a declared magic number is not used: say so.
+        let c = parse(r#"{"magic": 3}"#).unwrap();
+        assert!(c.warnings[0].contains("\"magic\" ignored"), "{:?}", c.warnings);
     }
 
     #[test]

@@ -38,6 +38,16 @@ pub struct Running {
     pub magic: u64,
 }
 
+/// What a worker without a probe (`"probe": false`) declares in its config:
+/// `magic` and `version` stand for the probe's answer, and the checks compare
+/// them exactly as they compare a probe's. None: the probe runs.
+pub fn declared(cfg: &Config) -> Option<ProbeInfo> {
+    if cfg.probe {
+        return None;
+    }
+    Some(ProbeInfo { magic: cfg.magic.unwrap_or_default(), version: cfg.version.clone().unwrap_or_default() })
+}
+
 /// The checks that need no probe, in order: the master's state, then the
 /// new config (`Err`: why it could not be loaded). Ok: the new config.
 pub fn check_request<C: Borrow<Config>>(running: &Running, new: Result<C, String>) -> Result<C, Refused> {

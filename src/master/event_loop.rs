@@ -9,6 +9,7 @@
 //! [`super::spawn_spec`], [`super::listeners`], [`super::pidfile`] and
 //! [`crate::signals`].
 
+use super::admission;
 use super::child::Child;
 use super::listeners::bind_listeners;
 use super::pidfile::{remove_pidfile, write_pidfile};
@@ -101,22 +102,16 @@ pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
             log::info!(address = a.to_string(); "listening on {}", a);
         }
     }
-    let outcome = probe_blocking(&cfg);
-    let info = match (&outcome.magic, &outcome.spawn_error) {
-        (_, Some(e)) => return Err(format!("probe of the worker program failed: {}", e)),
-        (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default() },
-        (None, None) => {
-            let why = outcome.for_restart(cfg.probe_timeout).err().map(|f| f.error).unwrap_or_default();
-            return Err(format!("probe of the worker program failed: {}", why));
+    let info = match admission::declared(&cfg) {
+        Some(info) => {
+            log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
+                "probe off: the config declares magic number {} (version {})", info.magic, info.version);
+            info
         }
+        None => run_probe(&cfg)?,
     };
-    if let Some(e) = &outcome.error {
-        // A database down at start is not fatal: workers answer 503 until it is back.
-        log::warn!(component = "probe", error = e.as_str(); "the probe reported a problem: {} (starting anyway)", e);
-    }
-    log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
-        "worker program reports magic number {} (version {})", info.magic, info.version);
     if let Some(p) = &cfg.pidfile {
+
         write_pidfile(p)?;
     }
     let signals = SignalPipe::install(&SIGNALS).map_err(|e| format!("install signal handlers: {}", e))?;
@@ -156,6 +151,26 @@ pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
     let code = lp.run();
     lp.shutdown();
     Ok(code)
+}
+
+/// The probe at start: the magic number of the code loaded now.
+fn run_probe(cfg: &Config) -> Result<ProbeInfo, String> {
+    let outcome = probe_blocking(cfg);
+    let info = match (&outcome.magic, &outcome.spawn_error) {
+        (_, Some(e)) => return Err(format!("probe of the worker program failed: {}", e)),
+        (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default() },
+        (None, None) => {
+            let why = outcome.for_restart(cfg.probe_timeout).err().map(|f| f.error).unwrap_or_default();
+            return Err(format!("probe of the worker program failed: {}", why));
+        }
+    };
+    if let Some(e) = &outcome.error {
+        // A database down at start is not fatal: workers answer 503 until it is back.
+        log::warn!(component = "probe", error = e.as_str(); "the probe reported a problem: {} (starting anyway)", e);
+    }
+    log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
+        "worker program reports magic number {} (version {})", info.magic, info.version);
+    Ok(info)
 }
 
 impl Loop {

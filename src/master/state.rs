@@ -207,7 +207,7 @@ impl Master {
                     self.spawn(1, index, cfg.clone(), now, &mut out);
                 }
             }
-            Event::Restart { config, by } => self.on_restart(config, by, &mut out),
+            Event::Restart { config, by } => self.on_restart(config, by, now, &mut out),
             Event::Stop { signal } => self.on_stop(signal, now, &mut out),
             Event::ProbeDone(result) => self.on_probe(result, now, &mut out),
             Event::Spawned { id, pid } => {
@@ -310,7 +310,7 @@ impl Master {
         Running { state: self.state(), listen: self.config.listen_display(), magic: self.magic }
     }
 
-    fn on_restart(&mut self, config: Result<Config, String>, by: Requester, out: &mut Vec<Action>) {
+    fn on_restart(&mut self, config: Result<Config, String>, by: Requester, now: Instant, out: &mut Vec<Action>) {
         log::info!(component = "master"; "zero-downtime restart requested ({})",
             match by { Requester::Signal => "SIGUSR2", Requester::Control { .. } => "control socket" });
         if let (Phase::Running, Ok(new)) = (&self.phase, &config) {
@@ -334,8 +334,17 @@ impl Master {
             }
         }
         let config = Arc::new(new);
-        out.push(Action::Probe { config: config.clone() });
+        let declared = admission::declared(&config);
+        if declared.is_none() {
+            out.push(Action::Probe { config: config.clone() });
+        }
         self.phase = Phase::Probing { config, requesters: vec![by] };
+        // `"probe": false`: the config's answer stands for the probe's.
+        if let Some(info) = declared {
+            log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
+                "probe off: the config declares magic number {} (version {})", info.magic, info.version);
+            self.on_probe(Ok(info), now, out);
+        }
     }
 
     fn on_probe(&mut self, result: Result<ProbeInfo, ProbeFailure>, now: Instant, out: &mut Vec<Action>) {
@@ -958,6 +967,30 @@ mod tests {
         assert_eq!(replies(&a), vec!["ACK complete"]);
         assert!(!(h.m.state() == MasterState::Restarting));
         assert!(h.m.workers().all(|w| w.generation == 2));
+    }
+
+    /// `"probe": false`: no probe runs; the declared magic number is
+    /// compared as a probe's answer would be, on both paths.
+    #[test]
+    fn declared_magic_stands_for_the_probe() {
+        let declared = |magic: u64| {
+            cfg(&format!(r#"{{"driver":"mongodb","workers":2,"probe":false,"magic":{},"version":"d{}"}}"#, magic, magic))
+        };
+        let mut h = running(mongo(2));
+        let a = h.restart(declared(8), false);
+        assert!(!a.iter().any(|a| matches!(a, Action::Probe { .. })), "no probe runs");
+        let r = refusal(&a);
+        assert_eq!(r.reason, Reason::Incompatibility);
+        assert!(r.detail.contains("magic number 8 (version d8)"), "{}", r.detail);
+        let running = Running { state: h.m.state(), listen: h.m.config().listen_display(), magic: 7 };
+        let new = declared(8);
+        let info = admission::declared(&new).unwrap();
+        assert_eq!(admission::admit(&running, Ok::<_, String>(&new), Ok(info)).unwrap_err(), r);
+        let a = h.restart(declared(7), false);
+        assert!(!a.iter().any(|a| matches!(a, Action::Probe { .. })));
+        assert_eq!(replies(&a), vec!["ACK"]);
+        assert_eq!(spawns(&a), 1, "the rollout starts at once");
+        assert_eq!(h.m.generation(), 2);
     }
 
     #[test]
