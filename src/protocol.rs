@@ -20,6 +20,9 @@ pub const ENV_LOGLEVEL: &str = "ZDRESTART_LOGLEVEL";
 /// the master to a running worker. Only `LOGLEVEL=<level>` exists; a worker
 /// ignores lines it does not know, and may ignore the pipe altogether.
 pub const ENV_CONTROL_FD: &str = "ZDRESTART_CONTROL_FD";
+/// sd_notify(3)'s socket, offered to workers whose config says `"notify":
+/// "systemd"` or `"both"` (an abstract address, `@` for the NUL byte).
+pub const ENV_NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 /// First inherited listener fd (systemd convention).
 pub const LISTEN_FDS_START: i32 = 3;
 

@@ -123,6 +123,12 @@ pub struct WorkerStatus {
     pub index: u32,
     pub state: WorkerState,
     pub started: String,
+    /// The worker's last `STATUS=` report (report pipe or sd_notify(3)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Its main process when it named another with sd_notify `MAINPID=`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub main_pid: Option<u32>,
 }
 
 #[cfg(test)]
@@ -154,6 +160,8 @@ mod tests {
                 index: 0,
                 state: WorkerState::Ready,
                 started: "2024-01-01T00:01:00.000Z".into(),
+                status: Some("serving".into()),
+                main_pid: None,
             }],
         };
         let j = serde_json::to_string(&s).unwrap();

@@ -365,6 +365,12 @@ fn render_status(st: &StatusReport) -> String {
                 w.state.as_str(),
                 w.started
             );
+            if let Some(m) = w.main_pid {
+                o += &format!("            main process {}\n", m);
+            }
+            if let Some(t) = &w.status {
+                o += &format!("            status: {}\n", t);
+            }
         }
     }
     if st.lockout {
@@ -533,7 +539,8 @@ mod tests {
             r#"{"state":"lockout","generation":3,"lockout":true,"magic":1,"version":"0.1.0","pid":100,
             "started":"2024-01-01T00:00:00.000Z","last_restart":{"generation":3,"started":"2024-01-01T00:10:00.000Z",
             "outcome":"aborted","reason":"new worker 12 exited with status 1","duration_ms":1500},
-            "workers":[{"pid":11,"generation":2,"index":0,"state":"ready","started":"2024-01-01T00:00:01.000Z"}]}"#,
+            "workers":[{"pid":11,"generation":2,"index":0,"state":"ready","started":"2024-01-01T00:00:01.000Z",
+            "status":"Gunicorn arbiter booted","main_pid":12}]}"#,
         )
         .unwrap();
         let s = render_status(&v);
@@ -541,6 +548,7 @@ mod tests {
         assert!(s.contains("lockout:       YES"), "{}", s);
         assert!(s.contains("aborted in 1.500 s (new worker 12 exited with status 1)"), "{}", s);
         assert!(s.contains("      11     2      0  ready"), "{}", s);
+        assert!(s.contains("\n            main process 12\n            status: Gunicorn arbiter booted\n"), "{}", s);
         assert!(s.contains("restart the master as soon as possible"), "{}", s);
         let v: StatusReport = serde_json::from_str(r#"{"state":"running","last_restart":null,"workers":[]}"#).unwrap();
         let s = render_status(&v);

@@ -5,6 +5,7 @@
 //! reader for workers and probes alike). It must not interpret the lines:
 //! the loop turns worker reports into events, the probe runner into a verdict.
 
+use crate::config::Notify;
 use crate::protocol::{self, LineBuffer};
 use crate::sys;
 use std::fs::File;
@@ -67,6 +68,14 @@ pub struct Lines {
     pub output: Vec<String>,
 }
 
+/// A worker's main process named by sd_notify `MAINPID=` (another process
+/// than the one spawned): the one signalled and watched.
+pub struct MainProcess {
+    pub pid: u32,
+    /// Readable when it exits (it is not our child: no SIGCHLD for it).
+    pub pidfd: OwnedFd,
+}
+
 /// A running child of the master.
 pub struct Child {
     pub pid: u32,
@@ -76,6 +85,13 @@ pub struct Child {
     output: LinePipe,
     /// Write end of the child's control pipe (non-blocking).
     control: File,
+    /// Where its reports count (the config's `notify` when it was spawned).
+    pub reports: Notify,
+    /// Its main process, when it named another one with `MAINPID=`.
+    pub main: Option<MainProcess>,
+    /// How the spawned process ended, once reaped while its main process
+    /// goes on.
+    pub spawned_status: Option<crate::sys::ExitStatus>,
 }
 
 impl Child {
@@ -89,7 +105,16 @@ impl Child {
             notify: LinePipe::new(sp.notify),
             output: LinePipe::new(sp.output),
             control: File::from(sp.control),
+            reports: Notify::Zdrestart,
+            main: None,
+            spawned_status: None,
         }
+    }
+
+    /// Has the process behind `pidfd` exited (the pidfd is readable)?
+    pub fn pidfd_exited(pidfd: &OwnedFd) -> bool {
+        let mut fds = [libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        matches!(sys::poll(&mut fds, Some(std::time::Duration::ZERO)), Ok(n) if n > 0)
     }
 
     /// Send one control line; a full or closed pipe drops it.
@@ -100,6 +125,11 @@ impl Child {
     /// The fds to poll for `POLLIN`: (pidfd, pipes).
     pub fn poll_fds(&self) -> (Option<RawFd>, [Option<RawFd>; 2]) {
         (self.pidfd.as_ref().map(|f| f.as_raw_fd()), [self.notify.fd(), self.output.fd()])
+    }
+
+    /// The main process's pidfd, when it named one with `MAINPID=`.
+    pub fn main_pidfd(&self) -> Option<RawFd> {
+        self.main.as_ref().map(|m| m.pidfd.as_raw_fd())
     }
 
     /// Read both pipes once (or until EAGAIN when `drain`, e.g. after exit).

@@ -10,8 +10,9 @@
 //! [`crate::signals`].
 
 use super::admission;
-use super::child::Child;
+use super::child::{Child, MainProcess};
 use super::listeners::bind_listeners;
+use super::notify_socket::{Delivery, Message, NotifySocket};
 use super::pidfile::{remove_pidfile, write_pidfile};
 use super::probe::{probe_blocking, ProbeRun};
 use super::spawn_spec::build_spec;
@@ -46,6 +47,10 @@ enum Slot {
     ProbePidfd,
     ProbePipe,
     Control(RawFd),
+    /// The workers' `$NOTIFY_SOCKET`.
+    Notify,
+    /// The pidfd of a worker's main process (`MAINPID=`).
+    MainPidfd(WorkerId),
 }
 
 /// The pollfd array of one round and what each entry stands for (reused
@@ -90,6 +95,12 @@ struct Loop {
     server_user: Option<String>,
     /// The log level in force from the config (not a LOGLEVEL override).
     config_level: log::LevelFilter,
+    /// sd_notify(3) for workers, bound when the first worker that uses it
+    /// is spawned.
+    notify: Option<NotifySocket>,
+    /// Spawned processes of workers whose main process (`MAINPID=`) exited
+    /// first: sent SIGKILL, reaped when they go.
+    leftovers: Vec<u32>,
 }
 
 /// Run the master until it stops. Start-up errors come back as `Err` with a
@@ -147,6 +158,8 @@ pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
         pidfile: cfg.pidfile.clone(),
         server_user: cfg.server_user.clone(),
         config_level: cfg.log_level,
+        notify: None,
+        leftovers: Vec::new(),
     };
     let code = lp.run();
     lp.shutdown();
@@ -228,6 +241,12 @@ impl Loop {
             for fd in pipes.into_iter().flatten() {
                 set.add(fd, libc::POLLIN, Slot::Pipe(id));
             }
+            if let Some(fd) = c.main_pidfd() {
+                set.add(fd, libc::POLLIN, Slot::MainPidfd(id));
+            }
+        }
+        if let Some(n) = &self.notify {
+            set.add(n.fd(), libc::POLLIN, Slot::Notify);
         }
         if let Some(p) = &self.probe {
             let (pidfd, pipes) = p.child.poll_fds();
@@ -260,6 +279,8 @@ impl Loop {
                 }
             }
             Slot::Control(fd) => self.on_control(fd, revents, now),
+            Slot::Notify => self.on_notify(now),
+            Slot::MainPidfd(id) => self.check_child(id),
         }
     }
 
@@ -285,8 +306,16 @@ impl Loop {
         match action {
             Action::Spawn { id, generation, index, config } => {
                 let fds: Vec<RawFd> = self.listeners.iter().map(|l| l.as_raw_fd()).collect();
+                let socket = match config.notify.socket() {
+                    false => None,
+                    true => match self.notify_socket() {
+                        Ok(name) => Some(name),
+                        Err(error) => return self.queue.push_back(Event::SpawnFailed { id, error }),
+                    },
+                };
                 let user = self.server_user.as_deref();
-                let spec = match build_spec(&config, generation, index, &fds, false, self.loglevel.as_deref(), user) {
+                let level = self.loglevel.as_deref();
+                let spec = match build_spec(&config, generation, index, &fds, false, level, user, socket.as_deref()) {
                     Ok(s) => s,
                     Err(error) => return self.queue.push_back(Event::SpawnFailed { id, error }),
                 };
@@ -306,7 +335,9 @@ impl Loop {
                             }
                         };
                         let pid = sp.pid;
-                        self.children.insert(id, Child::new(sp, pidfd));
+                        let mut child = Child::new(sp, pidfd);
+                        child.reports = config.notify;
+                        self.children.insert(id, child);
                         self.queue.push_back(Event::Spawned { id, pid });
                         // A child that died before we had its pidfd is found here.
                         self.check_child(id);
@@ -318,8 +349,12 @@ impl Loop {
                 }
             }
             Action::Signal { id, pid, signal } => {
-                // Only a child we have not reaped: its pid cannot have been reused.
-                if self.children.get(&id).is_some_and(|c| c.pid == pid) {
+                // Only a child we have not reaped (its pid cannot have been
+                // reused), or its main process while its pidfd is open.
+                let ours = |c: &Child| {
+                    (c.pid == pid && c.spawned_status.is_none()) || c.main.as_ref().is_some_and(|m| m.pid == pid)
+                };
+                if self.children.get(&id).is_some_and(ours) {
                     if let Err(e) = sys::kill(pid, signal) {
                         log::warn!(worker_pid = pid; "kill {} {}: {}", sys::signal_name(signal), pid, sys::strerror(&e));
                     }
@@ -354,6 +389,7 @@ impl Loop {
     fn on_signals(&mut self) {
         self.signals.drain();
         if self.signals.take(libc::SIGCHLD) {
+            self.reap_leftovers();
             let ids: Vec<WorkerId> = self.children.keys().copied().collect();
             for id in ids {
                 self.check_child(id);
@@ -379,6 +415,101 @@ impl Loop {
         }
     }
 
+    /// `$NOTIFY_SOCKET` for workers, bound on first use.
+    fn notify_socket(&mut self) -> Result<String, String> {
+        if self.notify.is_none() {
+            let n = NotifySocket::bind().map_err(|e| format!("bind the workers' notify socket: {}", sys::strerror(&e)))?;
+            log::info!(component = "master", notify_socket = n.name(); "workers' sd_notify socket is {}", n.name());
+            self.notify = Some(n);
+        }
+        Ok(self.notify.as_ref().map(|n| n.name().to_string()).unwrap_or_default())
+    }
+
+    /// The worker a process belongs to, for sd_notify: the worker's spawned
+    /// process, its main process, or a process of the process group the
+    /// worker's spawned process leads. Only workers that use the socket.
+    fn owner(children: &BTreeMap<WorkerId, Child>, pid: u32) -> Option<WorkerId> {
+        let users = || children.iter().filter(|(_, c)| c.reports.socket());
+        let direct = |(_, c): &(&WorkerId, &Child)| {
+            (c.pid == pid && c.spawned_status.is_none()) || c.main.as_ref().is_some_and(|m| m.pid == pid)
+        };
+        if let Some((&id, _)) = users().find(direct) {
+            return Some(id);
+        }
+        let group = sys::process_group_of(pid).ok()?;
+        // A group is numbered by its leader's pid: it is this worker's while
+        // the worker lives (the number is not reused while the group exists).
+        users().find(|(_, c)| c.pid == group && (c.spawned_status.is_none() || c.main.is_some())).map(|(&id, _)| id)
+    }
+
+    /// Datagrams on the workers' notify socket become events.
+    fn on_notify(&mut self, now: Instant) {
+        let Some(n) = &mut self.notify else { return };
+        let children = &self.children;
+        let deliveries = n.receive(|pid| Self::owner(children, pid));
+        for d in deliveries {
+            match d {
+                Delivery::Dropped { why, sender } => {
+                    if let Some(n) = &mut self.notify {
+                        n.log_drop(&why, sender, now);
+                    }
+                }
+                Delivery::From { worker, sender, parsed } => {
+                    let pid = self.children.get(&worker).map_or(0, |c| c.pid);
+                    if !parsed.ignored.is_empty() {
+                        log::debug!(component = "worker", worker_pid = pid;
+                            "sd_notify: ignored {}", parsed.ignored.join(", "));
+                    }
+                    for m in parsed.messages {
+                        self.on_notify_message(worker, sender, m, now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_notify_message(&mut self, id: WorkerId, sender: u32, m: Message, now: Instant) {
+        let ev = match m {
+            Message::Ready => Event::Ready { id },
+            Message::Status(text) => Event::Status { id, text },
+            Message::Stopping => Event::NotifyFailure { id, text: "STOPPING=1".into() },
+            Message::Errno(n) => {
+                let e = std::io::Error::from_raw_os_error(n);
+                Event::NotifyFailure { id, text: format!("ERRNO={} ({})", n, sys::strerror(&e)) }
+            }
+            Message::MainPid(main) => {
+                // Only one of the worker's own processes may become its main one.
+                if Self::owner(&self.children, main) != Some(id) {
+                    let why = format!("MAINPID={} names no process of the worker", main);
+                    if let Some(n) = &mut self.notify {
+                        n.log_drop(&why, Some(sender), now);
+                    }
+                    return;
+                }
+                if self.opts.no_pidfd {
+                    // A process that is not our child cannot be watched
+                    // without a pidfd: the spawned process stays the main one.
+                    log::debug!(component = "worker", main_pid = main; "MAINPID={} ignored: no pidfds", main);
+                    return;
+                }
+                let Some(c) = self.children.get_mut(&id) else { return };
+                if main == c.pid {
+                    c.main = None;
+                } else {
+                    match sys::pidfd_open(main) {
+                        Ok(pidfd) => c.main = Some(MainProcess { pid: main, pidfd }),
+                        Err(e) => {
+                            log::warn!(worker_pid = c.pid; "MAINPID={}: pidfd_open: {}; ignored", main, sys::strerror(&e));
+                            return;
+                        }
+                    }
+                }
+                Event::MainPid { id, pid: main }
+            }
+        };
+        self.queue.push_back(ev);
+    }
+
     fn reload_config(&self) -> Result<Config, String> {
         Config::load(&self.sm.config().path).map_err(|e| e.to_string())
     }
@@ -392,33 +523,67 @@ impl Loop {
             crate::log::worker_line("worker", pid, &l);
             self.queue.push_back(Event::Output { id, line: l });
         }
+        if !c.reports.pipe() && !lines.reports.is_empty() {
+            // `"notify": "systemd"`: the pipe is not offered; nothing on it counts.
+            log::debug!(component = "worker", worker_pid = pid; "report pipe ignored (notify is systemd): {:?}", lines.reports);
+            return;
+        }
         for r in lines.reports {
             match Report::parse(&r) {
                 Report::Ready => self.queue.push_back(Event::Ready { id }),
                 Report::Error(text) => self.queue.push_back(Event::ReportedError { id, text }),
-                Report::Status(s) => log::debug!(component = "worker", worker_pid = pid; "status: {}", s),
+                Report::Status(text) => self.queue.push_back(Event::Status { id, text }),
                 other => log::info!(component = "worker", worker_pid = pid; "unknown report ignored: {:?}", other),
             }
         }
     }
 
-    /// Reap a child if it has exited, after reading what it left in its pipes.
+    /// Reap a child if it has exited, after reading what it left in its
+    /// pipes. A worker whose main process (`MAINPID=`) is another one lives
+    /// as long as that one.
     fn check_child(&mut self, id: WorkerId) {
-        let Some(c) = self.children.get(&id) else { return };
-        match sys::try_wait(c.pid) {
-            Ok(Some(status)) => {
-                self.read_child(id, true);
-                self.children.remove(&id);
-                self.queue.push_back(Event::Exited { id, status });
-            }
-            Ok(None) => {}
-            Err(e) => {
-                // ECHILD: someone else reaped it; treat as gone.
-                log::error!("waitpid {}: {}", c.pid, sys::strerror(&e));
-                self.children.remove(&id);
-                self.queue.push_back(Event::Exited { id, status: ExitStatus::Code(-1) });
+        let Some(c) = self.children.get_mut(&id) else { return };
+        if c.spawned_status.is_none() {
+            let st = match sys::try_wait(c.pid) {
+                Ok(st) => st,
+                Err(e) => {
+                    // ECHILD: someone else reaped it; treat as gone.
+                    log::error!("waitpid {}: {}", c.pid, sys::strerror(&e));
+                    Some(ExitStatus::Code(-1))
+                }
+            };
+            if st.is_some() {
+                c.spawned_status = st;
+                c.pidfd = None;
             }
         }
+        let status = match &c.main {
+            None => c.spawned_status,
+            Some(m) if Child::pidfd_exited(&m.pidfd) => {
+                // Not our child: its status is its parent's to collect.
+                Some(sys::try_wait(m.pid).ok().flatten().unwrap_or(ExitStatus::Code(-1)))
+            }
+            Some(m) => {
+                if c.spawned_status.is_some() && c.pidfd.is_none() && c.main.is_some() {
+                    log::debug!(worker_pid = c.pid, main_pid = m.pid; "spawned process {} exited; main process {} goes on", c.pid, m.pid);
+                }
+                None
+            }
+        };
+        let Some(status) = status else { return };
+        if c.spawned_status.is_none() {
+            // Its main process is gone: what is left of it goes too.
+            let _ = sys::kill(c.pid, libc::SIGKILL);
+            self.leftovers.push(c.pid);
+        }
+        self.read_child(id, true);
+        self.children.remove(&id);
+        self.queue.push_back(Event::Exited { id, status });
+    }
+
+    /// Reap spawned processes left behind by a main process that exited.
+    fn reap_leftovers(&mut self) {
+        self.leftovers.retain(|&pid| matches!(sys::try_wait(pid), Ok(None)));
     }
 
     fn check_probe(&mut self, now: Instant) {
@@ -493,6 +658,9 @@ impl Loop {
         // PDEATHSIG; say so rather than leave it implicit.
         for c in self.children.values() {
             let _ = sys::kill(c.pid, libc::SIGTERM);
+            if let Some(m) = &c.main {
+                let _ = sys::kill(m.pid, libc::SIGTERM);
+            }
         }
         if let Some(c) = self.control.take() {
             c.close();

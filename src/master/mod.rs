@@ -9,6 +9,7 @@ pub mod admission;
 pub mod child;
 pub mod event_loop;
 pub mod listeners;
+pub mod notify_socket;
 pub mod pidfile;
 pub mod probe;
 pub mod spawn_spec;

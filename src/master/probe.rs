@@ -66,7 +66,7 @@ pub struct ProbeRun {
 
 impl ProbeRun {
     pub fn start(cfg: &Config, no_pidfd: bool, loglevel: Option<&str>, user: Option<&str>) -> Result<ProbeRun, String> {
-        let spec = build_spec(cfg, 0, 0, &[], true, loglevel, user)?;
+        let spec = build_spec(cfg, 0, 0, &[], true, loglevel, user, None)?;
         let sp = sys::spawn(&spec).map_err(|e| format!("cannot run probe {}: {}", spec.path.to_string_lossy(), e))?;
         log::debug!(component = "probe", worker_pid = sp.pid; "probe {} started", sp.pid);
         let pidfd = if no_pidfd { None } else { sys::pidfd_open(sp.pid).ok() };

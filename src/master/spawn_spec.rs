@@ -45,7 +45,11 @@ fn cstring(s: impl AsRef<[u8]>, what: &str) -> Result<CString, String> {
     CString::new(s.as_ref().to_vec()).map_err(|_| format!("{} contains a NUL byte", what))
 }
 
-/// Everything the child needs, built before fork.
+/// Everything the child needs, built before fork. `notify_socket`: the
+/// master's `$NOTIFY_SOCKET` for a worker that reports with sd_notify(3)
+/// (`"notify": "systemd"` or `"both"`); the master's own `NOTIFY_SOCKET`
+/// (from its service manager) is never passed on.
+#[allow(clippy::too_many_arguments)]
 pub fn build_spec(
     cfg: &Config,
     generation: u32,
@@ -54,13 +58,14 @@ pub fn build_spec(
     probe: bool,
     loglevel: Option<&str>,
     server_user: Option<&str>,
+    notify_socket: Option<&str>,
 ) -> Result<SpawnSpec, String> {
     let argv = worker_argv(cfg);
     let path = resolve_program(&argv[0])?;
     let mut env = Vec::new();
     for (k, v) in std::env::vars_os() {
         let kb = k.as_bytes();
-        if kb.starts_with(b"LISTEN_") || kb.starts_with(b"ZDRESTART_") {
+        if kb.starts_with(b"LISTEN_") || kb.starts_with(b"ZDRESTART_") || kb == protocol::ENV_NOTIFY_SOCKET.as_bytes() {
             continue;
         }
         let mut e = kb.to_vec();
@@ -80,7 +85,14 @@ pub fn build_spec(
     } else {
         set(protocol::ENV_PROBE, "1".into())?;
     }
-    set(protocol::ENV_NOTIFY_FD, protocol::notify_fd(listeners.len()).to_string())?;
+    // `"notify": "systemd"`: the report pipe stays at its fd (the control
+    // pipe's number does not move) but is not offered.
+    if probe || cfg.notify.pipe() {
+        set(protocol::ENV_NOTIFY_FD, protocol::notify_fd(listeners.len()).to_string())?;
+    }
+    if let (false, Some(name)) = (probe, notify_socket) {
+        set(protocol::ENV_NOTIFY_SOCKET, name.to_string())?;
+    }
     set(protocol::ENV_CONTROL_FD, protocol::control_fd(listeners.len()).to_string())?;
     set(protocol::ENV_CONFIG, cfg.path.to_string_lossy().into_owned())?;
     if let Some(l) = loglevel {

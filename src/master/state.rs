@@ -55,6 +55,14 @@ pub enum Event {
     Ready { id: WorkerId },
     ReportedError { id: WorkerId, text: String },
     Output { id: WorkerId, line: String },
+    /// `STATUS=<text>` (report pipe or sd_notify).
+    Status { id: WorkerId, text: String },
+    /// sd_notify `ERRNO=` or `STOPPING=1`: a failure if the worker is not
+    /// ready yet (as `ERROR=`), else only logged.
+    NotifyFailure { id: WorkerId, text: String },
+    /// sd_notify `MAINPID=`, from the worker's own processes, naming one of
+    /// them: signals go to it from now on.
+    MainPid { id: WorkerId, pid: u32 },
     Exited { id: WorkerId, status: ExitStatus },
     /// A deadline may have passed.
     Tick,
@@ -87,6 +95,10 @@ pub struct Worker {
     pub asked_to_stop: bool,
     pub killed: bool,
     pub last_lines: VecDeque<String>,
+    /// Its last `STATUS=` report.
+    pub status: Option<String>,
+    /// sd_notify `MAINPID=`: the process signalled instead of `pid`.
+    pub main_pid: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -235,6 +247,26 @@ impl Master {
                     w.last_lines.push_back(line);
                 }
             }
+            Event::Status { id, text } => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    log::debug!(component = "worker", worker_pid = w.pid.unwrap_or(0); "status: {}", text);
+                    w.status = Some(text);
+                }
+            }
+            Event::NotifyFailure { id, text } => match self.workers.get(&id) {
+                Some(w) if w.state == WorkerState::Starting => self.on_reported_error(id, text, now, &mut out),
+                Some(w) => log::info!(component = "worker", worker_pid = w.pid.unwrap_or(0); "worker reports {}", text),
+                None => {}
+            },
+            Event::MainPid { id, pid } => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    if w.main_pid != Some(pid) && w.pid != Some(pid) {
+                        log::info!(component = "worker", worker_pid = w.pid.unwrap_or(0), main_pid = pid;
+                            "worker {} names {} its main process (MAINPID=)", w.pid.unwrap_or(0), pid);
+                    }
+                    w.main_pid = if w.pid == Some(pid) { None } else { Some(pid) };
+                }
+            }
             Event::Exited { id, status } => self.on_gone(id, Some(status), now, &mut out),
             Event::Tick => self.on_tick(now, &mut out),
         }
@@ -263,6 +295,8 @@ impl Master {
                 asked_to_stop: false,
                 killed: false,
                 last_lines: VecDeque::new(),
+                status: None,
+                main_pid: None,
             },
         );
         out.push(Action::Spawn { id, generation, index, config });
@@ -278,8 +312,8 @@ impl Master {
             w.state = WorkerState::Stopping;
             w.ready_deadline = None;
             w.kill_deadline = Some(now + timeout);
-            if let Some(pid) = w.pid {
-                log::info!(worker_pid = pid, generation = w.generation; "asking worker {} to exit (SIGTERM)", pid);
+            if let Some(pid) = w.main_pid.or(w.pid) {
+                log::info!(worker_pid = w.pid.unwrap_or(0), generation = w.generation; "asking worker {} to exit (SIGTERM)", pid);
                 out.push(Action::Signal { id, pid, signal: libc::SIGTERM });
             }
         }
@@ -623,7 +657,7 @@ impl Master {
                 if d <= now && !w.killed {
                     w.killed = true;
                     w.kill_deadline = None;
-                    if let Some(pid) = w.pid {
+                    if let Some(pid) = w.main_pid.or(w.pid) {
                         to_kill.push((w.id, pid, w.generation));
                     }
                 }
@@ -729,6 +763,8 @@ impl Master {
                     index: w.index,
                     state: w.state,
                     started: iso(w.started_wall),
+                    status: w.status.clone(),
+                    main_pid: w.main_pid,
                 })
                 .collect(),
         }

@@ -6,8 +6,10 @@
 //! with each result; nothing here logs.
 #![allow(unsafe_code)]
 
+mod notify_socket;
 mod spawn;
 
+pub use notify_socket::{bind_notify_socket, process_group_of, recv_datagram, Credentials, Datagram};
 pub use spawn::{spawn, SpawnSpec, Spawned};
 
 use std::ffi::CString;

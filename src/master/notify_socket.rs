@@ -1,0 +1,224 @@
+//! sd_notify(3) on the worker side: the `$NOTIFY_SOCKET` the master offers
+//! to workers whose config says `"notify": "systemd"` or `"both"`
+//! (zdrestart-worker(7), "systemd's readiness protocol").
+//!
+//! Owns the socket (one for all workers, autobound in the abstract
+//! namespace, `SO_PASSCRED`), the parsing of datagrams into [`Message`]s and
+//! the rate-limited debug log of what is dropped. Who a datagram is from is
+//! the kernel's word (`SCM_CREDENTIALS`), never the datagram's: the caller
+//! maps the sender's pid to a worker, and a datagram nobody owns is dropped.
+//! It must not decide what a message means for a restart: the loop turns
+//! messages into events for the state machine. Bounded: datagrams of at
+//! most [`MAX_DATAGRAM`] bytes, at most [`PER_WAKEUP`] per wake-up.
+
+use crate::sys;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// Longest datagram accepted (systemd's own limit for a notification
+/// without fds is a page); a longer one is dropped whole.
+pub const MAX_DATAGRAM: usize = 4096;
+/// Datagrams read per wake-up at most: a flood cannot starve the loop.
+pub const PER_WAKEUP: usize = 64;
+/// Drops logged per window at most; the rest are counted.
+const LOG_BURST: u32 = 10;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// One assignment of a datagram that the master acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// `READY=1`.
+    Ready,
+    /// `STATUS=<text>`.
+    Status(String),
+    /// `STOPPING=1`.
+    Stopping,
+    /// `ERRNO=<n>`.
+    Errno(i32),
+    /// `MAINPID=<pid>`.
+    MainPid(u32),
+}
+
+/// A datagram taken apart: what counts, and what was ignored (for the log).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Parsed {
+    pub messages: Vec<Message>,
+    /// Assignments not understood (unknown key, bad value), as `KEY`.
+    pub ignored: Vec<String>,
+}
+
+/// Parse one datagram: newline-separated `KEY=VALUE` assignments
+/// (sd_notify(3)). A datagram that is not UTF-8 is refused whole: its
+/// meaning cannot be trusted.
+pub fn parse(data: &[u8]) -> Result<Parsed, &'static str> {
+    let text = std::str::from_utf8(data).map_err(|_| "not UTF-8")?;
+    let mut out = Parsed::default();
+    for line in text.split('\n').filter(|l| !l.is_empty()) {
+        let (key, value) = line.split_once('=').unwrap_or((line, ""));
+        let m = match (key, value) {
+            ("READY", "1") => Some(Message::Ready),
+            ("STATUS", v) => Some(Message::Status(v.to_string())),
+            ("STOPPING", "1") => Some(Message::Stopping),
+            ("ERRNO", v) => v.parse::<i32>().ok().filter(|n| *n >= 0).map(Message::Errno),
+            ("MAINPID", v) => v.parse::<u32>().ok().filter(|p| *p > 0 && *p <= i32::MAX as u32).map(Message::MainPid),
+            _ => None,
+        };
+        match m {
+            Some(m) => out.messages.push(m),
+            // Only the key: a value may be long or private.
+            None => out.ignored.push(key.chars().take(64).collect()),
+        }
+    }
+    Ok(out)
+}
+
+/// What became of one datagram.
+#[derive(Debug)]
+pub enum Delivery<W> {
+    /// From worker `W` (sent by process `sender`).
+    From { worker: W, sender: u32, parsed: Parsed },
+    /// Dropped: why, and the sender's pid when known.
+    Dropped { why: String, sender: Option<u32> },
+}
+
+/// Counts drops and says when one may be logged.
+#[derive(Debug)]
+struct RateLimit {
+    window_start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    /// May this drop be logged at `now`? Also the number suppressed in the
+    /// window that just ended, to say once.
+    fn admit(&mut self, now: Instant) -> (bool, u64) {
+        let mut ended = 0;
+        if self.window_start.is_none_or(|s| now.duration_since(s) >= LOG_WINDOW) {
+            ended = std::mem::take(&mut self.suppressed);
+            self.window_start = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < LOG_BURST {
+            self.logged += 1;
+            (true, ended)
+        } else {
+            self.suppressed += 1;
+            (false, ended)
+        }
+    }
+}
+
+/// The socket workers report on.
+pub struct NotifySocket {
+    fd: OwnedFd,
+    /// `$NOTIFY_SOCKET` as given to workers (`@name`).
+    name: String,
+    buf: Vec<u8>,
+    limit: RateLimit,
+}
+
+impl NotifySocket {
+    pub fn bind() -> io::Result<NotifySocket> {
+        let (fd, name) = sys::bind_notify_socket()?;
+        Ok(NotifySocket {
+            fd,
+            name,
+            // One byte more than the limit: a datagram that fills it is too long.
+            buf: vec![0; MAX_DATAGRAM + 1],
+            limit: RateLimit { window_start: None, logged: 0, suppressed: 0 },
+        })
+    }
+
+    /// The value of `$NOTIFY_SOCKET` for workers.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Read what is waiting (at most [`PER_WAKEUP`] datagrams). `owner`
+    /// maps a sender's pid (the kernel's credentials) to its worker.
+    pub fn receive<W>(&mut self, mut owner: impl FnMut(u32) -> Option<W>) -> Vec<Delivery<W>> {
+        let mut out = Vec::new();
+        for _ in 0..PER_WAKEUP {
+            let d = match sys::recv_datagram(self.fd.as_fd(), &mut self.buf) {
+                Ok(Some(d)) => d,
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(Delivery::Dropped { why: format!("recvmsg: {}", sys::strerror(&e)), sender: None });
+                    break;
+                }
+            };
+            let sender = d.creds.map(|c| c.pid).filter(|&p| p > 0);
+            let why = if d.fds_closed > 0 {
+                // FDSTORE= and the like: nothing to keep for a worker.
+                Some(format!("it carried {} file descriptors (closed)", d.fds_closed))
+            } else if d.truncated || d.len > MAX_DATAGRAM {
+                Some(format!("longer than {} bytes", MAX_DATAGRAM))
+            } else {
+                None
+            };
+            let delivery = match (why, sender) {
+                (Some(why), _) => Delivery::Dropped { why, sender },
+                (None, None) => Delivery::Dropped { why: "no sender credentials".into(), sender },
+                (None, Some(pid)) => match owner(pid) {
+                    None => Delivery::Dropped { why: "the sender is no worker's process".into(), sender },
+                    Some(worker) => match parse(&self.buf[..d.len]) {
+                        Ok(parsed) => Delivery::From { worker, sender: pid, parsed },
+                        Err(why) => Delivery::Dropped { why: why.into(), sender },
+                    },
+                },
+            };
+            out.push(delivery);
+        }
+        out
+    }
+
+    /// Log a drop at debug, at most [`LOG_BURST`] per [`LOG_WINDOW`].
+    pub fn log_drop(&mut self, why: &str, sender: Option<u32>, now: Instant) {
+        let (log_it, ended) = self.limit.admit(now);
+        if ended > 0 {
+            log::debug!(component = "master", dropped = ended;
+                "{} more notify datagrams dropped in the last {:?} (not logged)", ended, LOG_WINDOW);
+        }
+        if log_it {
+            let pid = sender.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+            log::debug!(component = "master", sender_pid = pid.as_str();
+                "notify datagram dropped (sender pid {}): {}", pid, why);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sd_notify_assignments() {
+        let p = parse(b"READY=1\nSTATUS=Gunicorn arbiter booted").unwrap();
+        assert_eq!(p.messages, vec![Message::Ready, Message::Status("Gunicorn arbiter booted".into())]);
+        let p = parse(b"STOPPING=1\nERRNO=98\nMAINPID=4242\n").unwrap();
+        assert_eq!(p.messages, vec![Message::Stopping, Message::Errno(98), Message::MainPid(4242)]);
+        // Unknown keys and bad values are ignored, the rest still counts.
+        let p = parse(b"WATCHDOG=1\nREADY=0\nERRNO=x\nMAINPID=0\nnoequals\nREADY=1").unwrap();
+        assert_eq!(p.messages, vec![Message::Ready]);
+        assert_eq!(p.ignored, vec!["WATCHDOG", "READY", "ERRNO", "MAINPID", "noequals"]);
+        assert_eq!(parse(b"STATUS=\xff\nREADY=1"), Err("not UTF-8"));
+        assert_eq!(parse(b"").unwrap(), Parsed::default());
+    }
+
+    #[test]
+    fn drops_are_logged_in_bursts() {
+        let mut r = RateLimit { window_start: None, logged: 0, suppressed: 0 };
+        let t = Instant::now();
+        let logged = (0..25).filter(|_| r.admit(t).0).count();
+        assert_eq!(logged, LOG_BURST as usize);
+        let (ok, ended) = r.admit(t + LOG_WINDOW);
+        assert!(ok);
+        assert_eq!(ended, 15);
+    }
+}
