@@ -6,15 +6,17 @@ probe: its config says "probe": false. MODE:
   ready     READY=1 and STATUS= from the worker itself
   stranger  a child in a new session (another process group) sends READY=1
             for it; then the worker itself sends STATUS=marker:stranger
-  group     a child in the worker's own process group sends READY=1
+  group     the worker leads its own process group (setpgid, as a server
+            may), and a child of it, in that group, sends READY=1
   junk      datagrams that must not count, each with READY=1 in it: 8 KiB
             long, bad UTF-8, one carrying a file descriptor; then unknown
             keys; then STATUS=marker:junk; READY=1 once the file
-            $ZDRESTART_TEST_GO exists
+            $SD_NOTIFY_TEST_GO exists
   errno     ERRNO=98 before READY=1, then stays
   stopping  STOPPING=1 before READY=1, then stays
-  mainpid   forks a child, sends MAINPID=<child> and READY=1, exits 0; the
-            child is the main process (SIGTERM ends it)
+  mainpid   leads its own process group, forks a child, sends
+            MAINPID=<child> and READY=1, exits 0; the child is the main
+            process (SIGTERM ends it)
 
 Every mode then sleeps until SIGTERM, which ends it with status 0.
 """
@@ -74,16 +76,19 @@ elif MODE == "stranger":
     child_sends(b"READY=1", True)
     send(b"STATUS=marker:stranger")
 elif MODE == "group":
+    os.setpgid(0, 0)
     child_sends(b"READY=1\nSTATUS=ready from the group", False)
 elif MODE == "junk":
     send(b"READY=1\nSTATUS=" + b"x" * 8192)
     send(b"READY=1\nSTATUS=\xff\xfe")
     r, w = os.pipe()
+    sys.stderr.write("sd-notify.py: passing pipe:[%d]\n" % os.fstat(r).st_ino)
+    sys.stderr.flush()
     send(b"READY=1\nFDSTORE=1", [r, w])
     os.close(r)
     os.close(w)
     send(b"FOO=bar\nWATCHDOG=1\nX_NOT_KNOWN=\nSTATUS=marker:junk")
-    go = os.environ.get("ZDRESTART_TEST_GO", "")
+    go = os.environ.get("SD_NOTIFY_TEST_GO", "")
     while go and not os.path.exists(go):
         time.sleep(0.05)
     send(b"READY=1")
@@ -92,6 +97,9 @@ elif MODE == "errno":
 elif MODE == "stopping":
     send(b"STOPPING=1")
 elif MODE == "mainpid":
+    # The main process must be one of the worker's: a process of the group
+    # it leads.
+    os.setpgid(0, 0)
     master = os.getppid()
     r, w = os.pipe()
     pid = os.fork()
