@@ -22,8 +22,8 @@ Usage: zdrestart [-c FILE] [--check]
 Options:
   -c, --config FILE  configuration file (default /etc/zdrestart.json)
       --check        validate the configuration, run the probe of the worker
-                     program (with "probe": false, take the declared "magic"
-                     and "version" instead), say whether a zero-downtime
+                     program (with \"probe\": false, take the declared \"magic\"
+                     and \"version\" instead), say whether a zero-downtime
                      restart would be accepted, and exit 0 (yes) or 1 (no)
   -h, --help         print this help
   -V, --version      print the version and the magic number
