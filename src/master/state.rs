@@ -1029,6 +1029,33 @@ mod tests {
         assert_eq!(h.m.generation(), 2);
     }
 
+    /// sd_notify `ERRNO=`/`STOPPING=1`: a failure before `READY=1` (abort
+    /// in a rollout), only logged after it; `MAINPID=` redirects signals;
+    /// `STATUS=` is shown in STATUS.
+    #[test]
+    fn notify_failure_main_pid_and_status() {
+        let mut h = running(mongo(2));
+        let id = h.id_of(101);
+        let a = h.ev(Event::NotifyFailure { id, text: "STOPPING=1".into() });
+        assert!(a.is_empty(), "a ready worker that says STOPPING=1 is left alone: {:?}", a);
+        h.ev(Event::MainPid { id, pid: 500 });
+        h.ev(Event::Status { id, text: "serving".into() });
+        let st = h.m.status(1, SystemTime::now());
+        let w = st.workers.iter().find(|w| w.pid == Some(101)).unwrap();
+        assert_eq!((w.status.as_deref(), w.main_pid), (Some("serving"), Some(500)));
+        h.restart(mongo(2), false);
+        h.probe_ok();
+        let new = h.m.workers().find(|w| w.generation == 2).unwrap().id;
+        let a = h.ev(Event::NotifyFailure { id: new, text: "ERRNO=98 (Address in use)".into() });
+        assert_eq!(h.m.state(), MasterState::Lockout);
+        assert_eq!(terms(&a).len(), 1, "the failed new worker is stopped");
+        // Stopping now: the old worker's SIGTERM and SIGKILL go to its main process.
+        let a = h.ev(Event::Stop { signal: "SIGTERM" });
+        assert!(terms(&a).contains(&500) && !terms(&a).contains(&101), "{:?}", a);
+        let a = h.advance(Duration::from_secs(4));
+        assert!(kills(&a).contains(&500), "{:?}", a);
+    }
+
     #[test]
     fn ack_without_wait_comes_after_probe() {
         let mut h = running(mongo(2));
