@@ -278,3 +278,17 @@ fn notify_both_offers_the_pipe_and_the_socket() {
         assert!(env.iter().any(|(k, _)| k == "ZDRESTART_NOTIFY_FD"));
     }
 }
+
+#[test]
+fn check_without_a_master_does_not_compare_a_declared_magic_number() {
+    let dir = TestDir::for_test();
+    let cfg = dir.join("z.json");
+    let text = json!({"workers": 2, "driver": "mongodb", "notify": "systemd", "probe": false, "magic": 99,
+        "version": "v9", "worker": sd_worker("ready")});
+    std::fs::write(&cfg, text.to_string()).unwrap();
+    let (st, out, err) = run_cmd(std::process::Command::new(master_bin()).args(["--check", "-c"]).arg(&cfg), T);
+    assert_eq!(st.code(), Some(0), "{}{}", out, err);
+    assert!(out.contains("probe: off; the config declares magic 99, version v9"), "{}", out);
+    assert!(out.contains("the declared magic 99 is not compared"), "{}", out);
+    assert!(out.contains("would be accepted"), "{}", out);
+}

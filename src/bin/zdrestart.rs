@@ -145,8 +145,19 @@ fn run_check(cfg: Config) -> ExitCode {
             Running { state: st.state, listen: st.listen, magic: st.magic }
         }
         None => {
-            println!("running master: not reachable (no controlSocket, or not running): comparing with this zdrestart's magic {}", zdrestart::MAGIC);
-            Running { state: MasterState::Running, listen: cfg.listen_display(), magic: zdrestart::MAGIC }
+            // A worker without a probe declares its own number: there is
+            // nothing to compare it with but a running master's.
+            let magic = match admission::declared(&cfg) {
+                Some(info) => {
+                    println!("running master: not reachable (no controlSocket, or not running): the declared magic {} is not compared", info.magic);
+                    info.magic
+                }
+                None => {
+                    println!("running master: not reachable (no controlSocket, or not running): comparing with this zdrestart's magic {}", zdrestart::MAGIC);
+                    zdrestart::MAGIC
+                }
+            };
+            Running { state: MasterState::Running, listen: cfg.listen_display(), magic }
         }
     };
     match admission::admit(&running, Ok::<_, String>(&cfg), verdict) {

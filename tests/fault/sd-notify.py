@@ -56,15 +56,25 @@ def sleep_until_term():
 
 
 def child_sends(data, new_session):
+    """A child sends `data` and lives on for 10 s: the master tells whose a
+    datagram is from its sender's process group, which it can read only
+    while the sender lives (as systemd with NotifyAccess=all)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # no zombie to reap
+    r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.close(r)
         if new_session:
             os.setsid()
         send(data)
         sys.stderr.write("sd-notify.py: child %d (pgid %d) sent %r\n" % (os.getpid(), os.getpgid(0), data))
         sys.stderr.flush()
+        os.close(w)
+        time.sleep(10)
         os._exit(0)
-    os.waitpid(pid, 0)
+    os.close(w)
+    os.read(r, 1)  # returns once the child has sent
+    os.close(r)
     return pid
 
 
