@@ -238,7 +238,10 @@ impl Master {
                 self.on_gone(id, None, now, &mut out);
             }
             Event::Ready { id } => self.on_ready(id, now, &mut out),
-            Event::ReportedError { id, text } => self.on_reported_error(id, text, now, &mut out),
+            Event::ReportedError { id, text } => {
+                let report = format!("ERROR={}", text);
+                self.on_reported_error(id, &text, &report, now, &mut out)
+            }
             Event::Output { id, line } => {
                 if let Some(w) = self.workers.get_mut(&id) {
                     if w.last_lines.len() == KEEP_LINES {
@@ -254,7 +257,7 @@ impl Master {
                 }
             }
             Event::NotifyFailure { id, text } => match self.workers.get(&id) {
-                Some(w) if w.state == WorkerState::Starting => self.on_reported_error(id, text, now, &mut out),
+                Some(w) if w.state == WorkerState::Starting => self.on_reported_error(id, &text, &text, now, &mut out),
                 Some(w) => log::info!(component = "worker", worker_pid = w.pid.unwrap_or(0); "worker reports {}", text),
                 None => {}
             },
@@ -481,12 +484,13 @@ impl Master {
         }
     }
 
-    fn on_reported_error(&mut self, id: WorkerId, text: String, now: Instant, out: &mut Vec<Action>) {
+    /// `report` as the worker said it (`ERROR=...`, `ERRNO=...`), `text` what it means.
+    fn on_reported_error(&mut self, id: WorkerId, text: &str, report: &str, now: Instant, out: &mut Vec<Action>) {
         let Some(w) = self.workers.get(&id) else { return };
         let pid = w.pid.unwrap_or(0);
-        log::error!(worker_pid = pid, generation = w.generation, error = text.as_str(); "worker {} reported an error: {}", pid, text);
+        log::error!(worker_pid = pid, generation = w.generation, error = text; "worker {} reported an error: {}", pid, text);
         if self.is_new_in_rollout(id) {
-            let detail = format!("worker {} reported ERROR={}", pid, text);
+            let detail = format!("worker {} reported {}", pid, report);
             let w = w.clone();
             self.abort(&w, true, AbortCause::ReportedError, detail, now, out);
         } else if !w.asked_to_stop {
