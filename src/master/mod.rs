@@ -1,5 +1,15 @@
-//! The master process: a pure state machine ([`state`]) and the poll loop
-//! ([`event_loop`]) that feeds it events and carries out its actions.
+//! The master process: a pure state machine ([`state`], with the restart
+//! checks in [`admission`]) and the poll loop ([`event_loop`]) that feeds it
+//! events and carries out its actions, with the pieces the loop drives:
+//! children ([`child`]), the probe ([`probe`]), the spawn spec
+//! ([`spawn_spec`]), the listeners ([`listeners`]) and the pidfile
+//! ([`pidfile`]).
 
+pub mod admission;
+pub mod child;
 pub mod event_loop;
+pub mod listeners;
+pub mod pidfile;
+pub mod probe;
+pub mod spawn_spec;
 pub mod state;
