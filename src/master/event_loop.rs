@@ -122,7 +122,6 @@ pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
         None => run_probe(&cfg)?,
     };
     if let Some(p) = &cfg.pidfile {
-
         write_pidfile(p)?;
     }
     let signals = SignalPipe::install(&SIGNALS).map_err(|e| format!("install signal handlers: {}", e))?;
@@ -555,6 +554,10 @@ impl Loop {
             if st.is_some() {
                 c.spawned_status = st;
                 c.pidfd = None;
+                if let Some(m) = &c.main {
+                    log::debug!(worker_pid = c.pid, main_pid = m.pid;
+                        "spawned process {} exited; its main process {} goes on", c.pid, m.pid);
+                }
             }
         }
         let status = match &c.main {
@@ -563,12 +566,7 @@ impl Loop {
                 // Not our child: its status is its parent's to collect.
                 Some(sys::try_wait(m.pid).ok().flatten().unwrap_or(ExitStatus::Code(-1)))
             }
-            Some(m) => {
-                if c.spawned_status.is_some() && c.pidfd.is_none() && c.main.is_some() {
-                    log::debug!(worker_pid = c.pid, main_pid = m.pid; "spawned process {} exited; main process {} goes on", c.pid, m.pid);
-                }
-                None
-            }
+            Some(_) => None,
         };
         let Some(status) = status else { return };
         if c.spawned_status.is_none() {
@@ -657,7 +655,9 @@ impl Loop {
         // Workers still running when the master exits (fatal paths) get
         // PDEATHSIG; say so rather than leave it implicit.
         for c in self.children.values() {
-            let _ = sys::kill(c.pid, libc::SIGTERM);
+            if c.spawned_status.is_none() {
+                let _ = sys::kill(c.pid, libc::SIGTERM);
+            }
             if let Some(m) = &c.main {
                 let _ = sys::kill(m.pid, libc::SIGTERM);
             }
