@@ -175,9 +175,21 @@ fn bad_datagrams_never_hurt_the_master() {
     });
     let fds = fd_targets(m.pid());
     assert!(!fds.iter().any(|t| t.ends_with(&format!("->{}", passed))), "{} kept: {:?}", passed, fds);
+    // A flood from a stranger: dropped, logged at most 10 times in 10 s.
+    let w = status(&sock)["workers"][0]["pid"].as_i64().unwrap() as i32;
+    let tx = UnixDatagram::unbound().unwrap();
+    for _ in 0..200 {
+        tx.send_to_addr(b"READY=1", &notify_addr(w)).unwrap();
+    }
+    // The worker's READY=1 comes after the flood in the socket's queue.
     std::fs::write(&go, "").unwrap();
     m.wait_for_event("worker.ready", T);
     assert_eq!(status(&sock)["workers"][0]["state"], "ready");
+    let me = std::process::id().to_string();
+    let logged = drops(&m).iter().filter(|r| r["sender_pid"] == me.as_str()).count();
+    // One window of 10 s, or two if the flood straddled a window's end.
+    let windows = 1 + m.log_records().iter().filter(|r| r["msg"].as_str().is_some_and(|s| s.contains("more notify datagrams dropped"))).count();
+    assert!(logged >= 1 && logged <= 10 * windows, "{} drop records of 200 datagrams", logged);
 }
 
 #[test]
