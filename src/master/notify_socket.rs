@@ -178,7 +178,7 @@ impl NotifySocket {
         out
     }
 
-    /// Log a drop at debug, at most [`LOG_BURST`] per [`LOG_WINDOW`].
+    /// Log a drop at debug, at most 10 per 10 s (`LOG_BURST`, `LOG_WINDOW`).
     pub fn log_drop(&mut self, why: &str, sender: Option<u32>, now: Instant) {
         let (log_it, ended) = self.limit.admit(now);
         if ended > 0 {
