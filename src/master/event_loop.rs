@@ -860,7 +860,11 @@ impl Loop {
                 return;
             }
             Command::Unknown(_) => control::nack(control::NACK_UNKNOWN),
-            Command::Bad(text) => control::nack(&text),
+            Command::Bad { nack, detail } => {
+                // The wire text is pump.io's; what was wrong goes to the log.
+                log::info!(component = "control", nack = nack; "control command refused: {}", detail);
+                control::nack(nack)
+            }
         };
         if let Some(c) = &mut self.control {
             c.reply(client, &answer);

@@ -35,6 +35,9 @@ pub mod reason {
     pub const PROBE_FAILED: &str = "probe failed";
     /// Not in section 4: the master is shutting down.
     pub const STOPPING: &str = "stopping";
+    /// The reasons pump.socket(7) defines for RESTART, answered with exactly
+    /// this text.
+    pub const PUMP_IO: &[&str] = &[NO_WORKERS, BAD_DRIVER, ABORTED, IN_FLIGHT, INCOMPATIBILITY];
 }
 
 /// Abort reasons (`restart.abort` records).
@@ -354,8 +357,12 @@ impl Master {
                 duration_ms: None,
             });
         }
-        if let Requester::Control { client, .. } = by {
-            let line = if detail.is_empty() { format!("NACK {}", reason) } else { format!("NACK {}: {}", reason, detail) };
+        if let Requester::Control { client, wait } = by {
+            // pump.socket(7) defines the exact answer of RESTART for its five
+            // reasons: no detail on the wire (it is in the record above and in
+            // STATUS). RESTART WAIT is ours and carries the detail.
+            let bare = detail.is_empty() || (!wait && reason::PUMP_IO.contains(&reason));
+            let line = if bare { format!("NACK {}", reason) } else { format!("NACK {}: {}", reason, detail) };
             out.push(Action::Reply { client, line });
         }
     }

@@ -1,0 +1,70 @@
+//! Harness helpers of the operations tests (issue 9): a raw control-socket
+//! client, the records of one component, process groups from /proc.
+//!
+//! Kept apart from the rest of the harness so that the operations tests add
+//! code without editing the shared helpers.
+
+use super::*;
+use std::os::unix::net::UnixStream;
+
+/// One raw client of the control socket: lines out, answer lines in (each
+/// exactly as sent, `\n` included).
+pub struct CtlClient {
+    r: BufReader<UnixStream>,
+}
+
+impl CtlClient {
+    pub fn connect(sock: &Path) -> CtlClient {
+        let s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {}", sock.display(), e));
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        CtlClient { r: BufReader::new(s) }
+    }
+
+    pub fn send(&mut self, bytes: &str) {
+        self.r.get_mut().write_all(bytes.as_bytes()).unwrap();
+    }
+
+    /// One answer line, with its `\n`.
+    pub fn line_raw(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).unwrap_or_else(|e| panic!("read answer: {}", e));
+        assert!(l.ends_with('\n'), "answer not terminated by a newline (EOF?): {:?}", l);
+        l
+    }
+
+    /// Send one command line and return its answer, `\n` included.
+    pub fn cmd_raw(&mut self, line: &str) -> String {
+        self.send(&format!("{}\n", line));
+        self.line_raw()
+    }
+}
+
+/// One command on a fresh connection: its answer, `\n` included.
+pub fn ask_raw(sock: &Path, line: &str) -> String {
+    CtlClient::connect(sock).cmd_raw(line)
+}
+
+/// The process group of a live process (from /proc), None once it is gone.
+pub fn pgid_of(pid: i32) -> Option<i32> {
+    proc_stat(pid).map(|s| s.pgid)
+}
+
+/// Every live (non-zombie) process of process group `pgid`, from /proc.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| proc_stat(p).is_some_and(|s| s.pgid == pgid && s.state != 'Z'))
+        .collect()
+}
+
+/// Every live process whose environment has `key=value` (processes of this
+/// user that /proc lets us read): how a test finds the helpers its own fault
+/// workers started, by a marker it put in their environment.
+pub fn pids_with_env(key: &str, value: &str) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| proc_stat(p).is_some_and(|s| s.state != 'Z'))
+        .filter(|&p| proc_environ(p).iter().any(|(k, v)| k == key && v == value))
+        .collect()
+}
