@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod log;
 pub mod master;
+pub mod pidfile;
 pub mod protocol;
 pub mod sys;
 

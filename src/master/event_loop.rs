@@ -9,6 +9,7 @@
 use super::state::{Action, ClientId, Event, Master, ProbeFailure, ProbeInfo, Requester, WorkerId};
 use crate::config::Config;
 use crate::control::{self, Command, ControlServer};
+use crate::pidfile::Pidfile;
 use crate::protocol::{self, LineBuffer, Report};
 use crate::sys::{self, ExitStatus, SpawnSpec};
 use std::collections::{BTreeMap, VecDeque};
@@ -409,33 +410,6 @@ impl Signals {
     }
 }
 
-/// Write the pidfile, refusing when it names a live process.
-fn write_pidfile(path: &Path) -> Result<(), String> {
-    if let Ok(text) = std::fs::read_to_string(path) {
-        if let Ok(pid) = text.trim().parse::<u32>() {
-            if pid != std::process::id() && sys::process_alive(pid) {
-                return Err(format!("pidfile {}: a master is already running as pid {}", path.display(), pid));
-            }
-        }
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            format!("write pidfile {}: {}", path.display(), sys::strerror(&e))
-        })
-}
-
-fn remove_pidfile(path: &Path) {
-    // Only our own: a second master refused at start must not remove it.
-    if let Ok(text) = std::fs::read_to_string(path) {
-        if text.trim() == std::process::id().to_string() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
 /// A poll slot: what an entry of the pollfd array stands for.
 enum Slot {
     Signals,
@@ -461,8 +435,9 @@ struct Loop {
     started_wall: SystemTime,
     /// LOGLEVEL override from the control socket, passed to new workers.
     loglevel: Option<String>,
-    /// The pidfile written at start (a changed `pidfile` applies only after a normal restart).
-    pidfile: Option<PathBuf>,
+    /// The pidfile locked and written at start, held until exit (a changed
+    /// `pidfile` applies only after a normal restart).
+    pidfile: Option<Pidfile>,
     /// `serverUser` at start: like the pidfile, it changes only with a normal restart.
     server_user: Option<String>,
     /// The log level in force from the config (not a LOGLEVEL override).
@@ -473,43 +448,32 @@ struct Loop {
 /// message naming the object and operation; the caller logs and exits 1.
 pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
     let started_wall = SystemTime::now();
-    let listeners = bind_listeners(&cfg)?;
-    for l in &listeners {
-        if let Ok(a) = l.local_addr() {
-            log::info!(address = a.to_string(); "listening on {}", a);
-        }
-    }
-    let outcome = probe_blocking(&cfg);
-    let info = match (&outcome.magic, &outcome.spawn_error) {
-        (_, Some(e)) => return Err(format!("probe of the worker program failed: {}", e)),
-        (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default() },
-        (None, None) => {
-            let why = outcome.for_restart(cfg.probe_timeout).err().map(|f| f.error).unwrap_or_default();
-            return Err(format!("probe of the worker program failed: {}", why));
+    // First of the master's resources: a second master must be refused
+    // before it binds or probes anything.
+    let mut pidfile = match &cfg.pidfile {
+        Some(p) => Some(Pidfile::acquire(p)?),
+        None => None,
+    };
+    let (listeners, info, control) = match prepare(&cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(p) = pidfile.take() {
+                p.remove();
+            }
+            return Err(e);
         }
     };
-    if let Some(e) = &outcome.error {
-        // A database down at start is not fatal: workers answer 503 until it is back.
-        log::warn!(component = "probe", error = e.as_str(); "the probe reported a problem: {} (starting anyway)", e);
-    }
-    log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
-        "worker program reports magic number {} (version {})", info.magic, info.version);
-    if let Some(p) = &cfg.pidfile {
-        write_pidfile(p)?;
-    }
-    let signals = Signals::install().map_err(|e| format!("install signal handlers: {}", e))?;
-    let control = match &cfg.control_socket {
-        None => None,
-        Some(p) => match ControlServer::bind(p) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                if let Some(pf) = &cfg.pidfile {
-                    remove_pidfile(pf);
-                }
-                // ControlServer errors already name the socket path.
-                return Err(e.to_string());
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(p) = pidfile.take() {
+                p.remove();
             }
-        },
+            if let Some(c) = control {
+                c.close();
+            }
+            return Err(format!("install signal handlers: {}", e));
+        }
     };
     let cfg = Arc::new(cfg);
     log::info!(event = "master.start", workers = cfg.workers, listen = cfg.listen_display(), magic = info.magic,
@@ -527,13 +491,45 @@ pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
         exit: None,
         started_wall,
         loglevel: None,
-        pidfile: cfg.pidfile.clone(),
+        pidfile,
         server_user: cfg.server_user.clone(),
         config_level: cfg.log_level,
     };
     let code = lp.run();
     lp.shutdown();
     Ok(code)
+}
+
+/// Bind, probe, open the control socket: what must succeed before the first
+/// worker is spawned.
+fn prepare(cfg: &Config) -> Result<(Vec<TcpListener>, ProbeInfo, Option<ControlServer>), String> {
+    let listeners = bind_listeners(cfg)?;
+    for l in &listeners {
+        if let Ok(a) = l.local_addr() {
+            log::info!(address = a.to_string(); "listening on {}", a);
+        }
+    }
+    let outcome = probe_blocking(cfg);
+    let info = match (&outcome.magic, &outcome.spawn_error) {
+        (_, Some(e)) => return Err(format!("probe of the worker program failed: {}", e)),
+        (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default() },
+        (None, None) => {
+            let why = outcome.for_restart(cfg.probe_timeout).err().map(|f| f.error).unwrap_or_default();
+            return Err(format!("probe of the worker program failed: {}", why));
+        }
+    };
+    if let Some(e) = &outcome.error {
+        // A database down at start is not fatal: workers answer 503 until it is back.
+        log::warn!(component = "probe", error = e.as_str(); "the probe reported a problem: {} (starting anyway)", e);
+    }
+    log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
+        "worker program reports magic number {} (version {})", info.magic, info.version);
+    let control = match &cfg.control_socket {
+        None => None,
+        // ControlServer errors already name the socket path.
+        Some(p) => Some(ControlServer::bind(p).map_err(|e| e.to_string())?),
+    };
+    Ok((listeners, info, control))
 }
 
 impl Loop {
@@ -890,8 +886,8 @@ impl Loop {
         if let Some(c) = self.control.take() {
             c.close();
         }
-        if let Some(p) = &self.pidfile {
-            remove_pidfile(p);
+        if let Some(p) = self.pidfile.take() {
+            p.remove();
         }
         log::logger().flush();
     }
