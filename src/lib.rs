@@ -11,6 +11,7 @@ pub mod log;
 pub mod master;
 pub mod pidfile;
 pub mod protocol;
+pub mod sdnotify;
 pub mod sys;
 
 /// Version of this code, reported by the probe (`VERSION=`) and `--version`.

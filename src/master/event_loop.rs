@@ -6,10 +6,11 @@
 //! is poll(2) with the earliest deadline as its timeout, so an idle master
 //! does not wake up.
 
-use super::state::{Action, ClientId, Event, Master, ProbeFailure, ProbeInfo, Requester, WorkerId};
+use super::state::{Action, ClientId, Event, Master, Notify, ProbeFailure, ProbeInfo, Requester, WorkerId};
 use crate::config::Config;
 use crate::control::{self, Command, ControlServer};
 use crate::pidfile::Pidfile;
+use crate::sdnotify::{self, Notifier};
 use crate::protocol::{self, LineBuffer, Report};
 use crate::sys::{self, ExitStatus, SpawnSpec};
 use std::collections::{BTreeMap, VecDeque};
@@ -319,7 +320,9 @@ fn build_spec(
     let mut env = Vec::new();
     for (k, v) in std::env::vars_os() {
         let kb = k.as_bytes();
-        if kb.starts_with(b"LISTEN_") || kb.starts_with(b"ZDRESTART_") {
+        // NOTIFY_SOCKET is the master's: a worker must not speak for it to
+        // the service manager.
+        if kb.starts_with(b"LISTEN_") || kb.starts_with(b"ZDRESTART_") || kb == crate::sdnotify::ENV_NOTIFY_SOCKET.as_bytes() {
             continue;
         }
         let mut e = kb.to_vec();
@@ -442,6 +445,8 @@ struct Loop {
     server_user: Option<String>,
     /// The log level in force from the config (not a LOGLEVEL override).
     config_level: log::LevelFilter,
+    /// sd_notify(3) sender, when `$NOTIFY_SOCKET` is set.
+    notifier: Option<Notifier>,
 }
 
 /// Run the master until it stops. Start-up errors come back as `Err` with a
@@ -475,6 +480,13 @@ pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
             return Err(format!("install signal handlers: {}", e));
         }
     };
+    let notifier = match Notifier::from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("{}; not notifying the service manager", e);
+            None
+        }
+    };
     let cfg = Arc::new(cfg);
     log::info!(event = "master.start", workers = cfg.workers, listen = cfg.listen_display(), magic = info.magic,
         version = info.version.as_str(), driver = cfg.driver.as_str();
@@ -494,6 +506,7 @@ pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
         pidfile,
         server_user: cfg.server_user.clone(),
         config_level: cfg.log_level,
+        notifier,
     };
     let code = lp.run();
     lp.shutdown();
@@ -703,7 +716,25 @@ impl Loop {
                 }
             }
             Action::Reply { client, line } => self.reply(client, &line),
+            Action::Notify(n) => self.notify(n),
             Action::Exit(code) => self.exit = Some(code),
+        }
+    }
+
+    /// One sd_notify(3) datagram; a failure is logged, never fatal.
+    fn notify(&self, n: Notify) {
+        let Some(notifier) = &self.notifier else { return };
+        let text = match n {
+            Notify::Ready(status) => sdnotify::message("READY=1", &status),
+            Notify::Reloading(status) => {
+                let head = format!("RELOADING=1\nMONOTONIC_USEC={}", sys::monotonic_usec());
+                sdnotify::message(&head, &status)
+            }
+            Notify::Stopping(status) => sdnotify::message("STOPPING=1", &status),
+        };
+        match notifier.send(&text) {
+            Ok(()) => log::debug!(component = "master", sd_notify = text.as_str(); "told the service manager: {}", text.replace('\n', " ")),
+            Err(e) => log::warn!("{}", e),
         }
     }
 

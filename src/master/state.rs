@@ -100,8 +100,24 @@ pub enum Action {
     Probe { config: Arc<Config> },
     CancelProbe,
     Reply { client: ClientId, line: String },
+    /// Tell the service manager (sd_notify(3), when `NOTIFY_SOCKET` is set).
+    Notify(Notify),
     /// Exit the master with this status (after cleanup).
     Exit(i32),
+}
+
+/// A notification to the service manager: one datagram, whose `STATUS=` is
+/// the text held here (what `systemctl status` shows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notify {
+    /// `READY=1`: the first generation is ready, or a restart ended
+    /// (complete, refused or aborted).
+    Ready(String),
+    /// `RELOADING=1` and `MONOTONIC_USEC=` (filled in by the loop, which
+    /// owns the clock): a restart request is being handled.
+    Reloading(String),
+    /// `STOPPING=1`: a graceful stop began.
+    Stopping(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +205,8 @@ pub struct Master {
     streak: BTreeMap<u32, u32>,
     last_restart: Option<RestartRecord>,
     exited: bool,
+    /// `READY=1` was sent for the first generation.
+    notified_ready: bool,
 }
 
 impl Master {
@@ -205,6 +223,7 @@ impl Master {
             streak: BTreeMap::new(),
             last_restart: None,
             exited: false,
+            notified_ready: false,
         }
     }
 
@@ -243,6 +262,19 @@ impl Master {
             Phase::Lockout => "lockout",
             Phase::Stopping => "stopping",
         }
+    }
+
+    /// The `STATUS=` text for the service manager: state, generation,
+    /// workers, then `tail` (what just happened).
+    fn notify_status(&self, tail: &str) -> String {
+        let ready = self.workers.values().filter(|w| w.state == WorkerState::Ready).count();
+        let state = if self.is_locked_out() { "LOCKOUT" } else { self.state_name() };
+        let mut s = format!("{}: generation {}, {} of {} workers ready", state, self.generation, ready, self.config.workers);
+        if !tail.is_empty() {
+            s.push_str("; ");
+            s.push_str(tail);
+        }
+        s
     }
 
     /// The earliest deadline the loop must wake up for.
@@ -348,6 +380,11 @@ impl Master {
             "zero-downtime restart refused: {}{}{}", reason, if detail.is_empty() { "" } else { ": " }, detail);
         // A refusal while a restart runs, or in lockout, must not hide that
         // restart's record from STATUS.
+        if reason != reason::IN_FLIGHT && reason != reason::ABORTED && reason != reason::STOPPING {
+            // The request had been taken up (RELOADING=1): it ends here.
+            let text = self.notify_status(&format!("zero-downtime restart refused: {}", reason));
+            out.push(Action::Notify(Notify::Ready(text)));
+        }
         if reason != reason::IN_FLIGHT && reason != reason::ABORTED {
             self.last_restart = Some(RestartRecord {
                 generation: None,
@@ -378,6 +415,11 @@ impl Master {
             Phase::Stopping => return self.refuse(by, reason::STOPPING, "the master is stopping", out),
             Phase::Running => {}
         }
+        // Taken up: from here every path ends with READY=1 (refused,
+        // aborted or complete).
+        let by_what = match by { Requester::Signal => "SIGUSR2", Requester::Control { .. } => "control socket" };
+        let text = self.notify_status(&format!("zero-downtime restart requested ({})", by_what));
+        out.push(Action::Notify(Notify::Reloading(text)));
         let new = match config {
             Ok(c) => c,
             Err(e) => return self.refuse(by, reason::BAD_CONFIG, &e, out),
@@ -483,6 +525,14 @@ impl Master {
         let (pid, generation) = (w.pid.unwrap_or(0), w.generation);
         log::info!(event = "worker.ready", worker_pid = pid, generation = generation, worker = w.index,
             ms = now.duration_since(w.started).as_millis() as u64; "worker {} ready", pid);
+        if !self.notified_ready && generation == 1 && !matches!(self.phase, Phase::Stopping) {
+            let ready = self.workers.values().filter(|w| w.generation == 1 && w.state == WorkerState::Ready).count();
+            if ready as u32 >= self.config.workers {
+                self.notified_ready = true;
+                let text = self.notify_status("");
+                out.push(Action::Notify(Notify::Ready(text)));
+            }
+        }
         if let Phase::Rolling(r) = &mut self.phase {
             if generation != r.generation {
                 return;
@@ -552,6 +602,11 @@ impl Master {
             "zero-downtime restart aborted: {}: {}", why, detail);
         log::error!(event = "master.lockout";
             "restarts are now refused and no worker will be respawned: restart the master as soon as possible");
+        let text = self.notify_status(&format!(
+            "zero-downtime restart to generation {} aborted: {}; restarts refused, restart the master as soon as possible",
+            r.generation, why
+        ));
+        out.push(Action::Notify(Notify::Ready(text)));
         self.last_restart = Some(RestartRecord {
             generation: Some(r.generation),
             started_wall: self.last_restart.as_ref().map(|l| l.started_wall).unwrap_or_else(SystemTime::now),
@@ -661,6 +716,7 @@ impl Master {
             return;
         }
         log::info!(signal = signal; "{} received: stopping {} workers", signal, self.workers.len());
+        out.push(Action::Notify(Notify::Stopping(format!("stopping ({}): {} workers", signal, self.workers.len()))));
         match std::mem::replace(&mut self.phase, Phase::Stopping) {
             Phase::Probing { requesters, .. } => {
                 out.push(Action::CancelProbe);
@@ -762,6 +818,8 @@ impl Master {
         self.config = r.config;
         self.version = r.version;
         self.streak.clear();
+        let text = self.notify_status("zero-downtime restart complete");
+        out.push(Action::Notify(Notify::Ready(text)));
         if let Some(l) = &mut self.last_restart {
             l.outcome = "complete";
             l.duration_ms = Some(ms);

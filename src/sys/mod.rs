@@ -483,3 +483,12 @@ pub fn ensure_std_fds() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// CLOCK_MONOTONIC in microseconds (sd_notify(3) `MONOTONIC_USEC=`).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the local we pass;
+    // CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
