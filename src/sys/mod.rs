@@ -6,6 +6,9 @@
 //! with each result; nothing here logs.
 #![allow(unsafe_code)]
 
+mod procs;
+pub use procs::*;
+
 use std::io;
 use std::ffi::CString;
 use std::io::Read;
