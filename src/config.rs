@@ -1,4 +1,4 @@
-//! The configuration file (DESIGN.md section 2): parsing and validation.
+//! The configuration file (zdrestart.json(5)): parsing and validation.
 //!
 //! Owns the meaning and defaults of every key. It reads one file and returns a
 //! validated [`Config`] or an error that names the file, the key, the value and

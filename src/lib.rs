@@ -9,15 +9,18 @@ pub mod config;
 pub mod control;
 pub mod log;
 pub mod master;
-pub mod pidfile;
 pub mod protocol;
+pub mod restart;
 pub mod sdnotify;
+pub mod signals;
+pub mod status;
 pub mod sys;
 
 /// Version of this code, reported by the probe (`VERSION=`) and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The compatibility magic number (DESIGN.md 5.5). The master records the one
+/// The compatibility magic number (ARCHITECTURE.md, "The worker protocol";
+/// zdrestart-worker(7)). The master records the one
 /// the probe reports at start; a restart to code reporting another is refused
 /// (`incompatibility`).
 ///

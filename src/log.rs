@@ -1,4 +1,5 @@
-//! Bunyan logging (DESIGN.md section 7) behind the `log` facade.
+//! Bunyan logging (ARCHITECTURE.md, "Logs"; zdrestart(8), "Logging") behind
+//! the `log` facade.
 //!
 //! Owns the one global logger of a process: where records go (a log file
 //! opened O_APPEND, stderr, or stdout for workers), their bunyan shape, the

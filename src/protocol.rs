@@ -1,10 +1,11 @@
-//! The worker protocol, version 1 (DESIGN.md section 5): report lines and the
-//! names of the environment variables.
+//! The worker protocol, version 1 (ARCHITECTURE.md, "The worker protocol";
+//! zdrestart-worker(7)): report lines, the names of the environment
+//! variables and the fd numbers a worker finds its pipes at.
 //!
 //! Owns the wire format shared by the master, the built-in worker and any
 //! third-party worker. Pure: no I/O beyond formatting and parsing.
 
-/// Environment variable names of section 5.1.
+/// Environment variable names.
 pub const ENV_LISTEN_FDS: &str = "LISTEN_FDS";
 pub const ENV_LISTEN_PID: &str = "LISTEN_PID";
 pub const ENV_LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
@@ -21,6 +22,18 @@ pub const ENV_LOGLEVEL: &str = "ZDRESTART_LOGLEVEL";
 pub const ENV_CONTROL_FD: &str = "ZDRESTART_CONTROL_FD";
 /// First inherited listener fd (systemd convention).
 pub const LISTEN_FDS_START: i32 = 3;
+
+/// The fd at which a child with `nlisten` listeners finds its report pipe
+/// (`ZDRESTART_NOTIFY_FD`): right after the listeners.
+pub const fn notify_fd(nlisten: usize) -> i32 {
+    LISTEN_FDS_START + nlisten as i32
+}
+
+/// The fd at which a child with `nlisten` listeners finds the read end of
+/// its control pipe (`ZDRESTART_CONTROL_FD`): right after the report pipe.
+pub const fn control_fd(nlisten: usize) -> i32 {
+    notify_fd(nlisten) + 1
+}
 /// Longest report line the master keeps; longer lines are cut.
 pub const MAX_REPORT_LINE: usize = 4096;
 

@@ -5,10 +5,12 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use zdrestart::config::{Config, Driver, DEFAULT_PATH};
+use zdrestart::config::{Config, DEFAULT_PATH};
 use zdrestart::control;
+use zdrestart::master::admission::{self, Running};
 use zdrestart::master::event_loop::{self, Options};
-use zdrestart::master::state::reason;
+use zdrestart::master::probe::probe_blocking;
+use zdrestart::status::{MasterState, StatusReport};
 
 const HELP: &str = "\
 zdrestart: run a network service as a master and N workers, and roll the
@@ -69,6 +71,20 @@ fn main() -> ExitCode {
             _ => return usage_error(&format!("unknown argument '{}'", a.to_string_lossy())),
         }
     }
+    // The master's very first action: from here no signal it uses can kill
+    // it with the default action (zdrestart(8), SIGNALS). `--check` keeps
+    // the defaults (Ctrl-C ends it).
+    let signals = if check {
+        None
+    } else {
+        match event_loop::install_signals() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("zdrestart: {}", e);
+                return ExitCode::from(1);
+            }
+        }
+    };
     let cfg = match Config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -76,9 +92,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if check {
+    let Some(signals) = signals else {
         return run_check(cfg);
-    }
+    };
     let target = match &cfg.logfile {
         Some(p) => zdrestart::log::Target::File(p.clone()),
         None if std::io::stderr().is_terminal() => zdrestart::log::Target::Terminal,
@@ -93,7 +109,7 @@ fn main() -> ExitCode {
         eprintln!("zdrestart: warning: {}", w);
     }
     let opts = Options { no_pidfd: std::env::var_os("ZDRESTART_NO_PIDFD").is_some_and(|v| v == "1") };
-    match event_loop::run(cfg, opts) {
+    match event_loop::run(cfg, opts, signals) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             log::error!(fatal = true, event = "master.stop"; "{}", e);
@@ -103,7 +119,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--check`: the verdict an operator wants before sending SIGUSR2.
+/// `--check`: the verdict an operator wants before sending SIGUSR2, from the
+/// same admission function as the master's (`admission::admit`).
 fn run_check(cfg: Config) -> ExitCode {
     for w in &cfg.warnings {
         println!("warning: {}", w);
@@ -115,7 +132,7 @@ fn run_check(cfg: Config) -> ExitCode {
         cfg.driver.as_str(),
         cfg.listen_display()
     );
-    let outcome = event_loop::probe_blocking(&cfg);
+    let outcome = probe_blocking(&cfg, None).unwrap_or_default();
     for l in &outcome.output {
         println!("probe output: {}", l);
     }
@@ -125,58 +142,32 @@ fn run_check(cfg: Config) -> ExitCode {
         Err(f) => println!("probe: failed: {}", f.error),
     }
     // The running master, if its control socket answers: its recorded magic
-    // number and state are what a restart is checked against.
-    let running = cfg.control_socket.as_deref().and_then(master_status);
-    let recorded = match &running {
+    // number, state and listen address are what a restart is checked against.
+    let running = match cfg.control_socket.as_deref().and_then(master_status) {
         Some(st) => {
-            println!(
-                "running master: pid {}, state {}, magic {}",
-                st["pid"], st["state"].as_str().unwrap_or("?"), st["magic"]
-            );
-            st["magic"].as_u64().unwrap_or(zdrestart::MAGIC)
+            println!("running master: pid {}, state {}, magic {}", st.pid, st.state, st.magic);
+            Running { state: st.state, listen: st.listen, magic: st.magic }
         }
         None => {
             println!("running master: not reachable (no controlSocket, or not running): comparing with this zdrestart's magic {}", zdrestart::MAGIC);
-            zdrestart::MAGIC
+            Running { state: MasterState::Running, listen: cfg.listen_display(), magic: zdrestart::MAGIC }
         }
     };
-    let probe_magic = match &verdict {
-        Ok(info) => Some(info.magic),
-        Err(f) => f.magic,
-    };
-    let state = running.as_ref().and_then(|s| s["state"].as_str().map(str::to_string));
-    let refusal = if state.as_deref() == Some("restarting") {
-        Some((reason::IN_FLIGHT, "the running master is restarting now".to_string()))
-    } else if running.as_ref().is_some_and(|s| s["lockout"] == true) {
-        Some((reason::ABORTED, "the running master locked out after an aborted restart".to_string()))
-    } else if let Some(l) = running.as_ref().and_then(|s| s["listen"].as_str()).filter(|l| *l != cfg.listen_display()) {
-        Some((reason::LISTEN_CHANGED, format!("{} -> {}; use a normal restart", l, cfg.listen_display())))
-    } else if cfg.workers < 2 {
-        Some((reason::NO_WORKERS, format!("workers is {}, at least 2 are needed", cfg.workers)))
-    } else if cfg.driver != Driver::Mongodb {
-        Some((reason::BAD_DRIVER, format!("driver is \"{}\"", cfg.driver.as_str())))
-    } else if let Some(m) = probe_magic.filter(|&m| m != recorded) {
-        Some((reason::INCOMPATIBILITY, format!("the worker program reports magic {}, the master has {}", m, recorded)))
-    } else if let Err(f) = &verdict {
-        Some((reason::PROBE_FAILED, f.error.clone()))
-    } else {
-        None
-    };
-    match refusal {
-        None => {
+    match admission::admit(&running, Ok::<_, String>(&cfg), verdict) {
+        Ok(_) => {
             println!("verdict: a zero-downtime restart would be accepted");
             ExitCode::SUCCESS
         }
-        Some((r, detail)) => {
-            println!("verdict: a zero-downtime restart would be refused: {}: {}", r, detail);
-            println!("{}", control::operator_message(r));
+        Err(refused) => {
+            println!("verdict: a zero-downtime restart would be refused: {}", refused);
+            println!("{}", control::operator_message(refused.reason.wire()));
             ExitCode::from(1)
         }
     }
 }
 
 /// STATUS of the master on `sock`, or None when nobody answers (bounded: 2 s).
-fn master_status(sock: &std::path::Path) -> Option<serde_json::Value> {
+fn master_status(sock: &std::path::Path) -> Option<StatusReport> {
     use std::io::{BufRead, BufReader, Write};
     let s = std::os::unix::net::UnixStream::connect(sock).ok()?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;

@@ -1,4 +1,5 @@
-//! zdrestartctl: the client of the master's control socket (DESIGN.md section 8).
+//! zdrestartctl: the client of the master's control socket (zdrestartctl(8);
+//! ARCHITECTURE.md, "The control protocol").
 //!
 //! Sends one command, prints the answer for a person (or the raw JSON of
 //! `status --json`), and exits 0 on ACK, 1 on NACK (reason and advice on
@@ -6,7 +7,6 @@
 //! 2 on usage, connection, timeout or protocol errors. Never links MongoDB.
 #![deny(unsafe_code)]
 
-use serde_json::Value;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 use zdrestart::config::{self, Config};
 use zdrestart::control::{self, Answer};
+use zdrestart::restart::Reason;
+use zdrestart::status::StatusReport;
 
 const EXIT_ACK: u8 = 0;
 const EXIT_NACK: u8 = 1;
@@ -233,7 +235,7 @@ fn socket_path(opts: &Opts) -> Result<PathBuf, String> {
         Ok(c) => Ok(c.control_socket.unwrap_or(default)),
         Err(e) => {
             // An invalid config (being edited?) may still name the socket.
-            let named = serde_json::from_str::<Value>(&text)
+            let named = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
                 .and_then(|v| v.get("controlSocket").and_then(|s| s.as_str()).map(|s| s.to_string()))
                 .filter(|s| !s.is_empty());
@@ -324,63 +326,50 @@ fn converse(
     Ok(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string())
 }
 
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(|x| x.as_str()).unwrap_or("-")
+/// A number that may be absent, as `-`.
+fn opt(n: Option<impl std::fmt::Display>) -> String {
+    n.map_or_else(|| "-".into(), |n| n.to_string())
 }
 
-fn num(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        Some(Value::Number(n)) => n.to_string(),
-        Some(Value::String(s)) => s.clone(),
-        _ => "-".into(),
-    }
-}
-
-/// STATUS JSON for a person.
-fn render_status(v: &Value) -> String {
+/// STATUS for a person.
+fn render_status(st: &StatusReport) -> String {
     let mut o = String::new();
-    let lockout = v.get("lockout").and_then(|x| x.as_bool()).unwrap_or(false);
-    o += &format!("state:         {}\n", text(v, "state"));
-    o += &format!("generation:    {}\n", num(v, "generation"));
-    o += &format!("lockout:       {}\n", if lockout { "YES" } else { "no" });
-    o += &format!("magic:         {}\n", num(v, "magic"));
-    o += &format!("version:       {}\n", text(v, "version"));
-    o += &format!("master:        pid {}, started {}\n", num(v, "pid"), text(v, "started"));
-    match v.get("last_restart") {
-        Some(lr) if lr.is_object() => {
-            let outcome = text(lr, "outcome");
-            let mut s = format!("generation {}, started {}: {}", num(lr, "generation"), text(lr, "started"), outcome);
-            if let Some(ms) = lr.get("duration_ms").and_then(|x| x.as_u64()) {
+    o += &format!("state:         {}\n", st.state);
+    o += &format!("generation:    {}\n", st.generation);
+    o += &format!("lockout:       {}\n", if st.lockout { "YES" } else { "no" });
+    o += &format!("magic:         {}\n", st.magic);
+    o += &format!("version:       {}\n", st.version);
+    o += &format!("master:        pid {}, started {}\n", st.pid, st.started);
+    match &st.last_restart {
+        Some(lr) => {
+            let mut s = format!("generation {}, started {}: {}", opt(lr.generation), lr.started, lr.outcome);
+            if let Some(ms) = lr.duration_ms {
                 s += &format!(" in {}.{:03} s", ms / 1000, ms % 1000);
             }
-            if let Some(r) = lr.get("reason").and_then(|x| x.as_str()) {
+            if let Some(r) = &lr.reason {
                 s += &format!(" ({})", r);
             }
             o += &format!("last restart:  {}\n", s);
         }
-        _ => o += "last restart:  none\n",
+        None => o += "last restart:  none\n",
     }
-    let workers = v.get("workers").and_then(|w| w.as_array()).cloned().unwrap_or_default();
-    o += &format!("workers:       {}\n", workers.len());
-    if !workers.is_empty() {
+    o += &format!("workers:       {}\n", st.workers.len());
+    if !st.workers.is_empty() {
         o += &format!("  {:>8}  {:>4}  {:>5}  {:<9} {}\n", "PID", "GEN", "INDEX", "STATE", "STARTED");
-        for w in &workers {
+        for w in &st.workers {
             o += &format!(
                 "  {:>8}  {:>4}  {:>5}  {:<9} {}\n",
-                num(w, "pid"),
-                num(w, "generation"),
-                num(w, "index"),
-                text(w, "state"),
-                text(w, "started")
+                opt(w.pid),
+                w.generation,
+                w.index,
+                w.state.as_str(),
+                w.started
             );
         }
     }
-    if lockout {
-        o += &format!(
-            "\nLockout: {}.\n{}\n",
-            control::describe(control::REASON_ABORTED_RESTART),
-            control::advice(control::REASON_ABORTED_RESTART)
-        );
+    if st.lockout {
+        let r = Reason::AbortedRestart;
+        o += &format!("\nLockout: {}.\n{}\n", r.describe(), r.advice());
     }
     o
 }
@@ -390,7 +379,9 @@ fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
     match answer {
         Answer::Nack(reason) => {
             let verb = match cmd {
-                Cmd::Restart { .. } if control::reason_key(&reason) == control::REASON_ABORTED => "restart failed",
+                Cmd::Restart { .. } if Reason::from_wire(control::reason_key(&reason)) == Some(Reason::Aborted) => {
+                    "restart failed"
+                }
                 Cmd::Restart { .. } => "restart refused",
                 other => other.name(),
             };
@@ -411,9 +402,9 @@ fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
                 }
                 Cmd::Status { json: true } => println!("{}", data),
                 Cmd::Status { json: false } => {
-                    let v: Value = serde_json::from_str(&data)
+                    let st: StatusReport = serde_json::from_str(&data)
                         .map_err(|e| format!("STATUS answer is not JSON ({}): {}", e, data))?;
-                    print!("{}", render_status(&v));
+                    print!("{}", render_status(&st));
                 }
                 Cmd::Version | Cmd::Cmds => println!("{}", data),
                 Cmd::LogLevel(l) if l == "restore" => println!("log level restored to logLevel of the config"),
@@ -538,7 +529,7 @@ mod tests {
 
     #[test]
     fn renders_status() {
-        let v: Value = serde_json::from_str(
+        let v: StatusReport = serde_json::from_str(
             r#"{"state":"lockout","generation":3,"lockout":true,"magic":1,"version":"0.1.0","pid":100,
             "started":"2024-01-01T00:00:00.000Z","last_restart":{"generation":3,"started":"2024-01-01T00:10:00.000Z",
             "outcome":"aborted","reason":"new worker 12 exited with status 1","duration_ms":1500},
@@ -551,7 +542,7 @@ mod tests {
         assert!(s.contains("aborted in 1.500 s (new worker 12 exited with status 1)"), "{}", s);
         assert!(s.contains("      11     2      0  ready"), "{}", s);
         assert!(s.contains("restart the master as soon as possible"), "{}", s);
-        let v: Value = serde_json::from_str(r#"{"state":"running","last_restart":null,"workers":[]}"#).unwrap();
+        let v: StatusReport = serde_json::from_str(r#"{"state":"running","last_restart":null,"workers":[]}"#).unwrap();
         let s = render_status(&v);
         assert!(s.contains("last restart:  none") && s.contains("workers:       0"), "{}", s);
     }

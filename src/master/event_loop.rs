@@ -1,33 +1,44 @@
 //! The master's poll loop: turns fds into events and actions into syscalls.
 //!
-//! Owns the listeners, the signal self-pipe, each child's pidfd and pipes, the
-//! probe child, the control socket and the pidfile. It decides nothing: every
-//! decision is in [`super::state::Master`]. One thread; the only blocking call
-//! is poll(2) with the earliest deadline as its timeout, so an idle master
-//! does not wake up.
+//! Owns the children table, the probe in flight, the control server and the
+//! signal pipe while the master runs, and the start-up sequence ([`run`]).
+//! It decides nothing: every decision is in [`super::state::Master`]. One
+//! thread; the only blocking call is poll(2) with the earliest deadline as
+//! its timeout, so an idle master does not wake up. The pieces it drives
+//! live beside it: [`super::child`] (a child's fds), [`super::probe`],
+//! [`super::spawn_spec`], [`super::listeners`], [`super::pidfile`] and
+//! [`crate::signals`].
 
+use super::child::Child;
+use super::listeners::bind_listeners;
+use super::orphans;
+use super::pidfile::Pidfile;
+use super::probe::{probe_blocking, ProbeOutcome, ProbeRun};
+use super::spawn_spec::build_spec;
 use super::state::{Action, ClientId, Event, Master, Notify, ProbeFailure, ProbeInfo, Requester, WorkerId};
 use crate::config::Config;
 use crate::control::{self, Command, ControlServer};
-use crate::pidfile::Pidfile;
+use crate::protocol::Report;
+use crate::restart::Reason;
 use crate::sdnotify::{self, Notifier};
-use crate::protocol::{self, LineBuffer, Report};
-use crate::sys::{self, ExitStatus, SpawnSpec};
+use crate::signals::SignalPipe;
+use crate::sys::{self, ExitStatus};
 use std::collections::{BTreeMap, VecDeque};
-use std::ffi::CString;
-use std::fs::File;
-use std::io::{self, Read};
-use std::net::{TcpListener, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// How much the loop reads from one pipe per wake-up (bounded work per fd).
-const READ_CHUNK: usize = 8192;
+/// The signals the master handles, from its first instant
+/// ([`install_signals`]).
+pub const SIGNALS: [i32; 5] = [libc::SIGTERM, libc::SIGINT, libc::SIGUSR2, libc::SIGHUP, libc::SIGCHLD];
+
+/// Install the master's signal handlers: the first thing `zdrestart` does
+/// (before the config, the listeners and the probe), so that no signal the
+/// master uses can kill it with the default action while it starts.
+pub fn install_signals() -> Result<SignalPipe, String> {
+    SignalPipe::install(&SIGNALS).map_err(|e| format!("install signal handlers: {}", sys::strerror(&e)))
+}
 
 /// Options from the command line.
 #[derive(Debug, Clone, Default)]
@@ -36,393 +47,37 @@ pub struct Options {
     pub no_pidfd: bool,
 }
 
-/// A child's pipes, read line by line.
-struct Pipes {
-    notify: Option<File>,
-    notify_buf: LineBuffer,
-    output: Option<File>,
-    output_buf: LineBuffer,
-}
-
-impl Pipes {
-    fn new(notify: OwnedFd, output: OwnedFd) -> Pipes {
-        // Non-blocking: a child that writes half a line must not stall us.
-        let _ = sys::set_nonblocking(notify.as_fd(), true);
-        let _ = sys::set_nonblocking(output.as_fd(), true);
-        Pipes {
-            notify: Some(File::from(notify)),
-            notify_buf: LineBuffer::default(),
-            output: Some(File::from(output)),
-            output_buf: LineBuffer::default(),
-        }
-    }
-}
-
-/// Read once (or until EAGAIN when `drain`) from `file`; complete lines go to
-/// `lines`. Returns false at EOF or on error (the caller drops the fd).
-fn read_lines(file: &mut File, buf: &mut LineBuffer, drain: bool, lines: &mut Vec<String>) -> bool {
-    let mut chunk = [0u8; READ_CHUNK];
-    loop {
-        match file.read(&mut chunk) {
-            Ok(0) => {
-                lines.extend(buf.finish());
-                return false;
-            }
-            Ok(n) => {
-                lines.extend(buf.push(&chunk[..n], protocol::MAX_REPORT_LINE));
-                if !drain {
-                    return true;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-            Err(_) => return false,
-        }
-    }
-}
-
-struct Child {
-    pid: u32,
-    pidfd: Option<OwnedFd>,
-    pipes: Pipes,
-    /// Write end of the worker's control pipe (non-blocking).
-    control: File,
-}
-
-impl Child {
-    fn new(sp: sys::Spawned, pidfd: Option<OwnedFd>) -> Child {
-        // Non-blocking: a worker that does not read its control pipe only
-        // misses lines, it never stalls the master.
-        let _ = sys::set_nonblocking(sp.control.as_fd(), true);
-        Child { pid: sp.pid, pidfd, pipes: Pipes::new(sp.notify, sp.output), control: File::from(sp.control) }
-    }
-
-    /// Send one control line; a full or closed pipe drops it.
-    fn send(&self, line: &str) {
-        use std::io::Write;
-        let _ = (&self.control).write(line.as_bytes());
-    }
-}
-
-/// What a probe of the worker program said.
-#[derive(Debug, Clone, Default)]
-pub struct ProbeOutcome {
-    pub magic: Option<u64>,
-    pub version: Option<String>,
-    pub error: Option<String>,
-    pub status: Option<ExitStatus>,
-    pub timed_out: bool,
-    /// Could not run at all (exec failure etc.).
-    pub spawn_error: Option<String>,
-    pub output: Vec<String>,
-}
-
-impl ProbeOutcome {
-    /// The verdict for a restart: every problem is a failure.
-    pub fn for_restart(&self, timeout: Duration) -> Result<ProbeInfo, ProbeFailure> {
-        let fail = |error: String| Err(ProbeFailure { magic: self.magic, error });
-        if let Some(e) = &self.spawn_error {
-            return fail(e.clone());
-        }
-        if self.timed_out {
-            return fail(format!("no answer within probeTimeout ({:?})", timeout));
-        }
-        if let Some(e) = &self.error {
-            return fail(format!("ERROR={}", e));
-        }
-        match self.status {
-            Some(st) if !st.success() => return fail(format!("probe exited with {}", st)),
-            _ => {}
-        }
-        match self.magic {
-            Some(m) => Ok(ProbeInfo { magic: m, version: self.version.clone().unwrap_or_default() }),
-            None => fail("the probe reported no MAGIC=".into()),
-        }
-    }
-}
-
-/// A probe child in flight.
-struct ProbeRun {
-    child: Child,
-    deadline: Instant,
-    timeout: Duration,
-    outcome: ProbeOutcome,
-}
-
-impl ProbeRun {
-    fn start(cfg: &Config, no_pidfd: bool, loglevel: Option<&str>, user: Option<&str>) -> Result<ProbeRun, String> {
-        let spec = build_spec(cfg, 0, 0, &[], true, loglevel, user)?;
-        let sp = sys::spawn(&spec).map_err(|e| format!("cannot run probe {}: {}", spec.path.to_string_lossy(), e))?;
-        log::debug!(component = "probe", worker_pid = sp.pid; "probe {} started", sp.pid);
-        let pidfd = if no_pidfd { None } else { sys::pidfd_open(sp.pid).ok() };
-        Ok(ProbeRun {
-            child: Child::new(sp, pidfd),
-            deadline: Instant::now() + cfg.probe_timeout,
-            timeout: cfg.probe_timeout,
-            outcome: ProbeOutcome::default(),
-        })
-    }
-
-    fn absorb(&mut self, drain: bool) {
-        let pid = self.child.pid;
-        let p = &mut self.child.pipes;
-        let mut lines = Vec::new();
-        if let Some(f) = p.notify.as_mut() {
-            if !read_lines(f, &mut p.notify_buf, drain, &mut lines) {
-                p.notify = None;
-            }
-        }
-        for l in lines.drain(..) {
-            match Report::parse(&l) {
-                Report::Magic(m) => self.outcome.magic = Some(m),
-                Report::Version(v) => self.outcome.version = Some(v),
-                Report::Error(e) => self.outcome.error = Some(e),
-                Report::BadMagic(v) => self.outcome.error = Some(format!("MAGIC={} is not a number", v)),
-                other => log::debug!(component = "probe", worker_pid = pid; "probe report {:?}", other),
-            }
-        }
-        if let Some(f) = p.output.as_mut() {
-            if !read_lines(f, &mut p.output_buf, drain, &mut lines) {
-                p.output = None;
-            }
-        }
-        for l in lines {
-            crate::log::worker_line("probe", pid, &l);
-            if self.outcome.output.len() == 10 {
-                self.outcome.output.remove(0);
-            }
-            self.outcome.output.push(l);
-        }
-    }
-
-    /// Reap if it exited; true when finished.
-    fn check_exit(&mut self) -> bool {
-        if let Ok(Some(st)) = sys::try_wait(self.child.pid) {
-            self.outcome.status = Some(st);
-            self.absorb(true);
-            return true;
-        }
-        false
-    }
-
-    fn kill(&mut self) {
-        let _ = sys::kill(self.child.pid, libc::SIGKILL);
-        if let Ok(st) = sys::wait(self.child.pid) {
-            self.outcome.status = Some(st);
-        }
-        self.absorb(true);
-    }
-}
-
-/// Run the probe to completion (start-up and `--check`), blocking.
-pub fn probe_blocking(cfg: &Config) -> ProbeOutcome {
-    let mut run = match ProbeRun::start(cfg, false, None, cfg.server_user.as_deref()) {
-        Ok(r) => r,
-        Err(e) => return ProbeOutcome { spawn_error: Some(e), ..Default::default() },
-    };
-    loop {
-        if run.check_exit() {
-            break;
-        }
-        let now = Instant::now();
-        if now >= run.deadline {
-            run.outcome.timed_out = true;
-            run.kill();
-            break;
-        }
-        let mut fds = Vec::new();
-        for fd in [
-            run.child.pidfd.as_ref().map(|f| f.as_raw_fd()),
-            run.child.pipes.notify.as_ref().map(|f| f.as_raw_fd()),
-            run.child.pipes.output.as_ref().map(|f| f.as_raw_fd()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
-        }
-        // Without a pidfd, poll in short steps for the exit.
-        let step = if run.child.pidfd.is_none() { Duration::from_millis(20) } else { run.deadline - now };
-        let _ = sys::poll(&mut fds, Some(step.min(run.deadline - now)));
-        run.absorb(false);
-    }
-    run.outcome
-}
-
-/// Bind every address `address:port` resolves to. Errors name the address.
-pub fn bind_listeners(cfg: &Config) -> Result<Vec<TcpListener>, String> {
-    let shown = cfg.listen_display();
-    let addrs: Vec<_> = (cfg.address.as_str(), cfg.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("resolve {}: {}", shown, sys::strerror(&e)))?
-        .collect();
-    let mut seen = Vec::new();
-    let mut out = Vec::new();
-    for a in addrs {
-        if seen.contains(&a) {
-            continue;
-        }
-        seen.push(a);
-        // std sets SO_REUSEADDR and CLOEXEC on listeners.
-        let l = TcpListener::bind(a).map_err(|e| format!("bind {}: {}", a, sys::strerror(&e)))?;
-        out.push(l);
-    }
-    if out.is_empty() {
-        return Err(format!("resolve {}: no addresses", shown));
-    }
-    Ok(out)
-}
-
-/// The worker argv: `worker` from the config, else the built-in worker next
-/// to this executable, else the packaged one.
-pub fn worker_argv(cfg: &Config) -> Vec<String> {
-    if let Some(w) = &cfg.worker {
-        return w.clone();
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("zdrestart-worker")))
-        .filter(|p| p.is_file());
-    let path = beside.unwrap_or_else(|| PathBuf::from("/usr/lib/zdrestart/zdrestart-worker"));
-    vec![path.to_string_lossy().into_owned()]
-}
-
-fn resolve_program(name: &str) -> Result<PathBuf, String> {
-    if name.contains('/') {
-        return Ok(crate::config::absolute(Path::new(name)));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    for dir in std::env::split_paths(&path) {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    Err(format!("worker program \"{}\" not found in PATH", name))
-}
-
-fn cstring(s: impl AsRef<[u8]>, what: &str) -> Result<CString, String> {
-    CString::new(s.as_ref().to_vec()).map_err(|_| format!("{} contains a NUL byte", what))
-}
-
-/// Everything the child needs, built before fork.
-fn build_spec(
-    cfg: &Config,
-    generation: u32,
-    index: u32,
-    listeners: &[RawFd],
-    probe: bool,
-    loglevel: Option<&str>,
-    server_user: Option<&str>,
-) -> Result<SpawnSpec, String> {
-    let argv = worker_argv(cfg);
-    let path = resolve_program(&argv[0])?;
-    let mut env = Vec::new();
-    for (k, v) in std::env::vars_os() {
-        let kb = k.as_bytes();
-        // NOTIFY_SOCKET is the master's: a worker must not speak for it to
-        // the service manager.
-        if kb.starts_with(b"LISTEN_") || kb.starts_with(b"ZDRESTART_") || kb == crate::sdnotify::ENV_NOTIFY_SOCKET.as_bytes() {
-            continue;
-        }
-        let mut e = kb.to_vec();
-        e.push(b'=');
-        e.extend_from_slice(v.as_bytes());
-        env.push(cstring(e, "environment")?);
-    }
-    let mut set = |k: &str, v: String| -> Result<(), String> {
-        env.push(cstring(format!("{}={}", k, v), k)?);
-        Ok(())
-    };
-    if !probe {
-        set(protocol::ENV_LISTEN_FDS, listeners.len().to_string())?;
-        set(protocol::ENV_LISTEN_FDNAMES, vec!["http"; listeners.len()].join(":"))?;
-        set(protocol::ENV_GENERATION, generation.to_string())?;
-        set(protocol::ENV_WORKER, index.to_string())?;
-    } else {
-        set(protocol::ENV_PROBE, "1".into())?;
-    }
-    set(protocol::ENV_NOTIFY_FD, sys::notify_fd_number(listeners.len()).to_string())?;
-    set(protocol::ENV_CONTROL_FD, sys::control_fd_number(listeners.len()).to_string())?;
-    set(protocol::ENV_CONFIG, cfg.path.to_string_lossy().into_owned())?;
-    if let Some(l) = loglevel {
-        set(protocol::ENV_LOGLEVEL, l.to_string())?;
-    }
-    let user = match server_user {
-        None => None,
-        Some(name) => match sys::lookup_user(name) {
-            Ok(Some(u)) => Some(u),
-            Ok(None) => return Err(format!("serverUser \"{}\": no such user", name)),
-            Err(e) => return Err(format!("serverUser \"{}\": lookup failed: {}", name, sys::strerror(&e))),
-        },
-    };
-    Ok(SpawnSpec {
-        path: cstring(path.as_os_str().as_bytes(), "worker path")?,
-        argv: argv.iter().map(|a| cstring(a, "worker argv")).collect::<Result<_, _>>()?,
-        env,
-        listen_pid: !probe,
-        listen_fds: listeners.to_vec(),
-        user,
-    })
-}
-
-/// Signals, as flags set by handlers plus one self-pipe that wakes poll.
-struct Signals {
-    pipe_r: UnixStream,
-    term: Arc<AtomicBool>,
-    int: Arc<AtomicBool>,
-    usr2: Arc<AtomicBool>,
-    hup: Arc<AtomicBool>,
-    chld: Arc<AtomicBool>,
-}
-
-impl Signals {
-    fn install() -> io::Result<Signals> {
-        let (r, w) = UnixStream::pair()?;
-        r.set_nonblocking(true)?;
-        w.set_nonblocking(true)?;
-        let s = Signals {
-            pipe_r: r,
-            term: Arc::default(),
-            int: Arc::default(),
-            usr2: Arc::default(),
-            hup: Arc::default(),
-            chld: Arc::default(),
-        };
-        for (sig, flag) in [
-            (libc::SIGTERM, &s.term),
-            (libc::SIGINT, &s.int),
-            (libc::SIGUSR2, &s.usr2),
-            (libc::SIGHUP, &s.hup),
-            (libc::SIGCHLD, &s.chld),
-        ] {
-            // The flag first, then the wake-up byte: the loop sees both.
-            signal_hook::flag::register(sig, flag.clone())?;
-            signal_hook::low_level::pipe::register(sig, w.try_clone()?)?;
-        }
-        Ok(s)
-    }
-
-    fn drain(&mut self) {
-        let mut buf = [0u8; 64];
-        while let Ok(n) = (&self.pipe_r).read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-        }
-    }
-}
-
 /// A poll slot: what an entry of the pollfd array stands for.
 enum Slot {
     Signals,
     Pidfd(WorkerId),
-    Notify(WorkerId),
-    Output(WorkerId),
+    Pipe(WorkerId),
     ProbePidfd,
-    ProbeNotify,
-    ProbeOutput,
+    ProbePipe,
     Control(RawFd),
+}
+
+/// The pollfd array of one round and what each entry stands for (reused
+/// across rounds: no allocation once warm).
+#[derive(Default)]
+struct PollSet {
+    fds: Vec<libc::pollfd>,
+    slots: Vec<Slot>,
+    /// Scratch for the control server's fds.
+    control: Vec<(RawFd, i16)>,
+}
+
+impl PollSet {
+    fn clear(&mut self) {
+        self.fds.clear();
+        self.slots.clear();
+        self.control.clear();
+    }
+
+    fn add(&mut self, fd: RawFd, events: i16, slot: Slot) {
+        self.fds.push(libc::pollfd { fd, events, revents: 0 });
+        self.slots.push(slot);
+    }
 }
 
 struct Loop {
@@ -432,7 +87,7 @@ struct Loop {
     children: BTreeMap<WorkerId, Child>,
     probe: Option<ProbeRun>,
     control: Option<ControlServer>,
-    signals: Signals,
+    signals: SignalPipe,
     queue: VecDeque<Event>,
     exit: Option<i32>,
     started_wall: SystemTime,
@@ -449,37 +104,32 @@ struct Loop {
     notifier: Option<Notifier>,
 }
 
-/// Run the master until it stops. Start-up errors come back as `Err` with a
-/// message naming the object and operation; the caller logs and exits 1.
-pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
+/// Run the master until it stops. `signals` were installed first thing
+/// ([`install_signals`]). Start-up errors come back as `Err` with a message
+/// naming the object and operation; the caller logs and exits 1.
+pub fn run(cfg: Config, opts: Options, signals: SignalPipe) -> Result<i32, String> {
     let started_wall = SystemTime::now();
+    // Descendants orphaned below the master (a worker's helpers) come back
+    // to it, to be reaped and ended (zdrestart-worker(7)).
+    if let Err(e) = sys::set_child_subreaper() {
+        log::warn!("prctl PR_SET_CHILD_SUBREAPER: {}; orphans of workers go to init", sys::strerror(&e));
+    }
     // First of the master's resources: a second master must be refused
     // before it binds or probes anything.
     let mut pidfile = match &cfg.pidfile {
         Some(p) => Some(Pidfile::acquire(p)?),
         None => None,
     };
-    let (listeners, info, control) = match prepare(&cfg) {
-        Ok(r) => r,
-        Err(e) => {
+    let started = match prepare(&cfg, &signals) {
+        Ok(Some(r)) => r,
+        other => {
             if let Some(p) = pidfile.take() {
                 p.remove();
             }
-            return Err(e);
+            return other.map(|_| 0);
         }
     };
-    let signals = match Signals::install() {
-        Ok(s) => s,
-        Err(e) => {
-            if let Some(p) = pidfile.take() {
-                p.remove();
-            }
-            if let Some(c) = control {
-                c.close();
-            }
-            return Err(format!("install signal handlers: {}", e));
-        }
-    };
+    let (listeners, info, control) = started;
     let notifier = match Notifier::from_env() {
         Ok(n) => n,
         Err(e) => {
@@ -514,15 +164,38 @@ pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
 }
 
 /// Bind, probe, open the control socket: what must succeed before the first
-/// worker is spawned.
-fn prepare(cfg: &Config) -> Result<(Vec<TcpListener>, ProbeInfo, Option<ControlServer>), String> {
+/// worker is spawned. `Ok(None)`: SIGTERM or SIGINT stopped the start.
+#[allow(clippy::type_complexity)]
+fn prepare(cfg: &Config, signals: &SignalPipe) -> Result<Option<(Vec<TcpListener>, ProbeInfo, Option<ControlServer>)>, String> {
+    // Signals that came before the logger existed are handled now.
+    if starting_signals(signals) {
+        return Ok(None);
+    }
     let listeners = bind_listeners(cfg)?;
     for l in &listeners {
         if let Ok(a) = l.local_addr() {
             log::info!(address = a.to_string(); "listening on {}", a);
         }
     }
-    let outcome = probe_blocking(cfg);
+    let mut on_signal = || starting_signals(signals);
+    let Some(outcome) = probe_blocking(cfg, Some((signals.as_raw_fd(), &mut on_signal))) else {
+        return Ok(None);
+    };
+    let info = start_verdict(cfg, &outcome)?;
+    if starting_signals(signals) {
+        return Ok(None);
+    }
+    let control = match &cfg.control_socket {
+        None => None,
+        // ControlServer errors already name the socket path.
+        Some(p) => Some(ControlServer::bind(p).map_err(|e| e.to_string())?),
+    };
+    Ok(Some((listeners, info, control)))
+}
+
+/// The probe at start: a magic number is enough (an `ERROR=` with it, for
+/// the built-in worker a database down, is only a warning).
+fn start_verdict(cfg: &Config, outcome: &ProbeOutcome) -> Result<ProbeInfo, String> {
     let info = match (&outcome.magic, &outcome.spawn_error) {
         (_, Some(e)) => return Err(format!("probe of the worker program failed: {}", e)),
         (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default() },
@@ -537,60 +210,50 @@ fn prepare(cfg: &Config) -> Result<(Vec<TcpListener>, ProbeInfo, Option<ControlS
     }
     log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
         "worker program reports magic number {} (version {})", info.magic, info.version);
-    let control = match &cfg.control_socket {
-        None => None,
-        // ControlServer errors already name the socket path.
-        Some(p) => Some(ControlServer::bind(p).map_err(|e| e.to_string())?),
-    };
-    Ok((listeners, info, control))
+    Ok(info)
+}
+
+/// The signals of the start-up window, before the loop runs: SIGUSR2 is
+/// refused as `starting`, SIGHUP reopens the log, SIGTERM and SIGINT stop
+/// (true: stop now). SIGCHLD is left to whoever waits for the child.
+fn starting_signals(signals: &SignalPipe) -> bool {
+    signals.drain();
+    if signals.take(libc::SIGHUP) {
+        reopen_log();
+    }
+    if signals.take(libc::SIGUSR2) {
+        let reason = Reason::Starting;
+        log::warn!(event = "restart.refused", reason = reason.wire(), detail = "the master is starting";
+            "zero-downtime restart refused: {}: the master is starting (SIGUSR2 before the first generation)", reason);
+    }
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        if signals.take(sig) {
+            log::info!(event = "master.stop", signal = name;
+                "{} received while starting: stopping before any worker was started", name);
+            return true;
+        }
+    }
+    false
+}
+
+/// SIGHUP: reopen the log file (logrotate).
+fn reopen_log() {
+    match crate::log::reopen() {
+        Ok(Some(p)) => log::info!(event = "log.reopen", path = p.display().to_string(); "log file reopened"),
+        Ok(None) => log::info!(event = "log.reopen"; "SIGHUP: no log file to reopen"),
+        Err(e) => log::error!(event = "log.reopen"; "{}", e),
+    }
 }
 
 impl Loop {
     fn run(&mut self) -> i32 {
-        let mut fds: Vec<libc::pollfd> = Vec::new();
-        let mut slots: Vec<Slot> = Vec::new();
-        let mut control_fds: Vec<(RawFd, i16)> = Vec::new();
+        let mut set = PollSet::default();
         loop {
             self.process_queue();
             if let Some(code) = self.exit {
                 return code;
             }
-            fds.clear();
-            slots.clear();
-            let add = |fds: &mut Vec<libc::pollfd>, slots: &mut Vec<Slot>, fd: RawFd, ev: i16, s: Slot| {
-                fds.push(libc::pollfd { fd, events: ev, revents: 0 });
-                slots.push(s);
-            };
-            add(&mut fds, &mut slots, self.signals.pipe_r.as_raw_fd(), libc::POLLIN, Slot::Signals);
-            for (&id, c) in &self.children {
-                if let Some(p) = &c.pidfd {
-                    add(&mut fds, &mut slots, p.as_raw_fd(), libc::POLLIN, Slot::Pidfd(id));
-                }
-                if let Some(f) = &c.pipes.notify {
-                    add(&mut fds, &mut slots, f.as_raw_fd(), libc::POLLIN, Slot::Notify(id));
-                }
-                if let Some(f) = &c.pipes.output {
-                    add(&mut fds, &mut slots, f.as_raw_fd(), libc::POLLIN, Slot::Output(id));
-                }
-            }
-            if let Some(p) = &self.probe {
-                if let Some(f) = &p.child.pidfd {
-                    add(&mut fds, &mut slots, f.as_raw_fd(), libc::POLLIN, Slot::ProbePidfd);
-                }
-                if let Some(f) = &p.child.pipes.notify {
-                    add(&mut fds, &mut slots, f.as_raw_fd(), libc::POLLIN, Slot::ProbeNotify);
-                }
-                if let Some(f) = &p.child.pipes.output {
-                    add(&mut fds, &mut slots, f.as_raw_fd(), libc::POLLIN, Slot::ProbeOutput);
-                }
-            }
-            if let Some(c) = &self.control {
-                control_fds.clear();
-                c.poll_fds(&mut control_fds);
-                for &(fd, ev) in &control_fds {
-                    add(&mut fds, &mut slots, fd, ev, Slot::Control(fd));
-                }
-            }
+            self.fill(&mut set);
             let deadline = [
                 self.sm.next_deadline(),
                 self.probe.as_ref().map(|p| p.deadline),
@@ -599,30 +262,16 @@ impl Loop {
             .into_iter()
             .flatten()
             .min();
-            let now = Instant::now();
-            let timeout = deadline.map(|d| d.saturating_duration_since(now));
-            if let Err(e) = sys::poll(&mut fds, timeout) {
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if let Err(e) = sys::poll(&mut set.fds, timeout) {
                 log::error!("poll: {}", e);
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
             let now = Instant::now();
-            for (i, pfd) in fds.iter().enumerate() {
-                if pfd.revents == 0 {
-                    continue;
-                }
-                match slots[i] {
-                    Slot::Signals => self.on_signals(),
-                    Slot::Pidfd(id) => self.check_child(id),
-                    Slot::Notify(id) => self.read_child(id, false),
-                    Slot::Output(id) => self.read_child(id, false),
-                    Slot::ProbePidfd => self.check_probe(now),
-                    Slot::ProbeNotify | Slot::ProbeOutput => {
-                        if let Some(p) = &mut self.probe {
-                            p.absorb(false);
-                        }
-                    }
-                    Slot::Control(fd) => self.on_control(fd, pfd.revents, now),
+            for (pfd, slot) in set.fds.iter().zip(&set.slots) {
+                if pfd.revents != 0 {
+                    self.on_ready(slot, pfd.revents, now);
                 }
             }
             if let Some(p) = &self.probe {
@@ -639,9 +288,56 @@ impl Loop {
         }
     }
 
+    /// The fds to poll this round: signals, children, probe, control socket.
+    fn fill(&self, set: &mut PollSet) {
+        set.clear();
+        set.add(self.signals.as_raw_fd(), libc::POLLIN, Slot::Signals);
+        for (&id, c) in &self.children {
+            let (pidfd, pipes) = c.poll_fds();
+            if let Some(fd) = pidfd {
+                set.add(fd, libc::POLLIN, Slot::Pidfd(id));
+            }
+            for fd in pipes.into_iter().flatten() {
+                set.add(fd, libc::POLLIN, Slot::Pipe(id));
+            }
+        }
+        if let Some(p) = &self.probe {
+            let (pidfd, pipes) = p.child.poll_fds();
+            if let Some(fd) = pidfd {
+                set.add(fd, libc::POLLIN, Slot::ProbePidfd);
+            }
+            for fd in pipes.into_iter().flatten() {
+                set.add(fd, libc::POLLIN, Slot::ProbePipe);
+            }
+        }
+        if let Some(c) = &self.control {
+            c.poll_fds(&mut set.control);
+            for &(fd, ev) in &set.control {
+                set.fds.push(libc::pollfd { fd, events: ev, revents: 0 });
+                set.slots.push(Slot::Control(fd));
+            }
+        }
+    }
+
+    /// One fd of the poll set is ready.
+    fn on_ready(&mut self, slot: &Slot, revents: i16, now: Instant) {
+        match *slot {
+            Slot::Signals => self.on_signals(),
+            Slot::Pidfd(id) => self.check_child(id),
+            Slot::Pipe(id) => self.read_child(id, false),
+            Slot::ProbePidfd => self.check_probe(now),
+            Slot::ProbePipe => {
+                if let Some(p) = &mut self.probe {
+                    p.absorb(false);
+                }
+            }
+            Slot::Control(fd) => self.on_control(fd, revents, now),
+        }
+    }
+
     fn process_queue(&mut self) {
         while let Some(ev) = self.queue.pop_front() {
-            let actions = self.sm.handle(ev, Instant::now());
+            let actions = self.sm.handle(ev, Instant::now(), SystemTime::now());
             for a in actions {
                 self.execute(a);
             }
@@ -694,9 +390,11 @@ impl Loop {
                 }
             }
             Action::Signal { id, pid, signal } => {
-                // Only a child we have not reaped: its pid cannot have been reused.
+                // Only a child we have not reaped: its pid (and so its
+                // process group's id) cannot have been reused. The whole
+                // group: whatever the worker started gets it too.
                 if self.children.get(&id).is_some_and(|c| c.pid == pid) {
-                    if let Err(e) = sys::kill(pid, signal) {
+                    if let Err(e) = sys::kill_group(pid, signal).or_else(|_| sys::kill(pid, signal)) {
                         log::warn!(worker_pid = pid; "kill {} {}: {}", sys::signal_name(signal), pid, sys::strerror(&e));
                     }
                 }
@@ -715,7 +413,7 @@ impl Loop {
                     p.kill();
                 }
             }
-            Action::Reply { client, line } => self.reply(client, &line),
+            Action::Reply { client, answer } => self.reply(client, &control::render(&answer)),
             Action::Notify(n) => self.notify(n),
             Action::Exit(code) => self.exit = Some(code),
         }
@@ -733,7 +431,7 @@ impl Loop {
             Notify::Stopping(status) => sdnotify::message("STOPPING=1", &status),
         };
         match notifier.send(&text) {
-            Ok(()) => log::debug!(component = "master", sd_notify = text.as_str(); "told the service manager: {}", text.replace('\n', " ")),
+            Ok(()) => log::debug!(sd_notify = text.as_str(); "told the service manager: {}", text.replace('\n', " ")),
             Err(e) => log::warn!("{}", e),
         }
     }
@@ -747,27 +445,24 @@ impl Loop {
 
     fn on_signals(&mut self) {
         self.signals.drain();
-        if self.signals.chld.swap(false, Ordering::SeqCst) {
+        if self.signals.take(libc::SIGCHLD) {
             let ids: Vec<WorkerId> = self.children.keys().copied().collect();
             for id in ids {
                 self.check_child(id);
             }
             self.check_probe(Instant::now());
+            self.reap_adopted();
         }
-        if self.signals.hup.swap(false, Ordering::SeqCst) {
-            match crate::log::reopen() {
-                Ok(Some(p)) => log::info!(event = "log.reopen", path = p.display().to_string(); "log file reopened"),
-                Ok(None) => log::info!(event = "log.reopen"; "SIGHUP: no log file to reopen"),
-                Err(e) => log::error!(event = "log.reopen"; "{}", e),
-            }
+        if self.signals.take(libc::SIGHUP) {
+            reopen_log();
         }
-        if self.signals.term.swap(false, Ordering::SeqCst) {
+        if self.signals.take(libc::SIGTERM) {
             self.queue.push_back(Event::Stop { signal: "SIGTERM" });
         }
-        if self.signals.int.swap(false, Ordering::SeqCst) {
+        if self.signals.take(libc::SIGINT) {
             self.queue.push_back(Event::Stop { signal: "SIGINT" });
         }
-        if self.signals.usr2.swap(false, Ordering::SeqCst) {
+        if self.signals.take(libc::SIGUSR2) {
             let config = self.reload_config();
             self.queue.push_back(Event::Restart { config, by: Requester::Signal });
         }
@@ -781,24 +476,12 @@ impl Loop {
     fn read_child(&mut self, id: WorkerId, drain: bool) {
         let Some(c) = self.children.get_mut(&id) else { return };
         let pid = c.pid;
-        let p = &mut c.pipes;
-        let mut reports = Vec::new();
-        if let Some(f) = p.notify.as_mut() {
-            if !read_lines(f, &mut p.notify_buf, drain, &mut reports) {
-                p.notify = None;
-            }
-        }
-        let mut lines = Vec::new();
-        if let Some(f) = p.output.as_mut() {
-            if !read_lines(f, &mut p.output_buf, drain, &mut lines) {
-                p.output = None;
-            }
-        }
-        for l in lines {
+        let lines = c.read(drain);
+        for l in lines.output {
             crate::log::worker_line("worker", pid, &l);
             self.queue.push_back(Event::Output { id, line: l });
         }
-        for r in reports {
+        for r in lines.reports {
             match Report::parse(&r) {
                 Report::Ready => self.queue.push_back(Event::Ready { id }),
                 Report::Error(text) => self.queue.push_back(Event::ReportedError { id, text }),
@@ -808,13 +491,42 @@ impl Loop {
         }
     }
 
-    /// Reap a child if it has exited, after reading what it left in its pipes.
+    /// The pids whose process groups are the service's: the workers and the probe.
+    fn leaders(&self) -> Vec<u32> {
+        self.children.values().map(|c| c.pid).chain(self.probe.as_ref().map(|p| p.child.pid)).collect()
+    }
+
+    /// Reap adopted children that exited, and end the ones a worker left
+    /// behind (zdrestart-worker(7)); our own exited children are handed to
+    /// [`Self::check_child`] / [`Self::check_probe`].
+    fn reap_adopted(&mut self) {
+        for _ in 0..64 {
+            let leaders = self.leaders();
+            let known = orphans::reap_adopted(|pid| leaders.contains(&pid));
+            if known.is_empty() {
+                break;
+            }
+            for pid in known {
+                let id = self.children.iter().find(|(_, c)| c.pid == pid).map(|(&id, _)| id);
+                match id {
+                    Some(id) => self.check_child(id),
+                    None => self.check_probe(Instant::now()),
+                }
+            }
+        }
+        orphans::end_strays(&self.leaders());
+    }
+
+    /// Reap a child if it has exited, after reading what it left in its
+    /// pipes; then end what is left of its process group.
     fn check_child(&mut self, id: WorkerId) {
         let Some(c) = self.children.get(&id) else { return };
         match sys::try_wait(c.pid) {
             Ok(Some(status)) => {
+                let pid = c.pid;
                 self.read_child(id, true);
                 self.children.remove(&id);
+                orphans::end_group(pid);
                 self.queue.push_back(Event::Exited { id, status });
             }
             Ok(None) => {}
@@ -829,19 +541,9 @@ impl Loop {
 
     fn check_probe(&mut self, now: Instant) {
         let Some(p) = &mut self.probe else { return };
-        let done = if p.check_exit() {
-            true
-        } else if now >= p.deadline {
-            p.outcome.timed_out = true;
-            p.kill();
-            true
-        } else {
-            false
-        };
-        if done {
-            let p = self.probe.take().unwrap();
-            let res = p.outcome.for_restart(p.timeout);
-            self.queue.push_back(Event::ProbeDone(res));
+        if let Some(verdict) = p.poll_done(now) {
+            self.probe = None;
+            self.queue.push_back(Event::ProbeDone(verdict));
         }
     }
 
@@ -912,8 +614,10 @@ impl Loop {
         // Workers still running when the master exits (fatal paths) get
         // PDEATHSIG; say so rather than leave it implicit.
         for c in self.children.values() {
-            let _ = sys::kill(c.pid, libc::SIGTERM);
+            let _ = sys::kill_group(c.pid, libc::SIGTERM);
         }
+        // Nothing the workers left behind outlives the master.
+        self.reap_adopted();
         if let Some(c) = self.control.take() {
             c.close();
         }

@@ -1,17 +1,24 @@
 //! The master's decisions: a pure state machine (state x event -> actions).
 //!
 //! Owns the worker table, the phases (running, probing, rolling out, lockout,
-//! stopping), every deadline (ready, kill, respawn backoff), the restart checks
-//! of DESIGN.md section 4 and the lifecycle log records. It must not touch fds,
-//! processes or the clock: the event loop feeds it events with `now` and
-//! carries out the actions it returns. Unit tests drive it without processes.
+//! stopping), every deadline (ready, kill, respawn backoff) and the lifecycle
+//! log records; the restart checks are [`super::admission`]'s. It must not
+//! touch fds, processes or the clock: the event loop feeds it events with
+//! `now` (monotonic, for deadlines) and `wall` (for STATUS) and carries out
+//! the actions it returns. Unit tests drive it without processes. The states
+//! and events are tabled in ARCHITECTURE.md ("The state machine").
 
-use crate::config::{Config, Driver};
+use super::admission::{self, Running};
+use crate::config::Config;
+use crate::restart::{AbortCause, Reason, Refused, RestartAnswer};
+use crate::status::{LastRestart, MasterState, Outcome, StatusReport, WorkerStatus};
 use crate::sys::ExitStatus;
-use crate::control::{LastRestart, StatusReport, WorkerStatus};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+pub use super::admission::{ProbeFailure, ProbeInfo};
+pub use crate::status::WorkerState;
 
 pub type WorkerId = u64;
 pub type ClientId = u64;
@@ -22,46 +29,6 @@ const KEEP_LINES: usize = 10;
 const CRASH_WINDOW: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// Stable refusal reasons of DESIGN.md section 4.
-pub mod reason {
-    pub const IN_FLIGHT: &str = "restart in flight";
-    pub const ABORTED: &str = "aborted restart";
-    pub const BAD_CONFIG: &str = "bad config";
-    pub const LISTEN_CHANGED: &str = "listen address changed";
-    pub const NO_WORKERS: &str = "no workers";
-    pub const BAD_DRIVER: &str = "bad driver";
-    pub const INCOMPATIBILITY: &str = "incompatibility";
-    pub const PROBE_FAILED: &str = "probe failed";
-    /// Not in section 4: the master is shutting down.
-    pub const STOPPING: &str = "stopping";
-    /// The reasons pump.socket(7) defines for RESTART, answered with exactly
-    /// this text.
-    pub const PUMP_IO: &[&str] = &[NO_WORKERS, BAD_DRIVER, ABORTED, IN_FLIGHT, INCOMPATIBILITY];
-}
-
-/// Abort reasons (`restart.abort` records).
-pub mod abort {
-    pub const EXITED: &str = "new worker exited";
-    pub const ERROR: &str = "new worker reported an error";
-    pub const NOT_READY: &str = "new worker not ready";
-}
-
-/// What the probe of the code reported.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeInfo {
-    pub magic: u64,
-    pub version: String,
-}
-
-/// A probe that failed; `magic` is what it reported before failing, if
-/// anything, so that another magic number is refused as `incompatibility`
-/// (the earlier check of section 4) even when the probe also failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeFailure {
-    pub magic: Option<u64>,
-    pub error: String,
-}
 
 /// Who asked for a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +66,8 @@ pub enum Action {
     Signal { id: WorkerId, pid: u32, signal: i32 },
     Probe { config: Arc<Config> },
     CancelProbe,
-    Reply { client: ClientId, line: String },
+    /// Answer a control client's `RESTART` or `RESTART WAIT`.
+    Reply { client: ClientId, answer: RestartAnswer },
     /// Tell the service manager (sd_notify(3), when `NOTIFY_SOCKET` is set).
     Notify(Notify),
     /// Exit the master with this status (after cleanup).
@@ -118,23 +86,6 @@ pub enum Notify {
     Reloading(String),
     /// `STOPPING=1`: a graceful stop began.
     Stopping(String),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerState {
-    Starting,
-    Ready,
-    Stopping,
-}
-
-impl WorkerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkerState::Starting => "starting",
-            WorkerState::Ready => "ready",
-            WorkerState::Stopping => "stopping",
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -177,12 +128,13 @@ enum Phase {
 
 /// The last restart, for STATUS.
 #[derive(Debug, Clone)]
-pub struct RestartRecord {
-    pub generation: Option<u32>,
-    pub started_wall: SystemTime,
-    pub outcome: &'static str,
-    pub reason: Option<String>,
-    pub duration_ms: Option<u64>,
+struct RestartRecord {
+    generation: Option<u32>,
+    started_wall: SystemTime,
+    outcome: Outcome,
+    /// `reason: detail` of a refusal or an abort.
+    reason: Option<String>,
+    duration_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -207,6 +159,8 @@ pub struct Master {
     exited: bool,
     /// `READY=1` was sent for the first generation.
     notified_ready: bool,
+    /// Wall-clock time of the event being handled (input of `handle`).
+    wall: SystemTime,
 }
 
 impl Master {
@@ -224,6 +178,7 @@ impl Master {
             last_restart: None,
             exited: false,
             notified_ready: false,
+            wall: std::time::UNIX_EPOCH,
         }
     }
 
@@ -235,32 +190,16 @@ impl Master {
         self.generation
     }
 
-    pub fn magic(&self) -> u64 {
-        self.magic
-    }
-
     pub fn workers(&self) -> impl Iterator<Item = &Worker> {
         self.workers.values()
     }
 
-    pub fn worker(&self, id: WorkerId) -> Option<&Worker> {
-        self.workers.get(&id)
-    }
-
-    pub fn is_locked_out(&self) -> bool {
-        matches!(self.phase, Phase::Lockout)
-    }
-
-    pub fn is_restarting(&self) -> bool {
-        matches!(self.phase, Phase::Probing { .. } | Phase::Rolling(_))
-    }
-
-    pub fn state_name(&self) -> &'static str {
+    pub fn state(&self) -> MasterState {
         match self.phase {
-            Phase::Running => "running",
-            Phase::Probing { .. } | Phase::Rolling(_) => "restarting",
-            Phase::Lockout => "lockout",
-            Phase::Stopping => "stopping",
+            Phase::Running => MasterState::Running,
+            Phase::Probing { .. } | Phase::Rolling(_) => MasterState::Restarting,
+            Phase::Lockout => MasterState::Lockout,
+            Phase::Stopping => MasterState::Stopping,
         }
     }
 
@@ -268,7 +207,12 @@ impl Master {
     /// workers, then `tail` (what just happened).
     fn notify_status(&self, tail: &str) -> String {
         let ready = self.workers.values().filter(|w| w.state == WorkerState::Ready).count();
-        let state = if self.is_locked_out() { "LOCKOUT" } else { self.state_name() };
+        let state = match self.state() {
+            MasterState::Running => "running",
+            MasterState::Restarting => "restarting",
+            MasterState::Lockout => "LOCKOUT",
+            MasterState::Stopping | MasterState::Unknown => "stopping",
+        };
         let mut s = format!("{}: generation {}, {} of {} workers ready", state, self.generation, ready, self.config.workers);
         if !tail.is_empty() {
             s.push_str("; ");
@@ -284,11 +228,14 @@ impl Master {
         w.chain(p).min()
     }
 
-    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+    /// Handle one event at `now` (monotonic: deadlines) and `wall` (the same
+    /// instant on the wall clock: STATUS times).
+    pub fn handle(&mut self, event: Event, now: Instant, wall: SystemTime) -> Vec<Action> {
         let mut out = Vec::new();
         if self.exited {
             return out;
         }
+        self.wall = wall;
         match event {
             Event::Start => {
                 self.generation = 1;
@@ -347,7 +294,7 @@ impl Master {
                 index,
                 state: WorkerState::Starting,
                 started: now,
-                started_wall: SystemTime::now(),
+                started_wall: self.wall,
                 ready_deadline: Some(now + config.ready_timeout),
                 kill_deadline: None,
                 asked_to_stop: false,
@@ -375,71 +322,60 @@ impl Master {
         }
     }
 
-    fn refuse(&mut self, by: Requester, reason: &'static str, detail: &str, out: &mut Vec<Action>) {
+    fn refuse(&mut self, by: Requester, refused: Refused, out: &mut Vec<Action>) {
+        let (reason, detail) = (refused.reason.wire(), refused.detail.as_str());
         log::warn!(event = "restart.refused", reason = reason, detail = detail;
-            "zero-downtime restart refused: {}{}{}", reason, if detail.is_empty() { "" } else { ": " }, detail);
+            "zero-downtime restart refused: {}", refused);
         // A refusal while a restart runs, or in lockout, must not hide that
         // restart's record from STATUS.
-        if reason != reason::IN_FLIGHT && reason != reason::ABORTED && reason != reason::STOPPING {
+        if !matches!(refused.reason, Reason::InFlight | Reason::AbortedRestart | Reason::Stopping) {
             // The request had been taken up (RELOADING=1): it ends here.
-            let text = self.notify_status(&format!("zero-downtime restart refused: {}", reason));
+            let text = self.notify_status(&format!("zero-downtime restart refused: {}", refused.reason));
             out.push(Action::Notify(Notify::Ready(text)));
         }
-        if reason != reason::IN_FLIGHT && reason != reason::ABORTED {
+        if !matches!(refused.reason, Reason::InFlight | Reason::AbortedRestart) {
             self.last_restart = Some(RestartRecord {
                 generation: None,
-                started_wall: SystemTime::now(),
-                outcome: "refused",
-                reason: Some(if detail.is_empty() { reason.to_string() } else { format!("{}: {}", reason, detail) }),
+                started_wall: self.wall,
+                outcome: Outcome::Refused,
+                reason: Some(refused.to_string()),
                 duration_ms: None,
             });
         }
         if let Requester::Control { client, wait } = by {
-            // pump.socket(7) defines the exact answer of RESTART for its five
-            // reasons: no detail on the wire (it is in the record above and in
-            // STATUS). RESTART WAIT is ours and carries the detail.
-            let bare = detail.is_empty() || (!wait && reason::PUMP_IO.contains(&reason));
-            let line = if bare { format!("NACK {}", reason) } else { format!("NACK {}: {}", reason, detail) };
-            out.push(Action::Reply { client, line });
+            // pump.socket(7) defines RESTART's answer for its five reasons
+            // exactly: the detail stays in the record above and in STATUS.
+            // RESTART WAIT is zdrestart's own and carries it.
+            let answer = if !wait && refused.reason.defined_by_pump_io() { Refused::new(refused.reason, "") } else { refused };
+            out.push(Action::Reply { client, answer: RestartAnswer::Refused(answer) });
         }
+    }
+
+    /// The running master as admission sees it.
+    fn running(&self) -> Running {
+        Running { state: self.state(), listen: self.config.listen_display(), magic: self.magic }
     }
 
     fn on_restart(&mut self, config: Result<Config, String>, by: Requester, out: &mut Vec<Action>) {
         log::info!(component = "master"; "zero-downtime restart requested ({})",
             match by { Requester::Signal => "SIGUSR2", Requester::Control { .. } => "control socket" });
-        match self.phase {
-            Phase::Probing { .. } | Phase::Rolling(_) => return self.refuse(by, reason::IN_FLIGHT, "", out),
-            Phase::Lockout => {
-                return self.refuse(by, reason::ABORTED, "restart the master as soon as possible", out)
+        if let (Phase::Running, Ok(new)) = (&self.phase, &config) {
+            for w in &new.warnings {
+                log::warn!("{}", w);
             }
-            Phase::Stopping => return self.refuse(by, reason::STOPPING, "the master is stopping", out),
-            Phase::Running => {}
         }
-        // Taken up: from here every path ends with READY=1 (refused,
-        // aborted or complete).
-        let by_what = match by { Requester::Signal => "SIGUSR2", Requester::Control { .. } => "control socket" };
-        let text = self.notify_status(&format!("zero-downtime restart requested ({})", by_what));
-        out.push(Action::Notify(Notify::Reloading(text)));
-        let new = match config {
-            Ok(c) => c,
-            Err(e) => return self.refuse(by, reason::BAD_CONFIG, &e, out),
+        if let Phase::Running = self.phase {
+            // Taken up: from here every path ends with READY=1 (refused,
+            // aborted or complete).
+            let by_what = match by { Requester::Signal => "SIGUSR2", Requester::Control { .. } => "control socket" };
+            let text = self.notify_status(&format!("zero-downtime restart requested ({})", by_what));
+            out.push(Action::Notify(Notify::Reloading(text)));
+        }
+        let new = match admission::check_request(&self.running(), config) {
+            Ok(new) => new,
+            Err(refused) => return self.refuse(by, refused, out),
         };
-        for w in &new.warnings {
-            log::warn!("{}", w);
-        }
         let old = &self.config;
-        if new.address != old.address || new.port != old.port {
-            let detail = format!("{} -> {}; use a normal restart", old.listen_display(), new.listen_display());
-            return self.refuse(by, reason::LISTEN_CHANGED, &detail, out);
-        }
-        if new.workers < 2 {
-            let detail = format!("workers is {}, at least 2 are needed", new.workers);
-            return self.refuse(by, reason::NO_WORKERS, &detail, out);
-        }
-        if new.driver != Driver::Mongodb {
-            let detail = format!("driver is \"{}\", zero-downtime restarts need \"mongodb\"", new.driver.as_str());
-            return self.refuse(by, reason::BAD_DRIVER, &detail, out);
-        }
         for (key, changed) in [
             ("logfile", new.logfile != old.logfile),
             ("pidfile", new.pidfile != old.pidfile),
@@ -461,41 +397,28 @@ impl Master {
         else {
             unreachable!()
         };
-        let info = match result {
-            Ok(i) => i,
-            Err(f) if f.magic.is_some_and(|m| m != self.magic) => {
-                ProbeInfo { magic: f.magic.unwrap_or_default(), version: format!("unknown; the probe also failed: {}", f.error) }
-            }
-            Err(f) => {
+        let info = match admission::check_probe(self.magic, result) {
+            Ok(info) => info,
+            Err(refused) => {
                 for by in requesters {
-                    self.refuse(by, reason::PROBE_FAILED, &f.error, out);
+                    self.refuse(by, refused.clone(), out);
                 }
                 return;
             }
         };
-        if info.magic != self.magic {
-            let detail = format!(
-                "the new code reports magic number {} (version {}), the master started with {}; use a normal restart",
-                info.magic, info.version, self.magic
-            );
-            for by in requesters {
-                self.refuse(by, reason::INCOMPATIBILITY, &detail, out);
-            }
-            return;
-        }
         self.generation += 1;
         let generation = self.generation;
         log::info!(event = "restart.start", generation = generation, workers = config.workers, version = info.version.as_str();
             "zero-downtime restart started: generation {} ({} workers, version {})", generation, config.workers, info.version);
         for by in &requesters {
             if let Requester::Control { client, wait: false } = *by {
-                out.push(Action::Reply { client, line: "ACK".into() });
+                out.push(Action::Reply { client, answer: RestartAnswer::Started });
             }
         }
         self.last_restart = Some(RestartRecord {
             generation: Some(generation),
-            started_wall: SystemTime::now(),
-            outcome: "in progress",
+            started_wall: self.wall,
+            outcome: Outcome::InProgress,
             reason: None,
             duration_ms: None,
         });
@@ -583,7 +506,7 @@ impl Master {
         if self.is_new_in_rollout(id) {
             let detail = format!("worker {} reported ERROR={}", pid, text);
             let w = w.clone();
-            self.abort(&w, true, abort::ERROR, detail, now, out);
+            self.abort(&w, true, AbortCause::ReportedError, detail, now, out);
         } else if !w.asked_to_stop {
             // It exits by protocol; make sure it does.
             let t = self.config.shutdown_timeout;
@@ -593,7 +516,8 @@ impl Master {
 
     /// Abort the rollout and lock out. `failed` is the new worker that caused
     /// it; `alive` says whether it still runs (and must be stopped).
-    fn abort(&mut self, failed: &Worker, alive: bool, why: &'static str, detail: String, now: Instant, out: &mut Vec<Action>) {
+    fn abort(&mut self, failed: &Worker, alive: bool, cause: AbortCause, detail: String, now: Instant, out: &mut Vec<Action>) {
+        let why = cause.text();
         let Phase::Rolling(r) = std::mem::replace(&mut self.phase, Phase::Lockout) else { return };
         let pid = failed.pid.unwrap_or(0);
         let lines = failed.last_lines.iter().cloned().collect::<Vec<_>>().join("\n");
@@ -609,14 +533,15 @@ impl Master {
         out.push(Action::Notify(Notify::Ready(text)));
         self.last_restart = Some(RestartRecord {
             generation: Some(r.generation),
-            started_wall: self.last_restart.as_ref().map(|l| l.started_wall).unwrap_or_else(SystemTime::now),
-            outcome: "aborted",
+            started_wall: self.last_restart.as_ref().map_or(self.wall, |l| l.started_wall),
+            outcome: Outcome::Aborted,
             reason: Some(format!("{}: {}", why, detail)),
             duration_ms: Some(now.duration_since(r.started).as_millis() as u64),
         });
         for by in r.requesters {
             if let Requester::Control { client, wait: true } = by {
-                out.push(Action::Reply { client, line: format!("NACK aborted: {}: {}", why, detail) });
+                let refused = Refused::new(Reason::Aborted, format!("{}: {}", why, detail));
+                out.push(Action::Reply { client, answer: RestartAnswer::Refused(refused) });
             }
         }
         // The failed worker is not serving: make sure it goes. Serving ones stay.
@@ -652,7 +577,7 @@ impl Master {
                 Some(st) => format!("new worker {} exited ({}) before the restart completed", pid, st),
                 None => format!("new worker could not be started: {}", w.last_lines.back().cloned().unwrap_or_default()),
             };
-            self.abort(&w, false, abort::EXITED, what, now, out);
+            self.abort(&w, false, AbortCause::Exited, what, now, out);
             self.after_exit_in_lockout(pid, out);
             return;
         }
@@ -722,14 +647,14 @@ impl Master {
                 out.push(Action::CancelProbe);
                 for by in requesters {
                     if let Requester::Control { client, .. } = by {
-                        out.push(Action::Reply { client, line: format!("NACK {}", reason::STOPPING) });
+                        out.push(Action::Reply { client, answer: RestartAnswer::Refused(Refused::new(Reason::Stopping, "")) });
                     }
                 }
             }
             Phase::Rolling(r) => {
                 for by in r.requesters {
                     if let Requester::Control { client, wait: true } = by {
-                        out.push(Action::Reply { client, line: format!("NACK {}", reason::STOPPING) });
+                        out.push(Action::Reply { client, answer: RestartAnswer::Refused(Refused::new(Reason::Stopping, "")) });
                     }
                 }
             }
@@ -783,7 +708,7 @@ impl Master {
                 };
                 let detail = format!("worker {} did not report READY=1 within readyTimeout ({:?})", pid, t);
                 let w = w.clone();
-                self.abort(&w, true, abort::NOT_READY, detail, now, out);
+                self.abort(&w, true, AbortCause::NotReady, detail, now, out);
             } else {
                 log::error!(worker_pid = pid; "worker {} not ready within readyTimeout; stopping it", pid);
                 let t = self.config.shutdown_timeout;
@@ -821,12 +746,12 @@ impl Master {
         let text = self.notify_status("zero-downtime restart complete");
         out.push(Action::Notify(Notify::Ready(text)));
         if let Some(l) = &mut self.last_restart {
-            l.outcome = "complete";
+            l.outcome = Outcome::Complete;
             l.duration_ms = Some(ms);
         }
         for by in r.requesters {
             if let Requester::Control { client, wait: true } = by {
-                out.push(Action::Reply { client, line: "ACK complete".into() });
+                out.push(Action::Reply { client, answer: RestartAnswer::Complete });
             }
         }
     }
@@ -838,9 +763,9 @@ impl Master {
             crate::log::iso8601(d.as_secs() as i64, d.subsec_millis())
         };
         StatusReport {
-            state: self.state_name().into(),
+            state: self.state(),
             generation: self.generation.into(),
-            lockout: self.is_locked_out(),
+            lockout: self.state() == MasterState::Lockout,
             magic: self.magic,
             version: self.version.clone(),
             pid: master_pid,
@@ -851,7 +776,7 @@ impl Master {
             last_restart: self.last_restart.as_ref().map(|l| LastRestart {
                 generation: l.generation.map(u64::from),
                 started: iso(l.started_wall),
-                outcome: l.outcome.into(),
+                outcome: l.outcome,
                 reason: l.reason.clone(),
                 duration_ms: l.duration_ms,
             }),
@@ -862,7 +787,7 @@ impl Master {
                     pid: w.pid,
                     generation: w.generation.into(),
                     index: w.index,
-                    state: w.state.as_str().into(),
+                    state: w.state,
                     started: iso(w.started_wall),
                 })
                 .collect(),
@@ -886,27 +811,33 @@ mod tests {
     struct H {
         m: Master,
         now: Instant,
+        t0: Instant,
         next_pid: u32,
     }
 
     impl H {
         fn new(c: Config) -> H {
             let m = Master::new(Arc::new(c), ProbeInfo { magic: 7, version: "v".into() });
-            H { m, now: Instant::now(), next_pid: 100 }
+            let now = Instant::now();
+            H { m, now, t0: now, next_pid: 100 }
         }
         /// Feed an event; Spawn actions get pids at once (like the loop).
         fn ev(&mut self, e: Event) -> Vec<Action> {
-            let mut acts = self.m.handle(e, self.now);
+            let mut acts = self.m.handle(e, self.now, self.wall());
             let mut i = 0;
             while i < acts.len() {
                 if let Action::Spawn { id, .. } = acts[i] {
                     self.next_pid += 1;
-                    let more = self.m.handle(Event::Spawned { id, pid: self.next_pid }, self.now);
+                    let more = self.m.handle(Event::Spawned { id, pid: self.next_pid }, self.now, self.wall());
                     acts.extend(more);
                 }
                 i += 1;
             }
             acts
+        }
+        /// Wall time moves with `now` from a fixed origin.
+        fn wall(&self) -> SystemTime {
+            std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + self.now.duration_since(self.t0)
         }
         fn advance(&mut self, d: Duration) -> Vec<Action> {
             self.now += d;
@@ -945,10 +876,11 @@ mod tests {
     fn kills(a: &[Action]) -> Vec<u32> {
         signaled(a, libc::SIGKILL)
     }
+    /// The answers as the control socket renders them.
     fn replies(a: &[Action]) -> Vec<String> {
         a.iter()
             .filter_map(|a| match a {
-                Action::Reply { line, .. } => Some(line.clone()),
+                Action::Reply { answer, .. } => Some(crate::control::render(answer)),
                 _ => None,
             })
             .collect()
@@ -1015,7 +947,66 @@ mod tests {
         // Nothing was touched by any refusal.
         assert_eq!(h.m.generation(), 1);
         assert_eq!(h.m.workers().count(), 1);
-        assert!(!h.m.is_restarting());
+        assert!(!(h.m.state() == MasterState::Restarting));
+    }
+
+    /// The refusal the state machine answered to a control client.
+    fn refusal(a: &[Action]) -> Refused {
+        a.iter()
+            .find_map(|a| match a {
+                Action::Reply { answer: RestartAnswer::Refused(r), .. } => Some(r.clone()),
+                _ => None,
+            })
+            .expect("a refusal")
+    }
+
+    /// Every refusal reason, through the state machine and through the path
+    /// of `zdrestart --check` (`admission::admit` against the master's STATUS):
+    /// the same reason with the same detail.
+    #[test]
+    fn every_refusal_is_the_same_through_both_paths() {
+        let probe_ok = || Ok(ProbeInfo { magic: 7, version: "v2".into() });
+        let mut seen = Vec::new();
+        let mut case = |h: &mut H, new: Result<Config, String>, probe: Result<ProbeInfo, ProbeFailure>| {
+            // The --check path first: it must not change the master.
+            let running = Running { state: h.m.state(), listen: h.m.config().listen_display(), magic: 7 };
+            let checked = admission::admit(&running, new.as_ref().map_err(String::clone), probe.clone()).unwrap_err();
+            // RESTART WAIT: its answer carries the detail (RESTART's is
+            // pump.socket(7)'s bare text for pump.io's reasons).
+            let mut a = h.ev(Event::Restart { config: new, by: Requester::Control { client: 1, wait: true } });
+            if a.iter().any(|a| matches!(a, Action::Probe { .. })) {
+                a = h.ev(Event::ProbeDone(probe));
+            }
+            assert_eq!(refusal(&a), checked);
+            seen.push(checked.reason);
+        };
+        // In flight: a restart is being probed.
+        let mut h = running(mongo(2));
+        h.restart(mongo(2), false);
+        case(&mut h, Ok(mongo(2)), probe_ok());
+        // Aborted restart: lockout after a new worker exited.
+        let mut h = running(mongo(2));
+        h.restart(mongo(2), false);
+        h.probe_ok();
+        let new = h.m.workers().find(|w| w.generation == 2).unwrap().id;
+        h.ev(Event::Exited { id: new, status: ExitStatus::Code(1) });
+        case(&mut h, Ok(mongo(2)), probe_ok());
+        // The checks on the new config and on the probe.
+        let mut h = running(mongo(2));
+        case(&mut h, Err("key \"workers\": bad".into()), probe_ok());
+        case(&mut h, Ok(cfg(r#"{"driver":"mongodb","workers":2,"port":9}"#)), probe_ok());
+        case(&mut h, Ok(mongo(1)), probe_ok());
+        case(&mut h, Ok(cfg(r#"{"workers":2}"#)), probe_ok());
+        case(&mut h, Ok(mongo(2)), Ok(ProbeInfo { magic: 8, version: "v9".into() }));
+        case(&mut h, Ok(mongo(2)), Err(ProbeFailure { magic: Some(9), error: "ERROR=x".into() }));
+        case(&mut h, Ok(mongo(2)), Err(ProbeFailure { magic: Some(7), error: "ERROR=database unreachable".into() }));
+        // Stopping.
+        let mut h = running(mongo(2));
+        h.ev(Event::Stop { signal: "SIGTERM" });
+        case(&mut h, Ok(mongo(2)), probe_ok());
+        for &r in Reason::REFUSALS.iter().chain(&[Reason::Stopping]) {
+            assert!(seen.contains(&r), "{:?} not walked", r);
+        }
     }
 
     #[test]
@@ -1036,7 +1027,7 @@ mod tests {
         assert!(replies(&a).is_empty());
         let a = h.ev(Event::Exited { id: h.id_of(102), status: ExitStatus::Code(0) });
         assert_eq!(replies(&a), vec!["ACK complete"]);
-        assert!(!h.m.is_restarting());
+        assert!(!(h.m.state() == MasterState::Restarting));
         assert!(h.m.workers().all(|w| w.generation == 2));
     }
 
@@ -1067,7 +1058,7 @@ mod tests {
         for pid in [101, 102] {
             h.ev(Event::Exited { id: h.id_of(pid), status: ExitStatus::Signal(9) });
         }
-        assert!(!h.m.is_restarting());
+        assert!(!(h.m.state() == MasterState::Restarting));
         assert_eq!(h.m.config().workers, 3);
     }
 
@@ -1080,7 +1071,7 @@ mod tests {
         h.ev(Event::Output { id: new, line: "invalid JSON in config".into() });
         let a = h.ev(Event::Exited { id: new, status: ExitStatus::Code(1) });
         assert!(replies(&a)[0].starts_with("NACK aborted: new worker exited"));
-        assert!(h.m.is_locked_out());
+        assert!((h.m.state() == MasterState::Lockout));
         assert!(terms(&a).is_empty(), "serving workers are left alone");
         let a = h.restart(mongo(2), false);
         assert!(replies(&a)[0].starts_with("NACK aborted restart"));
@@ -1100,14 +1091,14 @@ mod tests {
         let new = h.m.workers().find(|w| w.generation == 2).unwrap();
         let (id, pid) = (new.id, new.pid.unwrap());
         let a = h.ev(Event::ReportedError { id, text: "bind: in use".into() });
-        assert!(h.m.is_locked_out());
+        assert!((h.m.state() == MasterState::Lockout));
         assert_eq!(terms(&a), vec![pid], "the failed new worker is stopped");
 
         let mut h = running(mongo(2));
         h.restart(mongo(2), false);
         h.probe_ok();
         let a = h.advance(Duration::from_secs(6));
-        assert!(h.m.is_locked_out());
+        assert!((h.m.state() == MasterState::Lockout));
         assert_eq!(terms(&a).len(), 1);
         assert_eq!(h.m.workers().filter(|w| w.generation == 1 && w.state == WorkerState::Ready).count(), 2);
     }
@@ -1123,7 +1114,7 @@ mod tests {
         h.ready_all(); // new0 ready: old 101 asked to stop, new1 spawned
         h.ready_all();
         h.ev(Event::Exited { id: h.id_of(101), status: ExitStatus::Code(0) });
-        assert!(!h.m.is_restarting());
+        assert!(!(h.m.state() == MasterState::Restarting));
         assert_eq!(h.m.workers().count(), 2);
     }
 

@@ -1,4 +1,5 @@
-//! The JSON API of DESIGN.md section 6: routes, input validation and answers.
+//! The JSON API of the built-in worker (zdrestart-worker(7), "API"): routes,
+//! input validation and answers.
 //!
 //! Owns what each request means: path and name rules, body checks, status
 //! codes and JSON bodies. It must not touch sockets or framing (that is
@@ -193,7 +194,7 @@ fn method_not_allowed(route: &Route<'_>) -> Response {
 }
 
 fn store_failure(e: &StoreError) -> Response {
-    crate::server::warn_store_error(e);
+    crate::store::warn_store_error(e);
     match e {
         StoreError::Unavailable(_) => Response::error(503, "database unavailable"),
         StoreError::Failed(_) => Response::error(500, "database error"),

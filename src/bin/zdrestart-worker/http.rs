@@ -2,7 +2,7 @@
 //! keep the connection alive or close it.
 //!
 //! Owns request parsing (httparse), body framing and limits, keep-alive and the
-//! per-connection side of graceful exit (DESIGN.md 5.4): once the worker is
+//! per-connection side of graceful exit (zdrestart-worker(7)): once the worker is
 //! draining, the next answer on a connection says `Connection: close`, and a
 //! connection idle when draining began still gets its next request answered
 //! if it arrives within the grace ([`DRAIN_GRACE`]). It must not decide what a
@@ -13,7 +13,7 @@
 //! is draining or the connection has been idle too long.
 
 use crate::api::{self, Response, Route};
-use crate::server::Shared;
+use crate::shared::Shared;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::Ordering;

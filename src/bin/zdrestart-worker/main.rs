@@ -1,5 +1,5 @@
-//! `zdrestart-worker`: the built-in worker (DESIGN.md sections 5 and 6), an
-//! HTTP/1.1 JSON object store on a Databank driver (`memory` or `mongodb`).
+//! `zdrestart-worker`: the built-in worker (zdrestart-worker(7); ARCHITECTURE.md,
+//! "The tree" and "The worker protocol"), an HTTP/1.1 JSON object store on a Databank driver (`memory` or `mongodb`).
 //!
 //! This file owns start-up: arguments, config, logging, the listeners
 //! (inherited through `LISTEN_FDS`, or bound by hand), the driver, the probe
@@ -16,6 +16,7 @@ mod mongo;
 mod notify;
 mod probe;
 mod server;
+mod shared;
 mod store;
 
 use notify::Notifier;
@@ -237,7 +238,7 @@ fn start(config_arg: Option<PathBuf>) -> i32 {
     };
 
     let who = api::Identity { pid, generation, driver: store.name() };
-    let shared = Arc::new(server::Shared::new(store, who, cfg.threads as usize));
+    let shared = Arc::new(shared::Shared::new(store, who, cfg.threads as usize));
     match server::run(listeners, shared, signals, &notifier) {
         Ok(()) => 0,
         Err(e) => {

@@ -36,7 +36,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use zdrestart::config::Config;
 
-/// Collection of section 6 objects.
+/// Collection of the API's objects (zdrestart-worker(7), "The built-in worker").
 pub const COLLECTION: &str = "objects";
 
 /// Extra time the outer bound leaves to the driver, so that its own error

@@ -1,5 +1,5 @@
-//! The report pipe of the worker protocol (DESIGN.md 5.2): `KEY=VALUE` lines on
-//! the fd named by `ZDRESTART_NOTIFY_FD`.
+//! The report pipe of the worker protocol (zdrestart-worker(7), "Reports"):
+//! `KEY=VALUE` lines on the fd named by `ZDRESTART_NOTIFY_FD`.
 //!
 //! Owns that fd and the line format on our side. It must not decide what to
 //! report, and a failed write never stops the worker (the master may have

@@ -1,4 +1,4 @@
-//! The compatibility probe (DESIGN.md 5.3): `ZDRESTART_PROBE=1`.
+//! The compatibility probe (zdrestart-worker(7), "Probe"): `ZDRESTART_PROBE=1`.
 //!
 //! Owns what the built-in worker answers when the master asks "can this code,
 //! with this config, serve beside the running workers?": the magic number, the

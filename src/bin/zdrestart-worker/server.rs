@@ -29,19 +29,18 @@
 //! otherwise ignored (there is no log file to reopen: logs go to stdout).
 //! SIGUSR2 is left as the master set it (ignored).
 
-use crate::api::Identity;
 use crate::http;
 use crate::notify::Notifier;
-use crate::store::{Store, StoreError};
+use crate::shared::{ConnGuard, Shared};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use std::io::{self, Read};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::io;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zdrestart::signals::SignalPipe;
 
 /// Most connections served at once by one worker.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -50,155 +49,37 @@ pub const MAX_CONNECTIONS: usize = 256;
 const CONN_STACK: usize = 256 * 1024;
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
 
-/// A counting semaphore (std has none): the `threads` request permits.
-pub struct Permits {
-    free: Mutex<usize>,
-    cv: Condvar,
-}
-
-pub struct Permit<'a>(&'a Permits);
-
-impl Permits {
-    pub fn new(n: usize) -> Permits {
-        Permits { free: Mutex::new(n.max(1)), cv: Condvar::new() }
-    }
-
-    pub fn acquire(&self) -> Permit<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        while *free == 0 {
-            free = self.cv.wait(free).unwrap_or_else(|e| e.into_inner());
-        }
-        *free -= 1;
-        Permit(self)
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.0.cv.notify_one();
-    }
-}
-
-/// Number of live connection threads, with a wake-up when it drops.
-#[derive(Default)]
-struct Connections {
-    count: Mutex<usize>,
-    cv: Condvar,
-}
-
-/// Held by a connection thread; decrements the count even if the thread panics.
-struct ConnGuard(Arc<Shared>);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        let c = &self.0.conns;
-        *c.count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        c.cv.notify_all();
-    }
-}
-
-/// What every connection thread shares.
-pub struct Shared {
-    pub store: Arc<dyn Store>,
-    pub who: Identity,
-    pub permits: Permits,
-    /// Size of `permits` (config `threads`).
-    pub threads: usize,
-    /// Set once SIGTERM/SIGINT arrived: answers say `Connection: close`.
-    pub draining: AtomicBool,
-    drain_start: OnceLock<Instant>,
-    conns: Connections,
-}
-
-impl Shared {
-    pub fn new(store: Arc<dyn Store>, who: Identity, threads: usize) -> Shared {
-        Shared {
-            store,
-            who,
-            permits: Permits::new(threads),
-            threads,
-            draining: AtomicBool::new(false),
-            drain_start: OnceLock::new(),
-            conns: Connections::default(),
-        }
-    }
-
-    /// When draining began, if it did.
-    pub fn drain_started(&self) -> Option<Instant> {
-        if self.draining.load(Ordering::SeqCst) {
-            self.drain_start.get().copied()
-        } else {
-            None
-        }
-    }
-
-    fn begin_drain(&self) {
-        let _ = self.drain_start.set(Instant::now());
-        self.draining.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Log a driver failure at `warn`, at most once a second (a database outage
-/// under load would otherwise flood the master's log).
-pub fn warn_store_error(e: &StoreError) {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    if LAST.swap(now, Ordering::Relaxed) != now {
-        log::warn!(error = e.to_string().as_str(); "database request failed: {}", e);
-    } else {
-        log::debug!(error = e.to_string().as_str(); "database request failed");
-    }
-}
-
 /// Signal flags and the self-pipe that wakes the accept loop.
-pub struct Signals {
-    term: Arc<AtomicBool>,
-    hup: Arc<AtomicBool>,
-    pipe: UnixStream,
-}
+pub struct Signals(SignalPipe);
 
 impl Signals {
     /// Install the handlers. Call before reporting READY.
     pub fn install() -> io::Result<Signals> {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let (rd, wr) = UnixStream::pair()?;
-        rd.set_nonblocking(true)?;
-        // The handler must never block on a full pipe.
-        wr.set_nonblocking(true)?;
-        let term = Arc::new(AtomicBool::new(false));
-        let hup = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(SIGTERM, term.clone())?;
-        signal_hook::flag::register(SIGINT, term.clone())?;
-        signal_hook::flag::register(SIGHUP, hup.clone())?;
-        for sig in [SIGTERM, SIGINT, SIGHUP] {
-            signal_hook::low_level::pipe::register(sig, wr.try_clone()?)?;
-        }
-        Ok(Signals { term, hup, pipe: rd })
+        Ok(Signals(SignalPipe::install(&[SIGTERM, SIGINT, SIGHUP])?))
     }
 
-    fn drain_pipe(&mut self) {
-        let mut b = [0u8; 64];
-        while matches!(self.pipe.read(&mut b), Ok(n) if n > 0) {}
+    /// Did SIGTERM or SIGINT arrive?
+    fn stopping(&self) -> bool {
+        self.0.is_set(SIGTERM) || self.0.is_set(SIGINT)
     }
 
     fn check(&self) -> bool {
-        if self.hup.swap(false, Ordering::SeqCst) {
+        if self.0.take(SIGHUP) {
             log::info!("SIGHUP received: ignored (worker logs go to the master)");
         }
-        self.term.load(Ordering::SeqCst)
+        self.stopping()
     }
 }
 
 /// Serve until SIGTERM/SIGINT, then drain and return (the caller exits 0).
 /// READY is reported once every listener is being watched.
-pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, mut sig: Signals, notifier: &Notifier) -> io::Result<()> {
+pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, sig: Signals, notifier: &Notifier) -> io::Result<()> {
     let mut poll = Poll::new()?;
     for (i, l) in listeners.iter().enumerate() {
         l.set_nonblocking(true)?;
         poll.registry().register(&mut SourceFd(&l.as_raw_fd()), Token(i), Interest::READABLE)?;
     }
-    let sig_fd = sig.pipe.as_raw_fd();
+    let sig_fd = sig.0.as_raw_fd();
     poll.registry().register(&mut SourceFd(&sig_fd), SIGNAL_TOKEN, Interest::READABLE)?;
 
     notifier.send("READY", "1");
@@ -226,14 +107,14 @@ pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, mut sig: Signals, notif
         }
         for ev in events.iter() {
             if ev.token() == SIGNAL_TOKEN {
-                sig.drain_pipe();
+                sig.0.drain();
             } else if let Some(p) = pending.get_mut(ev.token().0) {
                 *p = true;
             }
         }
     }
 
-    // Graceful exit (DESIGN.md 5.4). Stop accepting first: close our copies of
+    // Graceful exit (zdrestart-worker(7), "Graceful exit"). Stop accepting first: close our copies of
     // the listeners (never shutdown(2)); pending connections stay in the
     // shared backlog for the other workers.
     for l in &listeners {
@@ -242,14 +123,9 @@ pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, mut sig: Signals, notif
     drop(listeners);
     sh.begin_drain();
     notifier.send("STATUS", "stopping");
-    let open = *sh.conns.count.lock().unwrap_or_else(|e| e.into_inner());
-    log::info!(connections = open as u64; "Stopping: no longer accepting, finishing requests in flight");
+    log::info!(connections = sh.connections() as u64; "Stopping: no longer accepting, finishing requests in flight");
     let started = Instant::now();
-    let mut count = sh.conns.count.lock().unwrap_or_else(|e| e.into_inner());
-    while *count > 0 {
-        count = sh.conns.cv.wait(count).unwrap_or_else(|e| e.into_inner());
-    }
-    drop(count);
+    sh.wait_no_connections();
     log::info!(drain_ms = started.elapsed().as_millis() as u64; "Worker exiting");
     Ok(())
 }
@@ -259,27 +135,20 @@ pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, mut sig: Signals, notif
 fn accept_all(l: &TcpListener, sh: &Arc<Shared>, sig: &Signals) -> bool {
     loop {
         // Wait for a slot; meanwhile new connections wait in the backlog.
-        {
-            let mut count = sh.conns.count.lock().unwrap_or_else(|e| e.into_inner());
-            while *count >= MAX_CONNECTIONS {
-                if sig.term.load(Ordering::SeqCst) {
-                    return false;
-                }
-                count = sh.conns.cv.wait_timeout(count, Duration::from_millis(100)).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
-            }
+        if !sh.wait_for_slot(MAX_CONNECTIONS, || sig.stopping()) {
+            return false;
         }
         match l.accept() {
             Ok((stream, _peer)) => {
                 // std accepts with accept4(SOCK_CLOEXEC): the connection is
                 // blocking, whatever the listener's flags.
-                *sh.conns.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                let guard = ConnGuard(sh.clone());
+                let guard = ConnGuard::new(sh.clone());
                 let spawned = std::thread::Builder::new()
                     .name("conn".into())
                     .stack_size(CONN_STACK)
                     .spawn(move || {
                         let g = guard;
-                        http::serve(stream, &g.0);
+                        http::serve(stream, g.shared());
                     });
                 if let Err(e) = spawned {
                     // The closure (and the guard in it) is dropped: count restored,
@@ -295,39 +164,10 @@ fn accept_all(l: &TcpListener, sh: &Arc<Shared>, sig: &Signals) -> bool {
                 // instead of spinning (edge-triggered: no new event would come).
                 log::error!(error = e.to_string().as_str(); "accept failed: {}", e);
                 std::thread::sleep(Duration::from_millis(100));
-                if sig.term.load(Ordering::SeqCst) {
+                if sig.stopping() {
                     return false;
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn permits_bound_concurrency() {
-        let p = Arc::new(Permits::new(2));
-        let running = Arc::new(AtomicU64::new(0));
-        let peak = Arc::new(AtomicU64::new(0));
-        let hs: Vec<_> = (0..8)
-            .map(|_| {
-                let (p, running, peak) = (p.clone(), running.clone(), peak.clone());
-                std::thread::spawn(move || {
-                    let _g = p.acquire();
-                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                    peak.fetch_max(now, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(20));
-                    running.fetch_sub(1, Ordering::SeqCst);
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join().unwrap();
-        }
-        assert_eq!(peak.load(Ordering::SeqCst), 2);
-        assert_eq!(*p.free.lock().unwrap(), 2);
     }
 }

@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why a driver call failed. The API maps `Unavailable` to 503 and `Failed`
 /// to 500; the text is logged, never sent to clients.
@@ -83,6 +85,18 @@ impl Store for MemoryStore {
 
     fn delete(&self, ty: &str, id: &str) -> Result<bool, StoreError> {
         Ok(self.lock().remove(&object_key(ty, id)).is_some())
+    }
+}
+
+/// Log a driver failure at `warn`, at most once a second (a database outage
+/// under load would otherwise flood the master's log).
+pub fn warn_store_error(e: &StoreError) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        log::warn!(error = e.to_string().as_str(); "database request failed: {}", e);
+    } else {
+        log::debug!(error = e.to_string().as_str(); "database request failed");
     }
 }
 

@@ -1,0 +1,112 @@
+//! A child of the master, worker or probe: its pid, its pidfd and its pipes
+//! (report lines, output lines, control lines), read without blocking.
+//!
+//! Owns the fds of one child and the splitting of its pipes into lines (one
+//! reader for workers and probes alike). It must not interpret the lines:
+//! the loop turns worker reports into events, the probe runner into a verdict.
+
+use crate::protocol::{self, LineBuffer};
+use crate::sys;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+/// How much is read from one pipe per wake-up (bounded work per fd).
+const READ_CHUNK: usize = 8192;
+
+/// One pipe, read line by line; `None` once it reached EOF or failed.
+struct LinePipe {
+    file: Option<File>,
+    buf: LineBuffer,
+}
+
+impl LinePipe {
+    fn new(fd: OwnedFd) -> LinePipe {
+        // Non-blocking: a child that writes half a line must not stall us.
+        let _ = sys::set_nonblocking(fd.as_fd(), true);
+        LinePipe { file: Some(File::from(fd)), buf: LineBuffer::default() }
+    }
+
+    /// Read once (or until EAGAIN when `drain`); complete lines go to
+    /// `lines`. At EOF or on error the unterminated rest is a line too and
+    /// the pipe is closed.
+    fn read(&mut self, drain: bool, lines: &mut Vec<String>) {
+        let Some(file) = self.file.as_mut() else { return };
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            match file.read(&mut chunk) {
+                Ok(0) => {
+                    lines.extend(self.buf.finish());
+                    break;
+                }
+                Ok(n) => {
+                    lines.extend(self.buf.push(&chunk[..n], protocol::MAX_REPORT_LINE));
+                    if !drain {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => break,
+            }
+        }
+        self.file = None;
+    }
+
+    fn fd(&self) -> Option<RawFd> {
+        self.file.as_ref().map(|f| f.as_raw_fd())
+    }
+}
+
+/// What one read of a child's pipes gave.
+#[derive(Debug, Default)]
+pub struct Lines {
+    /// Report lines (`READY=1`, `ERROR=...`, `MAGIC=...`), from the notify pipe.
+    pub reports: Vec<String>,
+    /// Its stdout and stderr.
+    pub output: Vec<String>,
+}
+
+/// A running child of the master.
+pub struct Child {
+    pub pid: u32,
+    /// Readable when the child exits; None: rely on SIGCHLD.
+    pub pidfd: Option<OwnedFd>,
+    notify: LinePipe,
+    output: LinePipe,
+    /// Write end of the child's control pipe (non-blocking).
+    control: File,
+}
+
+impl Child {
+    pub fn new(sp: sys::Spawned, pidfd: Option<OwnedFd>) -> Child {
+        // Non-blocking: a worker that does not read its control pipe only
+        // misses lines, it never stalls the master.
+        let _ = sys::set_nonblocking(sp.control.as_fd(), true);
+        Child {
+            pid: sp.pid,
+            pidfd,
+            notify: LinePipe::new(sp.notify),
+            output: LinePipe::new(sp.output),
+            control: File::from(sp.control),
+        }
+    }
+
+    /// Send one control line; a full or closed pipe drops it.
+    pub fn send(&self, line: &str) {
+        let _ = (&self.control).write(line.as_bytes());
+    }
+
+    /// The fds to poll for `POLLIN`: (pidfd, pipes).
+    pub fn poll_fds(&self) -> (Option<RawFd>, [Option<RawFd>; 2]) {
+        (self.pidfd.as_ref().map(|f| f.as_raw_fd()), [self.notify.fd(), self.output.fd()])
+    }
+
+    /// Read both pipes once (or until EAGAIN when `drain`, e.g. after exit).
+    pub fn read(&mut self, drain: bool) -> Lines {
+        let mut lines = Lines::default();
+        self.notify.read(drain, &mut lines.reports);
+        self.output.read(drain, &mut lines.output);
+        lines
+    }
+}

@@ -1,0 +1,107 @@
+//! The spawn spec of a worker or probe: program path, argv and environment
+//! of the worker protocol (zdrestart-worker(7)), built before fork so that
+//! the child only makes async-signal-safe calls ([`crate::sys::spawn`]).
+//!
+//! Owns the choice of the worker program and the protocol's environment
+//! variables. It must not fork or touch fds.
+
+use crate::config::Config;
+use crate::protocol;
+use crate::sys::{self, SpawnSpec};
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// The worker argv: `worker` from the config, else the built-in worker next
+/// to this executable, else the packaged one.
+fn worker_argv(cfg: &Config) -> Vec<String> {
+    if let Some(w) = &cfg.worker {
+        return w.clone();
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("zdrestart-worker")))
+        .filter(|p| p.is_file());
+    let path = beside.unwrap_or_else(|| PathBuf::from("/usr/lib/zdrestart/zdrestart-worker"));
+    vec![path.to_string_lossy().into_owned()]
+}
+
+fn resolve_program(name: &str) -> Result<PathBuf, String> {
+    if name.contains('/') {
+        return Ok(crate::config::absolute(Path::new(name)));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(format!("worker program \"{}\" not found in PATH", name))
+}
+
+fn cstring(s: impl AsRef<[u8]>, what: &str) -> Result<CString, String> {
+    CString::new(s.as_ref().to_vec()).map_err(|_| format!("{} contains a NUL byte", what))
+}
+
+/// Everything the child needs, built before fork.
+pub fn build_spec(
+    cfg: &Config,
+    generation: u32,
+    index: u32,
+    listeners: &[RawFd],
+    probe: bool,
+    loglevel: Option<&str>,
+    server_user: Option<&str>,
+) -> Result<SpawnSpec, String> {
+    let argv = worker_argv(cfg);
+    let path = resolve_program(&argv[0])?;
+    let mut env = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        let kb = k.as_bytes();
+        // NOTIFY_SOCKET is the master's: a worker must not speak for it to
+        // the service manager.
+        if kb.starts_with(b"LISTEN_") || kb.starts_with(b"ZDRESTART_") || kb == crate::sdnotify::ENV_NOTIFY_SOCKET.as_bytes() {
+            continue;
+        }
+        let mut e = kb.to_vec();
+        e.push(b'=');
+        e.extend_from_slice(v.as_bytes());
+        env.push(cstring(e, "environment")?);
+    }
+    let mut set = |k: &str, v: String| -> Result<(), String> {
+        env.push(cstring(format!("{}={}", k, v), k)?);
+        Ok(())
+    };
+    if !probe {
+        set(protocol::ENV_LISTEN_FDS, listeners.len().to_string())?;
+        set(protocol::ENV_LISTEN_FDNAMES, vec!["http"; listeners.len()].join(":"))?;
+        set(protocol::ENV_GENERATION, generation.to_string())?;
+        set(protocol::ENV_WORKER, index.to_string())?;
+    } else {
+        set(protocol::ENV_PROBE, "1".into())?;
+    }
+    set(protocol::ENV_NOTIFY_FD, protocol::notify_fd(listeners.len()).to_string())?;
+    set(protocol::ENV_CONTROL_FD, protocol::control_fd(listeners.len()).to_string())?;
+    set(protocol::ENV_CONFIG, cfg.path.to_string_lossy().into_owned())?;
+    if let Some(l) = loglevel {
+        set(protocol::ENV_LOGLEVEL, l.to_string())?;
+    }
+    let user = match server_user {
+        None => None,
+        Some(name) => match sys::lookup_user(name) {
+            Ok(Some(u)) => Some(u),
+            Ok(None) => return Err(format!("serverUser \"{}\": no such user", name)),
+            Err(e) => return Err(format!("serverUser \"{}\": lookup failed: {}", name, sys::strerror(&e))),
+        },
+    };
+    Ok(SpawnSpec {
+        path: cstring(path.as_os_str().as_bytes(), "worker path")?,
+        argv: argv.iter().map(|a| cstring(a, "worker argv")).collect::<Result<_, _>>()?,
+        env,
+        listen_pid: !probe,
+        listen_fds: listeners.to_vec(),
+        user,
+    })
+}

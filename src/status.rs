@@ -1,0 +1,179 @@
+//! The `STATUS` report: the typed JSON the master answers (one line after
+//! `ACK `), which `zdrestartctl` and `zdrestart --check` deserialize.
+//!
+//! Owns the field names and the words of the states and outcomes
+//! (zdrestartctl(8) documents them). Pure data: the state machine fills it
+//! ([`crate::master::state::Master::status`]), nothing here reads the clock
+//! or a socket. Readers are lenient: unknown fields are ignored and missing
+//! ones take their default, so that an older client reads a newer master.
+
+use serde::{Deserialize, Serialize};
+
+/// What the master is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MasterState {
+    Running,
+    /// A restart is being probed or rolled out.
+    Restarting,
+    /// An aborted restart: restarts refused, no respawn.
+    Lockout,
+    Stopping,
+    /// Read side only: not reported, or a word this build does not know.
+    #[default]
+    #[serde(rename = "-", other)]
+    Unknown,
+}
+
+/// How the last restart went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    #[serde(rename = "in progress")]
+    InProgress,
+    Complete,
+    Refused,
+    Aborted,
+    /// Read side only: not reported, or a word this build does not know.
+    #[default]
+    #[serde(rename = "-", other)]
+    Unknown,
+}
+
+/// A worker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Spawned, no `READY=1` yet.
+    Starting,
+    Ready,
+    /// Asked to exit (SIGTERM sent).
+    Stopping,
+    /// Read side only: not reported, or a word this build does not know.
+    #[default]
+    #[serde(rename = "-", other)]
+    Unknown,
+}
+
+macro_rules! words {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            /// The word in the JSON and in `zdrestartctl status`.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+words!(MasterState {
+    Running => "running", Restarting => "restarting", Lockout => "lockout", Stopping => "stopping", Unknown => "-"
+});
+words!(Outcome {
+    InProgress => "in progress", Complete => "complete", Refused => "refused", Aborted => "aborted", Unknown => "-"
+});
+words!(WorkerState { Starting => "starting", Ready => "ready", Stopping => "stopping", Unknown => "-" });
+
+/// The JSON of `STATUS`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatusReport {
+    pub state: MasterState,
+    pub generation: u64,
+    pub lockout: bool,
+    pub magic: u64,
+    pub version: String,
+    /// Pid of the master.
+    pub pid: u32,
+    /// When the master started (ISO 8601 UTC).
+    pub started: String,
+    /// `workers` of the config the current generation runs with.
+    pub workers_configured: u32,
+    /// `address:port` the master listens on (bound once, at start).
+    pub listen: String,
+    pub last_restart: Option<LastRestart>,
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// The last restart in [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LastRestart {
+    /// None for a refused restart (no generation was started).
+    pub generation: Option<u64>,
+    pub started: String,
+    pub outcome: Outcome,
+    /// `reason: detail` of a refused or aborted restart.
+    pub reason: Option<String>,
+    pub duration_ms: Option<u64>,
+}
+
+/// One worker in [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerStatus {
+    /// None only between the decision to spawn and the fork.
+    pub pid: Option<u32>,
+    pub generation: u64,
+    pub index: u32,
+    pub state: WorkerState,
+    pub started: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_json_shape() {
+        let s = StatusReport {
+            state: MasterState::Running,
+            generation: 2,
+            lockout: false,
+            magic: 1,
+            version: "0.1.0".into(),
+            pid: 10,
+            started: "2024-01-01T00:00:00.000Z".into(),
+            workers_configured: 2,
+            listen: "127.0.0.1:8080".into(),
+            last_restart: Some(LastRestart {
+                generation: Some(2),
+                started: "2024-01-01T00:01:00.000Z".into(),
+                outcome: Outcome::InProgress,
+                reason: None,
+                duration_ms: Some(1200),
+            }),
+            workers: vec![WorkerStatus {
+                pid: Some(11),
+                generation: 2,
+                index: 0,
+                state: WorkerState::Ready,
+                started: "2024-01-01T00:01:00.000Z".into(),
+            }],
+        };
+        let j = serde_json::to_string(&s).unwrap();
+        assert!(!j.contains('\n'));
+        assert!(j.starts_with("{\"state\":\"running\",\"generation\":2,\"lockout\":false,\"magic\":1,"));
+        assert!(j.contains("\"outcome\":\"in progress\"") && j.contains("\"state\":\"ready\""), "{}", j);
+        let back: StatusReport = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, s);
+        for o in [Outcome::InProgress, Outcome::Complete, Outcome::Refused, Outcome::Aborted] {
+            assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{}\"", o));
+        }
+        for m in [MasterState::Running, MasterState::Restarting, MasterState::Lockout, MasterState::Stopping] {
+            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{}\"", m));
+        }
+        for w in [WorkerState::Starting, WorkerState::Ready, WorkerState::Stopping] {
+            assert_eq!(serde_json::to_string(&w).unwrap(), format!("\"{}\"", w));
+        }
+        // A reader is lenient: missing fields and unknown words are "-".
+        let old: StatusReport = serde_json::from_str(r#"{"state":"hibernating","workers":[{"state":"x"}],"new":1}"#).unwrap();
+        assert_eq!((old.state, old.workers[0].state, old.last_restart), (MasterState::Unknown, WorkerState::Unknown, None));
+        assert_eq!(serde_json::from_str::<StatusReport>("{}").unwrap().state.as_str(), "-");
+    }
+}
