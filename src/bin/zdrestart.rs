@@ -27,10 +27,12 @@ Options:
   -h, --help         print this help
   -V, --version      print the version and the magic number
 
-Signals:
-  SIGUSR2            zero-downtime restart (killall -USR2 zdrestart)
-  SIGTERM, SIGINT    graceful stop: SIGTERM to every worker, SIGKILL after
-                     shutdownTimeout, pidfile and control socket removed, exit 0
+Signals (handled from the first instant, before the config is read):
+  SIGUSR2            zero-downtime restart (killall -USR2 zdrestart); refused
+                     (reason starting) while the master starts
+  SIGTERM, SIGINT    graceful stop: SIGTERM to every worker's process group,
+                     SIGKILL after shutdownTimeout, pidfile and control socket
+                     removed, exit 0 (also while starting)
   SIGHUP             reopen the log file (logrotate)
 
 Exit status: 0 after a graceful stop or a successful --check; 1 on a
