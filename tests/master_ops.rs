@@ -291,8 +291,9 @@ fn an_inherited_fd_never_reaches_a_worker() {
     m.wait_events_after(0, "worker.ready", 2, T);
     assert!(fd_targets(m.pid()).iter().any(|t| t.contains("secret")), "the master did inherit it: {:?}", fd_targets(m.pid()));
     for w in workers {
-        // The worker is `sleep` (exec'd by the script): its fds are exactly
-        // what the master passed.
+        // The worker is `sleep` once the script exec'd it (after its
+        // READY=1): then its fds are exactly what the master passed.
+        assert!(wait_until(T, || proc_stat(w).is_some_and(|s| s.comm == "sleep")), "{:?}", proc_stat(w));
         let fds = fd_numbers(w);
         let shown: Vec<String> = fds.iter().map(|&fd| format!("{} -> {}", fd, fd_target(w, fd))).collect();
         assert_eq!(fds, vec![0, 1, 2, 3, 4, 5], "{:?}", shown);
