@@ -277,7 +277,17 @@ fn sigkill_of_the_master_ends_workers_that_ignore_sigterm() {
 
 #[test]
 fn an_inherited_fd_never_reaches_a_worker() {
-    let b = Master::for_test().set("worker", fault_worker_json("ignore-term-forever.sh")).set("shutdownTimeout", 1);
+    inherited_fd_case(Master::for_test());
+}
+
+#[test]
+fn an_inherited_fd_never_reaches_a_worker_without_close_range() {
+    // The fallback of kernels before 5.9: close() up to RLIMIT_NOFILE.
+    inherited_fd_case(Master::for_test().env("ZDRESTART_NO_CLOSE_RANGE", "1"));
+}
+
+fn inherited_fd_case(b: MasterBuilder) {
+    let b = b.set("worker", fault_worker_json("ignore-term-forever.sh")).set("shutdownTimeout", 1);
     let secret = b.dir().join("secret");
     std::fs::write(&secret, "not for workers\n").unwrap();
     let f = std::fs::File::open(&secret).unwrap();

@@ -111,6 +111,9 @@ fn main() -> ExitCode {
         eprintln!("zdrestart: warning: {}", w);
     }
     let opts = Options { no_pidfd: std::env::var_os("ZDRESTART_NO_PIDFD").is_some_and(|v| v == "1") };
+    if std::env::var_os("ZDRESTART_NO_CLOSE_RANGE").is_some_and(|v| v == "1") {
+        zdrestart::sys::disable_close_range();
+    }
     match event_loop::run(cfg, opts, signals) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {

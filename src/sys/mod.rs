@@ -10,7 +10,7 @@ mod procs;
 mod spawn;
 
 pub use procs::*;
-pub use spawn::{spawn, SpawnSpec, Spawned};
+pub use spawn::{disable_close_range, spawn, SpawnSpec, Spawned};
 
 use std::ffi::CString;
 use std::io;

@@ -15,6 +15,17 @@ use std::convert::Infallible;
 use std::ffi::CString;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether the child closes fds with close_range(2) (else close() in a loop).
+static CLOSE_RANGE: AtomicBool = AtomicBool::new(true);
+
+/// Make every later spawn close fds with close() up to RLIMIT_NOFILE instead
+/// of close_range(2), as on kernels before 5.9 (`ZDRESTART_NO_CLOSE_RANGE=1`,
+/// for tests of that path).
+pub fn disable_close_range() {
+    CLOSE_RANGE.store(false, Ordering::Relaxed);
+}
 
 /// Everything a worker needs between fork and exec, built before fork.
 pub struct SpawnSpec {
@@ -136,6 +147,8 @@ struct Child<'a> {
     /// One past the highest fd number that can be open (RLIMIT_NOFILE, read
     /// before fork): where the close() fallback stops.
     fd_limit: RawFd,
+    /// Try close_range(2) first ([`disable_close_range`]).
+    close_range: bool,
 }
 
 fn errno() -> i32 {
@@ -202,6 +215,7 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         master_pid: std::process::id() as libc::pid_t,
         report_fd: err_w.as_raw_fd(),
         fd_limit: fd_limit(),
+        close_range: CLOSE_RANGE.load(Ordering::Relaxed),
     };
 
     let old = block_signals();
@@ -393,14 +407,16 @@ impl Child<'_> {
             if lo > hi {
                 continue;
             }
-            // SAFETY: close_range takes integers and closes fds of this
-            // (child) process only.
-            let r = unsafe { libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi as libc::c_uint, 0 as libc::c_uint) };
-            if r == 0 {
-                continue;
-            }
-            if !matches!(errno(), libc::ENOSYS | libc::EINVAL | libc::EPERM) {
-                return Err((Stage::CloseFds, errno()));
+            if self.close_range {
+                // SAFETY: close_range takes integers and closes fds of this
+                // (child) process only.
+                let r = unsafe { libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi as libc::c_uint, 0 as libc::c_uint) };
+                if r == 0 {
+                    continue;
+                }
+                if !matches!(errno(), libc::ENOSYS | libc::EINVAL | libc::EPERM) {
+                    return Err((Stage::CloseFds, errno()));
+                }
             }
             for fd in lo..hi.min(self.fd_limit.saturating_sub(1)).saturating_add(1) {
                 // SAFETY: close is async-signal-safe; EBADF for a closed fd is harmless.
