@@ -1139,6 +1139,51 @@ mod tests {
         assert_eq!(replies(&a), vec!["NACK stopping"]);
     }
 
+    /// The sd_notify(3) notifications of these actions, as (kind, STATUS text).
+    fn notified(a: &[Action]) -> Vec<(&'static str, String)> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Notify(Notify::Ready(s)) => Some(("READY", s.clone())),
+                Action::Notify(Notify::Reloading(s)) => Some(("RELOADING", s.clone())),
+                Action::Notify(Notify::Stopping(s)) => Some(("STOPPING", s.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn service_manager_hears_ready_reloading_and_stopping() {
+        let mut h = H::new(mongo(2));
+        let a = h.ev(Event::Start);
+        assert!(notified(&a).is_empty(), "not ready before the workers");
+        let ids: Vec<_> = h.m.workers().map(|w| w.id).collect();
+        assert!(notified(&h.ev(Event::Ready { id: ids[0] })).is_empty());
+        let a = h.ev(Event::Ready { id: ids[1] });
+        assert_eq!(notified(&a), vec![("READY", "running: generation 1, 2 of 2 workers ready".to_string())]);
+        // Refused after being taken up: RELOADING then READY.
+        let a = h.restart(mongo(1), false);
+        let n = notified(&a);
+        assert_eq!(n.iter().map(|x| x.0).collect::<Vec<_>>(), vec!["RELOADING", "READY"]);
+        assert!(n[1].1.ends_with("zero-downtime restart refused: no workers"), "{:?}", n);
+        // Taken up, then in flight: the second request sends nothing.
+        assert_eq!(notified(&h.restart(mongo(2), false)).len(), 1);
+        assert!(notified(&h.restart(mongo(2), false)).is_empty());
+        h.probe_ok();
+        let mut done = Vec::new();
+        for _ in 0..2 {
+            let a = h.ready_all();
+            done.extend(notified(&a));
+            let old: Vec<u32> = h.m.workers().filter(|w| w.asked_to_stop).filter_map(|w| w.pid).collect();
+            for pid in old {
+                let id = h.id_of(pid);
+                done.extend(notified(&h.ev(Event::Exited { id, status: ExitStatus::Code(0) })));
+            }
+        }
+        assert_eq!(done, vec![("READY", "running: generation 2, 2 of 2 workers ready; zero-downtime restart complete".to_string())]);
+        let a = h.ev(Event::Stop { signal: "SIGTERM" });
+        assert_eq!(notified(&a), vec![("STOPPING", "stopping (SIGTERM): 2 workers".to_string())]);
+    }
+
     #[test]
     fn idle_master_has_no_deadline() {
         let h = running(mongo(2));
