@@ -208,10 +208,15 @@ fn a_wrapper_worker_leaves_no_old_server_after_a_restart_nor_after_a_stop() {
         assert_eq!((r.status, r.json()["generation"].as_u64()), (200, Some(2)), "{}", r.text());
     }
 
-    // Stop: exit 0 and nothing of the service holds the port.
+    stop_leaves_nothing(&mut m, &mark);
+}
+
+/// SIGTERM: exit 0, no process marked `FAULT_MARK=mark` left (all the
+/// service started), nothing holds the port.
+fn stop_leaves_nothing(m: &mut Master, mark: &str) {
     m.signal(libc::SIGTERM);
     assert_eq!(m.wait_exit(T).code(), Some(0));
-    assert!(wait_until(T, || pids_with_env("FAULT_MARK", &mark).is_empty()), "left: {:?}", pids_with_env("FAULT_MARK", &mark));
+    assert!(wait_until(T, || pids_with_env("FAULT_MARK", mark).is_empty()), "left: {:?}", pids_with_env("FAULT_MARK", mark));
     assert!(port_is_free(m.port), "the port is free after the stop");
 }
 
@@ -255,10 +260,7 @@ fn double_forked_helpers_come_back_to_the_master_and_are_ended() {
     assert!(m.zombies().is_empty(), "zombies: {:?}", m.zombies());
     // The stop leaves nothing: no process of the service, the port free.
     m.wait_events_after(mark_log, "worker.ready", 1, T);
-    m.signal(libc::SIGTERM);
-    assert_eq!(m.wait_exit(T).code(), Some(0));
-    assert!(wait_until(T, || pids_with_env("FAULT_MARK", &mark).is_empty()), "left: {:?}", pids_with_env("FAULT_MARK", &mark));
-    assert!(port_is_free(m.port), "no helper holds the port");
+    stop_leaves_nothing(&mut m, &mark);
 }
 
 #[test]

@@ -40,7 +40,7 @@ pub fn reap_adopted(is_known: impl Fn(u32) -> bool) -> Vec<u32> {
             known.push(pid);
             break;
         }
-        match sys::reap(pid) {
+        match sys::try_wait(pid) {
             Ok(Some(st)) => log::debug!(orphan_pid = pid; "reaped adopted process {} ({})", pid, st),
             Ok(None) => break,
             Err(e) => {

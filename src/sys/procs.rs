@@ -6,7 +6,7 @@
 //! exited before reaping it, and the list of the master's children from
 //! /proc. It decides nothing: the loop knows which pids are its workers.
 
-use super::{cvt, decode_status, ExitStatus};
+use super::cvt;
 use std::io;
 
 /// prctl(PR_SET_CHILD_SUBREAPER, 1): descendants orphaned below this process
@@ -62,23 +62,6 @@ pub fn exited_child() -> io::Result<Option<u32>> {
         // SAFETY: waitid succeeded, so si_pid is set (0 when no child has exited).
         let pid = unsafe { info.si_pid() };
         return Ok(if pid > 0 { Some(pid as u32) } else { None });
-    }
-}
-
-/// Reap a child that has exited (after [`exited_child`] named it).
-pub fn reap(pid: u32) -> io::Result<Option<ExitStatus>> {
-    let mut status: libc::c_int = 0;
-    loop {
-        // SAFETY: waitpid writes the status into a local int.
-        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
-        if r == -1 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e);
-        }
-        return Ok(if r == 0 { None } else { Some(decode_status(status)) });
     }
 }
 
