@@ -313,3 +313,25 @@ fn inherited_fd_case(b: MasterBuilder) {
         assert!(shown.iter().all(|s| !s.contains("secret")), "{:?}", shown);
     }
 }
+
+#[test]
+fn zdrestartctl_tells_from_the_pidfile_lock_whether_a_master_runs() {
+    // A master with a pidfile and no control socket: zdrestartctl cannot
+    // connect, and says from the pidfile's lock that a master runs.
+    let b = Master::for_test();
+    let ctl_sock = b.dir().join("nobody.sock");
+    let mut m = b.start();
+    m.rewrite_config(|c| {
+        c.insert("controlSocket".into(), json!(ctl_sock.display().to_string()));
+    });
+    let cfg = m.config_path.display().to_string();
+    let ctl = |args: &[&str]| run_cmd(std::process::Command::new(ctl_bin()).args(args), T);
+    let (st, _, err) = ctl(&["-c", &cfg, "status"]);
+    assert_eq!(st.code(), Some(2), "{}", err);
+    assert!(err.contains(&format!("a master runs (pid {}", m.pid())), "{}", err);
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit(T).code(), Some(0));
+    let (st, _, err) = ctl(&["-c", &cfg, "status"]);
+    assert_eq!(st.code(), Some(2), "{}", err);
+    assert!(err.contains("no master holds its lock: the master is not running"), "{}", err);
+}
