@@ -11,24 +11,34 @@
 
 use super::child::Child;
 use super::listeners::bind_listeners;
-use super::pidfile::{remove_pidfile, write_pidfile};
-use super::probe::{probe_blocking, ProbeRun};
+use super::orphans;
+use super::pidfile::Pidfile;
+use super::probe::{probe_blocking, ProbeOutcome, ProbeRun};
 use super::spawn_spec::build_spec;
-use super::state::{Action, ClientId, Event, Master, ProbeFailure, ProbeInfo, Requester, WorkerId};
+use super::state::{Action, ClientId, Event, Master, Notify, ProbeFailure, ProbeInfo, Requester, WorkerId};
 use crate::config::Config;
 use crate::control::{self, Command, ControlServer};
 use crate::protocol::Report;
+use crate::restart::Reason;
+use crate::sdnotify::{self, Notifier};
 use crate::signals::SignalPipe;
 use crate::sys::{self, ExitStatus};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// The signals the master handles.
-const SIGNALS: [i32; 5] = [libc::SIGTERM, libc::SIGINT, libc::SIGUSR2, libc::SIGHUP, libc::SIGCHLD];
+/// The signals the master handles, from its first instant
+/// ([`install_signals`]).
+pub const SIGNALS: [i32; 5] = [libc::SIGTERM, libc::SIGINT, libc::SIGUSR2, libc::SIGHUP, libc::SIGCHLD];
+
+/// Install the master's signal handlers: the first thing `zdrestart` does
+/// (before the config, the listeners and the probe), so that no signal the
+/// master uses can kill it with the default action while it starts.
+pub fn install_signals() -> Result<SignalPipe, String> {
+    SignalPipe::install(&SIGNALS).map_err(|e| format!("install signal handlers: {}", sys::strerror(&e)))
+}
 
 /// Options from the command line.
 #[derive(Debug, Clone, Default)]
@@ -83,55 +93,49 @@ struct Loop {
     started_wall: SystemTime,
     /// LOGLEVEL override from the control socket, passed to new workers.
     loglevel: Option<String>,
-    /// The pidfile written at start (a changed `pidfile` applies only after a normal restart).
-    pidfile: Option<PathBuf>,
+    /// The pidfile locked and written at start, held until exit (a changed
+    /// `pidfile` applies only after a normal restart).
+    pidfile: Option<Pidfile>,
     /// `serverUser` at start: like the pidfile, it changes only with a normal restart.
     server_user: Option<String>,
     /// The log level in force from the config (not a LOGLEVEL override).
     config_level: log::LevelFilter,
+    /// sd_notify(3) sender, when `$NOTIFY_SOCKET` is set.
+    notifier: Option<Notifier>,
 }
 
-/// Run the master until it stops. Start-up errors come back as `Err` with a
-/// message naming the object and operation; the caller logs and exits 1.
-pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
+/// Run the master until it stops. `signals` were installed first thing
+/// ([`install_signals`]). Start-up errors come back as `Err` with a message
+/// naming the object and operation; the caller logs and exits 1.
+pub fn run(cfg: Config, opts: Options, signals: SignalPipe) -> Result<i32, String> {
     let started_wall = SystemTime::now();
-    let listeners = bind_listeners(&cfg)?;
-    for l in &listeners {
-        if let Ok(a) = l.local_addr() {
-            log::info!(address = a.to_string(); "listening on {}", a);
-        }
+    // Descendants orphaned below the master (a worker's helpers) come back
+    // to it, to be reaped and ended (zdrestart-worker(7)).
+    if let Err(e) = sys::set_child_subreaper() {
+        log::warn!("prctl PR_SET_CHILD_SUBREAPER: {}; orphans of workers go to init", sys::strerror(&e));
     }
-    let outcome = probe_blocking(&cfg);
-    let info = match (&outcome.magic, &outcome.spawn_error) {
-        (_, Some(e)) => return Err(format!("probe of the worker program failed: {}", e)),
-        (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default() },
-        (None, None) => {
-            let why = outcome.for_restart(cfg.probe_timeout).err().map(|f| f.error).unwrap_or_default();
-            return Err(format!("probe of the worker program failed: {}", why));
+    // First of the master's resources: a second master must be refused
+    // before it binds or probes anything.
+    let mut pidfile = match &cfg.pidfile {
+        Some(p) => Some(Pidfile::acquire(p)?),
+        None => None,
+    };
+    let started = match prepare(&cfg, &signals) {
+        Ok(Some(r)) => r,
+        other => {
+            if let Some(p) = pidfile.take() {
+                p.remove();
+            }
+            return other.map(|_| 0);
         }
     };
-    if let Some(e) = &outcome.error {
-        // A database down at start is not fatal: workers answer 503 until it is back.
-        log::warn!(component = "probe", error = e.as_str(); "the probe reported a problem: {} (starting anyway)", e);
-    }
-    log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
-        "worker program reports magic number {} (version {})", info.magic, info.version);
-    if let Some(p) = &cfg.pidfile {
-        write_pidfile(p)?;
-    }
-    let signals = SignalPipe::install(&SIGNALS).map_err(|e| format!("install signal handlers: {}", e))?;
-    let control = match &cfg.control_socket {
-        None => None,
-        Some(p) => match ControlServer::bind(p) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                if let Some(pf) = &cfg.pidfile {
-                    remove_pidfile(pf);
-                }
-                // ControlServer errors already name the socket path.
-                return Err(e.to_string());
-            }
-        },
+    let (listeners, info, control) = started;
+    let notifier = match Notifier::from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("{}; not notifying the service manager", e);
+            None
+        }
     };
     let cfg = Arc::new(cfg);
     log::info!(event = "master.start", workers = cfg.workers, listen = cfg.listen_display(), magic = info.magic,
@@ -149,13 +153,96 @@ pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
         exit: None,
         started_wall,
         loglevel: None,
-        pidfile: cfg.pidfile.clone(),
+        pidfile,
         server_user: cfg.server_user.clone(),
         config_level: cfg.log_level,
+        notifier,
     };
     let code = lp.run();
     lp.shutdown();
     Ok(code)
+}
+
+/// Bind, probe, open the control socket: what must succeed before the first
+/// worker is spawned. `Ok(None)`: SIGTERM or SIGINT stopped the start.
+#[allow(clippy::type_complexity)]
+fn prepare(cfg: &Config, signals: &SignalPipe) -> Result<Option<(Vec<TcpListener>, ProbeInfo, Option<ControlServer>)>, String> {
+    // Signals that came before the logger existed are handled now.
+    if starting_signals(signals) {
+        return Ok(None);
+    }
+    let listeners = bind_listeners(cfg)?;
+    for l in &listeners {
+        if let Ok(a) = l.local_addr() {
+            log::info!(address = a.to_string(); "listening on {}", a);
+        }
+    }
+    let mut on_signal = || starting_signals(signals);
+    let Some(outcome) = probe_blocking(cfg, Some((signals.as_raw_fd(), &mut on_signal))) else {
+        return Ok(None);
+    };
+    let info = start_verdict(cfg, &outcome)?;
+    if starting_signals(signals) {
+        return Ok(None);
+    }
+    let control = match &cfg.control_socket {
+        None => None,
+        // ControlServer errors already name the socket path.
+        Some(p) => Some(ControlServer::bind(p).map_err(|e| e.to_string())?),
+    };
+    Ok(Some((listeners, info, control)))
+}
+
+/// The probe at start: a magic number is enough (an `ERROR=` with it, for
+/// the built-in worker a database down, is only a warning).
+fn start_verdict(cfg: &Config, outcome: &ProbeOutcome) -> Result<ProbeInfo, String> {
+    let info = match (&outcome.magic, &outcome.spawn_error) {
+        (_, Some(e)) => return Err(format!("probe of the worker program failed: {}", e)),
+        (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default() },
+        (None, None) => {
+            let why = outcome.for_restart(cfg.probe_timeout).err().map(|f| f.error).unwrap_or_default();
+            return Err(format!("probe of the worker program failed: {}", why));
+        }
+    };
+    if let Some(e) = &outcome.error {
+        // A database down at start is not fatal: workers answer 503 until it is back.
+        log::warn!(component = "probe", error = e.as_str(); "the probe reported a problem: {} (starting anyway)", e);
+    }
+    log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
+        "worker program reports magic number {} (version {})", info.magic, info.version);
+    Ok(info)
+}
+
+/// The signals of the start-up window, before the loop runs: SIGUSR2 is
+/// refused as `starting`, SIGHUP reopens the log, SIGTERM and SIGINT stop
+/// (true: stop now). SIGCHLD is left to whoever waits for the child.
+fn starting_signals(signals: &SignalPipe) -> bool {
+    signals.drain();
+    if signals.take(libc::SIGHUP) {
+        reopen_log();
+    }
+    if signals.take(libc::SIGUSR2) {
+        let reason = Reason::Starting;
+        log::warn!(event = "restart.refused", reason = reason.wire(), detail = "the master is starting";
+            "zero-downtime restart refused: {}: the master is starting (SIGUSR2 before it started its first generation)", reason);
+    }
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        if signals.take(sig) {
+            log::info!(event = "master.stop", signal = name;
+                "{} received while starting: stopping before any worker was started", name);
+            return true;
+        }
+    }
+    false
+}
+
+/// SIGHUP: reopen the log file (logrotate).
+fn reopen_log() {
+    match crate::log::reopen() {
+        Ok(Some(p)) => log::info!(event = "log.reopen", path = p.display().to_string(); "log file reopened"),
+        Ok(None) => log::info!(event = "log.reopen"; "SIGHUP: no log file to reopen"),
+        Err(e) => log::error!(event = "log.reopen"; "{}", e),
+    }
 }
 
 impl Loop {
@@ -303,9 +390,11 @@ impl Loop {
                 }
             }
             Action::Signal { id, pid, signal } => {
-                // Only a child we have not reaped: its pid cannot have been reused.
+                // Only a child we have not reaped: its pid (and so its
+                // process group's id) cannot have been reused. The whole
+                // group: whatever the worker started gets it too.
                 if self.children.get(&id).is_some_and(|c| c.pid == pid) {
-                    if let Err(e) = sys::kill(pid, signal) {
+                    if let Err(e) = sys::kill_group(pid, signal).or_else(|_| sys::kill(pid, signal)) {
                         log::warn!(worker_pid = pid; "kill {} {}: {}", sys::signal_name(signal), pid, sys::strerror(&e));
                     }
                 }
@@ -325,7 +414,25 @@ impl Loop {
                 }
             }
             Action::Reply { client, answer } => self.reply(client, &control::render(&answer)),
+            Action::Notify(n) => self.notify(n),
             Action::Exit(code) => self.exit = Some(code),
+        }
+    }
+
+    /// One sd_notify(3) datagram; a failure is logged, never fatal.
+    fn notify(&self, n: Notify) {
+        let Some(notifier) = &self.notifier else { return };
+        let text = match n {
+            Notify::Ready(status) => sdnotify::message("READY=1", &status),
+            Notify::Reloading(status) => {
+                let head = format!("RELOADING=1\nMONOTONIC_USEC={}", sys::monotonic_usec());
+                sdnotify::message(&head, &status)
+            }
+            Notify::Stopping(status) => sdnotify::message("STOPPING=1", &status),
+        };
+        match notifier.send(&text) {
+            Ok(()) => log::debug!(sd_notify = text.as_str(); "told the service manager: {}", text.replace('\n', " ")),
+            Err(e) => log::warn!("{}", e),
         }
     }
 
@@ -344,13 +451,10 @@ impl Loop {
                 self.check_child(id);
             }
             self.check_probe(Instant::now());
+            self.reap_adopted();
         }
         if self.signals.take(libc::SIGHUP) {
-            match crate::log::reopen() {
-                Ok(Some(p)) => log::info!(event = "log.reopen", path = p.display().to_string(); "log file reopened"),
-                Ok(None) => log::info!(event = "log.reopen"; "SIGHUP: no log file to reopen"),
-                Err(e) => log::error!(event = "log.reopen"; "{}", e),
-            }
+            reopen_log();
         }
         if self.signals.take(libc::SIGTERM) {
             self.queue.push_back(Event::Stop { signal: "SIGTERM" });
@@ -387,13 +491,42 @@ impl Loop {
         }
     }
 
-    /// Reap a child if it has exited, after reading what it left in its pipes.
+    /// The pids whose process groups are the service's: the workers and the probe.
+    fn leaders(&self) -> Vec<u32> {
+        self.children.values().map(|c| c.pid).chain(self.probe.as_ref().map(|p| p.child.pid)).collect()
+    }
+
+    /// Reap adopted children that exited, and end the ones a worker left
+    /// behind (zdrestart-worker(7)); our own exited children are handed to
+    /// [`Self::check_child`] / [`Self::check_probe`].
+    fn reap_adopted(&mut self) {
+        for _ in 0..64 {
+            let leaders = self.leaders();
+            let known = orphans::reap_adopted(|pid| leaders.contains(&pid));
+            if known.is_empty() {
+                break;
+            }
+            for pid in known {
+                let id = self.children.iter().find(|(_, c)| c.pid == pid).map(|(&id, _)| id);
+                match id {
+                    Some(id) => self.check_child(id),
+                    None => self.check_probe(Instant::now()),
+                }
+            }
+        }
+        orphans::end_strays(&self.leaders());
+    }
+
+    /// Reap a child if it has exited, after reading what it left in its
+    /// pipes; then end what is left of its process group.
     fn check_child(&mut self, id: WorkerId) {
         let Some(c) = self.children.get(&id) else { return };
         match sys::try_wait(c.pid) {
             Ok(Some(status)) => {
+                let pid = c.pid;
                 self.read_child(id, true);
                 self.children.remove(&id);
+                orphans::end_group(pid);
                 self.queue.push_back(Event::Exited { id, status });
             }
             Ok(None) => {}
@@ -456,7 +589,11 @@ impl Loop {
                 return;
             }
             Command::Unknown(_) => control::nack(control::NACK_UNKNOWN),
-            Command::Bad(text) => control::nack(&text),
+            Command::Bad { nack, detail } => {
+                // The wire text is pump.io's; what was wrong goes to the log.
+                log::info!(component = "control", nack = nack; "control command refused: {}", detail);
+                control::nack(nack)
+            }
         };
         if let Some(c) = &mut self.control {
             c.reply(client, &answer);
@@ -477,13 +614,15 @@ impl Loop {
         // Workers still running when the master exits (fatal paths) get
         // PDEATHSIG; say so rather than leave it implicit.
         for c in self.children.values() {
-            let _ = sys::kill(c.pid, libc::SIGTERM);
+            let _ = sys::kill_group(c.pid, libc::SIGTERM);
         }
+        // Nothing the workers left behind outlives the master.
+        self.reap_adopted();
         if let Some(c) = self.control.take() {
             c.close();
         }
-        if let Some(p) = &self.pidfile {
-            remove_pidfile(p);
+        if let Some(p) = self.pidfile.take() {
+            p.remove();
         }
         log::logger().flush();
     }

@@ -60,7 +60,9 @@ pub fn build_spec(
     let mut env = Vec::new();
     for (k, v) in std::env::vars_os() {
         let kb = k.as_bytes();
-        if kb.starts_with(b"LISTEN_") || kb.starts_with(b"ZDRESTART_") {
+        // NOTIFY_SOCKET is the master's: a worker must not speak for it to
+        // the service manager.
+        if kb.starts_with(b"LISTEN_") || kb.starts_with(b"ZDRESTART_") || kb == crate::sdnotify::ENV_NOTIFY_SOCKET.as_bytes() {
             continue;
         }
         let mut e = kb.to_vec();

@@ -6,9 +6,11 @@
 //! with each result; nothing here logs.
 #![allow(unsafe_code)]
 
+mod procs;
 mod spawn;
 
-pub use spawn::{spawn, SpawnSpec, Spawned};
+pub use procs::*;
+pub use spawn::{disable_close_range, spawn, SpawnSpec, Spawned};
 
 use std::ffi::CString;
 use std::io;
@@ -251,4 +253,13 @@ pub fn ensure_std_fds() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// CLOCK_MONOTONIC in microseconds (sd_notify(3) `MONOTONIC_USEC=`).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the local we pass;
+    // CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
