@@ -11,6 +11,7 @@ pub mod log;
 pub mod master;
 pub mod protocol;
 pub mod restart;
+pub mod sdnotify;
 pub mod signals;
 pub mod status;
 pub mod sys;

@@ -127,22 +127,31 @@ fn level_of_bunyan(n: u64) -> Level {
     }
 }
 
+/// Keys of a worker's record that the master sets itself: a worker's record
+/// can never pass for the master's. `name`, `hostname` and `pid` are the
+/// master's (the process writing this log; `worker_pid` names the worker),
+/// `component` is `worker` or `probe`, `worker_pid` is the pid of the pipe's
+/// child. What the worker wrote under `component` and `event` is kept as
+/// `worker_component` and `worker_event`, so that a search for an `event`
+/// finds only the master's records.
+pub const WORKER_RENAMED: &[(&str, &str)] = &[("component", "worker_component"), ("event", "worker_event")];
+
 /// Log one line a worker (or probe) wrote on stdout/stderr. A line that is a
-/// bunyan record is passed on with its own level and fields, plus `worker_pid`
-/// and `component` if it has none; any other line becomes an `info` record.
+/// bunyan record is passed on with its own level, time, message and fields,
+/// except the ones the master sets ([`WORKER_RENAMED`]); any other line
+/// becomes an `info` record.
 pub fn worker_line(component: &str, pid: u32, line: &str) {
     let line = line.trim_end_matches(['\r', '\n']);
     if line.is_empty() {
         return;
     }
-    if let Ok(Value::Object(mut rec)) = serde_json::from_str::<Value>(line) {
+    if let Ok(Value::Object(rec)) = serde_json::from_str::<Value>(line) {
         if let (Some(lv), Some(_)) = (rec.get("level").and_then(Value::as_u64), rec.get("v")) {
             if level_of_bunyan(lv) > log::max_level() {
                 return;
             }
-            rec.entry("component").or_insert_with(|| component.into());
-            rec.insert("worker_pid".into(), pid.into());
             if let Some(l) = LOGGER.get() {
+                let rec = adopt_worker_record(rec, lv, component, pid, &l.hostname);
                 let msg = rec.get("msg").and_then(Value::as_str).unwrap_or("").to_string();
                 l.write_record(level_of_bunyan(lv), rec, &msg);
             }
@@ -150,6 +159,35 @@ pub fn worker_line(component: &str, pid: u32, line: &str) {
         }
     }
     log::info!(component = component, worker_pid = pid; "{}", line);
+}
+
+/// A worker's bunyan record as the master writes it: the keys of
+/// [`WORKER_RENAMED`] moved aside, `component`, `worker_pid`, `name`,
+/// `hostname` and `pid` set by the master, `v`, `level` and `msg` made valid.
+fn adopt_worker_record(mut rec: Map<String, Value>, lv: u64, component: &str, pid: u32, hostname: &str) -> Map<String, Value> {
+    for (key, renamed) in WORKER_RENAMED {
+        if let Some(v) = rec.remove(*key) {
+            rec.insert(renamed.to_string(), v);
+        }
+    }
+    let level = if lv >= 60 { 60 } else { bunyan_level(level_of_bunyan(lv)) };
+    let msg = match rec.get("msg") {
+        Some(Value::String(m)) => m.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    rec.insert("v".into(), 0.into());
+    rec.insert("level".into(), level.into());
+    rec.insert("msg".into(), msg.into());
+    rec.insert("component".into(), component.into());
+    rec.insert("worker_pid".into(), pid.into());
+    rec.insert("name".into(), "zdrestart".into());
+    rec.insert("hostname".into(), hostname.into());
+    rec.insert("pid".into(), std::process::id().into());
+    if !rec.get("time").is_some_and(Value::is_string) {
+        rec.insert("time".into(), now_iso8601().into());
+    }
+    rec
 }
 
 impl Logger {
@@ -313,6 +351,21 @@ mod tests {
         assert_eq!(iso8601(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso8601(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(iso8601(1_795_617_306, 123), "2026-11-25T14:35:06.123Z");
+    }
+
+    #[test]
+    fn a_worker_record_cannot_pass_for_the_master() {
+        let forged = r#"{"v":0,"level":30,"name":"zdrestart","hostname":"h","pid":1,"time":"2026-11-25T14:35:06.123Z","msg":"Zero-downtime restart complete","component":"master","event":"restart.complete"}"#;
+        let Value::Object(rec) = serde_json::from_str(forged).unwrap() else { unreachable!() };
+        let r = adopt_worker_record(rec, 30, "worker", 4242, "host");
+        assert_eq!(r["component"], "worker");
+        assert_eq!(r["worker_component"], "master");
+        assert!(r.get("event").is_none());
+        assert_eq!(r["worker_event"], "restart.complete");
+        assert_eq!(r["worker_pid"], 4242);
+        assert_eq!(r["pid"], std::process::id());
+        assert_eq!(r["hostname"], "host");
+        assert_eq!(r["time"], "2026-11-25T14:35:06.123Z");
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub enum Reason {
     /// A started restart was aborted (answer to `RESTART WAIT`; the detail
     /// starts with the [`AbortCause`]).
     Aborted,
+    /// SIGUSR2 while the master starts (before it spawns its first
+    /// generation: config, pidfile, listeners, probe): only
+    /// in the `restart.refused` record, the control socket is not open yet.
+    Starting,
 }
 
 /// One row of the table: wire text, description, advice.
@@ -47,7 +51,7 @@ struct Words {
 impl Reason {
     /// Every reason: the refusals of a restart request first, in the order
     /// they are checked, then the ends of a restart that did not complete.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::InFlight,
         Reason::AbortedRestart,
         Reason::BadConfig,
@@ -58,6 +62,7 @@ impl Reason {
         Reason::ProbeFailed,
         Reason::Stopping,
         Reason::Aborted,
+        Reason::Starting,
     ];
 
     /// The refusals of a restart request, in the order they are checked.
@@ -120,6 +125,11 @@ impl Reason {
                 describe: "the master is stopping; the restart did not complete",
                 advice: "Start the master again if it should be running.",
             },
+            Reason::Starting => Words {
+                wire: "starting",
+                describe: "the master is starting: it has not started its first generation of workers yet",
+                advice: "Wait until the master has started (`master.start` in its log), then retry.",
+            },
             Reason::Aborted => Words {
                 wire: "aborted",
                 describe: "the zero-downtime restart was aborted: a new worker failed before the restart completed",
@@ -143,6 +153,15 @@ impl Reason {
     /// What an operator should do next.
     pub const fn advice(self) -> &'static str {
         self.words().advice
+    }
+
+    /// One of the five reasons pump.socket(7) defines for `RESTART`: its
+    /// answer is exactly `NACK <wire>`, with no detail.
+    pub const fn defined_by_pump_io(self) -> bool {
+        matches!(
+            self,
+            Reason::NoWorkers | Reason::BadDriver | Reason::AbortedRestart | Reason::InFlight | Reason::Incompatibility
+        )
     }
 
     /// The reason whose wire text is `key` (the part before the first `:`).

@@ -99,7 +99,7 @@ fn run(mut server: ControlServer, stop: Arc<AtomicBool>, stats: Arc<Stats>, wait
                     }
                     Command::LogLevel(_) | Command::LogLevelRestore => server.reply(client, "ACK"),
                     Command::Unknown(_) => server.reply(client, &control::nack(control::NACK_UNKNOWN)),
-                    Command::Bad(r) => server.reply(client, &control::nack(&r)),
+                    Command::Bad { nack, .. } => server.reply(client, &control::nack(nack)),
                 }
             }
         }
@@ -246,7 +246,7 @@ fn pump_io_compatible_answers() {
     assert_eq!(ask(&h.path, "CMDS\n"), "ACK CMDS VERSION LOGLEVEL STATUS RESTART\n");
     assert_eq!(ask(&h.path, "version\r\n"), "ACK test-version\n");
     assert_eq!(ask(&h.path, "FROB\n"), "NACK unknown\n");
-    assert_eq!(ask(&h.path, "LOGLEVEL loud\n"), "NACK invalid loglevel\n");
+    assert_eq!(ask(&h.path, "LOGLEVEL loud\n"), "NACK invalid\n");
     assert_eq!(ask(&h.path, "RESTART\n"), "ACK\n");
 
     // Pipelining, blank lines, mixed case: answers in order, one per command.

@@ -31,10 +31,12 @@ Options:
   -h, --help         print this help
   -V, --version      print the version and the magic number
 
-Signals:
-  SIGUSR2            zero-downtime restart (killall -USR2 zdrestart)
-  SIGTERM, SIGINT    graceful stop: SIGTERM to every worker, SIGKILL after
-                     shutdownTimeout, pidfile and control socket removed, exit 0
+Signals (handled from the first instant, before the config is read):
+  SIGUSR2            zero-downtime restart (killall -USR2 zdrestart); refused
+                     (reason starting) while the master starts
+  SIGTERM, SIGINT    graceful stop: SIGTERM to every worker's process group,
+                     SIGKILL after shutdownTimeout, pidfile and control socket
+                     removed, exit 0 (also while starting)
   SIGHUP             reopen the log file (logrotate)
 
 Exit status: 0 after a graceful stop, a valid -t or a successful --check;
@@ -80,6 +82,20 @@ fn main() -> ExitCode {
     if check && test_config {
         return usage_error("-t and --check exclude each other");
     }
+    // The master's very first action: from here no signal it uses can kill
+    // it with the default action (zdrestart(8), SIGNALS). `--check` and `-t`
+    // keep the defaults (Ctrl-C ends them).
+    let signals = if check || test_config {
+        None
+    } else {
+        match event_loop::install_signals() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("zdrestart: {}", e);
+                return ExitCode::from(1);
+            }
+        }
+    };
     let cfg = match Config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -90,9 +106,9 @@ fn main() -> ExitCode {
     if test_config {
         return run_config_test(&cfg);
     }
-    if check {
+    let Some(signals) = signals else {
         return run_check(cfg);
-    }
+    };
     let target = match &cfg.logfile {
         Some(p) => zdrestart::log::Target::File(p.clone()),
         None if std::io::stderr().is_terminal() => zdrestart::log::Target::Terminal,
@@ -107,7 +123,10 @@ fn main() -> ExitCode {
         eprintln!("zdrestart: warning: {}", w);
     }
     let opts = Options { no_pidfd: std::env::var_os("ZDRESTART_NO_PIDFD").is_some_and(|v| v == "1") };
-    match event_loop::run(cfg, opts) {
+    if std::env::var_os("ZDRESTART_NO_CLOSE_RANGE").is_some_and(|v| v == "1") {
+        zdrestart::sys::disable_close_range();
+    }
+    match event_loop::run(cfg, opts, signals) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             log::error!(fatal = true, event = "master.stop"; "{}", e);
@@ -161,7 +180,7 @@ fn run_check(cfg: Config) -> ExitCode {
             Ok(info)
         }
         None => {
-            let outcome = probe_blocking(&cfg);
+            let outcome = probe_blocking(&cfg, None).unwrap_or_default();
             for l in &outcome.output {
                 println!("probe output: {}", l);
             }

@@ -4,10 +4,7 @@
 //! Owns only the protocol NACKs' wording; the restart reasons carry their own
 //! ([`crate::restart::Reason::describe`], [`Reason::advice`]). Pure.
 
-use super::wire::{
-    NACK_INVALID_LOGLEVEL, NACK_LINE_TOO_LONG, NACK_MISSING_LOGLEVEL, NACK_TOO_MANY_CLIENTS, NACK_UNKNOWN,
-    NACK_UNKNOWN_ARGUMENT,
-};
+use super::wire::{NACK_INVALID, NACK_LINE_TOO_LONG, NACK_TOO_MANY_CLIENTS, NACK_UNKNOWN, NACK_UNKNOWN_ARGUMENT};
 use crate::restart::Reason;
 
 /// The stable part of a reason: what comes before the first `:` (`aborted:
@@ -23,7 +20,7 @@ fn protocol_words(key: &str) -> Option<(&'static str, &'static str)> {
     Some(match key {
         NACK_UNKNOWN => ("the master does not know this command", check_version),
         NACK_UNKNOWN_ARGUMENT => ("the master does not accept this argument", check_version),
-        NACK_MISSING_LOGLEVEL | NACK_INVALID_LOGLEVEL => (levels, "Use one of: trace debug info warn error fatal restore."),
+        NACK_INVALID => (levels, "Use one of: trace debug info warn error fatal restore."),
         NACK_LINE_TOO_LONG => (
             "the command line was longer than the master accepts",
             "Send shorter command lines (at most 4096 bytes).",
@@ -76,8 +73,7 @@ mod tests {
             "aborted: new worker 1234 exited with status 1",
             NACK_UNKNOWN,
             NACK_UNKNOWN_ARGUMENT,
-            NACK_MISSING_LOGLEVEL,
-            NACK_INVALID_LOGLEVEL,
+            NACK_INVALID,
             NACK_LINE_TOO_LONG,
             NACK_TOO_MANY_CLIENTS,
         ] {

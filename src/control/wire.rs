@@ -16,6 +16,8 @@
 //!   (a single space, then data without newline or NUL), or `NACK <reason>\n`;
 //!   a NACK always carries a reason; reasons are stable across versions;
 //! - any unrecognised command answers `NACK unknown`;
+//! - `LOGLEVEL <level>` answers `ACK`, and its only NACK reason is `invalid`
+//!   (not a valid log level);
 //! - `CMDS` answers a space-separated, uppercase list of the commands the
 //!   daemon understands, and never NACKs; `VERSION` answers `ACK <version of the
 //!   master>` and never NACKs;
@@ -32,8 +34,14 @@
 //! separator is `/\r?\n/`: we accept `\r\n` too, and answer with `\n` only.
 //! Where the sources are silent we chose: a last line without newline before
 //! EOF counts as a line (what `split` does at end of stream); blank lines are
-//! ignored; extra or wrong arguments answer `NACK unknown argument`; a bad
-//! level answers `NACK invalid loglevel` (pumpctl's wording for it).
+//! ignored; extra or wrong arguments of `RESTART` and `STATUS` answer `NACK
+//! unknown argument`. Wherever pump.socket(7) defines an answer, the wire
+//! text is exactly its text and any detail goes to the master's log: a
+//! missing, unknown or extra `LOGLEVEL` argument answers `NACK invalid`;
+//! `CMDS` and `VERSION` never NACK (pump.io ignores their arguments, so do
+//! we); `RESTART` refused for one of pump.io's five reasons answers exactly
+//! `NACK <reason>` (the detail is in the `restart.refused` record and in
+//! STATUS `last_restart`; [`crate::restart::Reason::defined_by_pump_io`]).
 //!
 //! zdrestart adds `STATUS`, `RESTART WAIT` and the reasons `bad config`,
 //! `listen address changed`, `probe failed` ([`crate::restart::Reason`]).
@@ -51,8 +59,9 @@ pub const COMMANDS: &[&str] = &["CMDS", "VERSION", "LOGLEVEL", "STATUS", "RESTAR
 /// reasons are [`crate::restart::Reason`].
 pub const NACK_UNKNOWN: &str = "unknown";
 pub const NACK_UNKNOWN_ARGUMENT: &str = "unknown argument";
-pub const NACK_MISSING_LOGLEVEL: &str = "missing loglevel";
-pub const NACK_INVALID_LOGLEVEL: &str = "invalid loglevel";
+/// pump.socket(7): "The only NACK reason string that this command
+/// [LOGLEVEL] returns is `invalid`".
+pub const NACK_INVALID: &str = "invalid";
 pub const NACK_LINE_TOO_LONG: &str = "line too long";
 pub const NACK_TOO_MANY_CLIENTS: &str = "too many clients";
 /// Data of the `ACK` that answers `RESTART WAIT` when the restart completed.
@@ -77,8 +86,9 @@ pub enum Command {
     Restart { wait: bool },
     /// Not a command: answer `NACK unknown` ([`NACK_UNKNOWN`]). Holds the word.
     Unknown(String),
-    /// A known command used wrongly: answer `NACK <the string>`.
-    Bad(String),
+    /// A known command used wrongly: answer `NACK <nack>`; `detail` says
+    /// what was wrong, for the log only (the wire text is pump.io's).
+    Bad { nack: &'static str, detail: String },
 }
 
 /// Parse one line (without or with its line terminator). `None` for a blank
@@ -87,12 +97,14 @@ pub fn parse_command(line: &str) -> Option<Command> {
     let mut words = line.split_ascii_whitespace();
     let first = words.next()?;
     let rest: Vec<&str> = words.collect();
-    let bad = |s: &str| Some(Command::Bad(s.to_string()));
+    let bad = |nack: &'static str, detail: String| Some(Command::Bad { nack, detail });
     let cmd = first.to_ascii_uppercase();
     match cmd.as_str() {
         "CMDS" | "VERSION" | "STATUS" => {
-            if !rest.is_empty() {
-                return bad(NACK_UNKNOWN_ARGUMENT);
+            // pump.socket(7): CMDS and VERSION do not return NACK (pump.io
+            // ignores their arguments); STATUS is ours.
+            if !rest.is_empty() && cmd == "STATUS" {
+                return bad(NACK_UNKNOWN_ARGUMENT, format!("STATUS takes no argument, got \"{}\"", rest.join(" ")));
             }
             Some(match cmd.as_str() {
                 "CMDS" => Command::Cmds,
@@ -101,18 +113,18 @@ pub fn parse_command(line: &str) -> Option<Command> {
             })
         }
         "LOGLEVEL" => match rest.as_slice() {
-            [] => bad(NACK_MISSING_LOGLEVEL),
+            [] => bad(NACK_INVALID, "LOGLEVEL: missing level".into()),
             [level] if level.eq_ignore_ascii_case("restore") => Some(Command::LogLevelRestore),
             [level] => match crate::config::parse_level(level) {
                 Some(l) => Some(Command::LogLevel(l)),
-                None => bad(NACK_INVALID_LOGLEVEL),
+                None => bad(NACK_INVALID, format!("LOGLEVEL: unknown level \"{}\"", level)),
             },
-            _ => bad(NACK_UNKNOWN_ARGUMENT),
+            _ => bad(NACK_INVALID, format!("LOGLEVEL: one level expected, got \"{}\"", rest.join(" "))),
         },
         "RESTART" => match rest.as_slice() {
             [] => Some(Command::Restart { wait: false }),
             [w] if w.eq_ignore_ascii_case("wait") => Some(Command::Restart { wait: true }),
-            _ => bad(NACK_UNKNOWN_ARGUMENT),
+            _ => bad(NACK_UNKNOWN_ARGUMENT, format!("RESTART: unknown argument \"{}\"", rest.join(" "))),
         },
         _ => Some(Command::Unknown(first.to_string())),
     }
@@ -198,8 +210,15 @@ mod tests {
         assert_eq!(parse_command(""), None);
         assert_eq!(parse_command("   \r\n"), None);
         assert_eq!(parse_command("HELLO there"), Some(Command::Unknown("HELLO".into())));
-        assert_eq!(parse_command("RESTART NOW"), Some(Command::Bad(NACK_UNKNOWN_ARGUMENT.into())));
-        assert_eq!(parse_command("STATUS x"), Some(Command::Bad(NACK_UNKNOWN_ARGUMENT.into())));
+        let nack_of = |l: &str| match parse_command(l) {
+            Some(Command::Bad { nack, .. }) => nack,
+            other => panic!("{:?}: {:?}", l, other),
+        };
+        assert_eq!(nack_of("RESTART NOW"), NACK_UNKNOWN_ARGUMENT);
+        assert_eq!(nack_of("STATUS x"), NACK_UNKNOWN_ARGUMENT);
+        // pump.socket(7): CMDS and VERSION do not return NACK.
+        assert_eq!(parse_command("CMDS x"), Some(Command::Cmds));
+        assert_eq!(parse_command("VERSION x y"), Some(Command::Version));
     }
 
     #[test]
@@ -209,9 +228,10 @@ mod tests {
         assert_eq!(parse_command("LOGLEVEL fatal"), Some(Command::LogLevel(LevelFilter::Error)));
         assert_eq!(parse_command("LOGLEVEL warn"), Some(Command::LogLevel(LevelFilter::Warn)));
         assert_eq!(parse_command("LOGLEVEL Restore"), Some(Command::LogLevelRestore));
-        assert_eq!(parse_command("LOGLEVEL"), Some(Command::Bad(NACK_MISSING_LOGLEVEL.into())));
-        assert_eq!(parse_command("LOGLEVEL loud"), Some(Command::Bad(NACK_INVALID_LOGLEVEL.into())));
-        assert_eq!(parse_command("LOGLEVEL info debug"), Some(Command::Bad(NACK_UNKNOWN_ARGUMENT.into())));
+        // pump.socket(7): `invalid` is LOGLEVEL's only NACK reason.
+        for l in ["LOGLEVEL", "LOGLEVEL loud", "LOGLEVEL info debug"] {
+            assert!(matches!(parse_command(l), Some(Command::Bad { nack: NACK_INVALID, .. })), "{}", l);
+        }
     }
 
     #[test]

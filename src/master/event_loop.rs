@@ -13,24 +13,34 @@ use super::admission;
 use super::child::{Child, MainProcess};
 use super::listeners::bind_listeners;
 use super::notify_socket::{Delivery, Message, NotifySocket};
-use super::pidfile::{remove_pidfile, write_pidfile};
-use super::probe::{probe_blocking, ProbeRun};
+use super::orphans;
+use super::pidfile::Pidfile;
+use super::probe::{probe_blocking, ProbeOutcome, ProbeRun};
 use super::spawn_spec::build_spec;
-use super::state::{Action, ClientId, Event, Master, ProbeFailure, ProbeInfo, Requester, WorkerId};
+use super::state::{Action, ClientId, Event, Master, Notify, ProbeFailure, ProbeInfo, Requester, WorkerId};
 use crate::config::Config;
 use crate::control::{self, Command, ControlServer};
 use crate::protocol::Report;
+use crate::restart::Reason;
+use crate::sdnotify::{self, Notifier};
 use crate::signals::SignalPipe;
 use crate::sys::{self, ExitStatus};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// The signals the master handles.
-const SIGNALS: [i32; 5] = [libc::SIGTERM, libc::SIGINT, libc::SIGUSR2, libc::SIGHUP, libc::SIGCHLD];
+/// The signals the master handles, from its first instant
+/// ([`install_signals`]).
+pub const SIGNALS: [i32; 5] = [libc::SIGTERM, libc::SIGINT, libc::SIGUSR2, libc::SIGHUP, libc::SIGCHLD];
+
+/// Install the master's signal handlers: the first thing `zdrestart` does
+/// (before the config, the listeners and the probe), so that no signal the
+/// master uses can kill it with the default action while it starts.
+pub fn install_signals() -> Result<SignalPipe, String> {
+    SignalPipe::install(&SIGNALS).map_err(|e| format!("install signal handlers: {}", sys::strerror(&e)))
+}
 
 /// Options from the command line.
 #[derive(Debug, Clone, Default)]
@@ -89,54 +99,52 @@ struct Loop {
     started_wall: SystemTime,
     /// LOGLEVEL override from the control socket, passed to new workers.
     loglevel: Option<String>,
-    /// The pidfile written at start (a changed `pidfile` applies only after a normal restart).
-    pidfile: Option<PathBuf>,
+    /// The pidfile locked and written at start, held until exit (a changed
+    /// `pidfile` applies only after a normal restart).
+    pidfile: Option<Pidfile>,
     /// `serverUser` at start: like the pidfile, it changes only with a normal restart.
     server_user: Option<String>,
     /// The log level in force from the config (not a LOGLEVEL override).
     config_level: log::LevelFilter,
+    /// sd_notify(3) sender, when `$NOTIFY_SOCKET` is set.
+    notifier: Option<Notifier>,
     /// sd_notify(3) for workers, bound when the first worker that uses it
     /// is spawned.
     notify: Option<NotifySocket>,
-    /// Spawned processes of workers whose main process (`MAINPID=`) exited
-    /// first: sent SIGKILL, reaped when they go.
-    leftovers: Vec<u32>,
 }
 
-/// Run the master until it stops. Start-up errors come back as `Err` with a
-/// message naming the object and operation; the caller logs and exits 1.
-pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
+/// Run the master until it stops. `signals` were installed first thing
+/// ([`install_signals`]). Start-up errors come back as `Err` with a message
+/// naming the object and operation; the caller logs and exits 1.
+pub fn run(cfg: Config, opts: Options, signals: SignalPipe) -> Result<i32, String> {
     let started_wall = SystemTime::now();
-    let listeners = bind_listeners(&cfg)?;
-    for l in &listeners {
-        if let Ok(a) = l.local_addr() {
-            log::info!(address = a.to_string(); "listening on {}", a);
-        }
+    // Descendants orphaned below the master (a worker's helpers) come back
+    // to it, to be reaped and ended (zdrestart-worker(7)).
+    if let Err(e) = sys::set_child_subreaper() {
+        log::warn!("prctl PR_SET_CHILD_SUBREAPER: {}; orphans of workers go to init", sys::strerror(&e));
     }
-    let info = match admission::declared(&cfg) {
-        Some(info) => {
-            log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
-                "probe off: the config declares magic number {} (version {})", info.magic, info.version);
-            info
-        }
-        None => run_probe(&cfg)?,
-    };
-    if let Some(p) = &cfg.pidfile {
-        write_pidfile(p)?;
-    }
-    let signals = SignalPipe::install(&SIGNALS).map_err(|e| format!("install signal handlers: {}", e))?;
-    let control = match &cfg.control_socket {
+    // First of the master's resources: a second master must be refused
+    // before it binds or probes anything.
+    let mut pidfile = match &cfg.pidfile {
+        Some(p) => Some(Pidfile::acquire(p)?),
         None => None,
-        Some(p) => match ControlServer::bind(p) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                if let Some(pf) = &cfg.pidfile {
-                    remove_pidfile(pf);
-                }
-                // ControlServer errors already name the socket path.
-                return Err(e.to_string());
+    };
+    let started = match prepare(&cfg, &signals) {
+        Ok(Some(r)) => r,
+        other => {
+            if let Some(p) = pidfile.take() {
+                p.remove();
             }
-        },
+            return other.map(|_| 0);
+        }
+    };
+    let (listeners, info, control) = started;
+    let notifier = match Notifier::from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("{}; not notifying the service manager", e);
+            None
+        }
     };
     let cfg = Arc::new(cfg);
     log::info!(event = "master.start", workers = cfg.workers, listen = cfg.listen_display(), magic = info.magic,
@@ -154,20 +162,59 @@ pub fn run(cfg: Config, opts: Options) -> Result<i32, String> {
         exit: None,
         started_wall,
         loglevel: None,
-        pidfile: cfg.pidfile.clone(),
+        pidfile,
         server_user: cfg.server_user.clone(),
         config_level: cfg.log_level,
+        notifier,
         notify: None,
-        leftovers: Vec::new(),
     };
     let code = lp.run();
     lp.shutdown();
     Ok(code)
 }
 
-/// The probe at start: the magic number of the code loaded now.
-fn run_probe(cfg: &Config) -> Result<ProbeInfo, String> {
-    let outcome = probe_blocking(cfg);
+/// Bind, probe, open the control socket: what must succeed before the first
+/// worker is spawned. `Ok(None)`: SIGTERM or SIGINT stopped the start.
+#[allow(clippy::type_complexity)]
+fn prepare(cfg: &Config, signals: &SignalPipe) -> Result<Option<(Vec<TcpListener>, ProbeInfo, Option<ControlServer>)>, String> {
+    // Signals that came before the logger existed are handled now.
+    if starting_signals(signals) {
+        return Ok(None);
+    }
+    let listeners = bind_listeners(cfg)?;
+    for l in &listeners {
+        if let Ok(a) = l.local_addr() {
+            log::info!(address = a.to_string(); "listening on {}", a);
+        }
+    }
+    let info = match admission::declared(cfg) {
+        Some(info) => {
+            log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
+                "probe off: the config declares magic number {} (version {})", info.magic, info.version);
+            info
+        }
+        None => {
+            let mut on_signal = || starting_signals(signals);
+            let Some(outcome) = probe_blocking(cfg, Some((signals.as_raw_fd(), &mut on_signal))) else {
+                return Ok(None);
+            };
+            start_verdict(cfg, &outcome)?
+        }
+    };
+    if starting_signals(signals) {
+        return Ok(None);
+    }
+    let control = match &cfg.control_socket {
+        None => None,
+        // ControlServer errors already name the socket path.
+        Some(p) => Some(ControlServer::bind(p).map_err(|e| e.to_string())?),
+    };
+    Ok(Some((listeners, info, control)))
+}
+
+/// The probe at start: a magic number is enough (an `ERROR=` with it, for
+/// the built-in worker a database down, is only a warning).
+fn start_verdict(cfg: &Config, outcome: &ProbeOutcome) -> Result<ProbeInfo, String> {
     let info = match (&outcome.magic, &outcome.spawn_error) {
         (_, Some(e)) => return Err(format!("probe of the worker program failed: {}", e)),
         (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default() },
@@ -183,6 +230,38 @@ fn run_probe(cfg: &Config) -> Result<ProbeInfo, String> {
     log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
         "worker program reports magic number {} (version {})", info.magic, info.version);
     Ok(info)
+}
+
+/// The signals of the start-up window, before the loop runs: SIGUSR2 is
+/// refused as `starting`, SIGHUP reopens the log, SIGTERM and SIGINT stop
+/// (true: stop now). SIGCHLD is left to whoever waits for the child.
+fn starting_signals(signals: &SignalPipe) -> bool {
+    signals.drain();
+    if signals.take(libc::SIGHUP) {
+        reopen_log();
+    }
+    if signals.take(libc::SIGUSR2) {
+        let reason = Reason::Starting;
+        log::warn!(event = "restart.refused", reason = reason.wire(), detail = "the master is starting";
+            "zero-downtime restart refused: {}: the master is starting (SIGUSR2 before it started its first generation)", reason);
+    }
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        if signals.take(sig) {
+            log::info!(event = "master.stop", signal = name;
+                "{} received while starting: stopping before any worker was started", name);
+            return true;
+        }
+    }
+    false
+}
+
+/// SIGHUP: reopen the log file (logrotate).
+fn reopen_log() {
+    match crate::log::reopen() {
+        Ok(Some(p)) => log::info!(event = "log.reopen", path = p.display().to_string(); "log file reopened"),
+        Ok(None) => log::info!(event = "log.reopen"; "SIGHUP: no log file to reopen"),
+        Err(e) => log::error!(event = "log.reopen"; "{}", e),
+    }
 }
 
 impl Loop {
@@ -348,13 +427,16 @@ impl Loop {
                 }
             }
             Action::Signal { id, pid, signal } => {
-                // Only a child we have not reaped (its pid cannot have been
-                // reused), or its main process while its pidfd is open.
-                let ours = |c: &Child| {
-                    (c.pid == pid && c.spawned_status.is_none()) || c.main.as_ref().is_some_and(|m| m.pid == pid)
-                };
-                if self.children.get(&id).is_some_and(ours) {
-                    if let Err(e) = sys::kill(pid, signal) {
+                // Only a child we have not reaped: its pid (and so its
+                // process group's id) cannot have been reused. The whole
+                // group: whatever the worker started gets it too, its main
+                // process (`MAINPID=`, one of the group) included, also once
+                // the spawned process is gone (the group's id stays reserved
+                // while it has members).
+                if self.children.get(&id).is_some_and(|c| c.pid == pid) {
+                    let reaped = self.children.get(&id).is_some_and(|c| c.spawned_status.is_some());
+                    let sent = sys::kill_group(pid, signal).or_else(|e| if reaped { Err(e) } else { sys::kill(pid, signal) });
+                    if let Err(e) = sent {
                         log::warn!(worker_pid = pid; "kill {} {}: {}", sys::signal_name(signal), pid, sys::strerror(&e));
                     }
                 }
@@ -374,7 +456,25 @@ impl Loop {
                 }
             }
             Action::Reply { client, answer } => self.reply(client, &control::render(&answer)),
+            Action::Notify(n) => self.notify(n),
             Action::Exit(code) => self.exit = Some(code),
+        }
+    }
+
+    /// One sd_notify(3) datagram; a failure is logged, never fatal.
+    fn notify(&self, n: Notify) {
+        let Some(notifier) = &self.notifier else { return };
+        let text = match n {
+            Notify::Ready(status) => sdnotify::message("READY=1", &status),
+            Notify::Reloading(status) => {
+                let head = format!("RELOADING=1\nMONOTONIC_USEC={}", sys::monotonic_usec());
+                sdnotify::message(&head, &status)
+            }
+            Notify::Stopping(status) => sdnotify::message("STOPPING=1", &status),
+        };
+        match notifier.send(&text) {
+            Ok(()) => log::debug!(sd_notify = text.as_str(); "told the service manager: {}", text.replace('\n', " ")),
+            Err(e) => log::warn!("{}", e),
         }
     }
 
@@ -388,19 +488,15 @@ impl Loop {
     fn on_signals(&mut self) {
         self.signals.drain();
         if self.signals.take(libc::SIGCHLD) {
-            self.reap_leftovers();
             let ids: Vec<WorkerId> = self.children.keys().copied().collect();
             for id in ids {
                 self.check_child(id);
             }
             self.check_probe(Instant::now());
+            self.reap_adopted();
         }
         if self.signals.take(libc::SIGHUP) {
-            match crate::log::reopen() {
-                Ok(Some(p)) => log::info!(event = "log.reopen", path = p.display().to_string(); "log file reopened"),
-                Ok(None) => log::info!(event = "log.reopen"; "SIGHUP: no log file to reopen"),
-                Err(e) => log::error!(event = "log.reopen"; "{}", e),
-            }
+            reopen_log();
         }
         if self.signals.take(libc::SIGTERM) {
             self.queue.push_back(Event::Stop { signal: "SIGTERM" });
@@ -537,9 +633,43 @@ impl Loop {
         }
     }
 
+    /// The pids whose process groups are the service's: the workers and the probe.
+    fn leaders(&self) -> Vec<u32> {
+        self.children.values().map(|c| c.pid).chain(self.probe.as_ref().map(|p| p.child.pid)).collect()
+    }
+
+    /// The workers' main processes (`MAINPID=`): adopted once the spawned
+    /// process is gone, reaped by [`Self::check_child`] for their status.
+    fn mains(&self) -> Vec<u32> {
+        self.children.values().filter_map(|c| c.main.as_ref().map(|m| m.pid)).collect()
+    }
+
+    /// Reap adopted children that exited, and end the ones a worker left
+    /// behind (zdrestart-worker(7)); our own exited children are handed to
+    /// [`Self::check_child`] / [`Self::check_probe`].
+    fn reap_adopted(&mut self) {
+        for _ in 0..64 {
+            let leaders = self.leaders();
+            let mains = self.mains();
+            let known = orphans::reap_adopted(|pid| leaders.contains(&pid) || mains.contains(&pid));
+            if known.is_empty() {
+                break;
+            }
+            for pid in known {
+                let ours = |c: &Child| c.pid == pid || c.main.as_ref().is_some_and(|m| m.pid == pid);
+                let id = self.children.iter().find(|(_, c)| ours(c)).map(|(&id, _)| id);
+                match id {
+                    Some(id) => self.check_child(id),
+                    None => self.check_probe(Instant::now()),
+                }
+            }
+        }
+        orphans::end_strays(&self.leaders());
+    }
+
     /// Reap a child if it has exited, after reading what it left in its
-    /// pipes. A worker whose main process (`MAINPID=`) is another one lives
-    /// as long as that one.
+    /// pipes; then end what is left of its process group. A worker whose
+    /// main process (`MAINPID=`) is another one lives as long as that one.
     fn check_child(&mut self, id: WorkerId) {
         let Some(c) = self.children.get_mut(&id) else { return };
         if c.spawned_status.is_none() {
@@ -563,25 +693,20 @@ impl Loop {
         let status = match &c.main {
             None => c.spawned_status,
             Some(m) if Child::pidfd_exited(&m.pidfd) => {
-                // Not our child: its status is its parent's to collect.
+                // Adopted once its parent exited (the master is a child
+                // subreaper): its status is ours; else its parent's, unknown.
                 Some(sys::try_wait(m.pid).ok().flatten().unwrap_or(ExitStatus::Code(-1)))
             }
             Some(_) => None,
         };
         let Some(status) = status else { return };
-        if c.spawned_status.is_none() {
-            // Its main process is gone: what is left of it goes too.
-            let _ = sys::kill(c.pid, libc::SIGKILL);
-            self.leftovers.push(c.pid);
-        }
+        let pid = c.pid;
         self.read_child(id, true);
         self.children.remove(&id);
+        // What is left of its group goes: a spawned process that outlived
+        // its main one included (reaped then as any child nobody knows).
+        orphans::end_group(pid);
         self.queue.push_back(Event::Exited { id, status });
-    }
-
-    /// Reap spawned processes left behind by a main process that exited.
-    fn reap_leftovers(&mut self) {
-        self.leftovers.retain(|&pid| matches!(sys::try_wait(pid), Ok(None)));
     }
 
     fn check_probe(&mut self, now: Instant) {
@@ -634,7 +759,11 @@ impl Loop {
                 return;
             }
             Command::Unknown(_) => control::nack(control::NACK_UNKNOWN),
-            Command::Bad(text) => control::nack(&text),
+            Command::Bad { nack, detail } => {
+                // The wire text is pump.io's; what was wrong goes to the log.
+                log::info!(component = "control", nack = nack; "control command refused: {}", detail);
+                control::nack(nack)
+            }
         };
         if let Some(c) = &mut self.control {
             c.reply(client, &answer);
@@ -655,18 +784,15 @@ impl Loop {
         // Workers still running when the master exits (fatal paths) get
         // PDEATHSIG; say so rather than leave it implicit.
         for c in self.children.values() {
-            if c.spawned_status.is_none() {
-                let _ = sys::kill(c.pid, libc::SIGTERM);
-            }
-            if let Some(m) = &c.main {
-                let _ = sys::kill(m.pid, libc::SIGTERM);
-            }
+            let _ = sys::kill_group(c.pid, libc::SIGTERM);
         }
+        // Nothing the workers left behind outlives the master.
+        self.reap_adopted();
         if let Some(c) = self.control.take() {
             c.close();
         }
-        if let Some(p) = &self.pidfile {
-            remove_pidfile(p);
+        if let Some(p) = self.pidfile.take() {
+            p.remove();
         }
         log::logger().flush();
     }

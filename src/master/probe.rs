@@ -14,6 +14,7 @@ use super::spawn_spec::build_spec;
 use crate::config::Config;
 use crate::protocol::Report;
 use crate::sys::{self, ExitStatus};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 /// How many output lines of the probe are kept.
@@ -100,19 +101,23 @@ impl ProbeRun {
         }
     }
 
-    /// Reap if it exited; true when finished.
+    /// Reap if it exited (and end what is left of its process group); true
+    /// when finished.
     fn check_exit(&mut self) -> bool {
         if let Ok(Some(st)) = sys::try_wait(self.child.pid) {
             self.outcome.status = Some(st);
+            super::orphans::end_group(self.child.pid);
             self.absorb(true);
             return true;
         }
         false
     }
 
+    /// SIGKILL to the probe's whole process group, and reap it.
     pub fn kill(&mut self) {
-        let _ = sys::kill(self.child.pid, libc::SIGKILL);
-        if let Ok(st) = sys::wait(self.child.pid) {
+        let pid = self.child.pid;
+        let _ = sys::kill_group(pid, libc::SIGKILL).or_else(|_| sys::kill(pid, libc::SIGKILL));
+        if let Ok(st) = sys::wait(pid) {
             self.outcome.status = Some(st);
         }
         self.absorb(true);
@@ -132,11 +137,14 @@ impl ProbeRun {
     }
 }
 
-/// Run the probe to completion (start-up and `--check`), blocking.
-pub fn probe_blocking(cfg: &Config) -> ProbeOutcome {
+/// Run the probe to completion (start-up and `--check`), blocking. With
+/// `wake` = (fd, f), `fd` (the master's signal pipe) is polled too and `f`
+/// called when it is readable; when `f` says stop, the probe is killed and
+/// the result is None.
+pub fn probe_blocking(cfg: &Config, mut wake: Option<(RawFd, &mut dyn FnMut() -> bool)>) -> Option<ProbeOutcome> {
     let mut run = match ProbeRun::start(cfg, false, None, cfg.server_user.as_deref()) {
         Ok(r) => r,
-        Err(e) => return ProbeOutcome { spawn_error: Some(e), ..Default::default() },
+        Err(e) => return Some(ProbeOutcome { spawn_error: Some(e), ..Default::default() }),
     };
     loop {
         if run.check_exit() {
@@ -151,13 +159,20 @@ pub fn probe_blocking(cfg: &Config) -> ProbeOutcome {
         let (pidfd, pipes) = run.child.poll_fds();
         let mut fds: Vec<libc::pollfd> = std::iter::once(pidfd)
             .chain(pipes)
+            .chain(std::iter::once(wake.as_ref().map(|w| w.0)))
             .flatten()
             .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
             .collect();
         // Without a pidfd, poll in short steps for the exit.
         let step = if pidfd.is_none() { Duration::from_millis(20) } else { run.deadline - now };
         let _ = sys::poll(&mut fds, Some(step.min(run.deadline - now)));
+        if let Some((fd, f)) = wake.as_mut() {
+            if fds.iter().any(|p| p.fd == *fd && p.revents != 0) && f() {
+                run.kill();
+                return None;
+            }
+        }
         run.absorb(false);
     }
-    run.outcome
+    Some(run.outcome)
 }

@@ -65,6 +65,9 @@ pub fn build_spec(
     let mut env = Vec::new();
     for (k, v) in std::env::vars_os() {
         let kb = k.as_bytes();
+        // NOTIFY_SOCKET is the master's: a worker must not speak for it to
+        // the service manager (a worker that reports with sd_notify gets
+        // the master's own socket for workers, below).
         if kb.starts_with(b"LISTEN_") || kb.starts_with(b"ZDRESTART_") || kb == protocol::ENV_NOTIFY_SOCKET.as_bytes() {
             continue;
         }

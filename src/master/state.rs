@@ -61,7 +61,8 @@ pub enum Event {
     /// ready yet (as `ERROR=`), else only logged.
     NotifyFailure { id: WorkerId, text: String },
     /// sd_notify `MAINPID=`, from the worker's own processes, naming one of
-    /// them: signals go to it from now on.
+    /// them: the worker's main process from now on (for STATUS; the loop
+    /// watches it).
     MainPid { id: WorkerId, pid: u32 },
     Exited { id: WorkerId, status: ExitStatus },
     /// A deadline may have passed.
@@ -76,8 +77,24 @@ pub enum Action {
     CancelProbe,
     /// Answer a control client's `RESTART` or `RESTART WAIT`.
     Reply { client: ClientId, answer: RestartAnswer },
+    /// Tell the service manager (sd_notify(3), when `NOTIFY_SOCKET` is set).
+    Notify(Notify),
     /// Exit the master with this status (after cleanup).
     Exit(i32),
+}
+
+/// A notification to the service manager: one datagram, whose `STATUS=` is
+/// the text held here (what `systemctl status` shows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notify {
+    /// `READY=1`: the first generation is ready, or a restart ended
+    /// (complete, refused or aborted).
+    Ready(String),
+    /// `RELOADING=1` and `MONOTONIC_USEC=` (filled in by the loop, which
+    /// owns the clock): a restart request is being handled.
+    Reloading(String),
+    /// `STOPPING=1`: a graceful stop began.
+    Stopping(String),
 }
 
 #[derive(Debug, Clone)]
@@ -97,7 +114,8 @@ pub struct Worker {
     pub last_lines: VecDeque<String>,
     /// Its last `STATUS=` report.
     pub status: Option<String>,
-    /// sd_notify `MAINPID=`: the process signalled instead of `pid`.
+    /// sd_notify `MAINPID=`: the process that is the worker from then on
+    /// (one of its process group, which gets its signals; STATUS shows it).
     pub main_pid: Option<u32>,
 }
 
@@ -153,6 +171,8 @@ pub struct Master {
     streak: BTreeMap<u32, u32>,
     last_restart: Option<RestartRecord>,
     exited: bool,
+    /// `READY=1` was sent for the first generation.
+    notified_ready: bool,
     /// Wall-clock time of the event being handled (input of `handle`).
     wall: SystemTime,
 }
@@ -171,6 +191,7 @@ impl Master {
             streak: BTreeMap::new(),
             last_restart: None,
             exited: false,
+            notified_ready: false,
             wall: std::time::UNIX_EPOCH,
         }
     }
@@ -194,6 +215,24 @@ impl Master {
             Phase::Lockout => MasterState::Lockout,
             Phase::Stopping => MasterState::Stopping,
         }
+    }
+
+    /// The `STATUS=` text for the service manager: state, generation,
+    /// workers, then `tail` (what just happened).
+    fn notify_status(&self, tail: &str) -> String {
+        let ready = self.workers.values().filter(|w| w.state == WorkerState::Ready).count();
+        let state = match self.state() {
+            MasterState::Running => "running",
+            MasterState::Restarting => "restarting",
+            MasterState::Lockout => "LOCKOUT",
+            MasterState::Stopping | MasterState::Unknown => "stopping",
+        };
+        let mut s = format!("{}: generation {}, {} of {} workers ready", state, self.generation, ready, self.config.workers);
+        if !tail.is_empty() {
+            s.push_str("; ");
+            s.push_str(tail);
+        }
+        s
     }
 
     /// The earliest deadline the loop must wake up for.
@@ -315,8 +354,10 @@ impl Master {
             w.state = WorkerState::Stopping;
             w.ready_deadline = None;
             w.kill_deadline = Some(now + timeout);
-            if let Some(pid) = w.main_pid.or(w.pid) {
-                log::info!(worker_pid = w.pid.unwrap_or(0), generation = w.generation; "asking worker {} to exit (SIGTERM)", pid);
+            // To the worker's process group (the loop): its main process
+            // (`MAINPID=`) is one of it.
+            if let Some(pid) = w.pid {
+                log::info!(worker_pid = pid, generation = w.generation; "asking worker {} to exit (SIGTERM)", pid);
                 out.push(Action::Signal { id, pid, signal: libc::SIGTERM });
             }
         }
@@ -328,6 +369,11 @@ impl Master {
             "zero-downtime restart refused: {}", refused);
         // A refusal while a restart runs, or in lockout, must not hide that
         // restart's record from STATUS.
+        if !matches!(refused.reason, Reason::InFlight | Reason::AbortedRestart | Reason::Stopping) {
+            // The request had been taken up (RELOADING=1): it ends here.
+            let text = self.notify_status(&format!("zero-downtime restart refused: {}", refused.reason));
+            out.push(Action::Notify(Notify::Ready(text)));
+        }
         if !matches!(refused.reason, Reason::InFlight | Reason::AbortedRestart) {
             self.last_restart = Some(RestartRecord {
                 generation: None,
@@ -337,8 +383,12 @@ impl Master {
                 duration_ms: None,
             });
         }
-        if let Requester::Control { client, .. } = by {
-            out.push(Action::Reply { client, answer: RestartAnswer::Refused(refused) });
+        if let Requester::Control { client, wait } = by {
+            // pump.socket(7) defines RESTART's answer for its five reasons
+            // exactly: the detail stays in the record above and in STATUS.
+            // RESTART WAIT is zdrestart's own and carries it.
+            let answer = if !wait && refused.reason.defined_by_pump_io() { Refused::new(refused.reason, "") } else { refused };
+            out.push(Action::Reply { client, answer: RestartAnswer::Refused(answer) });
         }
     }
 
@@ -354,6 +404,13 @@ impl Master {
             for w in &new.warnings {
                 log::warn!("{}", w);
             }
+        }
+        if let Phase::Running = self.phase {
+            // Taken up: from here every path ends with READY=1 (refused,
+            // aborted or complete).
+            let by_what = match by { Requester::Signal => "SIGUSR2", Requester::Control { .. } => "control socket" };
+            let text = self.notify_status(&format!("zero-downtime restart requested ({})", by_what));
+            out.push(Action::Notify(Notify::Reloading(text)));
         }
         let new = match admission::check_request(&self.running(), config) {
             Ok(new) => new,
@@ -441,6 +498,14 @@ impl Master {
         let (pid, generation) = (w.pid.unwrap_or(0), w.generation);
         log::info!(event = "worker.ready", worker_pid = pid, generation = generation, worker = w.index,
             ms = now.duration_since(w.started).as_millis() as u64; "worker {} ready", pid);
+        if !self.notified_ready && generation == 1 && !matches!(self.phase, Phase::Stopping) {
+            let ready = self.workers.values().filter(|w| w.generation == 1 && w.state == WorkerState::Ready).count();
+            if ready as u32 >= self.config.workers {
+                self.notified_ready = true;
+                let text = self.notify_status("");
+                out.push(Action::Notify(Notify::Ready(text)));
+            }
+        }
         if let Phase::Rolling(r) = &mut self.phase {
             if generation != r.generation {
                 return;
@@ -512,6 +577,11 @@ impl Master {
             "zero-downtime restart aborted: {}: {}", why, detail);
         log::error!(event = "master.lockout";
             "restarts are now refused and no worker will be respawned: restart the master as soon as possible");
+        let text = self.notify_status(&format!(
+            "zero-downtime restart to generation {} aborted: {}; restarts refused, restart the master as soon as possible",
+            r.generation, why
+        ));
+        out.push(Action::Notify(Notify::Ready(text)));
         self.last_restart = Some(RestartRecord {
             generation: Some(r.generation),
             started_wall: self.last_restart.as_ref().map_or(self.wall, |l| l.started_wall),
@@ -622,6 +692,7 @@ impl Master {
             return;
         }
         log::info!(signal = signal; "{} received: stopping {} workers", signal, self.workers.len());
+        out.push(Action::Notify(Notify::Stopping(format!("stopping ({}): {} workers", signal, self.workers.len()))));
         match std::mem::replace(&mut self.phase, Phase::Stopping) {
             Phase::Probing { requesters, .. } => {
                 out.push(Action::CancelProbe);
@@ -661,7 +732,7 @@ impl Master {
                 if d <= now && !w.killed {
                     w.killed = true;
                     w.kill_deadline = None;
-                    if let Some(pid) = w.main_pid.or(w.pid) {
+                    if let Some(pid) = w.pid {
                         to_kill.push((w.id, pid, w.generation));
                     }
                 }
@@ -723,6 +794,8 @@ impl Master {
         self.config = r.config;
         self.version = r.version;
         self.streak.clear();
+        let text = self.notify_status("zero-downtime restart complete");
+        out.push(Action::Notify(Notify::Ready(text)));
         if let Some(l) = &mut self.last_restart {
             l.outcome = Outcome::Complete;
             l.duration_ms = Some(ms);
@@ -951,7 +1024,9 @@ mod tests {
             // The --check path first: it must not change the master.
             let running = Running { state: h.m.state(), listen: h.m.config().listen_display(), magic: 7 };
             let checked = admission::admit(&running, new.as_ref().map_err(String::clone), probe.clone()).unwrap_err();
-            let mut a = h.ev(Event::Restart { config: new, by: Requester::Control { client: 1, wait: false } });
+            // RESTART WAIT: its answer carries the detail (RESTART's is
+            // pump.socket(7)'s bare text for pump.io's reasons).
+            let mut a = h.ev(Event::Restart { config: new, by: Requester::Control { client: 1, wait: true } });
             if a.iter().any(|a| matches!(a, Action::Probe { .. })) {
                 a = h.ev(Event::ProbeDone(probe));
             }
@@ -1017,7 +1092,8 @@ mod tests {
             cfg(&format!(r#"{{"driver":"mongodb","workers":2,"probe":false,"magic":{},"version":"d{}"}}"#, magic, magic))
         };
         let mut h = running(mongo(2));
-        let a = h.restart(declared(8), false);
+        // RESTART WAIT: its refusal carries the detail.
+        let a = h.restart(declared(8), true);
         assert!(!a.iter().any(|a| matches!(a, Action::Probe { .. })), "no probe runs");
         let r = refusal(&a);
         assert_eq!(r.reason, Reason::Incompatibility);
@@ -1034,8 +1110,7 @@ mod tests {
     }
 
     /// sd_notify `ERRNO=`/`STOPPING=1`: a failure before `READY=1` (abort
-    /// in a rollout), only logged after it; `MAINPID=` redirects signals;
-    /// `STATUS=` is shown in STATUS.
+    /// in a rollout), only logged after it; `MAINPID=` and the main process are shown in STATUS.
     #[test]
     fn notify_failure_main_pid_and_status() {
         let mut h = running(mongo(2));
@@ -1053,11 +1128,10 @@ mod tests {
         let a = h.ev(Event::NotifyFailure { id: new, text: "ERRNO=98 (Address in use)".into() });
         assert_eq!(h.m.state(), MasterState::Lockout);
         assert_eq!(terms(&a).len(), 1, "the failed new worker is stopped");
-        // Stopping now: the old worker's SIGTERM and SIGKILL go to its main process.
+        // Stopping now: SIGTERM goes to the worker (its process group, where
+        // its main process is), not to a pid of its choosing.
         let a = h.ev(Event::Stop { signal: "SIGTERM" });
-        assert!(terms(&a).contains(&500) && !terms(&a).contains(&101), "{:?}", a);
-        let a = h.advance(Duration::from_secs(4));
-        assert!(kills(&a).contains(&500), "{:?}", a);
+        assert!(terms(&a).contains(&101) && !terms(&a).contains(&500), "{:?}", a);
     }
 
     #[test]
@@ -1166,6 +1240,51 @@ mod tests {
         let a = h.ev(Event::Stop { signal: "SIGINT" });
         assert!(a.contains(&Action::CancelProbe));
         assert_eq!(replies(&a), vec!["NACK stopping"]);
+    }
+
+    /// The sd_notify(3) notifications of these actions, as (kind, STATUS text).
+    fn notified(a: &[Action]) -> Vec<(&'static str, String)> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Notify(Notify::Ready(s)) => Some(("READY", s.clone())),
+                Action::Notify(Notify::Reloading(s)) => Some(("RELOADING", s.clone())),
+                Action::Notify(Notify::Stopping(s)) => Some(("STOPPING", s.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn service_manager_hears_ready_reloading_and_stopping() {
+        let mut h = H::new(mongo(2));
+        let a = h.ev(Event::Start);
+        assert!(notified(&a).is_empty(), "not ready before the workers");
+        let ids: Vec<_> = h.m.workers().map(|w| w.id).collect();
+        assert!(notified(&h.ev(Event::Ready { id: ids[0] })).is_empty());
+        let a = h.ev(Event::Ready { id: ids[1] });
+        assert_eq!(notified(&a), vec![("READY", "running: generation 1, 2 of 2 workers ready".to_string())]);
+        // Refused after being taken up: RELOADING then READY.
+        let a = h.restart(mongo(1), false);
+        let n = notified(&a);
+        assert_eq!(n.iter().map(|x| x.0).collect::<Vec<_>>(), vec!["RELOADING", "READY"]);
+        assert!(n[1].1.ends_with("zero-downtime restart refused: no workers"), "{:?}", n);
+        // Taken up, then in flight: the second request sends nothing.
+        assert_eq!(notified(&h.restart(mongo(2), false)).len(), 1);
+        assert!(notified(&h.restart(mongo(2), false)).is_empty());
+        h.probe_ok();
+        let mut done = Vec::new();
+        for _ in 0..2 {
+            let a = h.ready_all();
+            done.extend(notified(&a));
+            let old: Vec<u32> = h.m.workers().filter(|w| w.asked_to_stop).filter_map(|w| w.pid).collect();
+            for pid in old {
+                let id = h.id_of(pid);
+                done.extend(notified(&h.ev(Event::Exited { id, status: ExitStatus::Code(0) })));
+            }
+        }
+        assert_eq!(done, vec![("READY", "running: generation 2, 2 of 2 workers ready; zero-downtime restart complete".to_string())]);
+        let a = h.ev(Event::Stop { signal: "SIGTERM" });
+        assert_eq!(notified(&a), vec![("STOPPING", "stopping (SIGTERM): 2 workers".to_string())]);
     }
 
     #[test]

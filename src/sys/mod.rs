@@ -7,10 +7,12 @@
 #![allow(unsafe_code)]
 
 mod notify_socket;
+mod procs;
 mod spawn;
 
 pub use notify_socket::{bind_notify_socket, process_group_of, recv_datagram, Credentials, Datagram};
-pub use spawn::{spawn, SpawnSpec, Spawned};
+pub use procs::*;
+pub use spawn::{disable_close_range, spawn, SpawnSpec, Spawned};
 
 use std::ffi::CString;
 use std::io;
@@ -253,4 +255,13 @@ pub fn ensure_std_fds() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// CLOCK_MONOTONIC in microseconds (sd_notify(3) `MONOTONIC_USEC=`).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the local we pass;
+    // CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }

@@ -15,6 +15,17 @@ use std::convert::Infallible;
 use std::ffi::CString;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether the child closes fds with close_range(2) (else close() in a loop).
+static CLOSE_RANGE: AtomicBool = AtomicBool::new(true);
+
+/// Make every later spawn close fds with close() up to RLIMIT_NOFILE instead
+/// of close_range(2), as on kernels before 5.9 (`ZDRESTART_NO_CLOSE_RANGE=1`,
+/// for tests of that path).
+pub fn disable_close_range() {
+    CLOSE_RANGE.store(false, Ordering::Relaxed);
+}
 
 /// Everything a worker needs between fork and exec, built before fork.
 pub struct SpawnSpec {
@@ -53,10 +64,23 @@ enum Stage {
     Execve = 5,
     /// prctl(PR_SET_PDEATHSIG).
     Prctl = 6,
+    /// setpgid(0, 0): the child leads its own process group.
+    Setpgid = 7,
+    /// Closing every fd the child must not get (close_range, or close).
+    CloseFds = 8,
 }
 
 impl Stage {
-    const ALL: [Stage; 6] = [Stage::Dup2, Stage::Setgroups, Stage::Setgid, Stage::Setuid, Stage::Execve, Stage::Prctl];
+    const ALL: [Stage; 8] = [
+        Stage::Dup2,
+        Stage::Setgroups,
+        Stage::Setgid,
+        Stage::Setuid,
+        Stage::Execve,
+        Stage::Prctl,
+        Stage::Setpgid,
+        Stage::CloseFds,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -66,6 +90,8 @@ impl Stage {
             Stage::Setuid => "setuid",
             Stage::Execve => "execve",
             Stage::Prctl => "prctl",
+            Stage::Setpgid => "setpgid",
+            Stage::CloseFds => "close_range",
         }
     }
 
@@ -118,6 +144,11 @@ struct Child<'a> {
     master_pid: libc::pid_t,
     /// Where a failure is reported: the exec-error pipe (moved with the rest).
     report_fd: RawFd,
+    /// One past the highest fd number that can be open (RLIMIT_NOFILE, read
+    /// before fork): where the close() fallback stops.
+    fd_limit: RawFd,
+    /// Try close_range(2) first ([`disable_close_range`]).
+    close_range: bool,
 }
 
 fn errno() -> i32 {
@@ -140,7 +171,8 @@ fn at(stage: Stage, r: libc::c_int) -> Result<libc::c_int, Failure> {
 /// pipe (lines from the master) at [`protocol::control_fd`]
 /// (`ZDRESTART_NOTIFY_FD` and `ZDRESTART_CONTROL_FD` must say so), stdout and
 /// stderr into one output pipe, stdin from /dev/null, signal dispositions
-/// reset with SIGUSR2 ignored, PDEATHSIG SIGTERM, optional user switch. An
+/// reset with SIGUSR2 ignored, every other fd closed, its own process
+/// group, PDEATHSIG SIGKILL, optional user switch. An
 /// exec failure is returned as an error naming the failed step, with the
 /// child already reaped.
 pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
@@ -182,6 +214,8 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         listen_pid_digits: unsafe { listen_pid_ptr.add(listen_pid_at) },
         master_pid: std::process::id() as libc::pid_t,
         report_fd: err_w.as_raw_fd(),
+        fd_limit: fd_limit(),
+        close_range: CLOSE_RANGE.load(Ordering::Relaxed),
     };
 
     let old = block_signals();
@@ -200,6 +234,9 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         return Err(io::Error::new(e.kind(), format!("fork: {}", strerror(&e))));
     }
     let pid = pid as u32;
+    // The child does it too: whichever runs first, the group exists before
+    // the master signals it or the child execs.
+    let _ = super::own_process_group(pid);
     // Our copies of the child's ends must go, or EOF never comes.
     drop((err_w, notify_w, out_w, control_r, devnull));
     match read_report(err_r)? {
@@ -215,6 +252,18 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
             Err(io::Error::new(e.kind(), format!("{}: {}", what, strerror(&e))))
         }
     }
+}
+
+/// The soft RLIMIT_NOFILE, capped (an unlimited one must not make the
+/// close() fallback loop for ever).
+fn fd_limit() -> RawFd {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the local we pass.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if r != 0 {
+        return 65_536;
+    }
+    lim.rlim_cur.min(1 << 20) as RawFd
 }
 
 /// Block every signal across fork so that no handler of ours runs in the
@@ -283,9 +332,16 @@ impl Child<'_> {
     /// As [`run`](Self::run): only async-signal-safe calls follow.
     unsafe fn child_exec(&mut self) -> Result<Infallible, Failure> {
         self.move_fds()?;
+        self.close_other_fds()?;
+        // Its own process group, so that the master's signals reach every
+        // process the worker starts, and what is left of it once it is gone.
+        // SAFETY: setpgid with integer arguments.
+        at(Stage::Setpgid, unsafe { libc::setpgid(0, 0) })?;
         reset_signal_dispositions();
+        // SIGKILL, not SIGTERM: a worker that ignores SIGTERM must not keep
+        // serving once its master is gone.
         // SAFETY: prctl with integer arguments.
-        at(Stage::Prctl, unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) })?;
+        at(Stage::Prctl, unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) })?;
         // The master may have died before PDEATHSIG was set.
         // SAFETY: getppid and _exit are async-signal-safe.
         unsafe {
@@ -336,6 +392,37 @@ impl Child<'_> {
         dup2(fds.moved(Fds::DEVNULL), 0)?;
         dup2(fds.moved(Fds::OUTPUT), 1)?;
         dup2(fds.moved(Fds::OUTPUT), 2)?;
+        Ok(())
+    }
+
+    /// Close every fd above the protocol fds except the exec-error pipe
+    /// (close-on-exec, it goes at exec): whatever the master inherited or
+    /// opened without close-on-exec never reaches a worker. close_range(2)
+    /// (Linux 5.9); before that, close() up to RLIMIT_NOFILE.
+    fn close_other_fds(&mut self) -> Result<(), Failure> {
+        let first = protocol::control_fd(self.fds.nlisten) + 1;
+        let keep = self.report_fd;
+        let ranges = [(first, keep - 1), (keep + 1, RawFd::MAX)];
+        for (lo, hi) in ranges {
+            if lo > hi {
+                continue;
+            }
+            if self.close_range {
+                // SAFETY: close_range takes integers and closes fds of this
+                // (child) process only.
+                let r = unsafe { libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi as libc::c_uint, 0 as libc::c_uint) };
+                if r == 0 {
+                    continue;
+                }
+                if !matches!(errno(), libc::ENOSYS | libc::EINVAL | libc::EPERM) {
+                    return Err((Stage::CloseFds, errno()));
+                }
+            }
+            for fd in lo..hi.min(self.fd_limit.saturating_sub(1)).saturating_add(1) {
+                // SAFETY: close is async-signal-safe; EBADF for a closed fd is harmless.
+                unsafe { libc::close(fd) };
+            }
+        }
         Ok(())
     }
 

@@ -1572,3 +1572,4 @@ pub fn bunyan_cli() -> Option<PathBuf> {
         None
     }
 }
+pub mod ops;

@@ -1,0 +1,149 @@
+//! The master as a systemd service of `Type=notify` (issue 9, item 6): the
+//! sd_notify(3) datagrams it sends on `$NOTIFY_SOCKET`, received on a real
+//! `AF_UNIX` datagram socket that the test binds (a path, and an abstract
+//! name), in their exact sequence for start, restart, refusal, abort and stop.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+/// The receiving end: what systemd would read.
+struct Receiver {
+    sock: UnixDatagram,
+}
+
+impl Receiver {
+    fn bind(path: &std::path::Path) -> Receiver {
+        let sock = UnixDatagram::bind(path).unwrap_or_else(|e| panic!("bind {}: {}", path.display(), e));
+        sock.set_read_timeout(Some(T)).unwrap();
+        Receiver { sock }
+    }
+
+    /// The next datagram, as its list of assignments.
+    fn next(&self) -> Vec<String> {
+        let mut buf = vec![0u8; 4096];
+        let n = self.sock.recv(&mut buf).unwrap_or_else(|e| panic!("no sd_notify datagram within {:?}: {}", T, e));
+        let text = std::str::from_utf8(&buf[..n]).expect("UTF-8 datagram").to_string();
+        assert!(!text.ends_with('\n') && !text.contains("\n\n"), "{:?}", text);
+        text.split('\n').map(str::to_string).collect()
+    }
+
+    /// Nothing arrives within `wait`.
+    fn nothing_within(&self, wait: Duration) -> Option<Vec<String>> {
+        self.sock.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let r = self.sock.recv(&mut buf).ok().map(|n| String::from_utf8_lossy(&buf[..n]).split('\n').map(str::to_string).collect());
+        self.sock.set_read_timeout(Some(T)).unwrap();
+        r
+    }
+}
+
+fn monotonic_usec_now() -> u64 {
+    // /proc/uptime is CLOCK_BOOTTIME; read CLOCK_MONOTONIC through libc.
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes one timespec into a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// `RELOADING=1`, `MONOTONIC_USEC=<CLOCK_MONOTONIC in µs, between before and
+/// now>`, `STATUS=...` starting with `status`.
+fn assert_reloading(msg: &[String], before: u64, status: &str) {
+    assert_eq!(msg.len(), 3, "{:?}", msg);
+    assert_eq!(msg[0], "RELOADING=1");
+    let usec: u64 = msg[1].strip_prefix("MONOTONIC_USEC=").unwrap_or_else(|| panic!("{:?}", msg)).parse().unwrap();
+    assert!(usec >= before && usec <= monotonic_usec_now(), "MONOTONIC_USEC {} not CLOCK_MONOTONIC now: {:?}", usec, msg);
+    assert_eq!(msg[2], status, "{:?}", msg);
+}
+
+#[test]
+fn start_restart_refusal_abort_and_stop_in_sequence() {
+    let mongo = Mongo::start();
+    let b = Master::for_test();
+    let path = b.dir().join("notify.sock");
+    let rx = Receiver::bind(&path);
+    let mut m = b
+        .merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri(), "timeout": 2}, "shutdownTimeout": 3}))
+        .env("NOTIFY_SOCKET", &path.display().to_string())
+        .start();
+
+    // Start: READY=1 once the first generation is ready, never before.
+    assert_eq!(rx.next(), ["READY=1", "STATUS=running: generation 1, 2 of 2 workers ready"]);
+    assert_eq!(m.events("worker.ready").len(), 2);
+    // The workers do not get the master's NOTIFY_SOCKET.
+    for w in m.wait_worker_count(2, T) {
+        assert!(proc_environ(w).iter().all(|(k, _)| k != "NOTIFY_SOCKET"), "worker {} has NOTIFY_SOCKET", w);
+    }
+
+    // A zero-downtime restart: RELOADING=1 when it starts, READY=1 at the end.
+    let before = monotonic_usec_now();
+    let mark = m.mark();
+    m.signal(libc::SIGUSR2);
+    assert_reloading(&rx.next(), before, "STATUS=running: generation 1, 2 of 2 workers ready; zero-downtime restart requested (SIGUSR2)");
+    assert_eq!(rx.next(), ["READY=1", "STATUS=running: generation 2, 2 of 2 workers ready; zero-downtime restart complete"]);
+    m.wait_event_after(mark, "restart.complete", T);
+
+    // Refused (no workers): RELOADING=1, then READY=1 saying so.
+    m.rewrite_config(|c| {
+        c.insert("workers".into(), json!(1));
+    });
+    let before = monotonic_usec_now();
+    m.signal(libc::SIGUSR2);
+    assert_reloading(&rx.next(), before, "STATUS=running: generation 2, 2 of 2 workers ready; zero-downtime restart requested (SIGUSR2)");
+    assert_eq!(rx.next(), ["READY=1", "STATUS=running: generation 2, 2 of 2 workers ready; zero-downtime restart refused: no workers"]);
+
+    // Aborted (the new worker dies at start): READY=1 with the lockout.
+    m.rewrite_config(|c| {
+        c.insert("workers".into(), json!(2));
+        c.insert("worker".into(), fault_worker_json("die-at-start.sh"));
+    });
+    let before = monotonic_usec_now();
+    m.signal(libc::SIGUSR2);
+    assert_reloading(&rx.next(), before, "STATUS=running: generation 2, 2 of 2 workers ready; zero-downtime restart requested (SIGUSR2)");
+    assert_eq!(
+        rx.next(),
+        [
+            "READY=1",
+            "STATUS=LOCKOUT: generation 3, 2 of 2 workers ready; zero-downtime restart to generation 3 aborted: new worker exited; restarts refused, restart the master as soon as possible"
+        ]
+    );
+    // In lockout a restart is refused without being taken up: nothing is
+    // sent for it (proved by the next datagram being the stop's).
+    let mark = m.mark();
+    m.signal(libc::SIGUSR2);
+    m.wait_event_after(mark, "restart.refused", T);
+
+    // Graceful stop: STOPPING=1, and nothing after it (the master is gone).
+    m.signal(libc::SIGTERM);
+    assert_eq!(rx.next(), ["STOPPING=1", "STATUS=stopping (SIGTERM): 2 workers"]);
+    assert_eq!(m.wait_exit(T).code(), Some(0));
+    assert_eq!(rx.nothing_within(Duration::from_millis(100)), None);
+}
+
+#[test]
+fn abstract_socket_name_and_no_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("zdrestart-test-notify-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let sock = UnixDatagram::bind_addr(&addr).unwrap();
+    sock.set_read_timeout(Some(T)).unwrap();
+    let rx = Receiver { sock };
+    let mut m = Master::for_test().env("NOTIFY_SOCKET", &format!("@{}", name)).start();
+    assert_eq!(rx.next(), ["READY=1", "STATUS=running: generation 1, 2 of 2 workers ready"]);
+    m.signal(libc::SIGINT);
+    assert_eq!(rx.next(), ["STOPPING=1", "STATUS=stopping (SIGINT): 2 workers"]);
+    assert_eq!(m.wait_exit(T).code(), Some(0));
+
+    // NOTIFY_SOCKET naming no socket: a warning, never a failure.
+    let b = Master::for_test();
+    let missing = b.dir().join("nobody-listens.sock");
+    let mut m = b.env("NOTIFY_SOCKET", &missing.display().to_string()).start();
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit(T).code(), Some(0));
+    assert!(m.log_records().iter().any(|r| r["level"] == 40 && r["msg"].as_str().unwrap().contains("sd_notify")));
+}
