@@ -46,11 +46,14 @@ fn gunicorn(app: &str, extra: &[&str]) -> Value {
     json!(argv)
 }
 
+/// uWSGI with a graceful SIGTERM for its master and its workers (the
+/// master signals the whole process group; uWSGI 2.0 takes SIGTERM as a
+/// brutal reload).
 fn uwsgi() -> Value {
     json!([
         server("uwsgi", "uwsgi-core"), "--master", "--processes", "2", "--plugin", "python3",
         "--protocol", "http", "--wsgi-file", app_dir().join("hello.py").display().to_string(),
-        "--hook-master-start", "unix_signal:15 gracefully_kill_them_all", "--disable-logging",
+        "--hook-master-start", "unix_signal:15 gracefully_kill_them_all", "--hook-accepting", "unix_signal:15 gracefully_kill", "--disable-logging",
     ])
 }
 
