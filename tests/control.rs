@@ -306,7 +306,8 @@ fn loglevel_changes_the_master_and_new_workers() {
     // LOGLEVEL debug (raw): the master logs at debug now.
     assert_eq!(ask(&sock, "LOGLEVEL debug"), "ACK");
     let set = m.wait_for("log level set record", T, |recs| {
-        recs.iter().rev().find(|r| r["msg"].as_str().unwrap_or("").starts_with("log level set to debug")).cloned()
+        // The master's record, not a worker's "log level set to debug by the master".
+        recs.iter().rev().find(|r| r["msg"] == "log level set to debug" && r["worker_pid"].is_null()).cloned()
     });
     assert_eq!(set["component"], "control");
     let mark = m.mark();
