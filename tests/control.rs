@@ -17,7 +17,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -29,105 +29,13 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
-// Helpers: the raw protocol
-
-/// One raw client of the control socket: lines out, lines in.
-struct Raw {
-    r: BufReader<UnixStream>,
-}
-
-impl Raw {
-    fn connect(sock: &Path) -> Raw {
-        let s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {}", sock.display(), e));
-        s.set_read_timeout(Some(T)).unwrap();
-        s.set_write_timeout(Some(T)).unwrap();
-        Raw { r: BufReader::new(s) }
-    }
-
-    fn send(&mut self, bytes: &str) {
-        self.r.get_mut().write_all(bytes.as_bytes()).unwrap();
-    }
-
-    /// One answer line, exactly as sent (with its `\n`).
-    fn line_raw(&mut self) -> String {
-        let mut l = String::new();
-        self.r.read_line(&mut l).unwrap_or_else(|e| panic!("read answer: {}", e));
-        assert!(l.ends_with('\n'), "answer not terminated by a newline (EOF?): {:?}", l);
-        assert!(!l.ends_with("\r\n"), "pump.io answers end with \\n only: {:?}", l);
-        l
-    }
-
-    /// One answer line without its `\n`.
-    fn line(&mut self) -> String {
-        let l = self.line_raw();
-        l[..l.len() - 1].to_string()
-    }
-
-    /// Send one command and read its answer.
-    fn cmd(&mut self, line: &str) -> String {
-        self.send(&format!("{}\n", line));
-        self.line()
-    }
-
-    /// Whether the master closed this connection (EOF or reset) within
-    /// `wait`, with no answer before it.
-    fn closed_within(&mut self, wait: Duration) -> bool {
-        self.r.get_ref().set_read_timeout(Some(wait)).unwrap();
-        let mut l = String::new();
-        let r = match self.r.read_line(&mut l) {
-            Ok(0) => true,
-            Ok(_) => panic!("unexpected answer {:?}", l),
-            Err(e) => e.kind() == ErrorKind::ConnectionReset,
-        };
-        self.r.get_ref().set_read_timeout(Some(T)).unwrap();
-        r
-    }
-}
-
-/// One command on a fresh connection.
-fn ask(sock: &Path, line: &str) -> String {
-    Raw::connect(sock).cmd(line)
-}
-
-/// STATUS as JSON (asserts the `ACK ` prefix).
-fn status(sock: &Path) -> Value {
-    let a = ask(sock, "STATUS");
-    let j = a.strip_prefix("ACK ").unwrap_or_else(|| panic!("STATUS answered {:?}", a));
-    serde_json::from_str(j).unwrap_or_else(|e| panic!("STATUS JSON: {}: {}", e, j))
-}
+// Helpers: STATUS and zdrestartctl (the client itself: tests/common/control.rs)
 
 fn sorted_pids(st: &Value) -> Vec<i32> {
     let mut v: Vec<i32> =
         st["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_i64().unwrap() as i32).collect();
     v.sort();
     v
-}
-
-// ---------------------------------------------------------------------------
-// Helpers: zdrestartctl
-
-struct Ctl {
-    code: i32,
-    out: String,
-    err: String,
-}
-
-impl std::fmt::Debug for Ctl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout:\n{}--- stderr:\n{}", self.code, self.out, self.err)
-    }
-}
-
-/// Run `zdrestartctl -s SOCK ARGS...` (no default config is read with -s).
-fn ctl(sock: &Path, args: &[&str]) -> Ctl {
-    let mut all: Vec<String> = vec!["-s".into(), sock.display().to_string()];
-    all.extend(args.iter().map(|s| s.to_string()));
-    ctl_raw(&all.iter().map(|s| s.as_str()).collect::<Vec<_>>())
-}
-
-fn ctl_raw(args: &[&str]) -> Ctl {
-    let (st, out, err) = run_cmd(Command::new(ctl_bin()).args(args), Duration::from_secs(60));
-    Ctl { code: st.code().unwrap_or_else(|| panic!("zdrestartctl killed by a signal: {:?}", st)), out, err }
 }
 
 /// Assert a NACK through zdrestartctl: exit 1, nothing on stdout, the reason
@@ -192,7 +100,7 @@ fn informational_commands_raw_and_through_zdrestartctl() {
     let (m, sock) = mem_master(json!({"logLevel": "info"}));
 
     // Raw, byte for byte (pump.io answers).
-    let mut c = Raw::connect(&sock);
+    let mut c = ControlClient::connect(&sock);
     c.send("CMDS\n");
     assert_eq!(c.line_raw(), "ACK CMDS VERSION LOGLEVEL STATUS RESTART\n");
     c.send("VERSION\n");
@@ -274,14 +182,14 @@ fn informational_commands_raw_and_through_zdrestartctl() {
 /// Hold `MAX_CLIENTS` (64) answered connections and open one more: the master
 /// evicts the held one idle longest (the first), logs that at debug level,
 /// and answers the new one. Returns the 63 held connections left.
-fn fill_clients(sock: &Path) -> Vec<Raw> {
+fn fill_clients(sock: &Path) -> Vec<ControlClient> {
     let mut held = Vec::new();
     while held.len() < 64 {
-        let mut c = Raw::connect(sock);
+        let mut c = ControlClient::connect(sock);
         assert_eq!(c.cmd("VERSION"), "ACK 0.1.0", "with {} clients held", held.len());
         held.push(c);
     }
-    let mut extra = Raw::connect(sock);
+    let mut extra = ControlClient::connect(sock);
     assert_eq!(extra.cmd("VERSION"), "ACK 0.1.0", "a 65th client is served");
     assert!(held[0].closed_within(Duration::from_secs(5)), "the longest idle client is evicted");
     held.remove(0);
@@ -490,7 +398,7 @@ fn refusals_after_probe_and_restart_in_flight() {
     // first client, waiting, gets `probe failed` when the probe times out.
     set_worker(&mut m, Some("probe-hang.sh"), json!({"probeTimeout": 3}));
     let mark = m.mark();
-    let mut first = Raw::connect(&sock);
+    let mut first = ControlClient::connect(&sock);
     let t0 = Instant::now();
     first.send("RESTART WAIT\n");
     m.wait_for("the probe to start", T, |recs| {
@@ -571,7 +479,7 @@ fn restart_wait_returns_after_complete_and_old_workers_gone() {
     // pipelined behind it is answered after it, in order.
     let old = new;
     let mark = m.mark();
-    let mut c = Raw::connect(&sock);
+    let mut c = ControlClient::connect(&sock);
     c.send("RESTART WAIT\nVERSION\n");
     let a = c.line();
     let still: Vec<i32> = old.iter().copied().filter(|p| proc_stat(*p).is_some_and(|s| s.ppid == m.pid())).collect();
@@ -606,7 +514,7 @@ fn restart_wait_returns_after_complete_and_old_workers_gone() {
     // the master is unharmed.
     let mark = m.mark();
     {
-        let mut c = Raw::connect(&sock);
+        let mut c = ControlClient::connect(&sock);
         c.send("RESTART WAIT\n");
     }
     m.wait_event_after(mark, "restart.complete", T);
@@ -773,7 +681,7 @@ fn socket_removed_at_graceful_exit_then_missing_socket_is_exit_2() {
     let (mut m, sock) = mem_master(json!({}));
     assert_eq!(ask(&sock, "VERSION"), "ACK 0.1.0");
     // A connected client does not keep the master from exiting.
-    let _idle = Raw::connect(&sock);
+    let _idle = ControlClient::connect(&sock);
     m.signal(libc::SIGTERM);
     let st = m.wait_exit(T);
     assert_eq!(Master::exit_code(st), 0);
@@ -804,7 +712,7 @@ fn a_full_table_never_locks_out_zdrestartctl_nor_evicts_a_waiting_client() {
     // A restart that stays in flight for 3 s: the probe hangs until its timeout.
     set_worker(&mut m, Some("probe-hang.sh"), json!({"probeTimeout": 3}));
     let mark = m.mark();
-    let mut waiter = Raw::connect(&sock);
+    let mut waiter = ControlClient::connect(&sock);
     let t0 = Instant::now();
     waiter.send("RESTART WAIT\n");
     m.wait_for("the probe to start", T, |recs| {
@@ -812,7 +720,7 @@ fn a_full_table_never_locks_out_zdrestartctl_nor_evicts_a_waiting_client() {
     });
     // 150 hostile clients: connected, silent. The master keeps the 63 newest
     // (+ the waiter) and evicts the others, oldest first.
-    let mut idle: Vec<Raw> = (0..150).map(|_| Raw::connect(&sock)).collect();
+    let mut idle: Vec<ControlClient> = (0..150).map(|_| ControlClient::connect(&sock)).collect();
     // zdrestartctl gets through at once, every time, and so does a raw client.
     for _ in 0..20 {
         let t = Instant::now();
