@@ -104,18 +104,36 @@ pub fn worker_pid_of(rec: &Value) -> Option<i32> {
 }
 
 /// The `bunyan` CLI to check logs with: $ZDRESTART_BUNYAN, else
-/// <repo>/.npm/node_modules/.bin/bunyan if it exists, else None.
-/// When ZDRESTART_BUNYAN is set, it must exist (panics otherwise).
-pub fn bunyan_cli() -> Option<PathBuf> {
+/// <repo>/.npm/node_modules/.bin/bunyan. Panics when neither exists: the check
+/// against the real CLI must fail, not skip (scripts/test installs it).
+pub fn bunyan_cli() -> PathBuf {
     if let Some(p) = std::env::var_os("ZDRESTART_BUNYAN") {
         let p = PathBuf::from(p);
         assert!(p.exists(), "ZDRESTART_BUNYAN={} does not exist", p.display());
-        return Some(p);
+        return p;
     }
     let p = repo_root().join(".npm/node_modules/.bin/bunyan");
-    if p.exists() {
-        Some(p)
-    } else {
-        None
-    }
+    assert!(
+        p.exists(),
+        "no bunyan CLI: neither $ZDRESTART_BUNYAN nor {} exists; run scripts/test (it installs bunyan from npm)",
+        p.display()
+    );
+    p
+}
+
+/// The `time` of a record in milliseconds since the Unix epoch (the
+/// writer's clock: for delays between records of one process).
+pub fn time_ms_of(rec: &Value) -> i64 {
+    let t = rec["time"].as_str().unwrap_or_else(|| panic!("record without time: {}", rec));
+    assert!(is_iso8601_ms(t), "time {:?}", t);
+    let n = |a: usize, b: usize| t[a..b].parse::<i64>().unwrap();
+    let (y, mo, d) = (n(0, 4), n(5, 7), n(8, 10));
+    // Days from 1970-01-01 to y-mo-d (proleptic Gregorian; Howard Hinnant's days_from_civil).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + n(11, 13)) * 60 + n(14, 16)) * 60_000 + n(17, 19) * 1000 + n(20, 23)
 }

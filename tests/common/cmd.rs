@@ -7,6 +7,20 @@ use std::fs;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// Remove from `cmd` the caller's variables that the zdrestart programs read:
+/// `ZDRESTART_*` (e.g. `ZDRESTART_NO_PIDFD`, `ZDRESTART_CONFIG`, a worker's
+/// `ZDRESTART_NOTIFY_FD`), `LISTEN_*` of socket activation and
+/// `NOTIFY_SOCKET` of sd_notify(3). A test then sees only what it sets itself,
+/// whatever shell, service manager or master ran it.
+pub fn scrub_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let name = k.to_string_lossy();
+        if name.starts_with("ZDRESTART_") || name.starts_with("LISTEN_") || name == "NOTIFY_SOCKET" {
+            cmd.env_remove(&k);
+        }
+    }
+}
+
 /// Run a command to completion with a timeout (killed after it): status,
 /// stdout, stderr. For zdrestartctl, zdrestart --check, bunyan, ...
 pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String, String) {

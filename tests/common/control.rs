@@ -3,7 +3,7 @@
 //! `zdrestartctl` run as a process. Must not interpret answers beyond
 //! framing: the tests assert on them.
 
-use crate::cmd::run_cmd;
+use crate::cmd::{run_cmd, scrub_env};
 use crate::paths::ctl_bin;
 use serde_json::Value;
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
@@ -131,9 +131,11 @@ pub fn ctl(sock: &Path, args: &[&str]) -> Ctl {
 }
 
 /// Run `zdrestartctl ARGS...` (60 s at most) without `ZDRESTART_CONFIG`
-/// from the caller's environment.
+/// (or any other of the programs' variables) from the caller's environment.
 pub fn ctl_raw(args: &[&str]) -> Ctl {
-    let (st, out, err) =
-        run_cmd(Command::new(ctl_bin()).args(args).env_remove("ZDRESTART_CONFIG"), Duration::from_secs(60));
+    let mut cmd = Command::new(ctl_bin());
+    cmd.args(args);
+    scrub_env(&mut cmd);
+    let (st, out, err) = run_cmd(&mut cmd, Duration::from_secs(60));
     Ctl { code: st.code().unwrap_or_else(|| panic!("zdrestartctl killed by a signal: {:?}", st)), out, err }
 }

@@ -228,6 +228,11 @@ impl KeepAlive {
         self.conn.is_some()
     }
 
+    /// The open connection's socket, if any (e.g. for [`crate::request_taken_by`]).
+    pub fn stream(&self) -> Option<&TcpStream> {
+        self.conn.as_ref().map(|c| c.get_ref())
+    }
+
     fn ensure(&mut self) -> io::Result<()> {
         if self.conn.is_none() {
             if self.connects > 0 && !self.reconnect {

@@ -2,6 +2,7 @@
 //! log, waits on its records, and the guarantee that everything it started
 //! dies with the value.
 
+use crate::cmd::scrub_env;
 use crate::bunyan::{event_of, parse_log, worker_pid_of};
 use crate::dirs::TestDir;
 use crate::http::{get, http, Response};
@@ -139,6 +140,7 @@ impl MasterBuilder {
             .stdout(fs::File::create(&stdout).unwrap())
             .stderr(fs::File::create(&stderr).unwrap())
             .process_group(0);
+        scrub_env(&mut cmd);
         for k in &self.env_remove {
             cmd.env_remove(k);
         }
@@ -229,14 +231,13 @@ impl Master {
         assert!(kill(self.pid, sig), "kill({}, {}): {}", self.pid, sig, io::Error::last_os_error());
     }
 
-    /// Whether the master has exited (reaps it).
+    /// Whether the master has exited. It is not reaped here: its pid (and so
+    /// its process group id) stays taken by the zombie until the drop has
+    /// killed what is left of the group, so that no other process can get
+    /// that pid meanwhile and be signalled in its place.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    self.status = Some(st);
-                }
-            }
+        if self.status.is_none() && self.child.is_some() {
+            self.status = exited_not_reaped(self.pid);
         }
         self.status
     }
@@ -455,37 +456,54 @@ impl Master {
         get(self.port, "/healthz")
     }
 
-    /// Kill the master and everything it started (SIGKILL), reap it. Idempotent.
+    /// Kill the master and everything it started (SIGKILL), then reap it.
+    /// Idempotent. Until it is reaped here its pid cannot be reused (see
+    /// `exited`), so the group and the descendants found are its own.
     pub fn kill_all(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
         let mut pids: HashSet<i32> = descendants_of(self.pid).into_iter().collect();
         {
             let seen = self.seen_workers.lock().unwrap_or_else(|e| e.into_inner());
             // Workers seen earlier that were reparented (e.g. the master was
-            // SIGKILLed): only those still in the master's process group or
-            // still children of it, so that a reused pid is never hit.
+            // SIGKILLed): only those still in the master's process group,
+            // whose id no new process can take while the master is unreaped.
             for &p in seen.iter() {
-                if let Some(s) = proc_stat(p) {
-                    if s.pgid == self.pid || s.ppid == self.pid {
-                        pids.insert(p);
-                    }
+                if proc_stat(p).is_some_and(|s| s.pgid == self.pid || s.ppid == self.pid) {
+                    pids.insert(p);
                 }
             }
         }
-        if self.status.is_none() || !pids.is_empty() {
-            kill(-self.pid, libc::SIGKILL);
-        }
+        kill(-self.pid, libc::SIGKILL);
         for p in pids {
             kill(p, libc::SIGKILL);
         }
-        if let Some(mut c) = self.child.take() {
-            if self.status.is_none() {
-                let _ = c.kill();
-                if let Ok(st) = c.wait() {
-                    self.status = Some(st);
-                }
-            }
+        let _ = child.kill();
+        if let Ok(st) = child.wait() {
+            self.status.get_or_insert(st);
         }
     }
+}
+
+/// The exit status of child `pid` if it has exited, leaving it a zombie
+/// (waitid(2) with WNOWAIT): the pid stays reserved until it is reaped.
+fn exited_not_reaped(pid: i32) -> Option<ExitStatus> {
+    // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: info is a valid, exclusively borrowed siginfo_t; waitid only writes to it.
+    let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+    // SAFETY: after a successful waitid, si_pid is set (0 when nothing exited yet).
+    if rc != 0 || unsafe { info.si_pid() } == 0 {
+        return None;
+    }
+    // SAFETY: for a CLD_* siginfo filled by waitid, si_status is valid.
+    let status = unsafe { info.si_status() };
+    // Back to the wait(2) status encoding that ExitStatus::from_raw takes.
+    let raw = match info.si_code {
+        libc::CLD_EXITED => (status & 0xff) << 8,
+        libc::CLD_DUMPED => (status & 0x7f) | 0x80,
+        _ => status & 0x7f,
+    };
+    Some(ExitStatus::from_raw(raw))
 }
 
 impl Drop for Master {

@@ -82,6 +82,8 @@ impl Mongo {
                 return;
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                // Reaped: its pid is no longer ours to signal on drop.
+                self.child = None;
                 panic!(
                     "secantusd-py exited ({}) before accepting on port {}; output:\n{}",
                     st,
@@ -124,7 +126,11 @@ impl Mongo {
     pub fn restart(&mut self) {
         self.stop();
         // The port may take a moment to be bindable again.
-        wait_until(Duration::from_secs(10), || port_is_free(self.port));
+        assert!(
+            wait_until(Duration::from_secs(10), || port_is_free(self.port)),
+            "port {} of the stopped secantusd-py still in use after 10 s",
+            self.port
+        );
         self.spawn();
     }
 }

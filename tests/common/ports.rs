@@ -6,9 +6,23 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-/// A free TCP port on 127.0.0.1, chosen below the kernel's ephemeral range
-/// (so that no outgoing connection of this machine takes it meanwhile), checked
-/// by binding it, and never handed out twice by this process.
+/// Ports outside the kernel's ephemeral range (`net.ipv4.ip_local_port_range`,
+/// read from /proc): the widest of the stretches below it (from 10000) and
+/// above it. None when neither holds 1000 ports.
+fn non_ephemeral_ports() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|s| s.parse::<u32>().ok());
+    let (low, high) = (it.next()??, it.next()??);
+    let below = (10000, low.max(10000)); // [start, end)
+    let above = (high + 1, 65536);
+    let (start, end) = if below.1 - below.0 >= above.1 - above.0 { below } else { above };
+    (end.saturating_sub(start) >= 1000).then_some((start as u16, (end - 1) as u16))
+}
+
+/// A free TCP port on 127.0.0.1, chosen outside the kernel's ephemeral range
+/// as configured on this machine (so that no outgoing connection takes it
+/// meanwhile), checked by binding it, and never handed out twice by this
+/// process. Where the ephemeral range leaves no room, the kernel's choice.
 pub fn free_port() -> u16 {
     static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let given = GIVEN.get_or_init(|| Mutex::new(HashSet::new()));
@@ -18,11 +32,13 @@ pub fn free_port() -> u16 {
     let mut x: u64 = (std::process::id() as u64) << 32
         ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
         ^ 0x9e37_79b9_7f4a_7c15;
-    for _ in 0..2000 {
+    let range = non_ephemeral_ports();
+    for _ in 0..range.map_or(0, |_| 2000) {
+        let (start, last) = range.unwrap();
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let port = 20000 + (x % 12000) as u16; // 20000..32000, below ip_local_port_range
+        let port = start + (x % (u64::from(last - start) + 1)) as u16;
         if given.contains(&port) {
             continue;
         }

@@ -102,9 +102,24 @@ pub fn fd_targets(pid: i32) -> Vec<String> {
     v
 }
 
-/// Environment of pid as (key, value) pairs.
+/// Environment of pid as (key, value) pairs; panics when it cannot be read
+/// or is empty (a process gone, or caught between fork and exec): a test
+/// asserting on it must not pass for want of data.
+pub fn environ_of(pid: i32) -> Vec<(String, String)> {
+    let path = format!("/proc/{}/environ", pid);
+    let raw = fs::read(&path).unwrap_or_else(|e| panic!("read {}: {}", path, e));
+    let env = parse_environ(&raw);
+    assert!(!env.is_empty(), "{} is empty (process exiting, or between fork and exec?)", path);
+    env
+}
+
+/// Environment of pid as (key, value) pairs; empty when it cannot be read
+/// (for filters that skip such processes; assertions use [`environ_of`]).
 pub fn proc_environ(pid: i32) -> Vec<(String, String)> {
-    let raw = fs::read(format!("/proc/{}/environ", pid)).unwrap_or_default();
+    parse_environ(&fs::read(format!("/proc/{}/environ", pid)).unwrap_or_default())
+}
+
+fn parse_environ(raw: &[u8]) -> Vec<(String, String)> {
     raw.split(|b| *b == 0)
         .filter(|s| !s.is_empty())
         .filter_map(|s| {
@@ -119,4 +134,44 @@ pub fn proc_environ(pid: i32) -> Vec<(String, String)> {
 pub fn kill(pid: i32, sig: i32) -> bool {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Inodes of the sockets pid has open (from its /proc/<pid>/fd links).
+pub fn socket_inodes(pid: i32) -> Vec<u64> {
+    fs::read_dir(format!("/proc/{}/fd", pid))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| fs::read_link(e.path()).ok())
+                .filter_map(|t| {
+                    let t = t.to_string_lossy().into_owned();
+                    t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether process `pid` holds the server end of the loopback connection
+/// `client` and has read everything the client sent on it: the request is
+/// in the worker's hands (positive proof, from /proc/net/tcp and
+/// /proc/<pid>/fd, that a request is in flight in that process).
+pub fn request_taken_by(pid: i32, client: &std::net::TcpStream) -> bool {
+    let (Ok(local), Ok(peer)) = (client.local_addr(), client.peer_addr()) else { return false };
+    // The server end: local = the client's peer, remote = the client's local.
+    let key = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port()),
+        std::net::SocketAddr::V6(_) => String::new(),
+    };
+    let (want_local, want_remote) = (key(peer), key(local));
+    let Ok(table) = fs::read_to_string("/proc/net/tcp") else { return false };
+    let inodes = socket_inodes(pid);
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local rem st tx_queue:rx_queue tr:when retrnsmt uid timeout inode
+        f.len() > 9
+            && f[1] == want_local
+            && f[2] == want_remote
+            && f[4].split(':').nth(1).is_some_and(|rx| u64::from_str_radix(rx, 16) == Ok(0))
+            && f[9].parse::<u64>().is_ok_and(|ino| inodes.contains(&ino))
+    })
 }

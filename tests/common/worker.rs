@@ -1,7 +1,7 @@
 //! Processes a test starts itself (not through a master), above all the
 //! built-in worker run by hand, without a master.
 
-use crate::cmd::run_cmd;
+use crate::cmd::{run_cmd, scrub_env};
 use crate::dirs::TestDir;
 use crate::http::{http, Response};
 use crate::paths::worker_bin;
@@ -73,18 +73,6 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Environment a master gives its workers; removed when a test runs the
-/// built-in worker by hand.
-const WORKER_ENV: [&str; 7] = [
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "ZDRESTART_NOTIFY_FD",
-    "ZDRESTART_PROBE",
-    "ZDRESTART_CONFIG",
-    "ZDRESTART_LOGLEVEL",
-];
-
 /// Start `zdrestart-worker -c config` by hand (no master, no LISTEN_FDS),
 /// stdout and stderr into `log`, with extra environment. Does not wait.
 pub fn spawn_worker(config: &Path, log: &Path, env: &[(&str, &str)]) -> ChildGuard {
@@ -92,9 +80,7 @@ pub fn spawn_worker(config: &Path, log: &Path, env: &[(&str, &str)]) -> ChildGua
     let err = out.try_clone().unwrap();
     let mut cmd = Command::new(worker_bin());
     cmd.arg("-c").arg(config).stdin(Stdio::null()).stdout(out).stderr(err);
-    for k in WORKER_ENV {
-        cmd.env_remove(k);
-    }
+    scrub_env(&mut cmd);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -144,9 +130,7 @@ pub fn worker_request(port: u16, method: &str, path: &str, body: Option<&[u8]>) 
 pub fn worker_probe(config: &Path) -> (ExitStatus, String, String) {
     let mut cmd = Command::new(worker_bin());
     cmd.arg("-c").arg(config);
-    for k in WORKER_ENV {
-        cmd.env_remove(k);
-    }
+    scrub_env(&mut cmd);
     cmd.env("ZDRESTART_PROBE", "1");
     run_cmd(&mut cmd, Duration::from_secs(60))
 }
