@@ -7,6 +7,7 @@ use crate::cmd::{run_cmd, scrub_env};
 use crate::paths::ctl_bin;
 use serde_json::Value;
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
@@ -79,6 +80,27 @@ impl ControlClient {
         };
         self.r.get_ref().set_read_timeout(Some(CONTROL_TIMEOUT)).unwrap();
         r
+    }
+
+    /// Whether the master has closed this connection already (EOF or reset
+    /// waiting in the socket), without waiting: for "not closed" after a
+    /// later answer proved that the master did what would have closed it.
+    /// Panics when an answer is waiting.
+    pub fn closed_now(&mut self) -> bool {
+        if !self.r.buffer().is_empty() {
+            panic!("unexpected answer {:?}", String::from_utf8_lossy(self.r.buffer()));
+        }
+        let mut b = [0u8; 1];
+        let fd = self.r.get_ref().as_raw_fd();
+        // SAFETY: b is a valid buffer of 1 byte; recv(2) with MSG_PEEK only writes into it.
+        let n = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        let r = if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) };
+        match r {
+            Ok(0) => true,
+            Ok(_) => panic!("unexpected answer waiting: {:?}", b),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+            Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        }
     }
 
     /// The socket (e.g. to check without waiting whether it was closed).
