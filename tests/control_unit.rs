@@ -23,6 +23,9 @@ struct Stats {
     loops: AtomicUsize,
     /// Answers to RESTART and to RESTART WAIT (defaults: ACK, ACK complete).
     answers: std::sync::Mutex<Option<(String, String)>>,
+    /// Answer every waiting RESTART WAIT now, whatever its delay (a test
+    /// that holds the restarts with a long delay ends them with this).
+    release: AtomicBool,
 }
 
 impl Stats {
@@ -105,7 +108,7 @@ fn run(mut server: ControlServer, stop: Arc<AtomicBool>, stats: Arc<Stats>, wait
         }
         let now = Instant::now();
         waits.retain(|&(client, at)| {
-            if now >= at {
+            if now >= at || stats.release.load(Ordering::SeqCst) {
                 server.reply(client, &stats.answers().1);
                 false
             } else {
@@ -262,8 +265,8 @@ fn pump_io_compatible_answers() {
         let s = control_connect(&h.path);
         (&s).write_all(b"RESTART\n").unwrap();
     }
-    eventually(5, "RESTART from a closed client", || h.stats.restarts.load(Ordering::SeqCst) > before);
-    eventually(5, "no clients left", || h.stats.clients.load(Ordering::SeqCst) == 0);
+    eventually(30, "RESTART from a closed client", || h.stats.restarts.load(Ordering::SeqCst) > before);
+    eventually(30, "no clients left", || h.stats.clients.load(Ordering::SeqCst) == 0);
 }
 
 #[test]
@@ -280,7 +283,7 @@ fn restart_wait_answers_in_order_and_does_not_time_out() {
     assert_eq!(read_line(&mut r), "ACK test-version\n", "the next command is answered after it");
     // Now idle: closed after the idle timeout.
     assert!(reaches_eof(&mut r));
-    eventually(5, "no clients left", || h.stats.clients.load(Ordering::SeqCst) == 0);
+    eventually(30, "no clients left", || h.stats.clients.load(Ordering::SeqCst) == 0);
 }
 
 #[test]
@@ -293,7 +296,7 @@ fn idle_clients_time_out() {
     let mut r = BufReader::new(s);
     assert!(reaches_eof(&mut r));
     assert!(t0.elapsed() >= Duration::from_millis(250));
-    eventually(5, "no clients left", || h.stats.clients.load(Ordering::SeqCst) == 0);
+    eventually(30, "no clients left", || h.stats.clients.load(Ordering::SeqCst) == 0);
 }
 
 #[test]
@@ -360,13 +363,12 @@ fn a_full_table_evicts_the_longest_idle_client() {
     // The second one is active again: the first is now idle longest.
     (kept[1].get_ref()).write_all(b"VERSION\n").unwrap();
     assert_eq!(read_line(&mut kept[1]), "ACK test-version\n");
-    // A fifth client is served at once; the first is evicted (EOF).
-    let t0 = Instant::now();
+    // A fifth client is served (not left waiting for an idle timeout: the
+    // harness's is 60 s, the read timeout 30 s); the first is evicted (EOF).
     let s = control_connect(&h.path);
     (&s).write_all(b"VERSION\n").unwrap();
     let mut fifth = BufReader::new(s);
     assert_eq!(read_line(&mut fifth), "ACK test-version\n");
-    assert!(t0.elapsed() < Duration::from_secs(2));
     assert!(reaches_eof(&mut kept[0]), "the longest idle client is evicted");
     let evicted = kept.remove(0);
     kept.push(fifth);
@@ -388,7 +390,7 @@ fn a_full_table_evicts_the_longest_idle_client() {
     for (i, r) in kept.iter().enumerate() {
         assert_eq!(closed_now(r.get_ref()), Some(i == 1), "client {}", i);
     }
-    eventually(5, "4 clients", || h.stats.clients.load(Ordering::SeqCst) == 4);
+    eventually(30, "4 clients", || h.stats.clients.load(Ordering::SeqCst) == 4);
     drop((evicted, fresh));
 }
 
@@ -396,8 +398,8 @@ fn a_full_table_evicts_the_longest_idle_client() {
 fn restart_wait_clients_are_never_evicted_and_a_full_table_of_them_nacks() {
     let dir = TestDir::new("fullwait");
     let limits = Limits { max_clients: 4, idle_timeout: Duration::from_secs(60), ..Limits::default() };
-    let h = Harness::start(&dir.join("ctl.sock"), limits, Duration::from_secs(4));
-    let t0 = Instant::now();
+    // The restarts are held until the test releases them (no delay to race).
+    let h = Harness::start(&dir.join("ctl.sock"), limits, Duration::from_secs(3600));
     // Four clients wait for RESTART WAIT (set_waiting: true): nothing evictable.
     let mut waiting: Vec<BufReader<UnixStream>> = (0..4)
         .map(|_| {
@@ -406,7 +408,7 @@ fn restart_wait_clients_are_never_evicted_and_a_full_table_of_them_nacks() {
             BufReader::new(s)
         })
         .collect();
-    eventually(5, "4 waiting clients", || h.stats.restarts.load(Ordering::SeqCst) == 4);
+    eventually(30, "4 waiting clients", || h.stats.restarts.load(Ordering::SeqCst) == 4);
     for _ in 0..3 {
         let reply = ask(&h.path, "VERSION");
         assert_eq!(reply, "NACK too many clients");
@@ -420,7 +422,7 @@ fn restart_wait_clients_are_never_evicted_and_a_full_table_of_them_nacks() {
         assert!(err.starts_with("zdrestartctl: status: too many clients: "), "{}", err);
         assert!(err.contains("Retry in a moment"), "{}", err);
     }
-    assert!(t0.elapsed() < Duration::from_millis(3500), "test too slow for its wait delay: {:?}", t0.elapsed());
+    h.stats.release.store(true, Ordering::SeqCst);
     // None of the waiting clients was evicted: each gets its answer.
     for r in waiting.iter_mut() {
         assert_eq!(read_line(r), "ACK complete\n");
@@ -428,7 +430,7 @@ fn restart_wait_clients_are_never_evicted_and_a_full_table_of_them_nacks() {
     // Answered, they are evictable like any idle client: room again, one
     // of them goes.
     assert_eq!(ask(&h.path, "VERSION"), "ACK test-version");
-    eventually(5, "one evicted", || waiting.iter().filter(|r| closed_now(r.get_ref()) == Some(true)).count() == 1);
+    eventually(30, "one evicted", || waiting.iter().filter(|r| closed_now(r.get_ref()) == Some(true)).count() == 1);
 }
 
 /// Poll `server` for `dur`, handling every fd; returns the commands (not
@@ -582,19 +584,21 @@ fn hundreds_of_idle_clients_do_not_lock_out_a_new_client() {
     let h = default_harness(&dir);
     let idle: Vec<UnixStream> = (0..150).map(|_| control_connect(&h.path)).collect();
     // The first 86 are evicted, oldest first, by the 64 that came after.
-    eventually(5, "86 evicted", || idle.iter().take(86).all(|s| closed_now(s) == Some(true)));
-    eventually(5, "64 clients kept", || h.stats.clients.load(Ordering::SeqCst) == control::MAX_CLIENTS);
+    eventually(30, "86 evicted", || idle.iter().take(86).all(|s| closed_now(s) == Some(true)));
+    eventually(30, "64 clients kept", || h.stats.clients.load(Ordering::SeqCst) == control::MAX_CLIENTS);
     for (i, s) in idle.iter().enumerate().skip(86) {
         assert_eq!(closed_now(s), Some(false), "recent client {} was closed", i);
     }
-    // The 64 idle ones fill the table: a new client is served at once.
+    // The 64 idle ones fill the table: a new client is served, and so is
+    // zdrestartctl, without waiting for an idle timeout (the harness's is
+    // 60 s; zdrestartctl gives up after `-t 20`).
     let t0 = Instant::now();
     assert_eq!(ask(&h.path, "VERSION"), "ACK test-version");
     let sock = dir.join("ctl.sock").to_string_lossy().into_owned();
-    assert_eq!(ctl_raw(&["-s", &sock, "restart", "--wait"]).code, 0);
-    assert!(t0.elapsed() < Duration::from_secs(3));
+    assert_eq!(ctl_raw(&["-s", &sock, "-t", "20", "restart", "--wait"]).code, 0);
+    eprintln!("served with a full table in {:?}", t0.elapsed());
     drop(idle);
-    eventually(5, "all gone", || h.stats.clients.load(Ordering::SeqCst) == 0);
+    eventually(30, "all gone", || h.stats.clients.load(Ordering::SeqCst) == 0);
     assert_eq!(ask(&h.path, "VERSION"), "ACK test-version");
 }
 
@@ -616,10 +620,9 @@ fn a_client_that_never_reads_stays_bounded() {
             Err(_) => break, // dropped by the server: fine
         }
         if last_check.elapsed() > Duration::from_millis(300) {
-            // The master still answers others promptly.
-            let t0 = Instant::now();
+            // The master still answers others (within the client's read
+            // timeout; how fast is for the benchmark).
             assert_eq!(ask(&h.path, "VERSION"), "ACK test-version");
-            assert!(t0.elapsed() < Duration::from_secs(1));
             last_check = Instant::now();
         }
     }

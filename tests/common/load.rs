@@ -247,10 +247,21 @@ impl Load {
     /// Stop all clients and return what they saw.
     pub fn finish(self) -> Stats {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
+        let mut panicked = Vec::new();
+        for (i, t) in self.threads.into_iter().enumerate() {
+            // A client that panicked lost its own counts: that is a failure
+            // of the run, never a silent gap in the figures.
+            if let Err(e) = t.join() {
+                let why = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                panicked.push(format!("load client {} panicked: {}", i, why));
+            }
         }
-        let mut s = std::mem::take(&mut *self.stats.lock().unwrap());
+        let mut s = std::mem::take(&mut *self.stats.lock().unwrap_or_else(|e| e.into_inner()));
+        s.failures.extend(panicked);
         s.samples.sort_by_key(|x| x.at);
         s
     }
