@@ -1,5 +1,5 @@
-//! The control socket and `zdrestartctl` end to end (issue 5, DESIGN.md
-//! sections 4 and 8): a real master, real workers, a real MongoDB-compatible
+//! The control socket and `zdrestartctl` end to end (zdrestartctl(8), its
+//! Protocol section; ARCHITECTURE.md): a real master, real workers, a real MongoDB-compatible
 //! server where a restart must be accepted, and the fault workers of
 //! tests/fault/.
 //!
@@ -10,8 +10,9 @@
 //! socket file's life (mode 0600, other users, stale file, live socket,
 //! removal at exit), and hostile clients during a restart.
 //!
-//! Layout: helpers (raw client, zdrestartctl runner, masters), then one
-//! section per theme.
+//! Layout: helpers (masters; the client itself is tests/common/control.rs),
+//! then one section per theme. A restart is held in flight by the gates of
+//! tests/common/fault.rs, never by a timeout raced against the test.
 
 mod common;
 

@@ -1,6 +1,7 @@
-//! The master of issue 2 with real processes: start, serve, stop, supervise,
-//! log, and fail fast. Each test starts its own master on its own port (see
-//! tests/common/mod.rs); everything it started is killed even when it fails.
+//! The master with real processes: start, serve, stop, supervise, log, and
+//! fail fast (zdrestart(8)). Each test starts its own master on its own port
+//! (see tests/common/master.rs); everything it started is killed even when it
+//! fails.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Zero-downtime restarts under continuous load (issue 4): keep-alive and
+//! Zero-downtime restarts under continuous load: keep-alive and
 //! new-connection clients plus ~300 ms requests in flight at every swap.
 //! Ten restarts in a row fail no request and lose no acknowledged write; a
 //! deploy whose new workers die at start-up fails no request either.

@@ -1,6 +1,6 @@
 //! The built-in worker run by hand (no master, no LISTEN_FDS) with the memory
-//! driver: the HTTP API of DESIGN.md section 6, every error answer, keep-alive,
-//! the probe mode and the graceful exit of 5.4.
+//! driver: the HTTP API of zdrestart-worker(7) (The built-in worker), every
+//! error answer, keep-alive, the probe mode and the graceful exit.
 
 mod common;
 

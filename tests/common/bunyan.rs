@@ -7,8 +7,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Check one parsed log record against the bunyan format of DESIGN.md section
-/// 7; Err names what is wrong.
+/// Check one parsed log record against the bunyan format (the core fields of
+/// node-bunyan's record, plus zdrestart's `component`: zdrestart(8), Logging);
+/// Err names what is wrong.
 pub fn check_bunyan(rec: &Value) -> Result<(), String> {
     let o = rec.as_object().ok_or("not a JSON object")?;
     match o.get("v") {
