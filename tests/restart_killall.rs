@@ -21,20 +21,25 @@ use std::time::Duration;
 
 /// Set for the run of this binary inside the namespace.
 const IN_NAMESPACE: &str = "ZDRESTART_TEST_PID_NAMESPACE";
-const INNER: &str = "killall_usr2_inside_a_pid_namespace";
+const NAME: &str = "killall_usr2_gives_exactly_one_restart_and_kills_no_worker";
 
+/// One test: run by cargo, it re-runs itself (this test only) inside a new
+/// PID namespace, where it does the work.
 #[test]
 fn killall_usr2_gives_exactly_one_restart_and_kills_no_worker() {
+    if std::env::var_os(IN_NAMESPACE).is_some() {
+        return inside_the_namespace();
+    }
     let exe = std::env::current_exe().unwrap();
     let mut cmd = Command::new("unshare");
     cmd.args(["--pid", "--fork", "--mount-proc"])
         .arg(&exe)
-        .args(["--exact", INNER, "--ignored", "--nocapture", "--test-threads=1"])
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
         .env(IN_NAMESPACE, "1");
     let (st, out, err) = run_cmd(&mut cmd, Duration::from_secs(300));
     assert!(st.success(), "the test in its PID namespace failed ({:?}):\n--- stdout:\n{}\n--- stderr:\n{}", st, out, err);
     assert!(
-        out.contains(&format!("test {} ... ok", INNER)) && out.contains("1 passed"),
+        out.contains(&format!("test {} ... ok", NAME)) && out.contains("1 passed"),
         "the test did not run in the namespace:\n{}\n{}",
         out,
         err
@@ -42,10 +47,7 @@ fn killall_usr2_gives_exactly_one_restart_and_kills_no_worker() {
     eprintln!("--- in the namespace:\n{}{}", out, err);
 }
 
-#[test]
-#[ignore = "run inside its own PID namespace by killall_usr2_gives_exactly_one_restart_and_kills_no_worker"]
-fn killall_usr2_inside_a_pid_namespace() {
-    assert_eq!(std::env::var(IN_NAMESPACE).as_deref(), Ok("1"), "run by the test of the same name only");
+fn inside_the_namespace() {
     // pid 1 of a fresh namespace: /proc shows only our own processes.
     assert_eq!(std::process::id(), 1, "not in a new PID namespace");
     let mongo = Mongo::start();
