@@ -419,8 +419,7 @@ fn refusals_after_probe_and_restart_in_flight() {
     // (probe-held.sh; no timeout to race). Meanwhile a RESTART (raw) and a
     // `zdrestartctl restart` are refused at once; the first client, waiting,
     // gets `probe failed` with the verdict as detail.
-    let gate = ProbeGate::new(m.dir.path());
-    set_worker(&mut m, Some("probe-held.sh"), json!({"probeTimeout": 3600}));
+    let gate = m.hold_probes();
     let mark = m.mark();
     let mut first = ControlClient::connect(&sock);
     first.send("RESTART WAIT\n");
@@ -518,8 +517,7 @@ fn restart_wait_returns_after_complete_and_old_workers_gone() {
     // Raw RESTART: `ACK` once accepted (the probe passed and the rollout
     // started), before the restart completes: the new workers (ready-held.sh)
     // report ready only when the test opens their gate.
-    let gate = ReadyGate::new(m.dir.path());
-    set_worker(&mut m, Some("ready-held.sh"), json!({"readyTimeout": 3600}));
+    let gate = m.hold_new_workers();
     let mark = m.mark();
     let a = ask(&sock, "RESTART");
     assert_eq!(a, "ACK");
@@ -741,8 +739,7 @@ fn a_full_table_never_locks_out_zdrestartctl_nor_evicts_a_waiting_client() {
     let mongo = Mongo::start();
     let (mut m, sock) = mongo_master(&mongo, json!({}));
     // A restart that stays in flight until the test releases its probe.
-    let gate = ProbeGate::new(m.dir.path());
-    set_worker(&mut m, Some("probe-held.sh"), json!({"probeTimeout": 3600}));
+    let gate = m.hold_probes();
     let mark = m.mark();
     let mut waiter = ControlClient::connect(&sock);
     waiter.send("RESTART WAIT\n");
@@ -1009,8 +1006,7 @@ fn hostile_clients_do_not_stop_a_restart_or_the_service() {
     // evicting an older one, never the zdrestartctl that waits for the
     // restart): completes, exit 0. The new workers (ready-held.sh) are held
     // until more than a table's worth of clients (100) connected during it.
-    let gate = ReadyGate::new(m.dir.path());
-    set_worker(&mut m, Some("ready-held.sh"), json!({"readyTimeout": 3600}));
+    let gate = m.hold_new_workers();
     let mut new_old = m.worker_pids();
     new_old.sort();
     let connecting = Arc::new(AtomicBool::new(true));

@@ -123,11 +123,7 @@ fn every_refusal_reason_changes_nothing() {
     // restart in flight: while the probe is held (no timeout to race: it
     // waits for the test), a second SIGUSR2 is refused at once; then the
     // probe fails with the verdict the test gives it.
-    let gate = ProbeGate::new(m.dir.path());
-    m.rewrite_config(|c| {
-        c.insert("worker".into(), fault_worker_json("probe-held.sh"));
-        c.insert("probeTimeout".into(), json!(3600));
-    });
+    let gate = m.hold_probes();
     let mark = m.mark();
     m.signal(libc::SIGUSR2);
     wait_restart_requested(&m, mark);
@@ -355,11 +351,7 @@ fn a_restart_is_refused_while_a_rollout_is_in_flight() {
     let (mut m, sock) = mongo_master_with_socket(&mongo);
     // The new workers start and wait before reporting ready, until the gate
     // opens: the rollout stays in flight as long as the test needs.
-    let gate = ReadyGate::new(m.dir.path());
-    m.rewrite_config(|c| {
-        c.insert("worker".into(), fault_worker_json("ready-held.sh"));
-        c.insert("readyTimeout".into(), json!(3600));
-    });
+    let gate = m.hold_new_workers();
     let mark = m.mark();
     assert_eq!(ask(&sock, "RESTART"), "ACK", "accepted: the probe passed, the rollout started");
     m.wait_event_after(mark, "restart.start", T);
@@ -408,11 +400,7 @@ fn sigterm_stops_a_restart_in_flight(m: &mut Master, waiter: &mut ControlClient)
 fn sigterm_during_a_rollout_answers_nack_stopping_and_stops_everything() {
     let mongo = Mongo::start();
     let (mut m, sock) = mongo_master_with_socket(&mongo);
-    let _gate = ReadyGate::new(m.dir.path());
-    m.rewrite_config(|c| {
-        c.insert("worker".into(), fault_worker_json("ready-held.sh"));
-        c.insert("readyTimeout".into(), json!(3600));
-    });
+    let _gate = m.hold_new_workers();
     let mark = m.mark();
     let mut waiter = ControlClient::connect(&sock);
     waiter.send("RESTART WAIT\n");
@@ -426,11 +414,7 @@ fn sigterm_during_a_rollout_answers_nack_stopping_and_stops_everything() {
 fn sigterm_during_a_probe_answers_nack_stopping_and_stops_everything() {
     let mongo = Mongo::start();
     let (mut m, sock) = mongo_master_with_socket(&mongo);
-    let _gate = ProbeGate::new(m.dir.path());
-    m.rewrite_config(|c| {
-        c.insert("worker".into(), fault_worker_json("probe-held.sh"));
-        c.insert("probeTimeout".into(), json!(3600));
-    });
+    let _gate = m.hold_probes();
     let mark = m.mark();
     let mut waiter = ControlClient::connect(&sock);
     waiter.send("RESTART WAIT\n");

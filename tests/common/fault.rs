@@ -88,3 +88,29 @@ impl ReadyGate {
         }
     }
 }
+
+impl crate::master::Master {
+    /// Hold the probe of the next restart until the test gives its verdict:
+    /// the config's worker becomes `probe-held.sh` (with `probeTimeout` one
+    /// hour, so that only the test ends the probe). Returns the gate.
+    pub fn hold_probes(&mut self) -> ProbeGate {
+        let gate = ProbeGate::new(self.dir.path());
+        self.rewrite_config(|c| {
+            c.insert("worker".into(), crate::paths::fault_worker_json("probe-held.sh"));
+            c.insert("probeTimeout".into(), serde_json::json!(3600));
+        });
+        gate
+    }
+
+    /// Hold the new workers of the next restart before they report ready,
+    /// until the test opens the gate: the config's worker becomes
+    /// `ready-held.sh` (with `readyTimeout` one hour). Returns the closed gate.
+    pub fn hold_new_workers(&mut self) -> ReadyGate {
+        let gate = ReadyGate::new(self.dir.path());
+        self.rewrite_config(|c| {
+            c.insert("worker".into(), crate::paths::fault_worker_json("ready-held.sh"));
+            c.insert("readyTimeout".into(), serde_json::json!(3600));
+        });
+        gate
+    }
+}
