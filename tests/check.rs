@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,7 +15,8 @@ fn check(config: &std::path::Path) -> (i32, String) {
     cmd.args(["--check", "-c"]).arg(config);
     scrub_env(&mut cmd);
     let (st, out, err) = run_cmd(&mut cmd, Duration::from_secs(60));
-    (st.code().unwrap_or(-1), format!("{}{}", out, err))
+    let code = st.code().unwrap_or_else(|| panic!("zdrestart --check killed by signal {:?}:\n{}{}", st.signal(), out, err));
+    (code, format!("{}{}", out, err))
 }
 
 /// A MongoDB URI on a free loopback port where nothing listens (never the
