@@ -7,13 +7,8 @@
 //! Run: `cargo bench --bench restart` (after `scripts/test` set up the venv),
 //! or `scripts/bench`. Figures depend on the machine; nothing is asserted.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/load/mod.rs"]
-mod load;
-
-use common::*;
-use load::{Load, Sample, Spec};
+use zdrestart_testkit::load::{self, Load, Sample, Spec};
+use zdrestart_testkit::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

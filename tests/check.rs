@@ -6,13 +6,23 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
 
 fn check(config: &std::path::Path) -> (i32, String) {
-    let out = Command::new(master_bin()).args(["--check", "-c"]).arg(config).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
+    let mut cmd = Command::new(master_bin());
+    cmd.args(["--check", "-c"]).arg(config);
+    scrub_env(&mut cmd);
+    let (st, out, err) = run_cmd(&mut cmd, Duration::from_secs(60));
+    let code = st.code().unwrap_or_else(|| panic!("zdrestart --check killed by signal {:?}:\n{}{}", st.signal(), out, err));
+    (code, format!("{}{}", out, err))
+}
+
+/// A MongoDB URI on a free loopback port where nothing listens (never the
+/// default 127.0.0.1:27017, where this machine may run a real server).
+fn nowhere_uri() -> String {
+    format!("mongodb://127.0.0.1:{}/?directConnection=true", free_port())
 }
 
 fn write(dir: &TestDir, v: serde_json::Value) -> std::path::PathBuf {
@@ -31,7 +41,7 @@ fn check_verdicts() {
     assert!(text.contains("refused: bad driver"), "{}", text);
     assert!(text.contains(zdrestart::control::advice("bad driver")), "{}", text);
     // One worker: no workers.
-    let (code, text) = check(&write(&dir, json!({"workers": 1, "driver": "mongodb"})));
+    let (code, text) = check(&write(&dir, json!({"workers": 1, "driver": "mongodb", "params": {"uri": nowhere_uri()}})));
     assert_eq!(code, 1);
     assert!(text.contains("refused: no workers"), "{}", text);
     // Invalid config: exit 1 naming the key.
@@ -41,13 +51,14 @@ fn check_verdicts() {
     // MongoDB down: the probe fails.
     let (code, text) = check(&write(
         &dir,
-        json!({"driver": "mongodb", "params": {"uri": format!("mongodb://127.0.0.1:{}/?directConnection=true", free_port()), "timeout": 1}}),
+        json!({"driver": "mongodb", "params": {"uri": nowhere_uri(), "timeout": 1}}),
     ));
     assert_eq!(code, 1, "{}", text);
     assert!(text.contains("refused: probe failed"), "{}", text);
     assert!(text.contains("database unreachable"), "{}", text);
     // Incompatible code.
-    let (code, text) = check(&write(&dir, json!({"driver": "mongodb", "worker": fault_worker("bad-magic.sh")})));
+    let (code, text) =
+        check(&write(&dir, json!({"driver": "mongodb", "params": {"uri": nowhere_uri()}, "worker": fault_worker("bad-magic.sh")})));
     assert_eq!(code, 1, "{}", text);
     assert!(text.contains("refused: incompatibility"), "{}", text);
 }
@@ -70,7 +81,11 @@ fn check_accepts_and_consults_the_running_master() {
     let (code, text) = check(&changed);
     assert_eq!(code, 1, "{}", text);
     assert!(text.contains("refused: listen address changed"), "{}", text);
-    // --check changed nothing in the running master.
-    std::thread::sleep(Duration::from_millis(300));
+    // --check changed nothing in the running master: a STATUS asked after it
+    // exited (so handled after anything it sent) shows no restart requested.
+    let st = status(std::path::Path::new(&sock));
+    assert!(st["last_restart"].is_null(), "{}", st);
+    assert_eq!((st["generation"].as_u64(), st["state"].as_str()), (Some(1), Some("running")), "{}", st);
     assert!(m.events("restart.start").is_empty());
+    assert!(!m.log_records().iter().any(|r| r["msg"].as_str().unwrap_or("").starts_with("zero-downtime restart requested")));
 }

@@ -1,5 +1,5 @@
-//! The control socket and `zdrestartctl` end to end (issue 5, DESIGN.md
-//! sections 4 and 8): a real master, real workers, a real MongoDB-compatible
+//! The control socket and `zdrestartctl` end to end (zdrestartctl(8), its
+//! Protocol section; ARCHITECTURE.md): a real master, real workers, a real MongoDB-compatible
 //! server where a restart must be accepted, and the fault workers of
 //! tests/fault/.
 //!
@@ -10,14 +10,15 @@
 //! socket file's life (mode 0600, other users, stale file, live socket,
 //! removal at exit), and hostile clients during a restart.
 //!
-//! Layout: helpers (raw client, zdrestartctl runner, masters), then one
-//! section per theme.
+//! Layout: helpers (masters; the client itself is tests/common/control.rs),
+//! then one section per theme. A restart is held in flight by the gates of
+//! tests/common/fault.rs, never by a timeout raced against the test.
 
 mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -29,105 +30,13 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
-// Helpers: the raw protocol
-
-/// One raw client of the control socket: lines out, lines in.
-struct Raw {
-    r: BufReader<UnixStream>,
-}
-
-impl Raw {
-    fn connect(sock: &Path) -> Raw {
-        let s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {}", sock.display(), e));
-        s.set_read_timeout(Some(T)).unwrap();
-        s.set_write_timeout(Some(T)).unwrap();
-        Raw { r: BufReader::new(s) }
-    }
-
-    fn send(&mut self, bytes: &str) {
-        self.r.get_mut().write_all(bytes.as_bytes()).unwrap();
-    }
-
-    /// One answer line, exactly as sent (with its `\n`).
-    fn line_raw(&mut self) -> String {
-        let mut l = String::new();
-        self.r.read_line(&mut l).unwrap_or_else(|e| panic!("read answer: {}", e));
-        assert!(l.ends_with('\n'), "answer not terminated by a newline (EOF?): {:?}", l);
-        assert!(!l.ends_with("\r\n"), "pump.io answers end with \\n only: {:?}", l);
-        l
-    }
-
-    /// One answer line without its `\n`.
-    fn line(&mut self) -> String {
-        let l = self.line_raw();
-        l[..l.len() - 1].to_string()
-    }
-
-    /// Send one command and read its answer.
-    fn cmd(&mut self, line: &str) -> String {
-        self.send(&format!("{}\n", line));
-        self.line()
-    }
-
-    /// Whether the master closed this connection (EOF or reset) within
-    /// `wait`, with no answer before it.
-    fn closed_within(&mut self, wait: Duration) -> bool {
-        self.r.get_ref().set_read_timeout(Some(wait)).unwrap();
-        let mut l = String::new();
-        let r = match self.r.read_line(&mut l) {
-            Ok(0) => true,
-            Ok(_) => panic!("unexpected answer {:?}", l),
-            Err(e) => e.kind() == ErrorKind::ConnectionReset,
-        };
-        self.r.get_ref().set_read_timeout(Some(T)).unwrap();
-        r
-    }
-}
-
-/// One command on a fresh connection.
-fn ask(sock: &Path, line: &str) -> String {
-    Raw::connect(sock).cmd(line)
-}
-
-/// STATUS as JSON (asserts the `ACK ` prefix).
-fn status(sock: &Path) -> Value {
-    let a = ask(sock, "STATUS");
-    let j = a.strip_prefix("ACK ").unwrap_or_else(|| panic!("STATUS answered {:?}", a));
-    serde_json::from_str(j).unwrap_or_else(|e| panic!("STATUS JSON: {}: {}", e, j))
-}
+// Helpers: STATUS and zdrestartctl (the client itself: tests/common/control.rs)
 
 fn sorted_pids(st: &Value) -> Vec<i32> {
     let mut v: Vec<i32> =
         st["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_i64().unwrap() as i32).collect();
     v.sort();
     v
-}
-
-// ---------------------------------------------------------------------------
-// Helpers: zdrestartctl
-
-struct Ctl {
-    code: i32,
-    out: String,
-    err: String,
-}
-
-impl std::fmt::Debug for Ctl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout:\n{}--- stderr:\n{}", self.code, self.out, self.err)
-    }
-}
-
-/// Run `zdrestartctl -s SOCK ARGS...` (no default config is read with -s).
-fn ctl(sock: &Path, args: &[&str]) -> Ctl {
-    let mut all: Vec<String> = vec!["-s".into(), sock.display().to_string()];
-    all.extend(args.iter().map(|s| s.to_string()));
-    ctl_raw(&all.iter().map(|s| s.as_str()).collect::<Vec<_>>())
-}
-
-fn ctl_raw(args: &[&str]) -> Ctl {
-    let (st, out, err) = run_cmd(Command::new(ctl_bin()).args(args), Duration::from_secs(60));
-    Ctl { code: st.code().unwrap_or_else(|| panic!("zdrestartctl killed by a signal: {:?}", st)), out, err }
 }
 
 /// Assert a NACK through zdrestartctl: exit 1, nothing on stdout, the reason
@@ -192,7 +101,7 @@ fn informational_commands_raw_and_through_zdrestartctl() {
     let (m, sock) = mem_master(json!({"logLevel": "info"}));
 
     // Raw, byte for byte (pump.io answers).
-    let mut c = Raw::connect(&sock);
+    let mut c = ControlClient::connect(&sock);
     c.send("CMDS\n");
     assert_eq!(c.line_raw(), "ACK CMDS VERSION LOGLEVEL STATUS RESTART\n");
     c.send("VERSION\n");
@@ -274,18 +183,20 @@ fn informational_commands_raw_and_through_zdrestartctl() {
 /// Hold `MAX_CLIENTS` (64) answered connections and open one more: the master
 /// evicts the held one idle longest (the first), logs that at debug level,
 /// and answers the new one. Returns the 63 held connections left.
-fn fill_clients(sock: &Path) -> Vec<Raw> {
+fn fill_clients(sock: &Path) -> Vec<ControlClient> {
     let mut held = Vec::new();
     while held.len() < 64 {
-        let mut c = Raw::connect(sock);
+        let mut c = ControlClient::connect(sock);
         assert_eq!(c.cmd("VERSION"), "ACK 0.1.0", "with {} clients held", held.len());
         held.push(c);
     }
-    let mut extra = Raw::connect(sock);
+    let mut extra = ControlClient::connect(sock);
     assert_eq!(extra.cmd("VERSION"), "ACK 0.1.0", "a 65th client is served");
     assert!(held[0].closed_within(Duration::from_secs(5)), "the longest idle client is evicted");
     held.remove(0);
-    assert!(!held[0].closed_within(Duration::from_millis(100)), "only one client is evicted");
+    // The eviction happens before the new client is served: once it has
+    // its answer, a second eviction would show now.
+    assert!(!held[0].closed_now(), "only one client is evicted");
     held
 }
 
@@ -297,19 +208,23 @@ fn loglevel_changes_the_master_and_new_workers() {
         m.log_records()[mark..].iter().filter(|r| r["level"] == 20).cloned().collect()
     };
 
-    // At info, an evicted client (a debug record) leaves no trace.
+    // At info, an evicted client (a debug record) leaves no trace. The
+    // master writes that record before it shuts the evicted client down, so
+    // once fill_clients has seen the eviction, the record would be there.
     let mark = m.mark();
     drop(fill_clients(&sock));
-    std::thread::sleep(Duration::from_millis(300));
     assert!(debug_after(&m, mark).is_empty(), "{:?}", debug_after(&m, mark));
 
-    // LOGLEVEL debug (raw): the master logs at debug now.
+    // LOGLEVEL debug (raw): the master logs at debug now. (Its own record,
+    // from the control component: the workers write one of their own.)
+    let mark = m.mark();
     assert_eq!(ask(&sock, "LOGLEVEL debug"), "ACK");
-    let set = m.wait_for("log level set record", T, |recs| {
-        // The master's record, not a worker's "log level set to debug by the master".
-        recs.iter().rev().find(|r| r["msg"] == "log level set to debug" && r["worker_pid"].is_null()).cloned()
+    m.wait_for("the master's log level set record", T, |recs| {
+        recs[mark..]
+            .iter()
+            .find(|r| r["component"] == "control" && r["msg"].as_str().unwrap_or("").starts_with("log level set to debug"))
+            .map(|_| ())
     });
-    assert_eq!(set["component"], "control");
     let mark = m.mark();
     drop(fill_clients(&sock));
     m.wait_for("a debug record from the master", T, |recs| {
@@ -323,7 +238,9 @@ fn loglevel_changes_the_master_and_new_workers() {
     // carries it (old ones do not), and its debug records reach the log.
     let old = m.worker_pids();
     for p in &old {
-        assert!(!proc_environ(*p).iter().any(|(k, _)| k == "ZDRESTART_LOGLEVEL"), "old worker {}", p);
+        let env = environ_of(*p);
+        assert!(env.iter().any(|(k, _)| k == "ZDRESTART_NOTIFY_FD"), "environ of worker {}: {:?}", p, env);
+        assert!(!env.iter().any(|(k, _)| k == "ZDRESTART_LOGLEVEL"), "old worker {}: {:?}", p, env);
     }
     // Outlive the crash window so the respawn is immediate.
     std::thread::sleep(Duration::from_millis(1100));
@@ -332,7 +249,7 @@ fn loglevel_changes_the_master_and_new_workers() {
     m.wait_events_after(mark, "worker.ready", 1, T);
     let now = m.wait_worker_count(2, T);
     let newp = *now.iter().find(|p| !old.contains(p)).expect("a new worker");
-    let env = proc_environ(newp);
+    let env = environ_of(newp);
     assert!(env.iter().any(|(k, v)| k == "ZDRESTART_LOGLEVEL" && v == "debug"), "env of {}: {:?}", newp, env);
     // Requests until the new worker served one and logged it at debug.
     let mark = m.mark();
@@ -359,16 +276,27 @@ fn loglevel_changes_the_master_and_new_workers() {
     // zdrestartctl loglevel restore: back to info for the master and every worker.
     let v = ctl(&sock, &["loglevel", "restore"]);
     assert_eq!((v.code, v.out.as_str()), (0, "log level restored to logLevel of the config\n"), "{:?}", v);
-    m.wait_for("log level restored record", T, |recs| {
-        recs.iter().rev().find(|r| r["msg"].as_str().unwrap_or("").starts_with("log level restored to info")).map(|_| ())
+    m.wait_for("the master's log level restored record", T, |recs| {
+        recs.iter()
+            .rev()
+            .find(|r| r["component"] == "control" && r["msg"].as_str().unwrap_or("").starts_with("log level restored to info"))
+            .map(|_| ())
     });
     let mark = m.mark();
     drop(fill_clients(&sock));
-    std::thread::sleep(Duration::from_millis(300));
-    // Only the still-running debug worker may log at debug... but the master
-    // filters worker records by its own level too: nothing at debug at all.
-    let _ = get(m.port, "/healthz");
-    std::thread::sleep(Duration::from_millis(200));
+    // A request to a worker, whose record (debug, if the worker still logged
+    // at debug) is written before its answer; then SIGHUP to that worker,
+    // whose info record comes after it on the same pipe: once the master has
+    // logged that one, it has handled the request's record too. The master
+    // filters worker records by its own level: nothing at debug at all.
+    let answered_by = get(m.port, "/healthz").worker_pid().expect("X-Worker-Pid");
+    assert!(kill(answered_by, libc::SIGHUP));
+    m.wait_for("the SIGHUP record of the worker that answered", T, |recs| {
+        recs[mark..]
+            .iter()
+            .find(|r| worker_pid_of(r) == Some(answered_by) && r["msg"].as_str().unwrap_or("").starts_with("SIGHUP received"))
+            .map(|_| ())
+    });
     assert!(debug_after(&m, mark).is_empty(), "{:?}", debug_after(&m, mark));
     std::thread::sleep(Duration::from_millis(1100));
     let before = m.worker_pids();
@@ -377,7 +305,8 @@ fn loglevel_changes_the_master_and_new_workers() {
     m.wait_events_after(mark, "worker.ready", 1, T);
     let after = m.wait_worker_count(2, T);
     let newer = *after.iter().find(|p| !before.contains(p)).expect("a new worker");
-    assert!(!proc_environ(newer).iter().any(|(k, _)| k == "ZDRESTART_LOGLEVEL"), "after restore: {:?}", proc_environ(newer));
+    let env = environ_of(newer);
+    assert!(!env.iter().any(|(k, _)| k == "ZDRESTART_LOGLEVEL"), "after restore: {:?}", env);
 
     // zdrestartctl loglevel LEVEL (case-insensitive on the client side).
     let v = ctl(&sock, &["loglevel", "WARN"]);
@@ -492,16 +421,19 @@ fn refusals_after_probe_and_restart_in_flight() {
     let a = assert_refused_everywhere(&m, &sock, "probe failed");
     assert!(a.contains("simulated by probe-error.sh"), "the probe's error is the detail: {:?}", a);
 
-    // restart in flight: the probe hangs (probeTimeout 3); meanwhile a
-    // RESTART (raw) and a `zdrestartctl restart` are refused at once, and the
-    // first client, waiting, gets `probe failed` when the probe times out.
-    set_worker(&mut m, Some("probe-hang.sh"), json!({"probeTimeout": 3}));
+    // restart in flight: the probe is held until the test gives its verdict
+    // (probe-held.sh; no timeout to race). Meanwhile a RESTART (raw) and a
+    // `zdrestartctl restart` are refused at once; the first client, waiting,
+    // gets `probe failed` with the verdict as detail.
+    let gate = m.hold_probes();
     let mark = m.mark();
-    let mut first = Raw::connect(&sock);
-    let t0 = Instant::now();
+    let mut first = ControlClient::connect(&sock);
     first.send("RESTART WAIT\n");
-    m.wait_for("the probe to start", T, |recs| {
-        recs[mark..].iter().find(|r| r["msg"].as_str().unwrap_or("").starts_with("zero-downtime restart requested")).map(|_| ())
+    m.wait_for("the restart to be requested", T, |recs| {
+        recs[mark..]
+            .iter()
+            .find(|r| r["component"] == "master" && r["msg"].as_str().unwrap_or("").starts_with("zero-downtime restart requested"))
+            .map(|_| ())
     });
     let st = status(&sock);
     assert_eq!(st["state"], "restarting", "{}", st);
@@ -510,14 +442,13 @@ fn refusals_after_probe_and_restart_in_flight() {
     let c = ctl(&sock, &["restart", "--wait"]);
     assert_ctl_nack(&c, "restart refused", "restart in flight");
     assert!(c.err.contains("Wait for it to end"), "{:?}", c);
-    assert!(t0.elapsed() < Duration::from_secs(3), "refusals in flight must not wait for the probe");
     // A refusal in flight does not overwrite the last restart's record.
     assert_eq!(status(&sock)["last_restart"]["outcome"], "refused");
     assert!(status(&sock)["last_restart"]["reason"].as_str().unwrap().starts_with("probe failed"));
+    assert!(!first.closed_now(), "the waiting client is still connected and unanswered");
+    gate.release("database unreachable: told so by the test");
     let a = first.line();
-    assert!(a.starts_with("NACK probe failed: "), "{:?}", a);
-    assert!(a.contains("probeTimeout"), "{:?}", a);
-    assert!(t0.elapsed() >= Duration::from_millis(2500), "answered after the probe timeout: {:?}", t0.elapsed());
+    assert_eq!(a, "NACK probe failed: ERROR=database unreachable: told so by the test");
     let recs = refused_records_after(&m, mark);
     let reasons: Vec<&str> = recs.iter().map(|r| r["reason"].as_str().unwrap()).collect();
     assert_eq!(reasons, vec!["restart in flight", "restart in flight", "restart in flight", "probe failed"]);
@@ -578,7 +509,7 @@ fn restart_wait_returns_after_complete_and_old_workers_gone() {
     // pipelined behind it is answered after it, in order.
     let old = new;
     let mark = m.mark();
-    let mut c = Raw::connect(&sock);
+    let mut c = ControlClient::connect(&sock);
     c.send("RESTART WAIT\nVERSION\n");
     let a = c.line();
     let still: Vec<i32> = old.iter().copied().filter(|p| proc_stat(*p).is_some_and(|s| s.ppid == m.pid())).collect();
@@ -590,16 +521,19 @@ fn restart_wait_returns_after_complete_and_old_workers_gone() {
     assert_eq!(status(&sock)["generation"], 3);
 
     // Raw RESTART: `ACK` once accepted (the probe passed and the rollout
-    // started), before the restart completes.
+    // started), before the restart completes: the new workers (ready-held.sh)
+    // report ready only when the test opens their gate.
+    let gate = m.hold_new_workers();
     let mark = m.mark();
     let a = ask(&sock, "RESTART");
     assert_eq!(a, "ACK");
     let recs = m.log_records();
     assert!(recs[mark..].iter().any(|r| event_of(r) == "restart.start"), "ACK comes after restart.start");
-    assert!(!recs[mark..].iter().any(|r| event_of(r) == "restart.complete"), "ACK of RESTART does not wait");
     let st = status(&sock);
     assert_eq!((st["state"].as_str(), st["last_restart"]["outcome"].as_str()), (Some("restarting"), Some("in progress")), "{}", st);
+    gate.open();
     m.wait_event_after(mark, "restart.complete", T);
+    set_worker(&mut m, None, json!({}));
     // zdrestartctl restart (no wait): exit 0 once accepted.
     let mark = m.mark();
     let c = ctl(&sock, &["restart"]);
@@ -613,7 +547,7 @@ fn restart_wait_returns_after_complete_and_old_workers_gone() {
     // the master is unharmed.
     let mark = m.mark();
     {
-        let mut c = Raw::connect(&sock);
+        let mut c = ControlClient::connect(&sock);
         c.send("RESTART WAIT\n");
     }
     m.wait_event_after(mark, "restart.complete", T);
@@ -741,7 +675,9 @@ fn live_socket_is_never_stolen_and_stale_one_is_replaced() {
         "a fatal record in the second master's log\n{}",
         second.diagnostics()
     );
-    assert!(second.worker_pids().is_empty());
+    // It started no worker (read from its log: it has exited, so /proc has
+    // nothing to show).
+    assert!(second.events("worker.spawn").is_empty(), "{}", second.diagnostics());
     assert!(!second.pidfile.as_ref().unwrap().exists(), "the second master removes its pidfile");
     drop(second);
     // The first is untouched: same socket file, still answering.
@@ -780,7 +716,7 @@ fn socket_removed_at_graceful_exit_then_missing_socket_is_exit_2() {
     let (mut m, sock) = mem_master(json!({}));
     assert_eq!(ask(&sock, "VERSION"), "ACK 0.1.0");
     // A connected client does not keep the master from exiting.
-    let _idle = Raw::connect(&sock);
+    let _idle = ControlClient::connect(&sock);
     m.signal(libc::SIGTERM);
     let st = m.wait_exit(T);
     assert_eq!(Master::exit_code(st), 0);
@@ -808,62 +744,69 @@ fn a_full_table_never_locks_out_zdrestartctl_nor_evicts_a_waiting_client() {
     // tests/control_unit.rs.)
     let mongo = Mongo::start();
     let (mut m, sock) = mongo_master(&mongo, json!({}));
-    // A restart that stays in flight for 3 s: the probe hangs until its timeout.
-    set_worker(&mut m, Some("probe-hang.sh"), json!({"probeTimeout": 3}));
+    // A restart that stays in flight until the test releases its probe.
+    let gate = m.hold_probes();
     let mark = m.mark();
-    let mut waiter = Raw::connect(&sock);
-    let t0 = Instant::now();
+    let mut waiter = ControlClient::connect(&sock);
     waiter.send("RESTART WAIT\n");
-    m.wait_for("the probe to start", T, |recs| {
-        recs[mark..].iter().find(|r| r["msg"].as_str().unwrap_or("").starts_with("zero-downtime restart requested")).map(|_| ())
+    m.wait_for("the restart to be requested", T, |recs| {
+        recs[mark..]
+            .iter()
+            .find(|r| r["component"] == "master" && r["msg"].as_str().unwrap_or("").starts_with("zero-downtime restart requested"))
+            .map(|_| ())
     });
     // 150 hostile clients: connected, silent. The master keeps the 63 newest
     // (+ the waiter) and evicts the others, oldest first.
-    let mut idle: Vec<Raw> = (0..150).map(|_| Raw::connect(&sock)).collect();
-    // zdrestartctl gets through at once, every time, and so does a raw client.
+    let mut idle: Vec<ControlClient> = (0..150).map(|_| ControlClient::connect(&sock)).collect();
+    // zdrestartctl gets through every time, and so does a raw client, well
+    // before an idle client's 60 s timeout could make room (`-t 20`: no
+    // answer within 20 s is exit 2).
+    let t0 = Instant::now();
     for _ in 0..20 {
-        let t = Instant::now();
-        let c = ctl(&sock, &["status"]);
+        let c = ctl(&sock, &["-t", "20", "status"]);
         assert_eq!(c.code, 0, "{:?}", c);
         assert!(c.out.contains("state:         restarting"), "{:?}", c);
-        assert!(t.elapsed() < Duration::from_secs(2), "zdrestartctl status took {:?}", t.elapsed());
     }
+    eprintln!("20 x zdrestartctl status with a full table: {:?}", t0.elapsed());
     assert_eq!(ask(&sock, "VERSION"), "ACK 0.1.0");
-    let c = ctl(&sock, &["restart"]);
+    let c = ctl(&sock, &["-t", "20", "restart"]);
     assert_ctl_nack(&c, "restart refused", "restart in flight");
-    assert!(t0.elapsed() < Duration::from_secs(3), "still in flight while checked: {:?}", t0.elapsed());
     // The idle clients were evicted oldest first; the newest are still there.
-    assert!(idle[0].closed_within(Duration::from_secs(5)));
+    // Every eviction happens when a later client is accepted, before that
+    // client is served: after the answers above, they show without waiting.
+    assert!(idle[0].closed_now(), "the oldest idle client was not evicted");
     for c in idle.iter_mut().rev().take(30) {
-        assert!(!c.closed_within(Duration::from_millis(10)), "a recent idle client was evicted");
+        assert!(!c.closed_now(), "a recent idle client was evicted");
     }
     // The waiter was never evicted: it gets the outcome of its restart.
+    assert!(!waiter.closed_now(), "the waiting client was evicted");
+    gate.release("released by the test");
     let a = waiter.line();
-    assert!(a.starts_with("NACK probe failed"), "RESTART WAIT answered {:?}", a);
-    assert!(t0.elapsed() >= Duration::from_millis(2500), "answered when the probe timed out: {:?}", t0.elapsed());
+    assert_eq!(a, "NACK probe failed: ERROR=released by the test", "RESTART WAIT answered {:?}", a);
 
     // Without a restart in flight: 64 answered idle clients, then zdrestartctl
-    // 20 times in a row: exit 0 at once each time (each evicts one of them).
+    // 20 times in a row: exit 0 each time (each evicts one of them).
     drop(idle);
     let held = fill_clients(&sock);
+    let t0 = Instant::now();
     for _ in 0..20 {
-        let t = Instant::now();
-        let c = ctl(&sock, &["version"]);
+        let c = ctl(&sock, &["-t", "20", "version"]);
         assert_eq!((c.code, c.out.as_str()), (0, "0.1.0\n"), "{:?}", c);
-        assert!(t.elapsed() < Duration::from_secs(2), "zdrestartctl version took {:?}", t.elapsed());
     }
+    eprintln!("20 x zdrestartctl version with a full table: {:?}", t0.elapsed());
     drop(held);
 }
 
 /// A client that sends 1 MiB without a newline. The master answers `NACK line
-/// too long` and closes it after 4096 bytes; we only require that it is
-/// disconnected (the NACK may be lost: the kernel resets a Unix connection
-/// closed with unread data). Returns the thread's verdict.
-fn spawn_long_line_client(sock: &Path) -> std::thread::JoinHandle<String> {
+/// too long` after 4096 bytes and closes the connection: the client's writes
+/// fail because the peer closed (EPIPE, or ECONNRESET when the master closed
+/// with bytes of it unread), long before 1 MiB. (The NACK itself may be lost:
+/// the kernel resets a Unix connection closed with unread data.) Returns
+/// (bytes sent, the write error).
+fn spawn_long_line_client(sock: &Path) -> std::thread::JoinHandle<(usize, Option<ErrorKind>)> {
     let s = UnixStream::connect(sock).unwrap();
     std::thread::spawn(move || {
         s.set_write_timeout(Some(T)).unwrap();
-        s.set_read_timeout(Some(T)).unwrap();
         let chunk = vec![b'x'; 64 * 1024];
         let mut sent = 0;
         let mut write_err = None;
@@ -876,26 +819,36 @@ fn spawn_long_line_client(sock: &Path) -> std::thread::JoinHandle<String> {
                 }
             }
         }
-        let mut buf = Vec::new();
-        let r = (&s).read_to_end(&mut buf);
-        format!("sent {} write_err {:?} read {:?} got {:?}", sent, write_err, r.map_err(|e| e.kind()), String::from_utf8_lossy(&buf))
+        (sent, write_err)
     })
 }
 
-/// A client that sends `STATUS` 10,000 times and never reads. The master
-/// answers until the socket and the client's output buffer hold answers, then
-/// stops reading from it (it never reads more while answers are unsent), so
-/// the client's own writes stall: it stalls only itself. Gives up writing
-/// after 2 s without progress. The connection is held open (returned through
-/// the handle) until the test ends.
-fn spawn_status_flooder(sock: &Path) -> std::thread::JoinHandle<(UnixStream, usize, Option<ErrorKind>)> {
+/// The one outcome of `spawn_long_line_client`: cut off by the master.
+fn assert_cut_off(verdict: (usize, Option<ErrorKind>)) {
+    let (sent, err) = verdict;
+    assert!(
+        sent < 1024 * 1024 && matches!(err, Some(ErrorKind::BrokenPipe | ErrorKind::ConnectionReset)),
+        "a 1 MiB line must be cut off by the master closing the connection: sent {} bytes, write error {:?}",
+        sent,
+        err
+    );
+}
+
+/// A client that sends `VERSION` 10,000 times, one line per write, and never
+/// reads. Each answer is 10 bytes, so the answers to one read (4096 bytes)
+/// stay far below the 64 KiB output bound: the master is never pushed to
+/// drop it. Once the socket holds as many answers as it takes, the master
+/// stops reading from it, and the client's own writes stall: it stalls only
+/// itself. Its writes time out after 2 s without progress. Returns the
+/// connection (held open by the test), the lines sent and the write error.
+fn spawn_version_flooder(sock: &Path) -> std::thread::JoinHandle<(UnixStream, usize, Option<ErrorKind>)> {
     let s = UnixStream::connect(sock).unwrap();
     std::thread::spawn(move || {
         s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut sent = 0;
         let mut err = None;
         for _ in 0..10_000 {
-            match (&s).write_all(b"STATUS\n") {
+            match (&s).write_all(b"VERSION\n") {
                 Ok(()) => sent += 1,
                 Err(e) => {
                     err = Some(e.kind());
@@ -907,6 +860,54 @@ fn spawn_status_flooder(sock: &Path) -> std::thread::JoinHandle<(UnixStream, usi
     })
 }
 
+/// The one outcome of `spawn_version_flooder`: stalled (writes time out),
+/// neither served to the end nor dropped.
+fn assert_stalled(sent: usize, err: Option<ErrorKind>) {
+    assert!(
+        sent < 10_000 && matches!(err, Some(ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "the VERSION flooder must stall (writes time out): sent {} err {:?}",
+        sent,
+        err
+    );
+}
+
+/// A client that sends 10,000 `STATUS` lines in one write and never reads.
+/// The master reads 4096 bytes (585 lines) at a time; each answer is the
+/// whole STATUS JSON, so the answers to one read are far more than the
+/// socket takes plus the 64 KiB output bound: the master drops it, with a
+/// warn record. Waits for that record after `mark`, then returns what the
+/// client could still read: complete answers, then EOF or a reset.
+fn status_flood_dropped(m: &Master, sock: &Path, mark: usize) -> (usize, Option<ErrorKind>) {
+    let s = UnixStream::connect(sock).unwrap();
+    s.set_write_timeout(Some(T)).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    (&s).write_all(&b"STATUS\n".repeat(10_000)).expect("10,000 lines fit in the socket");
+    m.wait_for("the master to drop the STATUS flooder", T, |recs| {
+        recs[mark..]
+            .iter()
+            .find(|r| {
+                r["component"] == "control"
+                    && r["level"] == 40
+                    && r["msg"].as_str().unwrap_or("").starts_with("control client dropped: it does not read its answers")
+            })
+            .map(|_| ())
+    });
+    let mut got = Vec::new();
+    let end = match (&s).read_to_end(&mut got) {
+        Ok(_) => None,
+        Err(e) => Some(e.kind()),
+    };
+    assert!(matches!(end, None | Some(ErrorKind::ConnectionReset)), "after the drop: {:?}", end);
+    let text = String::from_utf8_lossy(&got);
+    let lines: Vec<&str> = text.split_terminator('\n').collect();
+    assert!(!lines.is_empty(), "answers before the drop");
+    for l in &lines[..lines.len() - 1] {
+        assert!(l.starts_with("ACK {"), "a STATUS answer: {:?}", l);
+    }
+    assert!(lines.len() < 10_000, "the flooder was answered in full: not dropped");
+    (lines.len(), end)
+}
+
 /// CPU time (user + system, clock ticks) of a process.
 fn cpu_ticks(pid: i32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{}/stat", pid)).unwrap();
@@ -915,24 +916,17 @@ fn cpu_ticks(pid: i32) -> u64 {
     rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap()
 }
 
-/// Whether `s` has been answered/closed by the master within the moment:
-/// Some(text) if data or EOF/reset is there, None if nothing yet.
-fn peek_answer(s: &mut UnixStream) -> Option<String> {
-    s.set_nonblocking(true).unwrap();
-    let mut buf = [0u8; 256];
-    let r = match s.read(&mut buf) {
-        Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
-        Err(e) if e.kind() == ErrorKind::WouldBlock => None,
-        Err(e) => Some(format!("error {:?}", e.kind())),
-    };
-    s.set_nonblocking(false).unwrap();
-    r
+fn warn_drops_after(m: &Master, mark: usize) -> usize {
+    m.log_records()[mark..]
+        .iter()
+        .filter(|r| r["component"] == "control" && r["msg"].as_str().unwrap_or("").starts_with("control client dropped"))
+        .count()
 }
 
 #[test]
 fn hostile_clients_do_not_stop_a_restart_or_the_service() {
     let mongo = Mongo::start();
-    let (m, sock) = mongo_master(&mongo, json!({}));
+    let (mut m, sock) = mongo_master(&mongo, json!({}));
     let port = m.port;
 
     // The service is polled over HTTP during the whole test.
@@ -943,7 +937,7 @@ fn hostile_clients_do_not_stop_a_restart_or_the_service() {
         let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                match http_with(port, "GET", "/healthz", None, &[], Duration::from_secs(5)) {
+                match http_with(port, "GET", "/healthz", None, &[], Duration::from_secs(15)) {
                     Ok(r) if r.status == 200 => {
                         ok.fetch_add(1, Ordering::SeqCst);
                     }
@@ -956,28 +950,20 @@ fn hostile_clients_do_not_stop_a_restart_or_the_service() {
     };
 
     // 1. A client sending 1 MiB without newline: cut off after 4096 bytes.
-    // A client sending STATUS 10,000 times without reading: answered until
-    // its buffers are full, then not read any more (bounded: at most 64 KiB
-    // of answers queued in the master); it keeps its slot until the idle
-    // timeout. Neither blocks the master.
+    // A client flooding STATUS in one write: dropped (its answers would pass
+    // the 64 KiB bound). A client flooding VERSION without reading: answered
+    // until its socket is full, then not read any more; it keeps its slot.
+    // None of them blocks the master.
+    let mark = m.mark();
     let long = spawn_long_line_client(&sock);
-    let flood = spawn_status_flooder(&sock);
-    let verdict = long.join().unwrap();
-    assert!(!verdict.contains("write_err None"), "1 MiB went through without being cut off: {}", verdict);
+    let flood = spawn_version_flooder(&sock);
+    assert_cut_off(long.join().unwrap());
+    let (answered, end) = status_flood_dropped(&m, &sock, mark);
+    eprintln!("STATUS flooder: {} answers read before the drop, then {:?}", answered, end);
     let (flood_sock, sent, err) = flood.join().unwrap();
-    // Stalled (its writes time out), or dropped: one read of 4 KiB holds ~585
-    // STATUS lines, whose answers can pass the socket buffer plus the 64 KiB
-    // output bound, and then the master drops it (documented; timing-dependent).
-    assert!(
-        sent < 10_000
-            && matches!(
-                err,
-                Some(ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
-            ),
-        "the flooder was never stalled: sent {} err {:?}",
-        sent,
-        err
-    );
+    assert_stalled(sent, err);
+    eprintln!("VERSION flooder stalled after {} lines", sent);
+    assert_eq!(warn_drops_after(&m, mark), 1, "only the STATUS flooder is dropped");
     assert_eq!(ask(&sock, "VERSION"), "ACK 0.1.0");
     assert_eq!(m.healthz().status, 200);
     // The master is not busy with them (no busy loop on a full socket).
@@ -988,57 +974,55 @@ fn hostile_clients_do_not_stop_a_restart_or_the_service() {
 
     // 2. 100 idle clients. The master holds 64 (MAX_CLIENTS) clients: when
     // full, each new one evicts the client idle longest that it owes nothing:
-    // first the stalled flooder (answers unsent, none owed; if it was not
-    // dropped already), then the oldest idle ones. The 64 newest are kept.
-    let idle: Vec<UnixStream> = (0..100).map(|_| UnixStream::connect(&sock).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(500));
-    let mut accepted = Vec::new();
-    let mut evicted = Vec::new();
-    for (i, mut s) in idle.into_iter().enumerate() {
-        match peek_answer(&mut s) {
-            None => accepted.push(s),
-            Some(a) => {
-                assert!(a.is_empty() || a.starts_with("error"), "an idle client got an answer: {:?}", a);
-                evicted.push(i);
-            }
-        }
-    }
-    assert_eq!((accepted.len(), evicted.len()), (64, 36), "kept vs evicted idle clients (the flooder evicted too)");
-    assert_eq!(evicted, (0..36).collect::<Vec<_>>(), "the oldest are evicted first");
-    // The flooder was evicted (or dropped): it reads its answers, then EOF
-    // (or a reset: it left unread commands).
+    // first the stalled flooder (answers unsent, none owed), then the oldest
+    // idle ones: #63 evicts the flooder, #64..#99 evict #0..#35. Every
+    // eviction happens when a later client is accepted: once #35 is closed,
+    // all 100 were accepted and the rest is final.
+    let mut idle: Vec<ControlClient> = (0..100).map(|_| ControlClient::connect(&sock)).collect();
+    assert!(
+        wait_until(T, || idle[35].closed_now()),
+        "the 36th idle client was never evicted\n{}",
+        m.diagnostics()
+    );
+    let evicted: Vec<usize> = (0..100).filter(|&i| idle[i].closed_now()).collect();
+    assert_eq!(evicted, (0..36).collect::<Vec<_>>(), "the 36 oldest are evicted, the 64 newest kept");
+    let mut accepted: Vec<ControlClient> = idle.drain(36..).collect();
+    // The flooder was evicted: it reads its answers, then EOF (or a reset: it
+    // left unread commands).
     flood_sock.set_read_timeout(Some(T)).unwrap();
     let mut rest = Vec::new();
     match (&flood_sock).read_to_end(&mut rest) {
         Ok(_) => {}
         Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "the stalled flooder: {:?}", e),
     }
-    // With every slot taken by idle clients, a fresh client is served at
-    // once, and so is zdrestartctl (each evicts the oldest idle one); the
-    // master keeps serving HTTP.
+    assert!(String::from_utf8_lossy(&rest).lines().all(|l| l == "ACK 0.1.0"), "the flooder's answers");
+    // With every slot taken by idle clients, a fresh client is served, and
+    // so is zdrestartctl (each evicts the oldest idle one), well before an
+    // idle client's 60 s timeout would make room (`-t 20`); the master keeps
+    // serving HTTP.
     let t0 = Instant::now();
     assert_eq!(ask(&sock, "VERSION"), "ACK 0.1.0");
-    let v = ctl(&sock, &["version"]);
+    let v = ctl(&sock, &["-t", "20", "version"]);
     assert_eq!((v.code, v.out.as_str()), (0, "0.1.0\n"), "{:?}", v);
-    assert!(t0.elapsed() < Duration::from_secs(2), "a full table delayed a new client: {:?}", t0.elapsed());
+    eprintln!("a client and zdrestartctl served with a full table in {:?}", t0.elapsed());
     assert_eq!(m.healthz().status, 200);
 
-    // 3. A restart with 64 idle clients, a new 1 MiB client and a new
-    // STATUS flooder connected at the same time, and new idle clients
-    // connecting every 2 ms while it runs (each evicting an older one, never
-    // the zdrestartctl that waits for the restart): completes, exit 0.
+    // 3. A restart with 64 idle clients, a new 1 MiB client and a new STATUS
+    // flooder, and new idle clients connecting every 2 ms while it runs (each
+    // evicting an older one, never the zdrestartctl that waits for the
+    // restart): completes, exit 0. The new workers (ready-held.sh) are held
+    // until more than a table's worth of clients (100) connected during it.
+    let gate = m.hold_new_workers();
     let mut new_old = m.worker_pids();
     new_old.sort();
-    let long2 = spawn_long_line_client(&sock);
-    let flood2 = spawn_status_flooder(&sock);
     let connecting = Arc::new(AtomicBool::new(true));
     let connected = Arc::new(AtomicUsize::new(0));
     let connector = {
         let (sock, connecting, connected) = (sock.clone(), connecting.clone(), connected.clone());
         std::thread::spawn(move || {
             let mut held = Vec::new();
-            while connecting.load(Ordering::SeqCst) && held.len() < 300 {
-                held.push(UnixStream::connect(&sock).unwrap());
+            while connecting.load(Ordering::SeqCst) && held.len() < 1000 {
+                held.push(ControlClient::connect(&sock));
                 connected.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -1046,40 +1030,37 @@ fn hostile_clients_do_not_stop_a_restart_or_the_service() {
         })
     };
     let mark = m.mark();
-    let t0 = Instant::now();
     let waiter = {
         let sock = sock.clone();
         std::thread::spawn(move || ctl(&sock, &["restart", "--wait"]))
     };
-    m.wait_for("the restart to be requested", T, |recs| {
-        recs[mark..]
-            .iter()
-            .find(|r| r["msg"].as_str().unwrap_or("").starts_with("zero-downtime restart requested"))
-            .map(|_| ())
-    });
+    m.wait_event_after(mark, "restart.start", T);
+    let long2 = spawn_long_line_client(&sock);
     let before = connected.load(Ordering::SeqCst);
-    let c = waiter.join().unwrap();
+    assert_cut_off(long2.join().unwrap());
+    status_flood_dropped(&m, &sock, mark);
+    assert!(
+        wait_until(T, || connected.load(Ordering::SeqCst) >= before + 100),
+        "the connector stalled: {} connections",
+        connected.load(Ordering::SeqCst)
+    );
+    assert!(!waiter.is_finished(), "restart --wait returned while the new workers were held");
     let during = connected.load(Ordering::SeqCst) - before;
+    gate.open();
+    let c = waiter.join().unwrap();
     connecting.store(false, Ordering::SeqCst);
-    let took = t0.elapsed();
     let still: Vec<i32> = new_old.iter().copied().filter(|p| proc_stat(*p).is_some_and(|s| s.ppid == m.pid())).collect();
     assert_eq!((c.code, c.out.as_str()), (0, "zero-downtime restart complete\n"), "{:?}", c);
-    assert!(took < Duration::from_secs(20), "restart --wait took {:?}", took);
     assert!(still.is_empty(), "{:?}", still);
     assert!(m.log_records()[mark..].iter().any(|r| event_of(r) == "restart.complete"));
-    // The restart may be quick (< 100 ms): how many connected during it is
-    // only reported. A waiter's slot under a steady flood is asserted in
-    // a_full_table_never_locks_out_zdrestartctl_nor_evicts_a_waiting_client.
-    eprintln!("{} clients connected while restart --wait waited ({:?})", during, took);
-    let _ = long2.join().unwrap();
-    let (flood2_sock, _, _) = flood2.join().unwrap();
+    eprintln!("{} clients connected while restart --wait waited", during);
     accepted.extend(connector.join().unwrap());
     accepted.reverse(); // newest first
 
-    // The newest idle clients are still connected (idle timeout is 60 s),
-    // and the master still answers a fresh client.
+    // The newest idle clients are still connected (idle timeout is 60 s,
+    // and nothing connected after them until the STATUS below).
     for s in accepted.iter_mut().take(5) {
-        assert_eq!(peek_answer(s), None, "a recent idle client was closed early");
+        assert!(!s.closed_now(), "a recent idle client was closed early");
     }
     assert_eq!(status(&sock)["generation"], 2);
 
@@ -1087,6 +1068,7 @@ fn hostile_clients_do_not_stop_a_restart_or_the_service() {
     poller.join().unwrap();
     let failures = failures.lock().unwrap().clone();
     assert!(failures.is_empty(), "HTTP failed during the test: {:?}", failures);
-    assert!(ok.load(Ordering::SeqCst) >= 20, "too few health checks: {}", ok.load(Ordering::SeqCst));
-    drop((flood_sock, flood2_sock, accepted));
+    assert!(ok.load(Ordering::SeqCst) >= 1, "no health check ran");
+    eprintln!("{} health checks answered during the test", ok.load(Ordering::SeqCst));
+    drop((flood_sock, accepted));
 }

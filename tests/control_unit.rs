@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::TestDir;
+use common::{ask, control_connect, ctl_raw, TestDir};
 use zdrestart::control::{self, Command, ControlServer, Limits};
 
 #[derive(Default)]
@@ -23,6 +23,9 @@ struct Stats {
     loops: AtomicUsize,
     /// Answers to RESTART and to RESTART WAIT (defaults: ACK, ACK complete).
     answers: std::sync::Mutex<Option<(String, String)>>,
+    /// Answer every waiting RESTART WAIT now, whatever its delay (a test
+    /// that holds the restarts with a long delay ends them with this).
+    release: AtomicBool,
 }
 
 impl Stats {
@@ -105,7 +108,7 @@ fn run(mut server: ControlServer, stop: Arc<AtomicBool>, stats: Arc<Stats>, wait
         }
         let now = Instant::now();
         waits.retain(|&(client, at)| {
-            if now >= at {
+            if now >= at || stats.release.load(Ordering::SeqCst) {
                 server.reply(client, &stats.answers().1);
                 false
             } else {
@@ -120,26 +123,11 @@ fn run(mut server: ControlServer, stop: Arc<AtomicBool>, stats: Arc<Stats>, wait
     server
 }
 
-fn connect(path: &Path) -> UnixStream {
-    let s = UnixStream::connect(path).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
 /// One answer line, with its terminator.
 fn read_line(r: &mut BufReader<UnixStream>) -> String {
     let mut l = String::new();
     r.read_line(&mut l).expect("read answer");
     l
-}
-
-fn ask(path: &Path, cmd: &str) -> String {
-    let s = connect(path);
-    // A refused client may be closed already: the answer is still readable.
-    let _ = (&s).write_all(cmd.as_bytes());
-    let mut r = BufReader::new(s);
-    read_line(&mut r)
 }
 
 /// Wait until `f` holds (or fail after `secs`).
@@ -209,7 +197,7 @@ fn stale_socket_is_replaced() {
     drop(l); // the file stays, nobody listens: a dead master's socket
     assert!(UnixStream::connect(dir.join("ctl.sock")).is_err());
     let h = default_harness(&dir);
-    assert_eq!(ask(&h.path, "VERSION\n"), "ACK test-version\n");
+    assert_eq!(ask(&h.path, "VERSION"), "ACK test-version");
     let m = std::fs::symlink_metadata(dir.join("ctl.sock")).unwrap();
     assert_eq!(m.permissions().mode() & 0o777, 0o600);
 }
@@ -224,7 +212,7 @@ fn live_socket_is_never_stolen() {
     let msg = err.to_string();
     assert!(msg.contains("in use by a running master") && msg.contains("ctl.sock"), "{}", msg);
     assert_eq!(std::fs::symlink_metadata(dir.join("ctl.sock")).unwrap().ino(), ino);
-    assert_eq!(ask(&h.path, "VERSION\n"), "ACK test-version\n", "the first server still answers");
+    assert_eq!(ask(&h.path, "VERSION"), "ACK test-version", "the first server still answers");
 }
 
 #[test]
@@ -243,15 +231,15 @@ fn not_a_socket_is_refused_and_left_alone() {
 fn pump_io_compatible_answers() {
     let dir = TestDir::new("proto");
     let h = default_harness(&dir);
-    assert_eq!(ask(&h.path, "CMDS\n"), "ACK CMDS VERSION LOGLEVEL STATUS RESTART\n");
-    assert_eq!(ask(&h.path, "version\r\n"), "ACK test-version\n");
-    assert_eq!(ask(&h.path, "FROB\n"), "NACK unknown\n");
-    assert_eq!(ask(&h.path, "LOGLEVEL loud\n"), "NACK invalid\n");
-    assert_eq!(ask(&h.path, "RESTART\n"), "ACK\n");
+    assert_eq!(ask(&h.path, "CMDS"), "ACK CMDS VERSION LOGLEVEL STATUS RESTART");
+    assert_eq!(ask(&h.path, "version\r"), "ACK test-version");
+    assert_eq!(ask(&h.path, "FROB"), "NACK unknown");
+    assert_eq!(ask(&h.path, "LOGLEVEL loud"), "NACK invalid");
+    assert_eq!(ask(&h.path, "RESTART"), "ACK");
 
     // Pipelining, blank lines, mixed case: answers in order, one per command.
     {
-        let s = connect(&h.path);
+        let s = control_connect(&h.path);
         (&s).write_all(b"\n  \nCmds\nloglevel debug\nLOGLEVEL restore\nbogus arg\nVERSION\n").unwrap();
         let mut r = BufReader::new(s);
         assert_eq!(read_line(&mut r), "ACK CMDS VERSION LOGLEVEL STATUS RESTART\n");
@@ -263,7 +251,7 @@ fn pump_io_compatible_answers() {
 
     // `printf VERSION | nc -U sock`: no final newline, then EOF: answered,
     // then the server closes.
-    let s = connect(&h.path);
+    let s = control_connect(&h.path);
     (&s).write_all(b"VERSION").unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut r = BufReader::new(s);
@@ -274,11 +262,11 @@ fn pump_io_compatible_answers() {
     // Fire and forget: the command is carried out even if the client is gone.
     let before = h.stats.restarts.load(Ordering::SeqCst);
     {
-        let s = connect(&h.path);
+        let s = control_connect(&h.path);
         (&s).write_all(b"RESTART\n").unwrap();
     }
-    eventually(5, "RESTART from a closed client", || h.stats.restarts.load(Ordering::SeqCst) > before);
-    eventually(5, "no clients left", || h.stats.clients.load(Ordering::SeqCst) == 0);
+    eventually(30, "RESTART from a closed client", || h.stats.restarts.load(Ordering::SeqCst) > before);
+    eventually(30, "no clients left", || h.stats.clients.load(Ordering::SeqCst) == 0);
 }
 
 #[test]
@@ -286,7 +274,7 @@ fn restart_wait_answers_in_order_and_does_not_time_out() {
     let dir = TestDir::new("wait");
     let limits = Limits { idle_timeout: Duration::from_millis(200), ..Limits::default() };
     let h = Harness::start(&dir.join("ctl.sock"), limits, Duration::from_millis(800));
-    let s = connect(&h.path);
+    let s = control_connect(&h.path);
     let t0 = Instant::now();
     (&s).write_all(b"RESTART WAIT\nVERSION\n").unwrap();
     let mut r = BufReader::new(s);
@@ -295,7 +283,7 @@ fn restart_wait_answers_in_order_and_does_not_time_out() {
     assert_eq!(read_line(&mut r), "ACK test-version\n", "the next command is answered after it");
     // Now idle: closed after the idle timeout.
     assert!(reaches_eof(&mut r));
-    eventually(5, "no clients left", || h.stats.clients.load(Ordering::SeqCst) == 0);
+    eventually(30, "no clients left", || h.stats.clients.load(Ordering::SeqCst) == 0);
 }
 
 #[test]
@@ -303,19 +291,19 @@ fn idle_clients_time_out() {
     let dir = TestDir::new("idle");
     let limits = Limits { idle_timeout: Duration::from_millis(300), ..Limits::default() };
     let h = Harness::start(&dir.join("ctl.sock"), limits, Duration::from_millis(10));
-    let s = connect(&h.path);
+    let s = control_connect(&h.path);
     let t0 = Instant::now();
     let mut r = BufReader::new(s);
     assert!(reaches_eof(&mut r));
     assert!(t0.elapsed() >= Duration::from_millis(250));
-    eventually(5, "no clients left", || h.stats.clients.load(Ordering::SeqCst) == 0);
+    eventually(30, "no clients left", || h.stats.clients.load(Ordering::SeqCst) == 0);
 }
 
 #[test]
 fn line_too_long_is_refused_and_never_blocks() {
     let dir = TestDir::new("long");
     let h = default_harness(&dir);
-    let s = connect(&h.path);
+    let s = control_connect(&h.path);
     let writer = {
         let s = s.try_clone().unwrap();
         thread::spawn(move || {
@@ -333,10 +321,10 @@ fn line_too_long_is_refused_and_never_blocks() {
     assert!(reaches_eof(&mut r));
     writer.join().unwrap();
     // Meanwhile and after, other clients are served.
-    assert_eq!(ask(&h.path, "VERSION\n"), "ACK test-version\n");
+    assert_eq!(ask(&h.path, "VERSION"), "ACK test-version");
 
     // Commands before a too-long line are answered first, in order.
-    let s = connect(&h.path);
+    let s = control_connect(&h.path);
     let mut msg = b"VERSION\n".to_vec();
     msg.extend(vec![b'B'; control::MAX_LINE + 10]);
     msg.push(b'\n');
@@ -355,8 +343,7 @@ fn line_too_long_is_refused_and_never_blocks() {
     // A line of exactly MAX_LINE bytes is fine.
     let mut line = "VERSION".to_string();
     line.push_str(&" ".repeat(control::MAX_LINE - line.len()));
-    line.push('\n');
-    assert_eq!(ask(&h.path, &line), "ACK test-version\n");
+    assert_eq!(ask(&h.path, &line), "ACK test-version");
 }
 
 #[test]
@@ -366,7 +353,7 @@ fn a_full_table_evicts_the_longest_idle_client() {
     let h = Harness::start(&dir.join("ctl.sock"), limits, Duration::from_millis(10));
     let mut kept = Vec::new();
     for _ in 0..4 {
-        let s = connect(&h.path);
+        let s = control_connect(&h.path);
         (&s).write_all(b"VERSION\n").unwrap();
         let mut r = BufReader::new(s);
         assert_eq!(read_line(&mut r), "ACK test-version\n");
@@ -376,13 +363,12 @@ fn a_full_table_evicts_the_longest_idle_client() {
     // The second one is active again: the first is now idle longest.
     (kept[1].get_ref()).write_all(b"VERSION\n").unwrap();
     assert_eq!(read_line(&mut kept[1]), "ACK test-version\n");
-    // A fifth client is served at once; the first is evicted (EOF).
-    let t0 = Instant::now();
-    let s = connect(&h.path);
+    // A fifth client is served (not left waiting for an idle timeout: the
+    // harness's is 60 s, the read timeout 30 s); the first is evicted (EOF).
+    let s = control_connect(&h.path);
     (&s).write_all(b"VERSION\n").unwrap();
     let mut fifth = BufReader::new(s);
     assert_eq!(read_line(&mut fifth), "ACK test-version\n");
-    assert!(t0.elapsed() < Duration::from_secs(2));
     assert!(reaches_eof(&mut kept[0]), "the longest idle client is evicted");
     let evicted = kept.remove(0);
     kept.push(fifth);
@@ -396,7 +382,7 @@ fn a_full_table_evicts_the_longest_idle_client() {
     thread::sleep(Duration::from_millis(20));
     (kept[0].get_ref()).write_all(b"VERSION\n").unwrap();
     assert_eq!(read_line(&mut kept[0]), "ACK test-version\n");
-    let s = connect(&h.path);
+    let s = control_connect(&h.path);
     (&s).write_all(b"VERSION\n").unwrap();
     let mut fresh = BufReader::new(s);
     assert_eq!(read_line(&mut fresh), "ACK test-version\n");
@@ -404,7 +390,7 @@ fn a_full_table_evicts_the_longest_idle_client() {
     for (i, r) in kept.iter().enumerate() {
         assert_eq!(closed_now(r.get_ref()), Some(i == 1), "client {}", i);
     }
-    eventually(5, "4 clients", || h.stats.clients.load(Ordering::SeqCst) == 4);
+    eventually(30, "4 clients", || h.stats.clients.load(Ordering::SeqCst) == 4);
     drop((evicted, fresh));
 }
 
@@ -412,39 +398,39 @@ fn a_full_table_evicts_the_longest_idle_client() {
 fn restart_wait_clients_are_never_evicted_and_a_full_table_of_them_nacks() {
     let dir = TestDir::new("fullwait");
     let limits = Limits { max_clients: 4, idle_timeout: Duration::from_secs(60), ..Limits::default() };
-    let h = Harness::start(&dir.join("ctl.sock"), limits, Duration::from_secs(4));
-    let t0 = Instant::now();
+    // The restarts are held until the test releases them (no delay to race).
+    let h = Harness::start(&dir.join("ctl.sock"), limits, Duration::from_secs(3600));
     // Four clients wait for RESTART WAIT (set_waiting: true): nothing evictable.
     let mut waiting: Vec<BufReader<UnixStream>> = (0..4)
         .map(|_| {
-            let s = connect(&h.path);
+            let s = control_connect(&h.path);
             (&s).write_all(b"RESTART WAIT\n").unwrap();
             BufReader::new(s)
         })
         .collect();
-    eventually(5, "4 waiting clients", || h.stats.restarts.load(Ordering::SeqCst) == 4);
+    eventually(30, "4 waiting clients", || h.stats.restarts.load(Ordering::SeqCst) == 4);
     for _ in 0..3 {
-        let reply = ask(&h.path, "VERSION\n");
-        assert_eq!(reply, "NACK too many clients\n");
+        let reply = ask(&h.path, "VERSION");
+        assert_eq!(reply, "NACK too many clients");
     }
     // zdrestartctl reports it like any NACK (exit 1, reason and advice),
     // whether the master's answer and close come before or after its send.
     let sock = dir.join("ctl.sock").to_string_lossy().into_owned();
     for _ in 0..5 {
-        let (code, out, err) = ctl(&["-s", &sock, "status"]);
+        let (code, out, err) = ctl_raw(&["-s", &sock, "status"]).parts();
         assert_eq!((code, out.as_str()), (1, ""), "{}", err);
         assert!(err.starts_with("zdrestartctl: status: too many clients: "), "{}", err);
         assert!(err.contains("Retry in a moment"), "{}", err);
     }
-    assert!(t0.elapsed() < Duration::from_millis(3500), "test too slow for its wait delay: {:?}", t0.elapsed());
+    h.stats.release.store(true, Ordering::SeqCst);
     // None of the waiting clients was evicted: each gets its answer.
     for r in waiting.iter_mut() {
         assert_eq!(read_line(r), "ACK complete\n");
     }
     // Answered, they are evictable like any idle client: room again, one
     // of them goes.
-    assert_eq!(ask(&h.path, "VERSION\n"), "ACK test-version\n");
-    eventually(5, "one evicted", || waiting.iter().filter(|r| closed_now(r.get_ref()) == Some(true)).count() == 1);
+    assert_eq!(ask(&h.path, "VERSION"), "ACK test-version");
+    eventually(30, "one evicted", || waiting.iter().filter(|r| closed_now(r.get_ref()) == Some(true)).count() == 1);
 }
 
 /// Poll `server` for `dur`, handling every fd; returns the commands (not
@@ -510,13 +496,13 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
     let step = Duration::from_millis(60);
 
     // a: a command the master has not answered yet (owed, not waiting).
-    let a = connect(&dir.join("ctl.sock"));
+    let a = control_connect(&dir.join("ctl.sock"));
     (&a).write_all(b"VERSION\n").unwrap();
     let cmds = pump(&mut server, step);
     assert_eq!(cmds.len(), 1);
     let a_id = cmds[0].0;
     // b: RESTART WAIT, marked waiting like the master does.
-    let b = connect(&dir.join("ctl.sock"));
+    let b = control_connect(&dir.join("ctl.sock"));
     (&b).write_all(b"RESTART WAIT\n").unwrap();
     let cmds = pump(&mut server, step);
     assert_eq!(cmds.len(), 1);
@@ -524,12 +510,12 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
     let b_id = cmds[0].0;
     server.set_waiting(b_id, true);
     // c: connected, never sent anything; the only evictable one.
-    let c = connect(&dir.join("ctl.sock"));
+    let c = control_connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
     assert_eq!(server.client_count(), 3);
 
     // d evicts c, the only client owed nothing, though a and b are older.
-    let d = connect(&dir.join("ctl.sock"));
+    let d = control_connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
     assert!(closed(&c), "the idle client is evicted");
     assert_eq!(server.client_count(), 3);
@@ -538,7 +524,7 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
     let cmds = pump(&mut server, step);
     assert_eq!(cmds.len(), 1);
     let d_id = cmds[0].0;
-    let e = connect(&dir.join("ctl.sock"));
+    let e = control_connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
     let mut r = BufReader::new(e);
     assert_eq!(read_line(&mut r), "NACK too many clients\n");
@@ -559,7 +545,7 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
     }
     assert!(server.queued_bytes() > 0, "d's socket never filled");
     assert_eq!(server.client_count(), 3);
-    let f = connect(&dir.join("ctl.sock"));
+    let f = control_connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
     let mut ra = BufReader::new(a);
     assert_eq!(read_line(&mut ra), "ACK first\n");
@@ -567,19 +553,19 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
     assert_eq!(server.client_count(), 3);
     // d, stalled with answers it never read, is next: not b.
     assert!(server.queued_bytes() > 0);
-    let g = connect(&dir.join("ctl.sock"));
+    let g = control_connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
     assert!(closed(&d), "the stalled client is evicted");
     assert_eq!(server.client_count(), 3);
     assert_eq!(server.waiting_clients(), vec![b_id]);
     assert_eq!(server.queued_bytes(), 0);
     // b, still waiting, is never evicted: f and g go first, then NACK.
-    let h1 = connect(&dir.join("ctl.sock"));
+    let h1 = control_connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
-    let h2 = connect(&dir.join("ctl.sock"));
+    let h2 = control_connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
     assert!(closed(&f) && closed(&g));
-    let h3 = connect(&dir.join("ctl.sock"));
+    let h3 = control_connect(&dir.join("ctl.sock"));
     pump(&mut server, step);
     assert!(closed(&h1), "h1 is evicted by h3");
     assert_eq!(server.client_count(), 3);
@@ -596,29 +582,31 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
 fn hundreds_of_idle_clients_do_not_lock_out_a_new_client() {
     let dir = TestDir::new("flood");
     let h = default_harness(&dir);
-    let idle: Vec<UnixStream> = (0..150).map(|_| connect(&h.path)).collect();
+    let idle: Vec<UnixStream> = (0..150).map(|_| control_connect(&h.path)).collect();
     // The first 86 are evicted, oldest first, by the 64 that came after.
-    eventually(5, "86 evicted", || idle.iter().take(86).all(|s| closed_now(s) == Some(true)));
-    eventually(5, "64 clients kept", || h.stats.clients.load(Ordering::SeqCst) == control::MAX_CLIENTS);
+    eventually(30, "86 evicted", || idle.iter().take(86).all(|s| closed_now(s) == Some(true)));
+    eventually(30, "64 clients kept", || h.stats.clients.load(Ordering::SeqCst) == control::MAX_CLIENTS);
     for (i, s) in idle.iter().enumerate().skip(86) {
         assert_eq!(closed_now(s), Some(false), "recent client {} was closed", i);
     }
-    // The 64 idle ones fill the table: a new client is served at once.
+    // The 64 idle ones fill the table: a new client is served, and so is
+    // zdrestartctl, without waiting for an idle timeout (the harness's is
+    // 60 s; zdrestartctl gives up after `-t 20`).
     let t0 = Instant::now();
-    assert_eq!(ask(&h.path, "VERSION\n"), "ACK test-version\n");
+    assert_eq!(ask(&h.path, "VERSION"), "ACK test-version");
     let sock = dir.join("ctl.sock").to_string_lossy().into_owned();
-    assert_eq!(ctl(&["-s", &sock, "restart", "--wait"]).0, 0);
-    assert!(t0.elapsed() < Duration::from_secs(3));
+    assert_eq!(ctl_raw(&["-s", &sock, "-t", "20", "restart", "--wait"]).code, 0);
+    eprintln!("served with a full table in {:?}", t0.elapsed());
     drop(idle);
-    eventually(5, "all gone", || h.stats.clients.load(Ordering::SeqCst) == 0);
-    assert_eq!(ask(&h.path, "VERSION\n"), "ACK test-version\n");
+    eventually(30, "all gone", || h.stats.clients.load(Ordering::SeqCst) == 0);
+    assert_eq!(ask(&h.path, "VERSION"), "ACK test-version");
 }
 
 #[test]
 fn a_client_that_never_reads_stays_bounded() {
     let dir = TestDir::new("noread");
     let h = default_harness(&dir);
-    let hog = connect(&h.path);
+    let hog = control_connect(&h.path);
     hog.set_nonblocking(true).unwrap();
     // Flood STATUS (4 KiB answers each) for a while, never reading.
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -632,10 +620,9 @@ fn a_client_that_never_reads_stays_bounded() {
             Err(_) => break, // dropped by the server: fine
         }
         if last_check.elapsed() > Duration::from_millis(300) {
-            // The master still answers others promptly.
-            let t0 = Instant::now();
-            assert_eq!(ask(&h.path, "VERSION\n"), "ACK test-version\n");
-            assert!(t0.elapsed() < Duration::from_secs(1));
+            // The master still answers others (within the client's read
+            // timeout; how fast is for the benchmark).
+            assert_eq!(ask(&h.path, "VERSION"), "ACK test-version");
             last_check = Instant::now();
         }
     }
@@ -649,19 +636,6 @@ fn a_client_that_never_reads_stays_bounded() {
 
 // ---- zdrestartctl against the stand-in master ----------------------------
 
-fn ctl(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdrestartctl"))
-        .args(args)
-        .env_remove("ZDRESTART_CONFIG")
-        .output()
-        .expect("run zdrestartctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn zdrestartctl_exit_codes_and_messages() {
     let dir = TestDir::new("ctl");
@@ -669,52 +643,52 @@ fn zdrestartctl_exit_codes_and_messages() {
     let sock = dir.join("ctl.sock").to_string_lossy().into_owned();
     let s = sock.as_str();
 
-    assert_eq!(ctl(&["-s", s, "version"]), (0, "test-version\n".into(), String::new()));
-    assert_eq!(ctl(&["-s", s, "cmds"]).1, "CMDS VERSION LOGLEVEL STATUS RESTART\n");
-    assert_eq!(ctl(&["-s", s, "loglevel", "debug"]).0, 0);
+    assert_eq!(ctl_raw(&["-s", s, "version"]).parts(), (0, "test-version\n".into(), String::new()));
+    assert_eq!(ctl_raw(&["-s", s, "cmds"]).out, "CMDS VERSION LOGLEVEL STATUS RESTART\n");
+    assert_eq!(ctl_raw(&["-s", s, "loglevel", "debug"]).code, 0);
 
-    let (code, out, err) = ctl(&["-s", s, "restart", "--wait"]);
+    let (code, out, err) = ctl_raw(&["-s", s, "restart", "--wait"]).parts();
     assert_eq!((code, out.as_str(), err.as_str()), (0, "zero-downtime restart complete\n", ""));
-    assert_eq!(ctl(&["-s", s, "restart"]).0, 0);
+    assert_eq!(ctl_raw(&["-s", s, "restart"]).code, 0);
 
     *h.stats.answers.lock().unwrap() =
         Some(("NACK bad driver".into(), "NACK aborted: new worker 1234 exited with status 1".into()));
-    let (code, out, err) = ctl(&["-s", s, "restart"]);
+    let (code, out, err) = ctl_raw(&["-s", s, "restart"]).parts();
     assert_eq!((code, out.as_str()), (1, ""));
     assert!(err.starts_with("zdrestartctl: restart refused: bad driver: "), "{}", err);
     assert!(err.contains("mongodb"), "{}", err);
-    let (code, _, err) = ctl(&["-s", s, "restart", "--wait"]);
+    let (code, _, err) = ctl_raw(&["-s", s, "restart", "--wait"]).parts();
     assert_eq!(code, 1);
     assert!(err.starts_with("zdrestartctl: restart failed: aborted: new worker 1234 exited with status 1"), "{}", err);
     assert!(err.contains("restart the master as soon as possible"), "{}", err);
 
     // STATUS: --json prints the data as is; the stand-in's JSON is not the
     // master's shape, but renders with placeholders.
-    let (code, out, _) = ctl(&["-s", s, "status", "--json"]);
+    let (code, out, _) = ctl_raw(&["-s", s, "status", "--json"]).parts();
     assert_eq!(code, 0);
     assert!(out.starts_with("{\"pad\":\"xxx") && out.ends_with("\"}\n"));
-    let (code, out, _) = ctl(&["-s", s, "status"]);
+    let (code, out, _) = ctl_raw(&["-s", s, "status"]).parts();
     assert_eq!(code, 0);
     assert!(out.contains("state:         -") && out.contains("workers:       0"), "{}", out);
 
     // Timeout: no answer within -t seconds is exit 2 and says so.
     *h.stats.answers.lock().unwrap() = None;
-    let (code, _, err) = ctl(&["-s", s, "-t", "0.1", "restart", "--wait"]);
+    let (code, _, err) = ctl_raw(&["-s", s, "-t", "0.1", "restart", "--wait"]).parts();
     assert_eq!(code, 2);
     assert!(err.contains("no answer within 0.1 s") && err.contains("zdrestartctl status"), "{}", err);
 
     // The socket named by controlSocket in the config given with -c.
     let cfg = dir.join("z.json");
     std::fs::write(&cfg, format!("{{\"controlSocket\": \"{}\"}}", s)).unwrap();
-    assert_eq!(ctl(&["-c", cfg.to_str().unwrap(), "version"]).0, 0);
+    assert_eq!(ctl_raw(&["-c", cfg.to_str().unwrap(), "version"]).code, 0);
     // An explicit config that does not exist is an error.
-    let (code, _, err) = ctl(&["-c", dir.join("missing.json").to_str().unwrap(), "version"]);
+    let (code, _, err) = ctl_raw(&["-c", dir.join("missing.json").to_str().unwrap(), "version"]).parts();
     assert_eq!(code, 2);
     assert!(err.contains("missing.json"), "{}", err);
 
     // Connection and usage errors: exit 2, naming the socket and the cause.
     let missing = dir.join("none.sock");
-    let (code, _, err) = ctl(&["-s", missing.to_str().unwrap(), "status"]);
+    let (code, _, err) = ctl_raw(&["-s", missing.to_str().unwrap(), "status"]).parts();
     assert_eq!(code, 2);
     assert_eq!(
         err,
@@ -723,9 +697,9 @@ fn zdrestartctl_exit_codes_and_messages() {
             missing.display()
         )
     );
-    assert_eq!(ctl(&["-s", s, "frobnicate"]).0, 2);
-    assert_eq!(ctl(&["-s", s, "loglevel", "loud"]).0, 2);
-    let (code, out, _) = ctl(&["--help"]);
+    assert_eq!(ctl_raw(&["-s", s, "frobnicate"]).code, 2);
+    assert_eq!(ctl_raw(&["-s", s, "loglevel", "loud"]).code, 2);
+    let (code, out, _) = ctl_raw(&["--help"]).parts();
     assert!(code == 0 && out.contains("restart [--wait]"));
 }
 
@@ -750,7 +724,7 @@ fn zdrestartctl_reads_an_answer_sent_before_the_master_closed() {
     });
     let sock = dir.join("ctl.sock").to_string_lossy().into_owned();
     for _ in 0..runs {
-        let (code, out, err) = ctl(&["-s", &sock, "restart", "--wait"]);
+        let (code, out, err) = ctl_raw(&["-s", &sock, "restart", "--wait"]).parts();
         assert_eq!((code, out.as_str()), (1, ""), "{}", err);
         assert!(err.starts_with("zdrestartctl: restart refused: too many clients: "), "{}", err);
     }
@@ -759,7 +733,7 @@ fn zdrestartctl_reads_an_answer_sent_before_the_master_closed() {
     // Closed without an answer: exit 2, naming the socket.
     let listener = UnixListener::bind(dir.join("mute.sock")).unwrap();
     let server = thread::spawn(move || drop(listener.accept().unwrap()));
-    let (code, _, err) = ctl(&["-s", dir.join("mute.sock").to_str().unwrap(), "status"]);
+    let (code, _, err) = ctl_raw(&["-s", dir.join("mute.sock").to_str().unwrap(), "status"]).parts();
     assert_eq!(code, 2, "{}", err);
     assert!(err.contains("mute.sock"), "{}", err);
     server.join().unwrap();

@@ -1,5 +1,5 @@
 //! The master and zdrestartctl never link the MongoDB driver or an async
-//! runtime (DESIGN.md section 1): checked on the symbols of the binaries
+//! runtime (ARCHITECTURE.md, the processes): checked on the symbols of the binaries
 //! cargo built for this test run, with the worker as the positive control.
 
 use std::path::Path;

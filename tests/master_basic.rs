@@ -1,6 +1,7 @@
-//! The master of issue 2 with real processes: start, serve, stop, supervise,
-//! log, and fail fast. Each test starts its own master on its own port (see
-//! tests/common/mod.rs); everything it started is killed even when it fails.
+//! The master with real processes: start, serve, stop, supervise, log, and
+//! fail fast (zdrestart(8)). Each test starts its own master on its own port
+//! (see tests/common/master.rs); everything it started is killed even when it
+//! fails.
 
 mod common;
 
@@ -246,10 +247,22 @@ fn worker_ignoring_sigterm_is_killed_after_shutdown_timeout() {
 fn worker_survives_sigusr2() {
     let m = Master::for_test().start();
     let before = m.wait_worker_count(2, T);
+    // SIGUSR2, then SIGHUP as a later marker: a worker logs each SIGHUP, so
+    // its record proves the worker was alive to handle a signal sent after
+    // SIGUSR2 (a fatal SIGUSR2 would have killed it when it was sent).
+    let mark = m.mark();
     for w in &before {
         assert!(kill(*w, libc::SIGUSR2));
+        assert!(kill(*w, libc::SIGHUP));
     }
-    std::thread::sleep(Duration::from_millis(700));
+    for w in &before {
+        m.wait_for(&format!("worker {} to log the SIGHUP sent after SIGUSR2", w), T, |recs| {
+            recs[mark..]
+                .iter()
+                .find(|r| worker_pid_of(r) == Some(*w) && r["msg"].as_str().unwrap_or("").starts_with("SIGHUP received"))
+                .map(|_| ())
+        });
+    }
     assert_eq!(m.worker_pids(), before, "workers unchanged after SIGUSR2");
     assert!(m.events("worker.exit").is_empty(), "no worker exited:\n{}", m.diagnostics());
     assert_eq!(m.healthz().status, 200);
@@ -370,23 +383,19 @@ fn every_log_line_is_bunyan() {
         }
     }
 
-    // The real bunyan CLI renders every line.
-    match bunyan_cli() {
-        None => eprintln!("bunyan CLI not installed (scripts/test installs it): CLI check skipped"),
-        Some(bunyan) => {
-            let log = m.logfile.clone().unwrap();
-            let mut cmd = std::process::Command::new(&bunyan);
-            cmd.args(["--strict", "-o", "json-0"]).arg(&log);
-            let (st, out, err) = run_cmd(&mut cmd, secs(30.0));
-            assert!(st.success(), "bunyan --strict failed: {:?}\n{}", st, err);
-            assert_eq!(out.lines().count(), lines, "bunyan --strict kept every line as a record; stderr: {}", err);
-            let mut cmd = std::process::Command::new(&bunyan);
-            cmd.args(["-o", "long", "--color"]).arg(&log);
-            let (st, out, err) = run_cmd(&mut cmd, secs(30.0));
-            assert!(st.success(), "bunyan failed: {:?}\n{}", st, err);
-            assert!(out.contains("zdrestart/"), "bunyan rendered records:\n{}", out);
-        }
-    }
+    // The real bunyan CLI renders every line (missing CLI: the test fails).
+    let bunyan = bunyan_cli();
+    let log = m.logfile.clone().unwrap();
+    let mut cmd = std::process::Command::new(&bunyan);
+    cmd.args(["--strict", "-o", "json-0"]).arg(&log);
+    let (st, out, err) = run_cmd(&mut cmd, secs(30.0));
+    assert!(st.success(), "bunyan --strict failed: {:?}\n{}", st, err);
+    assert_eq!(out.lines().count(), lines, "bunyan --strict kept every line as a record; stderr: {}", err);
+    let mut cmd = std::process::Command::new(&bunyan);
+    cmd.args(["-o", "long", "--color"]).arg(&log);
+    let (st, out, err) = run_cmd(&mut cmd, secs(30.0));
+    assert!(st.success(), "bunyan failed: {:?}\n{}", st, err);
+    assert!(out.contains("zdrestart/"), "bunyan rendered records:\n{}", out);
 }
 
 #[test]
@@ -450,25 +459,26 @@ fn fifty_worker_crashes_leak_no_fd_and_no_zombie() {
 
 fn delayed_request_survives(signal_master: bool) {
     let mut m = Master::for_test().set("workers", 1).start();
-    let port = m.port;
     let worker = m.wait_worker_count(1, T)[0];
-    let t = std::thread::spawn(move || {
-        let t0 = Instant::now();
-        let r = http(port, "GET", "/delay/1500", None);
-        (r, t0.elapsed())
-    });
-    std::thread::sleep(Duration::from_millis(400));
+    // The request is in flight: the worker holds the connection and has read
+    // the request (from /proc), before any signal is sent.
+    let mut c = KeepAlive::one_connection(m.port);
+    let t0 = Instant::now();
+    c.send("GET", "/delay/1500", None).unwrap();
+    let in_flight = wait_until(T, || request_taken_by(worker, c.stream().unwrap()));
+    assert!(in_flight, "worker {} never took the request\n{}", worker, m.diagnostics());
     let mark = m.mark();
     if signal_master {
         m.signal(libc::SIGTERM);
     } else {
         assert!(kill(worker, libc::SIGTERM));
     }
-    let (r, took) = t.join().unwrap();
-    let r = r.unwrap_or_else(|e| panic!("in-flight request lost: {}\n{}", e, m.diagnostics()));
+    let r = c.read().unwrap_or_else(|e| panic!("in-flight request lost: {}\n{}", e, m.diagnostics()));
+    let took = t0.elapsed();
     assert_eq!(r.status, 200, "in-flight request: {} {}", r.status, r.text());
     assert_eq!(r.worker_pid(), Some(worker));
-    assert!(took >= Duration::from_millis(1400), "answered after {:?}, before its delay", took);
+    assert_eq!(r.json()["slept_ms"], 1500, "the request ran its whole delay");
+    assert!(took >= Duration::from_millis(1500), "answered after {:?}, before its delay", took);
     let exit = worker_exit_of(&m, worker, T);
     assert_eq!(exit["code"], 0, "the worker exited 0 after finishing: {}", exit);
     if signal_master {

@@ -1,4 +1,4 @@
-//! The MongoDB driver through the master (issue 3): what one worker writes,
+//! The MongoDB driver through the master: what one worker writes,
 //! the others read; 8 concurrent clients writing 2,000 objects lose none.
 
 mod common;

@@ -11,7 +11,6 @@
 
 mod common;
 
-use common::ops::*;
 use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -32,7 +31,7 @@ fn records_after(m: &Master, mark: usize, f: impl Fn(&Value) -> bool) -> Vec<Val
 #[test]
 fn every_answer_without_a_restart_is_pump_io_text() {
     let (mut m, sock) = master_with_socket(json!({"logLevel": "info"}));
-    let mut c = CtlClient::connect(&sock);
+    let mut c = ControlClient::connect(&sock);
 
     // CMDS and VERSION: ACK with data; they never NACK, arguments or not.
     for line in ["CMDS", "cmds", "CMDS extra words"] {
@@ -114,7 +113,7 @@ fn every_restart_answer_is_pump_io_text() {
         c.insert("probeTimeout".into(), json!(3));
     });
     let mark = m.mark();
-    let mut first = CtlClient::connect(&sock);
+    let mut first = ControlClient::connect(&sock);
     first.send("RESTART\n");
     m.wait_for("the probe of the restart", T, |recs| {
         recs[mark..]
@@ -133,7 +132,7 @@ fn every_restart_answer_is_pump_io_text() {
         c.remove("probeTimeout");
     });
     let mark = m.mark();
-    let mut w = CtlClient::connect(&sock);
+    let mut w = ControlClient::connect(&sock);
     assert!(w.cmd_raw("RESTART WAIT").starts_with("NACK aborted: "));
     m.wait_event_after(mark, "restart.abort", T);
     m.rewrite_config(|c| {

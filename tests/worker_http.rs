@@ -1,6 +1,6 @@
 //! The built-in worker run by hand (no master, no LISTEN_FDS) with the memory
-//! driver: the HTTP API of DESIGN.md section 6, every error answer, keep-alive,
-//! the probe mode and the graceful exit of 5.4.
+//! driver: the HTTP API of zdrestart-worker(7) (The built-in worker), every
+//! error answer, keep-alive, the probe mode and the graceful exit.
 
 mod common;
 
@@ -182,16 +182,22 @@ fn many_keep_alive_clients_and_slow_requests() {
     // still not block the other clients.
     let w = start_worker(&dir, "w", json!({"threads": 1}));
     let port = w.port;
-    let slow = std::thread::spawn(move || {
-        let t = Instant::now();
-        let r = worker_request(port, "GET", "/delay/1500", None);
-        (r.status, r.json()["slept_ms"].as_u64(), t.elapsed())
-    });
-    std::thread::sleep(Duration::from_millis(100));
-    // The slow request holds no request permit: a quick one is not queued behind it.
-    let t = Instant::now();
+    let pid = w.proc.pid();
+    // A slow request in the worker's hands (proved from /proc, not assumed
+    // after a sleep).
+    let mut slow = KeepAlive::one_connection(port);
+    slow.send("GET", "/delay/5000", None).unwrap();
+    assert!(wait_until(Duration::from_secs(15), || request_taken_by(pid, slow.stream().unwrap())), "slow request not taken");
+    // The slow request holds no request permit: a quick one is answered while
+    // the slow one is still running (its answer has not come yet), not queued
+    // behind it.
     assert_eq!(worker_request(port, "GET", "/healthz", None).status, 200);
-    assert!(t.elapsed() < Duration::from_millis(700), "blocked behind /delay: {:?}", t.elapsed());
+    let mut probe = [0u8; 1];
+    let s = slow.stream().unwrap();
+    s.set_nonblocking(true).unwrap();
+    let pending = matches!(s.peek(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    s.set_nonblocking(false).unwrap();
+    assert!(pending, "the quick request was answered only after the 5 s slow one: queued behind it");
     let clients: Vec<_> = (0..20)
         .map(|i| {
             std::thread::spawn(move || {
@@ -208,9 +214,8 @@ fn many_keep_alive_clients_and_slow_requests() {
     for c in clients {
         c.join().unwrap();
     }
-    let (status, slept, took) = slow.join().unwrap();
-    assert_eq!((status, slept), (200, Some(1500)));
-    assert!(took >= Duration::from_millis(1500));
+    let r = slow.read().unwrap();
+    assert_eq!((r.status, r.json()["slept_ms"].as_u64()), (200, Some(5000)));
 }
 
 #[test]
@@ -273,18 +278,18 @@ fn sigterm_finishes_requests_in_flight() {
     // An idle keep-alive connection, opened before SIGTERM.
     let mut idle = KeepAlive::one_connection(port);
     assert_eq!(idle.request("GET", "/healthz", None).unwrap().status, 200);
-    // A request in flight.
-    let inflight = std::thread::spawn(move || {
-        let mut c = KeepAlive::one_connection(port);
-        let r = c.request("GET", "/delay/1000", None).unwrap();
-        (r.status, r.json()["slept_ms"].as_u64(), r.header("connection").map(str::to_string))
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    let t = Instant::now();
-    assert!(kill(w.proc.pid(), libc::SIGTERM));
-    // No new connections once it stopped accepting (it was the only holder of the port).
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "still accepting after SIGTERM");
+    // A request in flight: taken by the worker (from /proc) before SIGTERM.
+    let mut inflight = KeepAlive::one_connection(port);
+    inflight.send("GET", "/delay/3000", None).unwrap();
+    let pid = w.proc.pid();
+    assert!(wait_until(Duration::from_secs(15), || request_taken_by(pid, inflight.stream().unwrap())), "request not taken");
+    assert!(kill(pid, libc::SIGTERM));
+    // It stops accepting (it was the only holder of the port): connections
+    // are refused once the listener is closed.
+    assert!(
+        wait_until(Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).is_err()),
+        "still accepting 15 s after SIGTERM"
+    );
     // The idle connection may still send one request during the grace: answered, then closed.
     // (send + read, not request: the connection stays open to see it closed)
     idle.send("GET", "/objects/t/none", None).unwrap();
@@ -292,12 +297,11 @@ fn sigterm_finishes_requests_in_flight() {
     assert_eq!(r.status, 404);
     assert_eq!(r.header("connection"), Some("close"));
     assert!(idle.closed_within(Duration::from_secs(3)));
-    let (status, slept, conn) = inflight.join().unwrap();
-    assert_eq!((status, slept), (200, Some(1000)));
-    assert_eq!(conn.as_deref(), Some("close"));
-    let st = w.proc.wait_timeout(Duration::from_secs(5)).expect("worker did not exit after SIGTERM");
+    let r = inflight.read().unwrap();
+    assert_eq!((r.status, r.json()["slept_ms"].as_u64()), (200, Some(3000)));
+    assert_eq!(r.header("connection"), Some("close"), "answered while draining: the client is told to go elsewhere");
+    let st = w.proc.wait_timeout(Duration::from_secs(30)).expect("worker did not exit within 30 s after SIGTERM");
     assert_eq!(st.code(), Some(0), "{}", w.proc.output());
-    assert!(t.elapsed() < Duration::from_secs(3), "exit took {:?}", t.elapsed());
     // Every log line is a bunyan record.
     for line in w.proc.output().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {}", e, line));
@@ -314,11 +318,14 @@ fn idle_connections_are_closed_after_the_grace() {
     assert_eq!(idle.request("GET", "/healthz", None).unwrap().status, 200);
     let t = Instant::now();
     assert!(kill(w.proc.pid(), libc::SIGINT));
-    assert!(idle.closed_within(Duration::from_secs(4)));
-    let st = w.proc.wait_timeout(Duration::from_secs(5)).expect("no exit");
+    assert!(idle.closed_within(Duration::from_secs(30)), "idle connection not closed within 30 s");
+    let st = w.proc.wait_timeout(Duration::from_secs(30)).expect("no exit within 30 s");
     assert_eq!(st.code(), Some(0));
+    // Not before the grace (a lower bound holds on any machine); how long
+    // after it is the machine's business.
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "{:?}", took);
+    assert!(took >= Duration::from_millis(900), "closed after {:?}, before the grace", took);
+    eprintln!("idle connection closed and worker exited {:?} after SIGINT", took);
 }
 
 /// Run the worker as the master does: listener on fd 3 (`LISTEN_FDS=1`,

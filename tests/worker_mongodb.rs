@@ -98,8 +98,10 @@ fn database_down_gives_503_and_recovers() {
     assert!(st.success(), "{}", out);
 
     db.stop();
-    wait_until(Duration::from_secs(5), || !port_accepts(db.port));
-    let bound = Duration::from_secs(DB_TIMEOUT + 2);
+    assert!(wait_until(Duration::from_secs(15), || !port_accepts(db.port)), "the stopped server still accepts");
+    // What is checked is that a request waits for params.timeout, not for
+    // the driver's 30 s default; the margin is for a loaded machine.
+    let bound = Duration::from_secs(DB_TIMEOUT + 13);
     for (method, body) in [("GET", None), ("PUT", Some(&b"{\"v\":2}"[..])), ("DELETE", None)] {
         let t = Instant::now();
         let r = worker_request(p, method, "/objects/d/1", body);
@@ -125,7 +127,9 @@ fn database_down_gives_503_and_recovers() {
     assert_eq!(st.code(), Some(1), "{}", out);
     assert!(out.lines().any(|l| l.starts_with("ERROR=database unreachable")), "{}", out);
     assert!(out.contains(&format!("MAGIC={}", zdrestart::MAGIC)));
-    assert!(t.elapsed() < Duration::from_secs(6), "probe took {:?}", t.elapsed());
+    // Bounded by params.timeout (2 s), not the driver's 30 s default.
+    assert!(t.elapsed() < Duration::from_secs(20), "probe took {:?}", t.elapsed());
+    eprintln!("probe with the database down took {:?}", t.elapsed());
 
     // Restart on the same port: writes succeed again, without restarting the worker.
     db.restart();
@@ -154,7 +158,10 @@ fn worker_starts_while_the_database_is_down() {
     let cfg = json!({"driver": "mongodb", "params": {"uri": uri, "timeout": 1}});
     let t = Instant::now();
     let w = start_worker(&dir, "w", cfg);
-    assert!(t.elapsed() < Duration::from_secs(2), "start-up waited for the database: {:?}", t.elapsed());
+    // Serving (start_worker waited for it) while the database is down: the
+    // bound only catches a start-up that waits for the driver's 30 s default.
+    assert!(t.elapsed() < Duration::from_secs(20), "start-up waited for the database: {:?}", t.elapsed());
+    eprintln!("serving {:?} after start with the database down", t.elapsed());
     assert_eq!(worker_request(w.port, "GET", "/healthz", None).status, 200);
     assert_eq!(worker_request(w.port, "PUT", "/objects/l/1", Some(b"{}")).status, 503);
     let _db = Mongo::start_on(port);

@@ -1,49 +1,15 @@
-//! Harness helpers of the operations tests (issue 9): a raw control-socket
-//! client, the records of one component, process groups from /proc.
+//! Harness helpers of the operations tests (tests/master_ops.rs and its
+//! neighbours): process groups and fds from /proc, FIFOs, inheritable fds.
 //!
 //! Kept apart from the rest of the harness so that the operations tests add
 //! code without editing the shared helpers.
 
-use super::*;
-use std::os::unix::net::UnixStream;
-
-/// One raw client of the control socket: lines out, answer lines in (each
-/// exactly as sent, `\n` included).
-pub struct CtlClient {
-    r: BufReader<UnixStream>,
-}
-
-impl CtlClient {
-    pub fn connect(sock: &Path) -> CtlClient {
-        let s = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {}", sock.display(), e));
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
-        CtlClient { r: BufReader::new(s) }
-    }
-
-    pub fn send(&mut self, bytes: &str) {
-        self.r.get_mut().write_all(bytes.as_bytes()).unwrap();
-    }
-
-    /// One answer line, with its `\n`.
-    pub fn line_raw(&mut self) -> String {
-        let mut l = String::new();
-        self.r.read_line(&mut l).unwrap_or_else(|e| panic!("read answer: {}", e));
-        assert!(l.ends_with('\n'), "answer not terminated by a newline (EOF?): {:?}", l);
-        l
-    }
-
-    /// Send one command line and return its answer, `\n` included.
-    pub fn cmd_raw(&mut self, line: &str) -> String {
-        self.send(&format!("{}\n", line));
-        self.line_raw()
-    }
-}
-
-/// One command on a fresh connection: its answer, `\n` included.
-pub fn ask_raw(sock: &Path, line: &str) -> String {
-    CtlClient::connect(sock).cmd_raw(line)
-}
+use crate::*;
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 /// The process group of a live process (from /proc), None once it is gone.
 pub fn pgid_of(pid: i32) -> Option<i32> {

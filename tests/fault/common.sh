@@ -1,8 +1,8 @@
 # Sourced by the fault-injection workers of this directory.
 #
 # A fault worker is run by the master as `worker: [<this script>, <real worker>]`
-# (tests/common/mod.rs: fault_worker()). It follows the worker protocol of
-# DESIGN.md section 5 as far as its fault allows: reports go to the fd named by
+# (tests/common/paths.rs: fault_worker()). It follows the worker protocol of
+# zdrestart-worker(7) as far as its fault allows: reports go to the fd named by
 # ZDRESTART_NOTIFY_FD, probe mode is ZDRESTART_PROBE=1. What a script does not
 # break is passed on to the real worker ($1) with the same environment and fds.
 

@@ -152,6 +152,13 @@ mod tests {
     #[test]
     fn permits_bound_concurrency() {
         let p = Arc::new(Permits::new(2));
+        // Two permits can be held at once (taken here without waiting), and
+        // then none is left: a third acquire waits.
+        let (g1, g2) = (p.acquire(), p.acquire());
+        assert_eq!(*p.free.lock().unwrap(), 0);
+        drop((g1, g2));
+        // Never more than two holders at once, however the threads are
+        // scheduled (an upper bound: no timing assumed).
         let running = Arc::new(AtomicU64::new(0));
         let peak = Arc::new(AtomicU64::new(0));
         let hs: Vec<_> = (0..8)
@@ -161,7 +168,7 @@ mod tests {
                     let _g = p.acquire();
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(5));
                     running.fetch_sub(1, Ordering::SeqCst);
                 })
             })
@@ -169,7 +176,7 @@ mod tests {
         for h in hs {
             h.join().unwrap();
         }
-        assert_eq!(peak.load(Ordering::SeqCst), 2);
+        assert!((1..=2).contains(&peak.load(Ordering::SeqCst)), "peak {}", peak.load(Ordering::SeqCst));
         assert_eq!(*p.free.lock().unwrap(), 2);
     }
 }

@@ -1,0 +1,177 @@
+//! Reading processes from /proc, and signalling the ones a test started.
+//! Must not signal anything on its own.
+
+use std::fs;
+
+/// The few fields of /proc/<pid>/stat tests need.
+#[derive(Debug, Clone)]
+pub struct ProcStat {
+    pub pid: i32,
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub starttime: u64,
+}
+
+/// /proc/<pid>/stat, or None when there is no such process.
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let s = fs::read_to_string(format!("/proc/{}/stat", pid)).ok()?;
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let comm = s[open + 1..close].to_string();
+    let rest: Vec<&str> = s[close + 2..].split(' ').collect();
+    // rest[0] = state (field 3), rest[1] = ppid, rest[2] = pgrp, rest[19] = starttime (field 22)
+    Some(ProcStat {
+        pid,
+        comm,
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        pgid: rest.get(2)?.parse().ok()?,
+        starttime: rest.get(19)?.parse().ok()?,
+    })
+}
+
+/// Whether pid names a process that is not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    matches!(proc_stat(pid), Some(s) if s.state != 'Z' && s.state != 'X')
+}
+
+/// Every process of the machine (pids from /proc).
+pub fn all_pids() -> Vec<i32> {
+    let mut v = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+/// Direct children of pid (zombies included), from /proc/*/stat.
+pub fn children_of(pid: i32) -> Vec<ProcStat> {
+    all_pids().into_iter().filter_map(proc_stat).filter(|s| s.ppid == pid).collect()
+}
+
+/// Live (non-zombie) direct children of pid.
+pub fn live_children(pid: i32) -> Vec<i32> {
+    children_of(pid).into_iter().filter(|s| s.state != 'Z' && s.state != 'X').map(|s| s.pid).collect()
+}
+
+/// Zombie direct children of pid.
+pub fn zombie_children(pid: i32) -> Vec<i32> {
+    children_of(pid).into_iter().filter(|s| s.state == 'Z').map(|s| s.pid).collect()
+}
+
+/// Every descendant of pid (children, grandchildren, ...).
+pub fn descendants_of(pid: i32) -> Vec<i32> {
+    let stats: Vec<ProcStat> = all_pids().into_iter().filter_map(proc_stat).collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for s in stats.iter().filter(|s| s.ppid == p) {
+            if !out.contains(&s.pid) {
+                out.push(s.pid);
+                frontier.push(s.pid);
+            }
+        }
+    }
+    out
+}
+
+/// Number of open fds of pid (entries of /proc/<pid>/fd).
+pub fn fd_count(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{}/fd", pid)).map(|d| d.count()).unwrap_or(0)
+}
+
+/// The targets of the open fds of pid, sorted (for leak diagnostics).
+pub fn fd_targets(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(format!("/proc/{}/fd", pid))
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let t = fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default();
+                    format!("{}->{}", e.file_name().to_string_lossy(), t)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Environment of pid as (key, value) pairs; panics when it cannot be read
+/// or is empty (a process gone, or caught between fork and exec): a test
+/// asserting on it must not pass for want of data.
+pub fn environ_of(pid: i32) -> Vec<(String, String)> {
+    let path = format!("/proc/{}/environ", pid);
+    let raw = fs::read(&path).unwrap_or_else(|e| panic!("read {}: {}", path, e));
+    let env = parse_environ(&raw);
+    assert!(!env.is_empty(), "{} is empty (process exiting, or between fork and exec?)", path);
+    env
+}
+
+/// Environment of pid as (key, value) pairs; empty when it cannot be read
+/// (for filters that skip such processes; assertions use [`environ_of`]).
+pub fn proc_environ(pid: i32) -> Vec<(String, String)> {
+    parse_environ(&fs::read(format!("/proc/{}/environ", pid)).unwrap_or_default())
+}
+
+fn parse_environ(raw: &[u8]) -> Vec<(String, String)> {
+    raw.split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| {
+            let s = String::from_utf8_lossy(s);
+            let (k, v) = s.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Send a signal to a pid (tests may signal anything they started).
+pub fn kill(pid: i32, sig: i32) -> bool {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Inodes of the sockets pid has open (from its /proc/<pid>/fd links).
+pub fn socket_inodes(pid: i32) -> Vec<u64> {
+    fs::read_dir(format!("/proc/{}/fd", pid))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| fs::read_link(e.path()).ok())
+                .filter_map(|t| {
+                    let t = t.to_string_lossy().into_owned();
+                    t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether process `pid` holds the server end of the loopback connection
+/// `client` and has read everything the client sent on it: the request is
+/// in the worker's hands (positive proof, from /proc/net/tcp and
+/// /proc/<pid>/fd, that a request is in flight in that process).
+pub fn request_taken_by(pid: i32, client: &std::net::TcpStream) -> bool {
+    let (Ok(local), Ok(peer)) = (client.local_addr(), client.peer_addr()) else { return false };
+    // The server end: local = the client's peer, remote = the client's local.
+    let key = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port()),
+        std::net::SocketAddr::V6(_) => String::new(),
+    };
+    let (want_local, want_remote) = (key(peer), key(local));
+    let Ok(table) = fs::read_to_string("/proc/net/tcp") else { return false };
+    let inodes = socket_inodes(pid);
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local rem st tx_queue:rx_queue tr:when retrnsmt uid timeout inode
+        f.len() > 9
+            && f[1] == want_local
+            && f[2] == want_remote
+            && f[4].split(':').nth(1).is_some_and(|rx| u64::from_str_radix(rx, 16) == Ok(0))
+            && f[9].parse::<u64>().is_ok_and(|ino| inodes.contains(&ino))
+    })
+}
