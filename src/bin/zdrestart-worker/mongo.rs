@@ -26,13 +26,14 @@
 //! case; server selection and connect timeouts are set to the same value so the
 //! usual "database is down" case fails with the driver's own message.
 
-use crate::store::{object_key, Store, StoreError};
+use crate::store::{object_key, Health, Store, StoreError};
 use mongodb::bson::{doc, Document};
 use mongodb::error::ErrorKind;
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection};
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use zdrestart::config::Config;
 
@@ -63,6 +64,20 @@ pub struct MongoStore {
     /// client is kept. A built client reconnects by itself (its monitor
     /// re-checks the server), so it is kept for the life of the process.
     coll: Mutex<Option<Collection<Document>>>,
+    /// What the last call or ping learnt of the database ([`Health`] as u8),
+    /// for `/healthz`, which must never wait for the database itself.
+    health: AtomicU8,
+}
+
+/// How often the health thread pings the database.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+
+fn health_to_u8(h: Health) -> u8 {
+    match h {
+        Health::Unknown => 0,
+        Health::Ok => 1,
+        Health::Unreachable => 2,
+    }
 }
 
 impl MongoStore {
@@ -86,6 +101,7 @@ impl MongoStore {
             timeout,
             pool,
             coll: Mutex::new(None),
+            health: AtomicU8::new(health_to_u8(Health::Unknown)),
         };
         match store.build() {
             Ok(c) => *store.coll.lock().unwrap_or_else(|e| e.into_inner()) = Some(c),
@@ -141,8 +157,49 @@ impl MongoStore {
         }
     }
 
+    fn set_health(&self, h: Health) {
+        self.health.store(health_to_u8(h), Ordering::Relaxed);
+    }
+
+    /// Ping the database every [`HEALTH_EVERY`] on a thread of its own, so
+    /// that `/healthz` knows whether it answers (also without traffic). The
+    /// first ping says at start whether the database is reachable.
+    pub fn watch_health(self: &Arc<Self>) {
+        let s = self.clone();
+        let spawned = std::thread::Builder::new().name("db-health".into()).stack_size(256 * 1024).spawn(move || {
+            let mut first = true;
+            loop {
+                let r = s.ping();
+                if first {
+                    match &r {
+                        Ok(()) => log::info!("Database reachable"),
+                        Err(e) => log::warn!(error = e.to_string().as_str();
+                            "Database unreachable at start; requests answer 503 until it is back"),
+                    }
+                    first = false;
+                }
+                std::thread::sleep(HEALTH_EVERY);
+            }
+        });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the database health thread: {}", e);
+        }
+    }
+
     /// Run one driver future with the hard bound.
     fn bounded<T, F>(&self, what: &str, fut: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = mongodb::error::Result<T>>,
+    {
+        let r = self.bounded_inner(what, fut);
+        match &r {
+            Ok(_) | Err(StoreError::Failed(_)) | Err(StoreError::Full(_)) => self.set_health(Health::Ok),
+            Err(StoreError::Unavailable(_)) => self.set_health(Health::Unreachable),
+        }
+        r
+    }
+
+    fn bounded_inner<T, F>(&self, what: &str, fut: F) -> Result<T, StoreError>
     where
         F: Future<Output = mongodb::error::Result<T>>,
     {
@@ -169,6 +226,14 @@ impl MongoStore {
 impl Store for MongoStore {
     fn name(&self) -> &'static str {
         "mongodb"
+    }
+
+    fn health(&self) -> Health {
+        match self.health.load(Ordering::Relaxed) {
+            1 => Health::Ok,
+            2 => Health::Unreachable,
+            _ => Health::Unknown,
+        }
     }
 
     fn put(&self, ty: &str, id: &str, json: &str) -> Result<(), StoreError> {
