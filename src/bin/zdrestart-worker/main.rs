@@ -52,7 +52,10 @@ Environment:
   LISTEN_FDS, LISTEN_PID  inherited listeners (fds 3..), systemd convention
 
 API: GET /healthz; GET, PUT, DELETE /objects/{type}/{id}; GET /delay/{ms}.
-Signals: SIGTERM, SIGINT: finish requests in flight and exit 0.";
+Deadlines and limits: params.idleTimeout, headerTimeout, minBodyRate, maxConnections,
+maxQueued, maxObjects, maxBytes of the config (zdrestart.json(5)).
+Signals: SIGTERM, SIGINT: stop accepting, finish requests in flight, close each idle
+connection at its idle timeout, exit 0.";
 
 enum Args {
     Run(Option<PathBuf>),

@@ -108,14 +108,13 @@ struct Req {
 }
 
 impl Req {
-    fn of(head: &Head, now: Instant) -> Req {
-        Req {
-            head_only: head.method == "HEAD",
-            close: head.close,
-            method: head.method.clone(),
-            target: head.target.clone(),
-            started: now,
-        }
+    fn of(head: Head, now: Instant) -> Req {
+        Req { head_only: head.method == "HEAD", close: head.close, method: head.method, target: head.target, started: now }
+    }
+
+    /// For an answer to something that is not a request (a malformed head).
+    fn none(now: Instant) -> Req {
+        Req { method: String::new(), target: String::new(), head_only: false, close: true, started: now }
     }
     /// The method the API sees (`HEAD` is `GET` without the body).
     fn api_method(&self) -> &str {
@@ -216,6 +215,8 @@ struct Loop<'a> {
     /// A descriptor kept free to accept-and-close one connection on EMFILE.
     reserve: Option<std::fs::File>,
     refused: u64,
+    /// Where every read lands first (then only the bytes read are copied).
+    scratch: Box<[u8; READ_CHUNK]>,
 }
 
 /// Serve until SIGTERM/SIGINT, then drain and return (the caller exits 0).
@@ -247,6 +248,7 @@ pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, set: &Settings, sig: Si
         done: Vec::new(),
         reserve: std::fs::File::open("/dev/null").ok(),
         refused: 0,
+        scratch: Box::new([0; READ_CHUNK]),
     };
 
     notifier.send("READY", "1");
@@ -521,8 +523,7 @@ impl Loop<'_> {
         match std::mem::replace(&mut c.phase, Phase::Idle) {
             Phase::Idle | Phase::Linger(_) | Phase::Closing => false,
             Phase::Head => {
-                let req = Req { method: String::new(), target: String::new(), head_only: false, close: true, started: now };
-                self.respond(c, &req, &Response::error(408, "request timeout: the request head did not arrive in time"));
+                self.respond(c, &Req::none(now), &Response::error(408, "request timeout: the request head did not arrive in time"));
                 self.drive(c)
             }
             Phase::Body(b) => {
@@ -645,31 +646,24 @@ impl Loop<'_> {
                     if !c.readable {
                         return true;
                     }
-                    if c.rbuf.capacity() == 0 {
-                        c.rbuf = self.buffer();
-                    }
-                    let old = c.rbuf.len();
-                    c.rbuf.resize(old + READ_CHUNK, 0);
-                    let r = c.sock.read(&mut c.rbuf[old..]);
-                    match r {
+                    match c.sock.read(&mut self.scratch[..]) {
                         Ok(0) => {
-                            c.rbuf.truncate(old);
                             c.eof = true;
                             c.readable = false;
                         }
                         Ok(n) => {
-                            c.rbuf.truncate(old + n);
+                            if c.rbuf.capacity() == 0 {
+                                c.rbuf = self.buffer();
+                            }
+                            c.rbuf.extend_from_slice(&self.scratch[..n]);
                             // A short read emptied the socket: the next bytes
                             // bring a new edge (as nginx assumes with EPOLLET).
                             if n < READ_CHUNK {
                                 c.readable = false;
                             }
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            c.rbuf.truncate(old);
-                            c.readable = false;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => c.rbuf.truncate(old),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(_) => return false,
                     }
                 }
@@ -695,8 +689,7 @@ impl Loop<'_> {
                         Progress::NeedBytes
                     }
                     Err(e) => {
-                        let req = Req { method: String::new(), target: String::new(), head_only: false, close: true, started: now };
-                        self.respond(c, &req, &e.response());
+                        self.respond(c, &Req::none(now), &e.response());
                         Progress::Again
                     }
                     Ok(Some((head, n))) => {
@@ -715,7 +708,7 @@ impl Loop<'_> {
                                 c.rbuf.drain(..used);
                             }
                             Err(e) => {
-                                let mut req = std::mem::replace(&mut b.req, Req::of(&empty_head(), now));
+                                let mut req = std::mem::replace(&mut b.req, Req::none(now));
                                 req.close = true;
                                 let resp = match e {
                                     ChunkError::TooLarge => Response::error(413, &format!("body larger than {} bytes", http::MAX_BODY)),
@@ -729,7 +722,7 @@ impl Loop<'_> {
                         if grown > 0 {
                             // A chunked body's size is known as it comes: so is its charge.
                             if self.buffered + grown > MAX_BUFFERED {
-                                let mut req = std::mem::replace(&mut b.req, Req::of(&empty_head(), now));
+                                let mut req = std::mem::replace(&mut b.req, Req::none(now));
                                 req.close = true;
                                 self.respond(c, &req, &Response::error(503, "busy: too many request bodies in memory"));
                                 return Progress::Again;
@@ -768,9 +761,10 @@ impl Loop<'_> {
 
     /// A head arrived: check the framing, then read the body or dispatch.
     fn start_request(&mut self, c: &mut Conn, head: Head, now: Instant) {
-        let mut req = Req::of(&head, now);
-        let has_body = match head.framing {
-            Framing::None if head.method == "PUT" => {
+        let (framing, expect_continue, minor) = (head.framing, head.expect_continue, head.minor);
+        let mut req = Req::of(head, now);
+        let has_body = match framing {
+            Framing::None if req.method == "PUT" => {
                 req.close = true;
                 return self.respond(c, &req, &Response::error(411, "Content-Length or Transfer-Encoding: chunked required"));
             }
@@ -795,15 +789,15 @@ impl Loop<'_> {
         if !has_body {
             return self.dispatch(c, req, Vec::new(), now);
         }
-        let body_due = match head.framing {
+        let body_due = match framing {
             Framing::Length(n) => now + self.set.header_timeout + rate_time(n, self.set.min_body_rate),
             _ => now + self.set.header_timeout,
         };
-        let body_pending = match head.framing {
+        let body_pending = match framing {
             Framing::Length(n) => (c.rbuf.len() as u64) < n,
             _ => true,
         };
-        if head.expect_continue && head.minor >= 1 && body_pending {
+        if expect_continue && minor >= 1 && body_pending {
             if c.wbuf.capacity() == 0 {
                 c.wbuf = self.buffer();
             }
@@ -812,7 +806,7 @@ impl Loop<'_> {
         c.due = Some(body_due);
         c.phase = Phase::Body(Box::new(BodyState {
             req,
-            framing: head.framing,
+            framing,
             body: Vec::new(),
             chunked: Chunked::default(),
             from: now,
@@ -864,10 +858,6 @@ impl Loop<'_> {
         };
         self.respond(c, &req, &resp);
     }
-}
-
-fn empty_head() -> Head {
-    Head { method: String::new(), target: String::new(), minor: 1, framing: Framing::None, close: true, expect_continue: false }
 }
 
 /// How long `bytes` take at `rate` bytes per second.

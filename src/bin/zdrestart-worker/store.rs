@@ -36,7 +36,7 @@ impl fmt::Display for StoreError {
     }
 }
 
-/// An object store. Implementations are shared by every connection thread.
+/// An object store. Implementations are shared by every pool thread.
 pub trait Store: Send + Sync {
     /// Driver name for `/healthz` (`memory`, `mongodb`).
     fn name(&self) -> &'static str;

@@ -1,0 +1,371 @@
+//! Benchmark (not a test): the built-in worker under real traffic, with
+//! nginx (Debian's `nginx-light`, one worker process, `return 200` of the
+//! same `/healthz` body) as the yardstick, in the same run and pinned the
+//! same way: the server on CPU 0, the load generator (`wrk`, or this
+//! process) on CPU 1. Prints, for both and as a ratio: keep-alive GET/s and
+//! PUT/s, new connections/s, RSS with 10,000 idle connections, p99 of a normal
+//! client beside 10,000 idle and beside 5,000 slow clients; then failed
+//! requests of pooled keep-alive clients (idle gaps 0.2 to 4 s, no retry)
+//! over 20 restarts of a master with 2 workers on secantusd-py.
+//!
+//! Run: `scripts/bench worker` (installs wrk and nginx-light when missing).
+//! Every load is bounded in time and count and uses loopback only. Nothing is
+//! asserted: the figures depend on the machine and on its load.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SERVER_CPU: &str = "0";
+const LOAD_CPU: &str = "1";
+const WRK_SECS: u32 = 8;
+const IDLE: usize = 10_000;
+const SLOW: usize = 5_000;
+const RESTARTS: usize = 20;
+
+/// Pin this process (and the threads it starts from now on) to the load CPU.
+fn pin_self() {
+    let _ = Command::new("taskset").args(["-p", "-c", LOAD_CPU, &std::process::id().to_string()]).output();
+}
+
+fn rss_kb(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", pid))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A server under test: its serving pid (nginx: the worker process) and port.
+struct Server {
+    name: &'static str,
+    child: Child,
+    port: u16,
+    serving_pid: i32,
+    _dir: Option<TestDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_worker_pinned(dir: &TestDir) -> Server {
+    let port = free_port();
+    let cfg = dir.join("worker.json");
+    std::fs::write(&cfg, json!({"address": "127.0.0.1", "port": port, "driver": "memory", "threads": 1, "logLevel": "warn"}).to_string())
+        .unwrap();
+    let log = std::fs::File::create(dir.join("worker.log")).unwrap();
+    let child = Command::new("taskset")
+        .args(["-c", SERVER_CPU])
+        .arg(worker_bin())
+        .arg("-c")
+        .arg(&cfg)
+        .env_remove("LISTEN_FDS")
+        .env_remove("ZDRESTART_NOTIFY_FD")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("taskset zdrestart-worker");
+    assert!(wait_until(Duration::from_secs(15), || port_accepts(port)), "worker did not start");
+    let pid = child.id() as i32;
+    Server { name: "zdrestart-worker", child, port, serving_pid: pid, _dir: None }
+}
+
+fn start_nginx(healthz_body: &str) -> Option<Server> {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].iter().map(PathBuf::from).find(|p| p.exists())?;
+    let dir = TestDir::new("bench-nginx");
+    let port = free_port();
+    let p = |s: &str| dir.join(s).display().to_string();
+    for d in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {err} warn;\nworker_rlimit_nofile 20000;\n\
+         events {{ worker_connections 19000; }}\n\
+         http {{\n  access_log off;\n  keepalive_timeout 5s;\n  keepalive_requests 100000000;\n\
+           client_body_temp_path {b};\n  proxy_temp_path {pr};\n  fastcgi_temp_path {f};\n  uwsgi_temp_path {u};\n  scgi_temp_path {s};\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      default_type application/json;\n      return 200 '{body}';\n    }}\n  }}\n}}\n",
+        pid = p("nginx.pid"),
+        err = p("error.log"),
+        b = p("body"),
+        pr = p("proxy"),
+        f = p("fastcgi"),
+        u = p("uwsgi"),
+        s = p("scgi"),
+        port = port,
+        body = healthz_body.replace('\'', "\\'"),
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Command::new("taskset")
+        .args(["-c", SERVER_CPU])
+        .arg(&nginx)
+        .args(["-p", &p(""), "-c", &p("nginx.conf"), "-e", &p("error.log")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .spawn()
+        .ok()?;
+    let master = child.id() as i32;
+    if !wait_until(Duration::from_secs(10), || port_accepts(port)) {
+        eprintln!("nginx did not start: {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
+        return None;
+    }
+    let mut worker = master;
+    wait_until(Duration::from_secs(5), || {
+        if let Some(c) = children_of(master).first() {
+            worker = c.pid;
+            true
+        } else {
+            false
+        }
+    });
+    Some(Server { name: "nginx", child, port, serving_pid: worker, _dir: Some(dir) })
+}
+
+/// `wrk` pinned to the load CPU: requests per second.
+fn wrk(port: u16, path: &str, conns: u32, extra: &[&str], script: Option<&Path>) -> f64 {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", LOAD_CPU, "wrk", "-t1", &format!("-c{}", conns), &format!("-d{}s", WRK_SECS)]);
+    cmd.args(extra);
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
+    }
+    cmd.arg(format!("http://127.0.0.1:{}{}", port, path));
+    let out = cmd.output().expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("Non-2xx") || l.contains("Socket errors")).collect();
+    if !errors.is_empty() {
+        eprintln!("    wrk {}: {}", path, errors.join("; "));
+    }
+    rate
+}
+
+/// Latencies of `n` sequential keep-alive GETs of one normal client (ms, sorted).
+fn normal_client(port: u16, n: usize) -> Vec<f64> {
+    let mut c = KeepAlive::with_timeout(port, Duration::from_secs(10));
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        match c.get("/healthz") {
+            Ok(r) if r.status == 200 => lat.push(t.elapsed().as_secs_f64() * 1000.0),
+            _ => lat.push(f64::INFINITY),
+        }
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    lat
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Open `n` idle keep-alive connections, each used once; how many succeeded.
+fn open_idle(port: u16, n: usize) -> Vec<TcpStream> {
+    let mut out = Vec::with_capacity(n);
+    let mut buf = [0u8; 4096];
+    for _ in 0..n {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { continue };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| n > 0) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// `n` slow clients: a partial head, then a byte a second, until `stop`.
+fn slow_clients(port: u16, n: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let mut socks = Vec::with_capacity(n);
+    for _ in 0..n {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_nonblocking(true);
+            let _ = (&s).write_all(b"GET /healthz HTTP/1.1\r\nHost: b\r\nX-Slow: ");
+            socks.push(s);
+        }
+    }
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            for s in &socks {
+                let _ = (&*s).write(b"a");
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })
+}
+
+struct Figures {
+    get: f64,
+    put: f64,
+    fresh: f64,
+    idle_kb: f64,
+    idle_accepted: usize,
+    p99_idle: f64,
+    p99_slow: f64,
+    p99_alone: f64,
+}
+
+fn measure(s: &Server, put_script: &Path) -> Figures {
+    println!("  {} (pid {}, port {})", s.name, s.serving_pid, s.port);
+    let alone = normal_client(s.port, 2000);
+    let get = wrk(s.port, "/healthz", 50, &[], None);
+    let put = wrk(s.port, "/objects/bench/1", 50, &[], Some(put_script));
+    let fresh = wrk(s.port, "/healthz", 50, &["-H", "Connection: close"], None);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = rss_kb(s.serving_pid);
+    let idle = open_idle(s.port, IDLE);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kb(s.serving_pid);
+    let idle_accepted = idle.len();
+    let beside_idle = normal_client(s.port, 2000);
+    drop(idle);
+    std::thread::sleep(Duration::from_secs(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let slow = slow_clients(s.port, SLOW, stop.clone());
+    let beside_slow = normal_client(s.port, 2000);
+    stop.store(true, Ordering::SeqCst);
+    let _ = slow.join();
+    let f = Figures {
+        get,
+        put,
+        fresh,
+        idle_kb: (after.saturating_sub(before)) as f64 / idle_accepted.max(1) as f64,
+        idle_accepted,
+        p99_idle: pct(&beside_idle, 0.99),
+        p99_slow: pct(&beside_slow, 0.99),
+        p99_alone: pct(&alone, 0.99),
+    };
+    println!(
+        "    keep-alive GET {:>8.0}/s  PUT {:>8.0}/s  new connections {:>7.0}/s  | {} of {} idle connections accepted, {:.2} KB each (RSS {} -> {} kB) | p99 normal client alone {:.2} ms, beside {} idle {:.2} ms, beside {} slow {:.2} ms",
+        f.get, f.put, f.fresh, f.idle_accepted, IDLE, f.idle_kb, before, after, f.p99_alone, IDLE, f.p99_idle, SLOW, f.p99_slow
+    );
+    f
+}
+
+/// Pooled keep-alive clients (gaps 0.2 to 4 s, no retry) over `RESTARTS` restarts.
+fn pooled_restarts() {
+    let mongo = Mongo::start();
+    let m = Master::builder("bench-pooled")
+        .merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri(), "dbname": "benchpool"}, "workers": 2,
+                      "threads": 4, "logLevel": "info", "shutdownTimeout": 20}))
+        .start();
+    let port = m.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    const GAPS_MS: [u64; 8] = [200, 4000, 500, 3000, 1000, 1500, 2500, 3500];
+    let clients: Vec<_> = (0..40)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut c = KeepAlive::with_timeout(port, Duration::from_secs(15));
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                let mut k = i;
+                while !stop.load(Ordering::SeqCst) {
+                    match c.request("PUT", &format!("/objects/p{}/k{}", i, k % 50), Some(b"{\"v\":1}")) {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        Ok(r) => failed.push(format!("{}", r.status)),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                    std::thread::sleep(Duration::from_millis(GAPS_MS[k % GAPS_MS.len()]));
+                    k += 1;
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut durations = Vec::new();
+    for _ in 0..RESTARTS {
+        let mark = m.mark();
+        m.signal(libc::SIGUSR2);
+        let (_, done) = m.wait_event_after(mark, "restart.complete", Duration::from_secs(120));
+        durations.push(done["duration_ms"].as_u64().unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in clients {
+        let (o, f) = c.join().unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    durations.sort();
+    println!(
+        "  pooled keep-alive clients (40, gaps 0.2-4 s, no retry), {} restarts of 2 workers: {} requests, {} failed; restart {} ms median, {} ms max",
+        RESTARTS,
+        ok + failed.len() as u64,
+        failed.len(),
+        durations[durations.len() / 2],
+        durations.last().unwrap()
+    );
+    for f in failed.iter().take(5) {
+        println!("    failed: {}", f);
+    }
+}
+
+fn main() {
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let want = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
+    pin_self();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "zdrestart-worker benchmark: server on CPU {}, load generator (wrk -t1 -c50, {} s; this process) on CPU {}; load average before: {}",
+        SERVER_CPU,
+        WRK_SECS,
+        LOAD_CPU,
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    if want("http") {
+        let dir = TestDir::new("bench-worker");
+        let script = dir.join("put.lua");
+        std::fs::write(&script, "wrk.method = \"PUT\"\nwrk.body = '{\"a\":1,\"b\":\"bench\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n")
+            .unwrap();
+        let w = start_worker_pinned(&dir);
+        let body = get(w.port, "/healthz").text();
+        let fw = measure(&w, &script);
+        drop(w);
+        match start_nginx(&body) {
+            Some(n) => {
+                let fnx = measure(&n, &script);
+                drop(n);
+                let r = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
+                println!(
+                    "  ratio worker/nginx: keep-alive GET {:.2}x, PUT {:.2}x, new connections {:.2}x, memory per idle connection {:.2}x, p99 beside idle {:.2}x, beside slow {:.2}x",
+                    r(fw.get, fnx.get),
+                    r(fw.put, fnx.put),
+                    r(fw.fresh, fnx.fresh),
+                    r(fw.idle_kb, fnx.idle_kb),
+                    r(fw.p99_idle, fnx.p99_idle),
+                    r(fw.p99_slow, fnx.p99_slow)
+                );
+            }
+            None => println!("  nginx not found (apt-get install nginx-light): no yardstick"),
+        }
+    }
+    if want("restarts") {
+        pooled_restarts();
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average after: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+}
