@@ -8,7 +8,9 @@
 //! requests of pooled keep-alive clients (idle gaps 0.2 to 4 s, no retry)
 //! over 20 restarts of a master with 2 workers on secantusd-py.
 //!
-//! Run: `scripts/bench worker` (installs wrk and nginx-light when missing).
+//! Both keep idle connections 120 s here (so that all 10,000 are open at
+//! once when RSS is read). Run: `scripts/bench worker` (installs wrk and
+//! nginx-light when missing).
 //! Every load is bounded in time and count and uses loopback only. Nothing is
 //! asserted: the figures depend on the machine and on its load.
 
@@ -17,7 +19,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -65,7 +67,8 @@ impl Drop for Server {
 fn start_worker_pinned(dir: &TestDir) -> Server {
     let port = free_port();
     let cfg = dir.join("worker.json");
-    std::fs::write(&cfg, json!({"address": "127.0.0.1", "port": port, "driver": "memory", "threads": 1, "logLevel": "warn"}).to_string())
+    std::fs::write(&cfg, json!({"address": "127.0.0.1", "port": port, "driver": "memory", "threads": 1, "logLevel": "warn",
+                          "params": {"idleTimeout": 120}}).to_string())
         .unwrap();
     let log = std::fs::File::create(dir.join("worker.log")).unwrap();
     let child = Command::new("taskset")
@@ -96,7 +99,7 @@ fn start_nginx(healthz_body: &str) -> Option<Server> {
     let conf = format!(
         "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {err} warn;\nworker_rlimit_nofile 20000;\n\
          events {{ worker_connections 19000; }}\n\
-         http {{\n  access_log off;\n  keepalive_timeout 5s;\n  keepalive_requests 100000000;\n\
+         http {{\n  access_log off;\n  keepalive_timeout 120s;\n  keepalive_requests 100000000;\n\
            client_body_temp_path {b};\n  proxy_temp_path {pr};\n  fastcgi_temp_path {f};\n  uwsgi_temp_path {u};\n  scgi_temp_path {s};\n\
            server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      default_type application/json;\n      return 200 '{body}';\n    }}\n  }}\n}}\n",
         pid = p("nginx.pid"),

@@ -32,9 +32,9 @@ use mongodb::error::ErrorKind;
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection};
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use zdrestart::config::Config;
 
 /// Collection of the API's objects (zdrestart-worker(7), "The built-in worker").
@@ -67,9 +67,15 @@ pub struct MongoStore {
     /// What the last call or ping learnt of the database ([`Health`] as u8),
     /// for `/healthz`, which must never wait for the database itself.
     health: AtomicU8,
+    /// When `health` was last learnt (ms since `born`).
+    health_at: AtomicU64,
+    born: Instant,
+    /// Set by `/healthz` when `health` is stale; the health thread pings.
+    ping_wanted: Mutex<bool>,
+    ping_cv: Condvar,
 }
 
-/// How often the health thread pings the database.
+/// How old the news of the database may be before `/healthz` asks for a ping.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
 
 fn health_to_u8(h: Health) -> u8 {
@@ -102,6 +108,10 @@ impl MongoStore {
             pool,
             coll: Mutex::new(None),
             health: AtomicU8::new(health_to_u8(Health::Unknown)),
+            health_at: AtomicU64::new(0),
+            born: Instant::now(),
+            ping_wanted: Mutex::new(false),
+            ping_cv: Condvar::new(),
         };
         match store.build() {
             Ok(c) => *store.coll.lock().unwrap_or_else(|e| e.into_inner()) = Some(c),
@@ -159,26 +169,30 @@ impl MongoStore {
 
     fn set_health(&self, h: Health) {
         self.health.store(health_to_u8(h), Ordering::Relaxed);
+        self.health_at.store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Ping the database every [`HEALTH_EVERY`] on a thread of its own, so
-    /// that `/healthz` knows whether it answers (also without traffic). The
-    /// first ping says at start whether the database is reachable.
+    /// Start the health thread: it pings the database once at start (and
+    /// says in the log whether it answers), then only when `/healthz` asks
+    /// and the last news of the database is older than [`HEALTH_EVERY`]; so
+    /// an idle worker does not wake up, and `/healthz` never waits for it.
     pub fn watch_health(self: &Arc<Self>) {
         let s = self.clone();
         let spawned = std::thread::Builder::new().name("db-health".into()).stack_size(256 * 1024).spawn(move || {
-            let mut first = true;
+            match s.ping() {
+                Ok(()) => log::info!("Database reachable"),
+                Err(e) => log::warn!(error = e.to_string().as_str();
+                    "Database unreachable at start; requests answer 503 until it is back"),
+            }
             loop {
-                let r = s.ping();
-                if first {
-                    match &r {
-                        Ok(()) => log::info!("Database reachable"),
-                        Err(e) => log::warn!(error = e.to_string().as_str();
-                            "Database unreachable at start; requests answer 503 until it is back"),
+                {
+                    let mut wanted = s.ping_wanted.lock().unwrap_or_else(|e| e.into_inner());
+                    while !*wanted {
+                        wanted = s.ping_cv.wait(wanted).unwrap_or_else(|e| e.into_inner());
                     }
-                    first = false;
+                    *wanted = false;
                 }
-                std::thread::sleep(HEALTH_EVERY);
+                let _ = s.ping();
             }
         });
         if let Err(e) = spawned {
@@ -229,6 +243,14 @@ impl Store for MongoStore {
     }
 
     fn health(&self) -> Health {
+        let age = (self.born.elapsed().as_millis() as u64).saturating_sub(self.health_at.load(Ordering::Relaxed));
+        if age > HEALTH_EVERY.as_millis() as u64 {
+            let mut wanted = self.ping_wanted.lock().unwrap_or_else(|e| e.into_inner());
+            if !*wanted {
+                *wanted = true;
+                self.ping_cv.notify_one();
+            }
+        }
         match self.health.load(Ordering::Relaxed) {
             1 => Health::Ok,
             2 => Health::Unreachable,
