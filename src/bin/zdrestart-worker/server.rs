@@ -102,19 +102,28 @@ struct Req {
     method: String,
     target: String,
     head_only: bool,
-    /// The client asked to close after this answer.
+    /// Close after this answer (the client asked, or the worker decided).
     close: bool,
+    /// The client itself asked to close (`Connection: close`, HTTP/1.0).
+    asked_close: bool,
     started: Instant,
 }
 
 impl Req {
     fn of(head: Head, now: Instant) -> Req {
-        Req { head_only: head.method == "HEAD", close: head.close, method: head.method, target: head.target, started: now }
+        Req {
+            head_only: head.method == "HEAD",
+            close: head.close,
+            asked_close: head.close,
+            method: head.method,
+            target: head.target,
+            started: now,
+        }
     }
 
     /// For an answer to something that is not a request (a malformed head).
     fn none(now: Instant) -> Req {
-        Req { method: String::new(), target: String::new(), head_only: false, close: true, started: now }
+        Req { method: String::new(), target: String::new(), head_only: false, close: true, asked_close: false, started: now }
     }
     /// The method the API sees (`HEAD` is `GET` without the body).
     fn api_method(&self) -> &str {
@@ -149,8 +158,9 @@ enum Phase {
     Head,
     Body(Box<BodyState>),
     Busy(Box<(Req, Wait)>),
-    /// The last answer is being written; then `Linger`.
-    Closing,
+    /// The last answer is being written; then `Linger`, or (`false`: the
+    /// client asked to close and sent nothing more) close at once.
+    Closing(bool),
     /// Write side shut down, discarding what the client still sends.
     Linger(usize),
 }
@@ -521,7 +531,7 @@ impl Loop<'_> {
         }
         c.due = None;
         match std::mem::replace(&mut c.phase, Phase::Idle) {
-            Phase::Idle | Phase::Linger(_) | Phase::Closing => false,
+            Phase::Idle | Phase::Linger(_) | Phase::Closing(_) => false,
             Phase::Head => {
                 self.respond(c, &Req::none(now), &Response::error(408, "request timeout: the request head did not arrive in time"));
                 self.drive(c)
@@ -571,7 +581,9 @@ impl Loop<'_> {
         }
         let now = Instant::now();
         if close {
-            c.phase = Phase::Closing;
+            // Linger unless the client itself asked to close and nothing
+            // of it is left unread (then a close cannot reset the answer).
+            c.phase = Phase::Closing(!(req.asked_close && c.rbuf.is_empty() && !c.readable));
             c.due = None;
         } else {
             c.phase = Phase::Idle;
@@ -606,7 +618,8 @@ impl Loop<'_> {
             }
             // 2. Then whatever the phase allows.
             match c.phase {
-                Phase::Closing => {
+                Phase::Closing(false) => return false,
+                Phase::Closing(true) => {
                     let _ = c.sock.shutdown(Shutdown::Write);
                     c.phase = Phase::Linger(0);
                     c.due = Some(Instant::now() + LINGER);
