@@ -6,7 +6,8 @@
 //! PUT/s, new connections/s, RSS with 10,000 idle connections, p99 of a normal
 //! client beside 10,000 idle and beside 5,000 slow clients; then failed
 //! requests of pooled keep-alive clients (idle gaps 0.2 to 4 s, no retry)
-//! over 20 restarts of a master with 2 workers on secantusd-py.
+//! over 20 restarts of a master with 2 workers on secantusd-py, and in steady
+//! state for as long.
 //!
 //! Both keep idle connections 120 s here (so that all 10,000 are open at
 //! once when RSS is read). Run: `scripts/bench worker` (installs wrk and
@@ -249,9 +250,15 @@ fn rates(servers: &[&Server], figs: &mut [Figures], put_script: &Path) {
     }
 }
 
+/// p99 of a normal client: the best of `ROUNDS` runs of 2,000 requests (on
+/// a shared machine the tail of one run is mostly other people's work).
+fn p99(port: u16) -> f64 {
+    (0..ROUNDS).map(|_| pct(&normal_client(port, 2000), 0.99)).fold(f64::INFINITY, f64::min)
+}
+
 /// Memory of idle connections and latency of a normal client beside idle and slow ones.
 fn crowd(s: &Server, f: &mut Figures) {
-    f.p99_alone = pct(&normal_client(s.port, 2000), 0.99);
+    f.p99_alone = p99(s.port);
     std::thread::sleep(Duration::from_secs(1));
     let before = rss_kb(s.serving_pid);
     let idle = open_idle(s.port, IDLE);
@@ -259,12 +266,12 @@ fn crowd(s: &Server, f: &mut Figures) {
     let after = rss_kb(s.serving_pid);
     f.idle_accepted = idle.len();
     f.idle_kb = (after.saturating_sub(before)) as f64 / idle.len().max(1) as f64;
-    f.p99_idle = pct(&normal_client(s.port, 2000), 0.99);
+    f.p99_idle = p99(s.port);
     drop(idle);
     std::thread::sleep(Duration::from_secs(1));
     let stop = Arc::new(AtomicBool::new(false));
     let slow = slow_clients(s.port, SLOW, stop.clone());
-    f.p99_slow = pct(&normal_client(s.port, 2000), 0.99);
+    f.p99_slow = p99(s.port);
     stop.store(true, Ordering::SeqCst);
     let _ = slow.join();
     std::thread::sleep(Duration::from_secs(1));
@@ -277,38 +284,53 @@ fn print_figures(s: &Server, f: &Figures) {
     );
 }
 
-/// Pooled keep-alive clients (gaps 0.2 to 4 s, no retry) over `RESTARTS` restarts.
+/// Pooled keep-alive clients (40, gaps 0.2 to 4 s, no retry): first in
+/// steady state, then over `RESTARTS` restarts for as long again; the
+/// failures of both (a restart should cost nothing steady state does not).
 fn pooled_restarts() {
     let mongo = Mongo::start();
     let m = Master::builder("bench-pooled")
         .merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri(), "dbname": "benchpool"}, "workers": 2,
                       "threads": 4, "logLevel": "info", "shutdownTimeout": 20}))
         .start();
-    let port = m.port;
-    let stop = Arc::new(AtomicBool::new(false));
-    const GAPS_MS: [u64; 8] = [200, 4000, 500, 3000, 1000, 1500, 2500, 3500];
-    let clients: Vec<_> = (0..40)
-        .map(|i| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut c = KeepAlive::with_timeout(port, Duration::from_secs(15));
-                let (mut ok, mut failed) = (0u64, Vec::new());
-                let mut k = i;
-                while !stop.load(Ordering::SeqCst) {
-                    match c.request("PUT", &format!("/objects/p{}/k{}", i, k % 50), Some(b"{\"v\":1}")) {
-                        Ok(r) if r.status == 200 => ok += 1,
-                        Ok(r) => failed.push(format!("{}", r.status)),
-                        Err(e) => failed.push(e.to_string()),
+    let clients = |port: u16, stop: Arc<AtomicBool>| -> Vec<std::thread::JoinHandle<(u64, Vec<String>)>> {
+        const GAPS_MS: [u64; 8] = [200, 4000, 500, 3000, 1000, 1500, 2500, 3500];
+        (0..40)
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut c = KeepAlive::with_timeout(port, Duration::from_secs(15));
+                    let (mut ok, mut failed) = (0u64, Vec::new());
+                    let mut k = i;
+                    while !stop.load(Ordering::SeqCst) {
+                        match c.request("PUT", &format!("/objects/p{}/k{}", i, k % 50), Some(b"{\"v\":1}")) {
+                            Ok(r) if r.status == 200 => ok += 1,
+                            Ok(r) => failed.push(format!("{}", r.status)),
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                        std::thread::sleep(Duration::from_millis(GAPS_MS[k % GAPS_MS.len()]));
+                        k += 1;
                     }
-                    std::thread::sleep(Duration::from_millis(GAPS_MS[k % GAPS_MS.len()]));
-                    k += 1;
-                }
-                (ok, failed)
+                    (ok, failed)
+                })
             })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(2));
+            .collect()
+    };
+    let join = |hs: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>| {
+        let (mut ok, mut failed) = (0, Vec::new());
+        for h in hs {
+            let (o, f) = h.join().unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        (ok, failed)
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let hs = clients(m.port, stop.clone());
     let mut durations = Vec::new();
+    std::thread::sleep(Duration::from_secs(2));
     for _ in 0..RESTARTS {
         let mark = m.mark();
         m.signal(libc::SIGUSR2);
@@ -317,23 +339,32 @@ fn pooled_restarts() {
         std::thread::sleep(Duration::from_millis(500));
     }
     stop.store(true, Ordering::SeqCst);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for c in clients {
-        let (o, f) = c.join().unwrap();
-        ok += o;
-        failed.extend(f);
-    }
+    let (ok_r, failed_r) = join(hs);
+    let span = t0.elapsed();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs = clients(m.port, stop.clone());
+    std::thread::sleep(span);
+    stop.store(true, Ordering::SeqCst);
+    let (ok_s, failed_s) = join(hs);
+
     durations.sort();
     println!(
-        "  pooled keep-alive clients (40, gaps 0.2-4 s, no retry), {} restarts of 2 workers: {} requests, {} failed; restart {} ms median, {} ms max",
+        "  pooled keep-alive clients (40, gaps 0.2-4 s, no retry) on 2 workers: over {} restarts {} requests, {} failed; steady state for as long ({:.0} s) {} requests, {} failed; restart {} ms median, {} ms max",
         RESTARTS,
-        ok + failed.len() as u64,
-        failed.len(),
+        ok_r + failed_r.len() as u64,
+        failed_r.len(),
+        span.as_secs_f64(),
+        ok_s + failed_s.len() as u64,
+        failed_s.len(),
         durations[durations.len() / 2],
         durations.last().unwrap()
     );
-    for f in failed.iter().take(5) {
-        println!("    failed: {}", f);
+    for f in failed_r.iter().take(5) {
+        println!("    failed during restarts: {}", f);
+    }
+    for f in failed_s.iter().take(5) {
+        println!("    failed in steady state: {}", f);
     }
 }
 
