@@ -75,8 +75,8 @@ const WRITE_GRACE: Duration = Duration::from_secs(10);
 /// and destroy the answer before the client has read it.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_MAX_BYTES: usize = 4 * http::MAX_BODY as usize;
-/// Request bodies buffered at once, over all connections (bodies being
-/// received or waiting for the pool); beyond it a request gets 503 at once.
+/// Request bodies and partial heads buffered at once, over all connections
+/// (being received or waiting for the pool); beyond it a request gets 503 at once.
 pub const MAX_BUFFERED: usize = 64 * 1024 * 1024;
 
 /// Signal flags and the self-pipe that wakes the loop.
@@ -698,6 +698,17 @@ impl Loop<'_> {
                             c.phase = Phase::Head;
                             c.due = Some(now + self.set.header_timeout);
                         }
+                        // A partial head is buffered memory too: thousands
+                        // of slow clients must not hold more than MAX_BUFFERED.
+                        if c.rbuf.len() > c.charge {
+                            let more = c.rbuf.len() - c.charge;
+                            if self.buffered + more > MAX_BUFFERED {
+                                self.respond(c, &Req::none(now), &Response::error(503, "busy: too many request heads in memory"));
+                                return Progress::Again;
+                            }
+                            self.buffered += more;
+                            c.charge += more;
+                        }
                         Progress::NeedBytes
                     }
                     Err(e) => {
@@ -705,6 +716,8 @@ impl Loop<'_> {
                         Progress::Again
                     }
                     Ok(Some((head, n))) => {
+                        self.buffered -= c.charge;
+                        c.charge = 0;
                         c.rbuf.drain(..n);
                         self.start_request(c, head, now);
                         Progress::Again
