@@ -393,6 +393,15 @@ fn http_as_clients_speak_it() {
     assert_eq!(c.read().unwrap().status, 200);
     assert_eq!(c.read().unwrap().text(), "{}");
 
+    // An API error (bad JSON, bad name, unknown path) keeps the connection.
+    let mut c = KeepAlive::one_connection(p);
+    assert_eq!(c.request("PUT", "/objects/c/x", Some(b"{")).unwrap().status, 400);
+    assert_eq!(c.request("GET", "/objects/$c/x", None).unwrap().status, 400);
+    assert_eq!(c.request("GET", "/nowhere", None).unwrap().status, 404);
+    let r = c.request("GET", "/healthz", None).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(c.connects, 1);
+
     // HEAD: the headers of the GET, no body.
     let mut s = BufReader::new(connect(p, PROMPT).unwrap());
     s.get_mut().write_all(b"HEAD /objects/c/1 HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n").unwrap();

@@ -562,8 +562,9 @@ impl Loop<'_> {
     fn respond(&mut self, c: &mut Conn, req: &Req, resp: &Response) {
         self.buffered -= c.charge;
         c.charge = 0;
-        let close = req.close || self.draining || c.eof || resp.status >= 500 && resp.status != 503 && resp.status != 507;
-        let close = close || matches!(resp.status, 400 | 408 | 411 | 413 | 431 | 501);
+        // Framing errors set `req.close` (the rest of the stream cannot be
+        // trusted); an API error (400 bad JSON, 404, 507...) keeps the connection.
+        let close = req.close || self.draining || c.eof;
         if c.wbuf.capacity() == 0 {
             c.wbuf = self.buffer();
         }
