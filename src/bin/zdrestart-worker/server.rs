@@ -7,7 +7,8 @@
 //!
 //! - The loop thread waits in epoll (edge-triggered) on the listeners, the
 //!   signal self-pipe, the pool's waker and every connection. It reads, parses
-//!   (`http.rs`), answers what needs no driver at once (`/healthz`, errors),
+//!   (`http.rs`), answers what needs no driver at once (`/healthz`, errors,
+//!   and small requests of the memory driver, which only takes a lock),
 //!   serves `/delay` as a timer, and hands driver requests to the pool
 //!   (`pool.rs`). It never blocks: every socket is non-blocking.
 //! - Every wait has a deadline, total and not reset by progress: the idle
@@ -65,6 +66,8 @@ const READ_CHUNK: usize = 16 * 1024;
 const KEEP_BUFFER: usize = 64 * 1024;
 /// Buffers kept for reuse: idle connections hold none.
 const SPARE_BUFFERS: usize = 256;
+/// Largest body of a memory-driver request answered on the loop itself.
+const INLINE_BODY: usize = 16 * 1024;
 /// A driver request answers 503 at `params.timeout` plus this, at the latest,
 /// whether or not a pool thread has even started it.
 pub const REQUEST_MARGIN: Duration = Duration::from_millis(500);
@@ -848,7 +851,11 @@ impl Loop<'_> {
             c.phase = Phase::Busy(Box::new((req, Wait::Delay(ms))));
             return;
         }
-        if api::needs_driver(method, &route) {
+        // The memory driver never waits for I/O: a small request is answered
+        // here, without the hand-over to a pool thread and back; a large body
+        // (JSON validation of up to 1 MiB) goes to the pool all the same.
+        let inline = !self.sh.store.may_block() && body.len() <= INLINE_BODY;
+        if !inline && api::needs_driver(method, &route) {
             c.seq += 1;
             let deadline = now + self.set.request_timeout + REQUEST_MARGIN;
             let job = Job {
@@ -880,7 +887,9 @@ impl Loop<'_> {
                 }
             }
         } else {
-            api::handle(self.sh.store.as_ref(), &self.sh.who, method, &route, &body)
+            // A bug in a handler must cost one 500, not the loop.
+            let run = || api::handle(self.sh.store.as_ref(), &self.sh.who, method, &route, &body);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| Response::error(500, "internal error"))
         };
         self.respond(c, &req, &resp);
     }

@@ -50,6 +50,11 @@ pub trait Store: Send + Sync {
     fn health(&self) -> Health {
         Health::Ok
     }
+    /// Whether a call may wait for I/O (then it runs on the pool, never on
+    /// the event loop). The memory driver only takes a lock.
+    fn may_block(&self) -> bool {
+        true
+    }
 }
 
 /// What `/healthz` says of the database (`"database"`).
@@ -127,6 +132,10 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn may_block(&self) -> bool {
+        false
     }
 
     fn put(&self, ty: &str, id: &str, json: &str) -> Result<(), StoreError> {
