@@ -196,7 +196,7 @@ fn generation_from_environment() {
 #[test]
 fn many_keep_alive_clients_and_slow_requests() {
     let dir = TestDir::for_test();
-    // One request thread: slow requests and idle keep-alive connections must
+    // One pool thread: slow requests and idle keep-alive connections must
     // still not block the other clients.
     let w = start_worker(&dir, "w", json!({"threads": 1}));
     let port = w.port;

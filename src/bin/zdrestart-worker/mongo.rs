@@ -21,7 +21,7 @@
 //! Why the async client on our own runtime rather than `mongodb::sync`: the
 //! driver has no socket timeout (`socketTimeoutMS` is unsupported), so an
 //! operation on a connection to a server that stopped answering (SIGSTOP,
-//! network partition without RST) could hang a request thread forever. Each
+//! network partition without RST) could hang a pool thread forever. Each
 //! call here is `block_on(tokio::time::timeout(..))`, a hard bound in every
 //! case; server selection and connect timeouts are set to the same value so the
 //! usual "database is down" case fails with the driver's own message.
@@ -93,7 +93,7 @@ impl MongoStore {
     /// an error: the database being down is not.
     pub fn new(cfg: &Config, timeout: Duration, pool: u32) -> Result<MongoStore, InitError> {
         // Two threads are plenty: they only run the driver's I/O and monitors;
-        // the request threads block in `block_on` themselves.
+        // the pool threads block in `block_on` themselves.
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mongodb")

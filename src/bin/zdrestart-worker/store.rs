@@ -123,7 +123,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
-        // A panic in another request thread must not make the store unusable:
+        // A panic in a handler (on the loop or a pool thread) must not make the store unusable:
         // every operation leaves the map consistent, so a poisoned lock is safe.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
