@@ -7,9 +7,8 @@
 //! are checked against `[A-Za-z0-9_.-]{1,128}` and bodies are passed to the
 //! driver as the client's exact JSON text once they are known to be objects.
 
-use crate::store::{Store, StoreError};
+use crate::store::{Health, Store, StoreError};
 use serde_json::{json, Value};
-use std::time::Duration;
 
 /// Longest `/delay/{ms}`.
 pub const MAX_DELAY_MS: u64 = 10_000;
@@ -126,31 +125,56 @@ pub struct Identity {
     pub driver: &'static str,
 }
 
-/// Answer a request whose method and route are not a delay (the caller sleeps
-/// for `/delay` outside the request-thread permit). `method` is `GET` for `HEAD`.
+/// Whether answering needs the driver (and so runs on a pool thread): an
+/// object request with a valid method and names. Everything else is answered
+/// on the event loop at once. `method` is `GET` for `HEAD`.
+pub fn needs_driver(method: &str, route: &Route<'_>) -> bool {
+    matches!(route, Route::Object { ty, id } if matches!(method, "GET" | "PUT" | "DELETE") && valid_name(ty) && valid_name(id))
+}
+
+/// `/delay/{ms}` that is to be served: the event loop answers it with
+/// [`delay_done`] after `ms` without holding any thread.
+pub fn delay_of(method: &str, route: &Route<'_>) -> Option<u64> {
+    match route {
+        Route::Delay(ms) if method == "GET" => parse_delay(ms),
+        _ => None,
+    }
+}
+
+/// The answer of a delay of `ms`.
+pub fn delay_done(who: &Identity, ms: u64) -> Response {
+    Response::json(200, &json!({ "slept_ms": ms, "pid": who.pid }))
+}
+
+/// The `/healthz` answer: never waits for the database; `database` is what
+/// the driver last learnt of it.
+pub fn healthz(who: &Identity, db: Health) -> Response {
+    Response::json(
+        200,
+        &json!({
+            "status": "ok",
+            "pid": who.pid,
+            "generation": who.generation,
+            "version": zdrestart::VERSION,
+            "magic": zdrestart::MAGIC,
+            "driver": who.driver,
+            "database": db.as_str(),
+        }),
+    )
+}
+
+/// Answer a request that is not a delay to be served (see [`delay_of`]).
+/// `method` is `GET` for `HEAD`.
 pub fn handle(store: &dyn Store, who: &Identity, method: &str, route: &Route<'_>, body: &[u8]) -> Response {
     match route {
         Route::NotFound => Response::error(404, "not found"),
         Route::Healthz => match method {
-            "GET" => Response::json(
-                200,
-                &json!({
-                    "status": "ok",
-                    "pid": who.pid,
-                    "generation": who.generation,
-                    "version": zdrestart::VERSION,
-                    "magic": zdrestart::MAGIC,
-                    "driver": who.driver,
-                }),
-            ),
+            "GET" => healthz(who, store.health()),
             _ => method_not_allowed(route),
         },
         Route::Delay(ms) => match method {
             "GET" => match parse_delay(ms) {
-                Some(ms) => {
-                    std::thread::sleep(Duration::from_millis(ms));
-                    Response::json(200, &json!({ "slept_ms": ms, "pid": who.pid }))
-                }
+                Some(ms) => delay_done(who, ms),
                 None => Response::error(400, "invalid delay: expected milliseconds from 0 to 10000"),
             },
             _ => method_not_allowed(route),
@@ -198,6 +222,7 @@ fn store_failure(e: &StoreError) -> Response {
     match e {
         StoreError::Unavailable(_) => Response::error(503, "database unavailable"),
         StoreError::Failed(_) => Response::error(500, "database error"),
+        StoreError::Full(why) => Response::error(507, &format!("store full: {}; nothing was changed", why)),
     }
 }
 
@@ -278,5 +303,15 @@ mod tests {
         assert_eq!(h["generation"], 2);
         assert_eq!(h["driver"], "memory");
         assert_eq!(h["magic"], zdrestart::MAGIC);
+        assert_eq!(h["database"], "ok");
+        assert!(needs_driver("GET", &obj) && needs_driver("PUT", &obj) && needs_driver("DELETE", &obj));
+        assert!(!needs_driver("POST", &obj) && !needs_driver("GET", &Route::Object { ty: "$t", id: "x" }));
+        assert!(!needs_driver("GET", &Route::Healthz));
+        assert_eq!(delay_of("GET", &Route::Delay("5")), Some(5));
+        assert_eq!(delay_of("PUT", &Route::Delay("5")), None);
+        let full = MemoryStore::new(0, 0);
+        let r = handle(&full, &who, "PUT", &obj, b"{}");
+        assert_eq!(r.status, 507);
+        assert!(serde_json::from_slice::<Value>(&r.body).unwrap()["error"].is_string());
     }
 }

@@ -14,8 +14,10 @@ mod api;
 mod http;
 mod mongo;
 mod notify;
+mod pool;
 mod probe;
 mod server;
+mod settings;
 mod shared;
 mod store;
 
@@ -50,7 +52,10 @@ Environment:
   LISTEN_FDS, LISTEN_PID  inherited listeners (fds 3..), systemd convention
 
 API: GET /healthz; GET, PUT, DELETE /objects/{type}/{id}; GET /delay/{ms}.
-Signals: SIGTERM, SIGINT: finish requests in flight and exit 0.";
+Deadlines and limits: params.idleTimeout, headerTimeout, minBodyRate, maxConnections,
+maxQueued, maxObjects, maxBytes of the config (zdrestart.json(5)).
+Signals: SIGTERM, SIGINT: stop accepting, finish requests in flight, close each idle
+connection at its idle timeout, exit 0.";
 
 enum Args {
     Run(Option<PathBuf>),
@@ -207,6 +212,11 @@ fn start(config_arg: Option<PathBuf>) -> i32 {
         "Worker starting"
     );
 
+    let set = match settings::Settings::from_params(&cfg.params, cfg.threads, cfg.db_timeout) {
+        Ok(s) => s,
+        Err(e) => return fail(&notifier, &format!("config: {}", e)),
+    };
+
     let listeners = match take_listeners(&cfg, notifier.fd()) {
         Ok(l) => l,
         Err(e) => return fail(&notifier, &e),
@@ -218,18 +228,14 @@ fn start(config_arg: Option<PathBuf>) -> i32 {
     }
 
     let store: Arc<dyn store::Store> = match cfg.driver {
-        Driver::Memory => Arc::new(store::MemoryStore::default()),
+        Driver::Memory => Arc::new(store::MemoryStore::new(set.max_objects, set.max_bytes)),
         Driver::Mongodb => match mongo::MongoStore::new(&cfg, cfg.db_timeout, cfg.threads) {
             Ok(s) => {
                 let s = Arc::new(s);
                 // Never wait for the database before serving: it may be down,
-                // and requests answer 503 until it is back.
-                let check = s.clone();
-                let _ = std::thread::Builder::new().name("db-check".into()).spawn(move || match check.ping() {
-                    Ok(()) => log::info!("Database reachable"),
-                    Err(e) => log::warn!(error = e.to_string().as_str();
-                        "Database unreachable at start; requests answer 503 until it is back"),
-                });
+                // and requests answer 503 until it is back. The health
+                // thread tells /healthz (and the log) whether it answers.
+                s.watch_health();
                 s
             }
             Err(mongo::InitError::Config(m)) => return fail(&notifier, &format!("config: {}", m)),
@@ -239,7 +245,7 @@ fn start(config_arg: Option<PathBuf>) -> i32 {
 
     let who = api::Identity { pid, generation, driver: store.name() };
     let shared = Arc::new(shared::Shared::new(store, who, cfg.threads as usize));
-    match server::run(listeners, shared, signals, &notifier) {
+    match server::run(listeners, shared, &set, signals, &notifier) {
         Ok(()) => 0,
         Err(e) => {
             // Before READY this is a start-up error; after it the master sees us exit.

@@ -21,19 +21,20 @@
 //! Why the async client on our own runtime rather than `mongodb::sync`: the
 //! driver has no socket timeout (`socketTimeoutMS` is unsupported), so an
 //! operation on a connection to a server that stopped answering (SIGSTOP,
-//! network partition without RST) could hang a request thread forever. Each
+//! network partition without RST) could hang a pool thread forever. Each
 //! call here is `block_on(tokio::time::timeout(..))`, a hard bound in every
 //! case; server selection and connect timeouts are set to the same value so the
 //! usual "database is down" case fails with the driver's own message.
 
-use crate::store::{object_key, Store, StoreError};
+use crate::store::{object_key, Health, Store, StoreError};
 use mongodb::bson::{doc, Document};
 use mongodb::error::ErrorKind;
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection};
 use std::future::Future;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use zdrestart::config::Config;
 
 /// Collection of the API's objects (zdrestart-worker(7), "The built-in worker").
@@ -63,6 +64,26 @@ pub struct MongoStore {
     /// client is kept. A built client reconnects by itself (its monitor
     /// re-checks the server), so it is kept for the life of the process.
     coll: Mutex<Option<Collection<Document>>>,
+    /// What the last call or ping learnt of the database ([`Health`] as u8),
+    /// for `/healthz`, which must never wait for the database itself.
+    health: AtomicU8,
+    /// When `health` was last learnt (ms since `born`).
+    health_at: AtomicU64,
+    born: Instant,
+    /// Set by `/healthz` when `health` is stale; the health thread pings.
+    ping_wanted: Mutex<bool>,
+    ping_cv: Condvar,
+}
+
+/// How old the news of the database may be before `/healthz` asks for a ping.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+
+fn health_to_u8(h: Health) -> u8 {
+    match h {
+        Health::Unknown => 0,
+        Health::Ok => 1,
+        Health::Unreachable => 2,
+    }
 }
 
 impl MongoStore {
@@ -72,7 +93,7 @@ impl MongoStore {
     /// an error: the database being down is not.
     pub fn new(cfg: &Config, timeout: Duration, pool: u32) -> Result<MongoStore, InitError> {
         // Two threads are plenty: they only run the driver's I/O and monitors;
-        // the request threads block in `block_on` themselves.
+        // the pool threads block in `block_on` themselves.
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mongodb")
@@ -86,6 +107,11 @@ impl MongoStore {
             timeout,
             pool,
             coll: Mutex::new(None),
+            health: AtomicU8::new(health_to_u8(Health::Unknown)),
+            health_at: AtomicU64::new(0),
+            born: Instant::now(),
+            ping_wanted: Mutex::new(false),
+            ping_cv: Condvar::new(),
         };
         match store.build() {
             Ok(c) => *store.coll.lock().unwrap_or_else(|e| e.into_inner()) = Some(c),
@@ -141,8 +167,53 @@ impl MongoStore {
         }
     }
 
+    fn set_health(&self, h: Health) {
+        self.health.store(health_to_u8(h), Ordering::Relaxed);
+        self.health_at.store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Start the health thread: it pings the database once at start (and
+    /// says in the log whether it answers), then only when `/healthz` asks
+    /// and the last news of the database is older than [`HEALTH_EVERY`]; so
+    /// an idle worker does not wake up, and `/healthz` never waits for it.
+    pub fn watch_health(self: &Arc<Self>) {
+        let s = self.clone();
+        let spawned = std::thread::Builder::new().name("db-health".into()).stack_size(256 * 1024).spawn(move || {
+            match s.ping() {
+                Ok(()) => log::info!("Database reachable"),
+                Err(e) => log::warn!(error = e.to_string().as_str();
+                    "Database unreachable at start; requests answer 503 until it is back"),
+            }
+            loop {
+                {
+                    let mut wanted = s.ping_wanted.lock().unwrap_or_else(|e| e.into_inner());
+                    while !*wanted {
+                        wanted = s.ping_cv.wait(wanted).unwrap_or_else(|e| e.into_inner());
+                    }
+                    *wanted = false;
+                }
+                let _ = s.ping();
+            }
+        });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the database health thread: {}", e);
+        }
+    }
+
     /// Run one driver future with the hard bound.
     fn bounded<T, F>(&self, what: &str, fut: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = mongodb::error::Result<T>>,
+    {
+        let r = self.bounded_inner(what, fut);
+        match &r {
+            Ok(_) | Err(StoreError::Failed(_)) | Err(StoreError::Full(_)) => self.set_health(Health::Ok),
+            Err(StoreError::Unavailable(_)) => self.set_health(Health::Unreachable),
+        }
+        r
+    }
+
+    fn bounded_inner<T, F>(&self, what: &str, fut: F) -> Result<T, StoreError>
     where
         F: Future<Output = mongodb::error::Result<T>>,
     {
@@ -169,6 +240,22 @@ impl MongoStore {
 impl Store for MongoStore {
     fn name(&self) -> &'static str {
         "mongodb"
+    }
+
+    fn health(&self) -> Health {
+        let age = (self.born.elapsed().as_millis() as u64).saturating_sub(self.health_at.load(Ordering::Relaxed));
+        if age > HEALTH_EVERY.as_millis() as u64 {
+            let mut wanted = self.ping_wanted.lock().unwrap_or_else(|e| e.into_inner());
+            if !*wanted {
+                *wanted = true;
+                self.ping_cv.notify_one();
+            }
+        }
+        match self.health.load(Ordering::Relaxed) {
+            1 => Health::Ok,
+            2 => Health::Unreachable,
+            _ => Health::Unknown,
+        }
     }
 
     fn put(&self, ty: &str, id: &str, json: &str) -> Result<(), StoreError> {

@@ -29,13 +29,22 @@ fn report(notifier: &Notifier, key: &str, value: &str) {
 pub fn run(cfg: &Config, notifier: &Notifier) -> i32 {
     report(notifier, "MAGIC", &zdrestart::MAGIC.to_string());
     report(notifier, "VERSION", zdrestart::VERSION);
+    // The worker's own params keys: a value the new code cannot use refuses the restart.
+    if let Err(m) = crate::settings::Settings::from_params(&cfg.params, cfg.threads, cfg.db_timeout) {
+        let msg = format!("config: {}", m);
+        log::error!(component = "probe"; "probe failed: {}", msg);
+        report(notifier, "ERROR", &msg);
+        return 1;
+    }
     if cfg.driver == Driver::Mongodb {
         let timeout = cfg.db_timeout.min(PING_TIMEOUT);
         let result = match MongoStore::new(cfg, timeout, 1) {
             Err(InitError::Config(m)) => Err(format!("config: {}", m)),
             Err(InitError::Other(m)) => Err(format!("database unreachable: {}", m)),
             Ok(store) => store.ping().map_err(|e| match e {
-                crate::store::StoreError::Unavailable(d) | crate::store::StoreError::Failed(d) => {
+                crate::store::StoreError::Unavailable(d)
+                | crate::store::StoreError::Failed(d)
+                | crate::store::StoreError::Full(d) => {
                     format!("database unreachable: {}", d)
                 }
             }),

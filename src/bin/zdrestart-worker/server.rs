@@ -1,55 +1,88 @@
-//! The serving process: accept loop, connection threads, signals, graceful exit.
+//! The serving process: one event loop (mio) that owns every connection, a
+//! bounded pool for the requests that need the driver, signals, graceful exit.
 //!
-//! Concurrency model (why not a fixed pool of `threads` connection threads: a
-//! keep-alive connection would pin a pool thread while idle, so 20 keep-alive
-//! clients would starve each other with `threads` = 4):
+//! Why one loop and not a thread per connection: an idle keep-alive
+//! connection must cost memory (a small [`Conn`], no buffer, no thread), not
+//! service; 10,000 of them must not keep a normal client from an answer.
 //!
-//! - The main thread waits in epoll (mio) on every listener and on the signal
-//!   self-pipe, and accepts until `EAGAIN`. It never blocks in `accept(2)`, so
-//!   it can stop accepting the moment SIGTERM arrives.
-//! - Each accepted connection gets its own thread ([`MAX_CONNECTIONS`] at most;
-//!   at the limit the main thread stops accepting and the connections wait in
-//!   the shared backlog, where another worker may take them). An idle
-//!   keep-alive connection costs a sleeping thread and is closed after
-//!   [`http::IDLE_TIMEOUT`].
-//! - Handling a request (driver call, JSON work) needs one of `threads` permits:
-//!   at most `threads` requests run at once, whatever the number of
-//!   connections. Reading, writing and the `/delay` sleep hold no permit, so a
-//!   slow client or a slow diagnostic request never blocks other connections.
+//! - The loop thread waits in epoll (edge-triggered) on the listeners, the
+//!   signal self-pipe, the pool's waker and every connection. It reads, parses
+//!   (`http.rs`), answers what needs no driver at once (`/healthz`, errors,
+//!   and small requests of the memory driver, which only takes a lock),
+//!   serves `/delay` as a timer, and hands driver requests to the pool
+//!   (`pool.rs`). It never blocks: every socket is non-blocking.
+//! - Every wait has a deadline, total and not reset by progress: the idle
+//!   timeout between requests, `params.headerTimeout` for a whole head,
+//!   `params.headerTimeout` plus the body at `params.minBodyRate`, the same
+//!   for writing an answer, `params.timeout` plus [`REQUEST_MARGIN`] for a
+//!   driver request (then 503, whatever the pool does), [`LINGER`] after a
+//!   close. Deadlines live in a heap; the poll timeout is the earliest, so an
+//!   idle worker does not wake up.
+//! - Over a limit the answer is immediate: `params.maxConnections` reached ->
+//!   the new connection gets 503 and is closed; the pool's queue full or the
+//!   buffered bodies over [`MAX_BUFFERED`] -> 503. Every 503 says `Retry-After`.
 //!
 //! The listeners are set non-blocking (`O_NONBLOCK` is a property of the open
 //! file description, so every process sharing an inherited listener sees it;
-//! like nginx, gunicorn or libuv, every worker must wait for readiness before
-//! `accept` and treat `EAGAIN` as "someone else took it"). A listener is only
-//! ever closed by this process, never `shutdown(2)`: that would stop it for
-//! every process sharing it.
+//! like nginx, every worker waits for readiness before `accept` and treats
+//! `EAGAIN` as "someone else took it"). A listener is only ever closed by this
+//! process, never `shutdown(2)`: that would stop it for every process sharing it.
 //!
-//! Signals (signal-hook; the handlers only set flags and write a byte to the
-//! self-pipe): SIGTERM and SIGINT start the graceful exit; SIGHUP is logged and
-//! otherwise ignored (there is no log file to reopen: logs go to stdout).
-//! SIGUSR2 is left as the master set it (ignored).
+//! Graceful exit (zdrestart-worker(7), "Graceful exit"): on SIGTERM or SIGINT
+//! the listeners are closed at once; requests in flight finish; the next answer
+//! on each connection says `Connection: close`; an idle connection stays open
+//! until its own idle deadline (a pooled client may still use it, and gets its
+//! answer), then is closed; the worker exits 0 when no connection is left.
+//! SIGHUP is logged and otherwise ignored (logs go to stdout). SIGUSR2 is left
+//! as the master set it (ignored).
 
-use crate::http;
+use crate::api::{self, Response, Route};
+use crate::http::{self, Chunked, ChunkError, Framing, Head, Persist};
 use crate::notify::Notifier;
-use crate::shared::{ConnGuard, Shared};
+use crate::pool::{Done, Job, Pool};
+use crate::settings::Settings;
+use crate::shared::Shared;
+use crate::store::Health;
+use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use std::io;
-use std::net::TcpListener;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zdrestart::signals::SignalPipe;
 
-/// Most connections served at once by one worker.
-pub const MAX_CONNECTIONS: usize = 256;
-/// Stack of a connection thread: parsing and JSON validation only (serde_json
-/// limits nesting to 128), the database I/O runs on the driver's runtime.
-const CONN_STACK: usize = 256 * 1024;
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
+const WAKER_TOKEN: Token = Token(usize::MAX - 1);
+/// Tokens of connections start here (listeners use 0..n).
+const CONN_BASE: usize = 1 << 20;
+/// Bytes read at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// Largest buffer kept for reuse (bigger ones, from large bodies, are freed).
+const KEEP_BUFFER: usize = 64 * 1024;
+/// Buffers kept for reuse: idle connections hold none.
+const SPARE_BUFFERS: usize = 256;
+/// Largest body of a memory-driver request answered on the loop itself.
+const INLINE_BODY: usize = 16 * 1024;
+/// A driver request answers 503 at `params.timeout` plus this, at the latest,
+/// whether or not a pool thread has even started it.
+pub const REQUEST_MARGIN: Duration = Duration::from_millis(500);
+/// Time to write an answer, besides its size at `params.minBodyRate`.
+const WRITE_GRACE: Duration = Duration::from_secs(10);
+/// After a server-side close, how long we keep reading (and discarding) what
+/// the client still sends, so that the kernel does not reset the connection
+/// and destroy the answer before the client has read it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_MAX_BYTES: usize = 4 * http::MAX_BODY as usize;
+/// Request bodies and partial heads buffered at once, over all connections
+/// (being received or waiting for the pool); beyond it a request gets 503 at once.
+pub const MAX_BUFFERED: usize = 64 * 1024 * 1024;
 
-/// Signal flags and the self-pipe that wakes the accept loop.
+/// Signal flags and the self-pipe that wakes the loop.
 pub struct Signals(SignalPipe);
 
 impl Signals {
@@ -60,114 +93,809 @@ impl Signals {
 
     /// Did SIGTERM or SIGINT arrive?
     fn stopping(&self) -> bool {
-        self.0.is_set(SIGTERM) || self.0.is_set(SIGINT)
-    }
-
-    fn check(&self) -> bool {
         if self.0.take(SIGHUP) {
             log::info!("SIGHUP received: ignored (worker logs go to the master)");
         }
-        self.stopping()
+        self.0.is_set(SIGTERM) || self.0.is_set(SIGINT)
     }
+}
+
+/// What a request needs to be answered and logged.
+struct Req {
+    method: String,
+    target: String,
+    head_only: bool,
+    /// Close after this answer (the client asked, or the worker decided).
+    close: bool,
+    /// The client itself asked to close (`Connection: close`, HTTP/1.0).
+    asked_close: bool,
+    started: Instant,
+}
+
+impl Req {
+    fn of(head: Head, now: Instant) -> Req {
+        Req {
+            head_only: head.method == "HEAD",
+            close: head.close,
+            asked_close: head.close,
+            method: head.method,
+            target: head.target,
+            started: now,
+        }
+    }
+
+    /// For an answer to something that is not a request (a malformed head).
+    fn none(now: Instant) -> Req {
+        Req { method: String::new(), target: String::new(), head_only: false, close: true, asked_close: false, started: now }
+    }
+    /// The method the API sees (`HEAD` is `GET` without the body).
+    fn api_method(&self) -> &str {
+        if self.head_only {
+            "GET"
+        } else {
+            &self.method
+        }
+    }
+}
+
+struct BodyState {
+    req: Req,
+    framing: Framing,
+    body: Vec<u8>,
+    chunked: Chunked,
+    /// When the head was complete: the body's deadline counts from here.
+    from: Instant,
+}
+
+enum Wait {
+    /// `/delay/{ms}`: answered when the deadline comes.
+    Delay(u64),
+    /// A pool job with this sequence number.
+    Job(u64),
+}
+
+enum Phase {
+    /// Between requests (or before the first): idle deadline.
+    Idle,
+    /// Part of a head received: the whole head is due by the deadline.
+    Head,
+    Body(Box<BodyState>),
+    Busy(Box<(Req, Wait)>),
+    /// The last answer is being written; then `Linger`, or (`false`: the
+    /// client asked to close and sent nothing more) close at once.
+    Closing(bool),
+    /// Write side shut down, discarding what the client still sends.
+    Linger(usize),
+}
+
+/// One client connection, owned by the loop.
+struct Conn {
+    sock: TcpStream,
+    /// Its place in `Loop::conns` (and its token, plus [`CONN_BASE`]).
+    slot: usize,
+    id: u64,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    phase: Phase,
+    /// Deadline of the phase.
+    due: Option<Instant>,
+    /// Deadline of the answer being written (while `wbuf` has bytes left).
+    write_due: Option<Instant>,
+    /// The earliest heap entry for this connection (entries for other
+    /// instants are stale and skipped).
+    scheduled: Option<Instant>,
+    /// An edge said readable and we have not seen `EAGAIN` since.
+    readable: bool,
+    /// The client sent FIN.
+    eof: bool,
+    seq: u64,
+    /// Bytes of [`MAX_BUFFERED`] this connection holds.
+    charge: usize,
+}
+
+impl Conn {
+    fn deadline(&self) -> Option<Instant> {
+        match (self.due, self.write_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+enum Progress {
+    /// Nothing more to do with the bytes we have.
+    NeedBytes,
+    /// State changed: go round again.
+    Again,
+}
+
+struct Loop<'a> {
+    sh: Arc<Shared>,
+    set: &'a Settings,
+    poll: Poll,
+    pool: Arc<Pool>,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    live: usize,
+    next_id: u64,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    spare: Vec<Vec<u8>>,
+    buffered: usize,
+    draining: bool,
+    healthz: Option<(Health, Response)>,
+    done: Vec<Done>,
+    /// A descriptor kept free to accept-and-close one connection on EMFILE.
+    reserve: Option<std::fs::File>,
+    refused: u64,
+    /// Where every read lands first (then only the bytes read are copied).
+    scratch: Box<[u8; READ_CHUNK]>,
 }
 
 /// Serve until SIGTERM/SIGINT, then drain and return (the caller exits 0).
 /// READY is reported once every listener is being watched.
-pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, sig: Signals, notifier: &Notifier) -> io::Result<()> {
-    let mut poll = Poll::new()?;
+pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, set: &Settings, sig: Signals, notifier: &Notifier) -> io::Result<()> {
+    let poll = Poll::new()?;
     for (i, l) in listeners.iter().enumerate() {
         l.set_nonblocking(true)?;
         poll.registry().register(&mut SourceFd(&l.as_raw_fd()), Token(i), Interest::READABLE)?;
     }
     let sig_fd = sig.0.as_raw_fd();
     poll.registry().register(&mut SourceFd(&sig_fd), SIGNAL_TOKEN, Interest::READABLE)?;
+    let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)?;
+    let pool = Pool::start(sh.clone(), set.max_queued, waker)?;
+    let mut lp = Loop {
+        sh: sh.clone(),
+        set,
+        poll,
+        pool: pool.clone(),
+        conns: Vec::new(),
+        free: Vec::new(),
+        live: 0,
+        next_id: 0,
+        timers: BinaryHeap::new(),
+        spare: Vec::new(),
+        buffered: 0,
+        draining: false,
+        healthz: None,
+        done: Vec::new(),
+        reserve: std::fs::File::open("/dev/null").ok(),
+        refused: 0,
+        scratch: Box::new([0; READ_CHUNK]),
+    };
 
     notifier.send("READY", "1");
-    log::info!(listeners = listeners.len() as u64, threads = sh.threads as u64; "Worker ready");
+    log::info!(listeners = listeners.len() as u64, threads = sh.threads as u64,
+        max_connections = set.max_connections as u64; "Worker ready");
 
+    // As mio listeners: accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC, no fcntl per connection.
+    let mut listeners: Vec<Option<mio::net::TcpListener>> =
+        listeners.into_iter().map(|l| Some(mio::net::TcpListener::from_std(l))).collect();
     // Edge-triggered readiness: a listener stays "pending" until accept says EAGAIN.
     let mut pending = vec![true; listeners.len()];
-    let mut events = Events::with_capacity(64);
-    'serve: loop {
-        if sig.check() {
+    let mut events = Events::with_capacity(1024);
+    let mut drain_started = None;
+    loop {
+        if !lp.draining && sig.stopping() {
+            // Stop accepting first: close our copies of the listeners (never
+            // shutdown(2)); pending connections stay in the shared backlog
+            // for the other workers.
+            for l in listeners.iter_mut() {
+                if let Some(l) = l.take() {
+                    let _ = lp.poll.registry().deregister(&mut SourceFd(&l.as_raw_fd()));
+                }
+            }
+            lp.draining = true;
+            drain_started = Some(Instant::now());
+            notifier.send("STATUS", "stopping");
+            log::info!(connections = lp.live as u64;
+                "Stopping: no longer accepting, finishing requests in flight; idle connections close at their idle deadline");
+        }
+        if lp.draining && lp.live == 0 {
             break;
         }
+        let mut retry_accept = false;
         for (i, l) in listeners.iter().enumerate() {
-            if pending[i] {
+            if let (true, Some(l)) = (pending[i], l) {
                 pending[i] = false;
-                if !accept_all(l, &sh, &sig) {
-                    break 'serve;
+                if !lp.accept_all(l, Token(i)) {
+                    pending[i] = true;
+                    retry_accept = true;
                 }
             }
         }
-        match poll.poll(&mut events, None) {
+        let now = Instant::now();
+        let mut timeout = lp.timers.peek().map(|Reverse((t, _, _))| t.saturating_duration_since(now));
+        if retry_accept {
+            timeout = Some(timeout.map_or(Duration::from_millis(100), |t| t.min(Duration::from_millis(100))));
+        }
+        match lp.poll.poll(&mut events, timeout) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
         for ev in events.iter() {
-            if ev.token() == SIGNAL_TOKEN {
-                sig.0.drain();
-            } else if let Some(p) = pending.get_mut(ev.token().0) {
-                *p = true;
+            match ev.token() {
+                SIGNAL_TOKEN => sig.0.drain(),
+                WAKER_TOKEN => lp.completions(),
+                Token(t) if t >= CONN_BASE => lp.conn_event(t - CONN_BASE, ev.is_readable() || ev.is_read_closed() || ev.is_error()),
+                Token(i) => {
+                    if let Some(p) = pending.get_mut(i) {
+                        *p = true;
+                    }
+                }
             }
         }
+        lp.expire(Instant::now());
     }
-
-    // Graceful exit (zdrestart-worker(7), "Graceful exit"). Stop accepting first: close our copies of
-    // the listeners (never shutdown(2)); pending connections stay in the
-    // shared backlog for the other workers.
-    for l in &listeners {
-        let _ = poll.registry().deregister(&mut SourceFd(&l.as_raw_fd()));
-    }
-    drop(listeners);
-    sh.begin_drain();
-    notifier.send("STATUS", "stopping");
-    log::info!(connections = sh.connections() as u64; "Stopping: no longer accepting, finishing requests in flight");
-    let started = Instant::now();
-    sh.wait_no_connections();
-    log::info!(drain_ms = started.elapsed().as_millis() as u64; "Worker exiting");
+    pool.close();
+    log::info!(drain_ms = drain_started.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0); "Worker exiting");
     Ok(())
 }
 
-/// Accept until the listener says EAGAIN. Returns false when a stop signal
-/// arrived while waiting for a free connection slot.
-fn accept_all(l: &TcpListener, sh: &Arc<Shared>, sig: &Signals) -> bool {
-    loop {
-        // Wait for a slot; meanwhile new connections wait in the backlog.
-        if !sh.wait_for_slot(MAX_CONNECTIONS, || sig.stopping()) {
-            return false;
-        }
-        match l.accept() {
-            Ok((stream, _peer)) => {
-                // std accepts with accept4(SOCK_CLOEXEC): the connection is
-                // blocking, whatever the listener's flags.
-                let guard = ConnGuard::new(sh.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("conn".into())
-                    .stack_size(CONN_STACK)
-                    .spawn(move || {
-                        let g = guard;
-                        http::serve(stream, g.shared());
-                    });
-                if let Err(e) = spawned {
-                    // The closure (and the guard in it) is dropped: count restored,
-                    // connection closed. Back off so that we do not spin.
-                    log::error!(error = e.to_string().as_str(); "cannot start a connection thread");
-                    std::thread::sleep(Duration::from_millis(50));
+impl Loop<'_> {
+    /// Accept until the listener says EAGAIN; false if it should be retried
+    /// shortly (an error other than EAGAIN: edge-triggered, no new event would come).
+    fn accept_all(&mut self, l: &mio::net::TcpListener, _tok: Token) -> bool {
+        loop {
+            match l.accept() {
+                Ok((stream, _peer)) => {
+                    if self.live >= self.set.max_connections {
+                        self.refuse(stream);
+                        continue;
+                    }
+                    if let Err(e) = self.add(stream) {
+                        log::error!(error = e.to_string().as_str(); "cannot watch a new connection: {}", e);
+                    }
                 }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
-            Err(e) => {
-                // EMFILE, ENOBUFS...: the connection stays queued; retry shortly
-                // instead of spinning (edge-triggered: no new event would come).
-                log::error!(error = e.to_string().as_str(); "accept failed: {}", e);
-                std::thread::sleep(Duration::from_millis(100));
-                if sig.stopping() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) && self.reserve.is_some() => {
+                    // Out of descriptors: free the reserve, take the connection
+                    // and refuse it, so the client hears at once instead of
+                    // waiting in the backlog.
+                    self.reserve = None;
+                    if let Ok((stream, _)) = l.accept() {
+                        self.refuse(stream);
+                    }
+                    self.reserve = std::fs::File::open("/dev/null").ok();
+                    log::warn!("accept: {} (open connections: {}); a connection was refused", e, self.live);
+                }
+                Err(e) => {
+                    log::error!(error = e.to_string().as_str(); "accept failed: {}", e);
                     return false;
                 }
             }
         }
     }
+
+    /// Over capacity: a 503 (best effort, the socket buffer is empty) and close.
+    fn refuse(&mut self, stream: TcpStream) {
+        self.refused += 1;
+        if self.refused.is_power_of_two() {
+            log::warn!(refused = self.refused, connections = self.live as u64;
+                "connection limit reached (params.maxConnections = {}): new connections get 503", self.set.max_connections);
+        }
+        let mut out = Vec::new();
+        let resp = Response::error(503, "too many connections");
+        http::render_into(&mut out, &resp, self.sh.who.pid, Persist::Close, false);
+        let mut s = &stream;
+        // Read what the client already sent, so that closing does not reset
+        // the connection under the answer.
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let _ = s.write(&out);
+        let _ = stream.shutdown(Shutdown::Write);
+    }
+
+    fn add(&mut self, mut sock: TcpStream) -> io::Result<()> {
+        // Small JSON answers: do not let Nagle hold them back.
+        let _ = sock.set_nodelay(true);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        if let Err(e) = self.poll.registry().register(&mut sock, Token(CONN_BASE + slot), Interest::READABLE | Interest::WRITABLE) {
+            self.free.push(slot);
+            return Err(e);
+        }
+        self.next_id += 1;
+        let now = Instant::now();
+        let mut c = Conn {
+            sock,
+            slot,
+            id: self.next_id,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            wpos: 0,
+            phase: Phase::Idle,
+            due: Some(now + self.set.idle_timeout),
+            write_due: None,
+            scheduled: None,
+            readable: false,
+            eof: false,
+            seq: 0,
+            charge: 0,
+        };
+        self.schedule(slot, &mut c);
+        self.conns[slot] = Some(c);
+        self.live += 1;
+        Ok(())
+    }
+
+    fn schedule(&mut self, slot: usize, c: &mut Conn) {
+        if let Some(d) = c.deadline() {
+            if c.scheduled.is_none_or(|s| d < s) {
+                self.timers.push(Reverse((d, slot, c.id)));
+                c.scheduled = Some(d);
+            }
+        }
+    }
+
+    /// Put a connection back after work on it, or drop it.
+    fn put_back(&mut self, slot: usize, mut c: Conn, keep: bool) {
+        if keep {
+            self.recycle(&mut c);
+            self.schedule(slot, &mut c);
+            self.conns[slot] = Some(c);
+        } else {
+            // No deregister: closing the socket (its only descriptor) takes
+            // it out of the epoll set, one syscall less per connection.
+            self.buffered -= c.charge;
+            self.live -= 1;
+            self.free.push(slot);
+            let Conn { rbuf, wbuf, .. } = c;
+            self.give(rbuf);
+            self.give(wbuf);
+        }
+    }
+
+    /// An idle connection keeps no buffer.
+    fn recycle(&mut self, c: &mut Conn) {
+        if c.rbuf.is_empty() && c.rbuf.capacity() > 0 {
+            let b = std::mem::take(&mut c.rbuf);
+            self.give(b);
+        }
+        if c.wpos == c.wbuf.len() && c.wbuf.capacity() > 0 {
+            c.wpos = 0;
+            let b = std::mem::take(&mut c.wbuf);
+            self.give(b);
+        }
+    }
+
+    fn give(&mut self, mut b: Vec<u8>) {
+        if b.capacity() > 0 && b.capacity() <= KEEP_BUFFER && self.spare.len() < SPARE_BUFFERS {
+            b.clear();
+            self.spare.push(b);
+        }
+    }
+
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_else(|| Vec::with_capacity(READ_CHUNK))
+    }
+
+    fn conn_event(&mut self, slot: usize, readable: bool) {
+        let Some(mut c) = self.conns.get_mut(slot).and_then(Option::take) else { return };
+        if readable {
+            c.readable = true;
+        }
+        let keep = self.drive(&mut c);
+        self.put_back(slot, c, keep);
+    }
+
+    /// Pool answers: each goes to its connection if it still waits for it.
+    fn completions(&mut self) {
+        let mut done = std::mem::take(&mut self.done);
+        self.pool.take_done(&mut done);
+        for d in done.drain(..) {
+            let Some(slot_ref) = self.conns.get_mut(d.conn) else { continue };
+            let matches = slot_ref.as_ref().is_some_and(|c| {
+                c.id == d.conn_id && matches!(&c.phase, Phase::Busy(b) if matches!(b.1, Wait::Job(s) if s == d.seq))
+            });
+            if !matches {
+                continue; // answered 503 at its deadline, or the client left
+            }
+            let mut c = slot_ref.take().unwrap();
+            let Phase::Busy(b) = std::mem::replace(&mut c.phase, Phase::Idle) else { unreachable!() };
+            self.respond(&mut c, &b.0, &d.resp);
+            let keep = self.drive(&mut c);
+            self.put_back(d.conn, c, keep);
+        }
+        self.done = done;
+    }
+
+    /// Handle every deadline that has come.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&Reverse((t, slot, id))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(mut c) = self.conns.get_mut(slot).and_then(|s| s.take_if(|c| c.id == id && c.scheduled == Some(t))) else {
+                continue;
+            };
+            c.scheduled = None;
+            let keep = match c.deadline() {
+                Some(d) if d <= now => self.timed_out(&mut c, now),
+                _ => true,
+            };
+            self.put_back(slot, c, keep);
+        }
+    }
+
+    /// A deadline of `c` passed: false to drop it.
+    fn timed_out(&mut self, c: &mut Conn, now: Instant) -> bool {
+        if c.write_due.is_some_and(|d| d <= now) {
+            return false; // the client does not read its answer
+        }
+        c.due = None;
+        match std::mem::replace(&mut c.phase, Phase::Idle) {
+            Phase::Idle | Phase::Linger(_) | Phase::Closing(_) => false,
+            Phase::Head => {
+                self.respond(c, &Req::none(now), &Response::error(408, "request timeout: the request head did not arrive in time"));
+                self.drive(c)
+            }
+            Phase::Body(b) => {
+                let mut req = b.req;
+                req.close = true;
+                self.respond(c, &req, &Response::error(408, "request timeout: the body did not arrive in time"));
+                self.drive(c)
+            }
+            Phase::Busy(b) => {
+                let resp = match b.1 {
+                    Wait::Delay(ms) => api::delay_done(&self.sh.who, ms),
+                    Wait::Job(_) => {
+                        crate::store::warn_store_error(&crate::store::StoreError::Unavailable(format!(
+                            "no answer within params.timeout ({} ms)",
+                            self.set.request_timeout.as_millis()
+                        )));
+                        Response::error(503, "database unavailable: no answer in time")
+                    }
+                };
+                self.respond(c, &b.0, &resp);
+                self.drive(c)
+            }
+        }
+    }
+
+    /// Queue an answer on `c` and release what the request held.
+    fn respond(&mut self, c: &mut Conn, req: &Req, resp: &Response) {
+        self.buffered -= c.charge;
+        c.charge = 0;
+        // Framing errors set `req.close` (the rest of the stream cannot be
+        // trusted); an API error (400 bad JSON, 404, 507...) keeps the connection.
+        let close = req.close || self.draining || c.eof;
+        if c.wbuf.capacity() == 0 {
+            c.wbuf = self.buffer();
+        }
+        let persist = if close { Persist::Close } else { Persist::KeepAlive(self.set.announced_idle()) };
+        http::render_into(&mut c.wbuf, resp, self.sh.who.pid, persist, req.head_only);
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!(
+                method = req.method.as_str(),
+                path = req.target.as_str(),
+                status = resp.status as u64,
+                duration_ms = req.started.elapsed().as_millis() as u64;
+                "request"
+            );
+        }
+        let now = Instant::now();
+        if close {
+            // Linger unless the client itself asked to close and nothing
+            // of it is left unread (then a close cannot reset the answer).
+            c.phase = Phase::Closing(!(req.asked_close && c.rbuf.is_empty() && !c.readable));
+            c.due = None;
+        } else {
+            c.phase = Phase::Idle;
+            c.due = Some(now + self.set.idle_timeout);
+        }
+        let size = (c.wbuf.len() - c.wpos) as u64;
+        c.write_due = Some(now + WRITE_GRACE + Duration::from_secs(size / self.set.min_body_rate));
+    }
+
+    /// Make every step possible on `c` without waiting; false to drop it.
+    fn drive(&mut self, c: &mut Conn) -> bool {
+        loop {
+            // 1. Write what is pending.
+            if c.wpos < c.wbuf.len() {
+                loop {
+                    match c.sock.write(&c.wbuf[c.wpos..]) {
+                        Ok(0) => return false,
+                        Ok(n) => {
+                            c.wpos += n;
+                            if c.wpos == c.wbuf.len() {
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return false,
+                    }
+                }
+                c.wbuf.clear();
+                c.wpos = 0;
+                c.write_due = None;
+            }
+            // 2. Then whatever the phase allows.
+            match c.phase {
+                Phase::Closing(false) => return false,
+                Phase::Closing(true) => {
+                    let _ = c.sock.shutdown(Shutdown::Write);
+                    c.phase = Phase::Linger(0);
+                    c.due = Some(Instant::now() + LINGER);
+                    c.rbuf.clear();
+                }
+                Phase::Linger(total) => {
+                    let mut chunk = [0u8; 4096];
+                    let mut total = total;
+                    loop {
+                        match c.sock.read(&mut chunk) {
+                            Ok(0) => return false,
+                            Ok(n) => {
+                                total += n;
+                                if total > LINGER_MAX_BYTES {
+                                    return false;
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                c.phase = Phase::Linger(total);
+                                return true;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(_) => return false,
+                        }
+                    }
+                }
+                Phase::Busy(_) => return true,
+                Phase::Idle | Phase::Head | Phase::Body(_) => {
+                    match self.progress(c) {
+                        Progress::Again => continue,
+                        Progress::NeedBytes => {}
+                    }
+                    if c.eof {
+                        // The client left mid-request, or between requests.
+                        return false;
+                    }
+                    if !c.readable {
+                        return true;
+                    }
+                    match c.sock.read(&mut self.scratch[..]) {
+                        Ok(0) => {
+                            c.eof = true;
+                            c.readable = false;
+                        }
+                        Ok(n) => {
+                            if c.rbuf.capacity() == 0 {
+                                c.rbuf = self.buffer();
+                            }
+                            c.rbuf.extend_from_slice(&self.scratch[..n]);
+                            // A short read emptied the socket: the next bytes
+                            // bring a new edge (as nginx assumes with EPOLLET).
+                            if n < READ_CHUNK {
+                                c.readable = false;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return false,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Use the bytes in `c.rbuf` for the current phase.
+    fn progress(&mut self, c: &mut Conn) -> Progress {
+        let now = Instant::now();
+        match &mut c.phase {
+            Phase::Idle | Phase::Head => {
+                if c.rbuf.is_empty() {
+                    return Progress::NeedBytes;
+                }
+                match http::parse_head(&c.rbuf) {
+                    Ok(None) => {
+                        if matches!(c.phase, Phase::Idle) {
+                            // The whole head is due from its first byte on.
+                            c.phase = Phase::Head;
+                            c.due = Some(now + self.set.header_timeout);
+                        }
+                        // A partial head is buffered memory too: thousands
+                        // of slow clients must not hold more than MAX_BUFFERED.
+                        if c.rbuf.len() > c.charge {
+                            let more = c.rbuf.len() - c.charge;
+                            if self.buffered + more > MAX_BUFFERED {
+                                self.respond(c, &Req::none(now), &Response::error(503, "busy: too many request heads in memory"));
+                                return Progress::Again;
+                            }
+                            self.buffered += more;
+                            c.charge += more;
+                        }
+                        Progress::NeedBytes
+                    }
+                    Err(e) => {
+                        self.respond(c, &Req::none(now), &e.response());
+                        Progress::Again
+                    }
+                    Ok(Some((head, n))) => {
+                        self.buffered -= c.charge;
+                        c.charge = 0;
+                        c.rbuf.drain(..n);
+                        self.start_request(c, head, now);
+                        Progress::Again
+                    }
+                }
+            }
+            Phase::Body(b) => {
+                let complete = match b.framing {
+                    Framing::Chunked => {
+                        let before = b.body.len();
+                        match b.chunked.feed(&c.rbuf, &mut b.body, http::MAX_BODY) {
+                            Ok(used) => {
+                                c.rbuf.drain(..used);
+                            }
+                            Err(e) => {
+                                let mut req = std::mem::replace(&mut b.req, Req::none(now));
+                                req.close = true;
+                                let resp = match e {
+                                    ChunkError::TooLarge => Response::error(413, &format!("body larger than {} bytes", http::MAX_BODY)),
+                                    ChunkError::Malformed(m) => Response::error(400, &format!("malformed chunked body: {}", m)),
+                                };
+                                self.respond(c, &req, &resp);
+                                return Progress::Again;
+                            }
+                        }
+                        let grown = b.body.len() - before;
+                        if grown > 0 {
+                            // A chunked body's size is known as it comes: so is its charge.
+                            if self.buffered + grown > MAX_BUFFERED {
+                                let mut req = std::mem::replace(&mut b.req, Req::none(now));
+                                req.close = true;
+                                self.respond(c, &req, &Response::error(503, "busy: too many request bodies in memory"));
+                                return Progress::Again;
+                            }
+                            self.buffered += grown;
+                            c.charge += grown;
+                            c.due = Some(b.from + self.set.header_timeout + rate_time(b.body.len() as u64, self.set.min_body_rate));
+                        }
+                        b.chunked.done()
+                    }
+                    Framing::Length(n) => {
+                        let want = n as usize - b.body.len();
+                        let take = want.min(c.rbuf.len());
+                        if b.body.is_empty() && take == c.rbuf.len() && take == want {
+                            // The whole body in the buffer: take the buffer itself.
+                            b.body = std::mem::take(&mut c.rbuf);
+                        } else {
+                            b.body.extend_from_slice(&c.rbuf[..take]);
+                            c.rbuf.drain(..take);
+                        }
+                        b.body.len() == n as usize
+                    }
+                    Framing::None => true,
+                };
+                if !complete {
+                    return Progress::NeedBytes;
+                }
+                let Phase::Body(b) = std::mem::replace(&mut c.phase, Phase::Idle) else { unreachable!() };
+                let BodyState { req, body, .. } = *b;
+                self.dispatch(c, req, body, now);
+                Progress::Again
+            }
+            _ => Progress::NeedBytes,
+        }
+    }
+
+    /// A head arrived: check the framing, then read the body or dispatch.
+    fn start_request(&mut self, c: &mut Conn, head: Head, now: Instant) {
+        let (framing, expect_continue, minor) = (head.framing, head.expect_continue, head.minor);
+        let mut req = Req::of(head, now);
+        let has_body = match framing {
+            Framing::None if req.method == "PUT" => {
+                req.close = true;
+                return self.respond(c, &req, &Response::error(411, "Content-Length or Transfer-Encoding: chunked required"));
+            }
+            Framing::None | Framing::Length(0) => false,
+            Framing::Length(n) if n > http::MAX_BODY => {
+                // Answer before reading: the client learns at once, and we do
+                // not buffer what we would refuse anyway.
+                req.close = true;
+                return self.respond(c, &req, &Response::error(413, &format!("body larger than {} bytes", http::MAX_BODY)));
+            }
+            Framing::Length(n) => {
+                if self.buffered + n as usize > MAX_BUFFERED {
+                    req.close = true;
+                    return self.respond(c, &req, &Response::error(503, "busy: too many request bodies in memory"));
+                }
+                self.buffered += n as usize;
+                c.charge += n as usize;
+                true
+            }
+            Framing::Chunked => true,
+        };
+        if !has_body {
+            return self.dispatch(c, req, Vec::new(), now);
+        }
+        let body_due = match framing {
+            Framing::Length(n) => now + self.set.header_timeout + rate_time(n, self.set.min_body_rate),
+            _ => now + self.set.header_timeout,
+        };
+        let body_pending = match framing {
+            Framing::Length(n) => (c.rbuf.len() as u64) < n,
+            _ => true,
+        };
+        if expect_continue && minor >= 1 && body_pending {
+            if c.wbuf.capacity() == 0 {
+                c.wbuf = self.buffer();
+            }
+            c.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        c.due = Some(body_due);
+        c.phase = Phase::Body(Box::new(BodyState {
+            req,
+            framing,
+            body: Vec::new(),
+            chunked: Chunked::default(),
+            from: now,
+        }));
+    }
+
+    /// A whole request: answer it here, start a delay, or hand it to the pool.
+    fn dispatch(&mut self, c: &mut Conn, req: Req, body: Vec<u8>, now: Instant) {
+        let route = api::route(&req.target);
+        let method = req.api_method();
+        if let Some(ms) = api::delay_of(method, &route) {
+            c.due = Some(now + Duration::from_millis(ms));
+            c.phase = Phase::Busy(Box::new((req, Wait::Delay(ms))));
+            return;
+        }
+        // The memory driver never waits for I/O: a small request is answered
+        // here, without the hand-over to a pool thread and back; a large body
+        // (JSON validation of up to 1 MiB) goes to the pool all the same.
+        let inline = !self.sh.store.may_block() && body.len() <= INLINE_BODY;
+        if !inline && api::needs_driver(method, &route) {
+            c.seq += 1;
+            let deadline = now + self.set.request_timeout + REQUEST_MARGIN;
+            let job = Job {
+                conn: c.slot,
+                conn_id: c.id,
+                seq: c.seq,
+                method: method.to_string(),
+                target: req.target.clone(),
+                body,
+                deadline,
+            };
+            return match self.pool.submit(job) {
+                Ok(()) => {
+                    c.due = Some(deadline);
+                    let seq = c.seq;
+                    c.phase = Phase::Busy(Box::new((req, Wait::Job(seq))));
+                }
+                Err(_) => self.respond(c, &req, &Response::error(503, "busy: too many requests waiting for the database")),
+            };
+        }
+        let resp = if route == Route::Healthz && method == "GET" {
+            let h = self.sh.store.health();
+            match &self.healthz {
+                Some((cached, r)) if *cached == h => r.clone(),
+                _ => {
+                    let r = api::healthz(&self.sh.who, h);
+                    self.healthz = Some((h, r.clone()));
+                    r
+                }
+            }
+        } else {
+            // A bug in a handler must cost one 500, not the loop.
+            let run = || api::handle(self.sh.store.as_ref(), &self.sh.who, method, &route, &body);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| Response::error(500, "internal error"))
+        };
+        self.respond(c, &req, &resp);
+    }
+}
+
+/// How long `bytes` take at `rate` bytes per second.
+fn rate_time(bytes: u64, rate: u64) -> Duration {
+    Duration::from_millis(bytes.saturating_mul(1000) / rate.max(1))
 }

@@ -13,14 +13,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Why a driver call failed. The API maps `Unavailable` to 503 and `Failed`
-/// to 500; the text is logged, never sent to clients.
+/// Why a driver call failed. The API maps `Unavailable` to 503, `Failed`
+/// to 500 and `Full` to 507; the text is logged, never sent to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
     /// The database cannot be reached (down, timed out, shutting down).
     Unavailable(String),
     /// The database answered with an error that retrying will not fix.
     Failed(String),
+    /// The store is at its bound (`params.maxObjects`, `params.maxBytes`):
+    /// the write was refused and nothing changed.
+    Full(String),
 }
 
 impl fmt::Display for StoreError {
@@ -28,11 +31,12 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Unavailable(s) => write!(f, "database unavailable: {}", s),
             StoreError::Failed(s) => write!(f, "database error: {}", s),
+            StoreError::Full(s) => write!(f, "store full: {}", s),
         }
     }
 }
 
-/// An object store. Implementations are shared by every connection thread.
+/// An object store. Implementations are shared by every pool thread.
 pub trait Store: Send + Sync {
     /// Driver name for `/healthz` (`memory`, `mongodb`).
     fn name(&self) -> &'static str;
@@ -42,6 +46,34 @@ pub trait Store: Send + Sync {
     fn get(&self, ty: &str, id: &str) -> Result<Option<String>, StoreError>;
     /// Remove the object; `false` when there was none.
     fn delete(&self, ty: &str, id: &str) -> Result<bool, StoreError>;
+    /// What is known of the database right now, without waiting for it.
+    fn health(&self) -> Health {
+        Health::Ok
+    }
+    /// Whether a call may wait for I/O (then it runs on the pool, never on
+    /// the event loop). The memory driver only takes a lock.
+    fn may_block(&self) -> bool {
+        true
+    }
+}
+
+/// What `/healthz` says of the database (`"database"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Not checked yet.
+    Unknown,
+    Ok,
+    Unreachable,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Ok => "ok",
+            Health::Unreachable => "unreachable",
+        }
+    }
 }
 
 /// The one string key of an object. `/` cannot occur in a valid type or id, so
@@ -54,18 +86,46 @@ pub fn object_key(ty: &str, id: &str) -> String {
     k
 }
 
+/// Bytes charged to each object of the memory driver besides its key and
+/// text: the map entry, two string headers and the allocator's rounding.
+/// With it, many tiny objects reach `maxBytes` before they cost more memory
+/// than it says.
+pub const OBJECT_OVERHEAD: u64 = 128;
+
 /// The `memory` driver: a map per process (which is why zero-downtime restarts
-/// require `mongodb`: a new worker starts empty).
-#[derive(Default)]
+/// require `mongodb`: a new worker starts empty), bounded by a number of
+/// objects and a number of bytes (key + text + [`OBJECT_OVERHEAD`] each).
 pub struct MemoryStore {
-    map: Mutex<HashMap<String, String>>,
+    inner: Mutex<Memory>,
+    max_objects: u64,
+    max_bytes: u64,
+}
+
+#[derive(Default)]
+struct Memory {
+    map: HashMap<String, String>,
+    bytes: u64,
+}
+
+fn charge(key: &str, json: &str) -> u64 {
+    (key.len() + json.len()) as u64 + OBJECT_OVERHEAD
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new(u64::MAX, u64::MAX)
+    }
 }
 
 impl MemoryStore {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        // A panic in another request thread must not make the store unusable:
+    pub fn new(max_objects: u64, max_bytes: u64) -> MemoryStore {
+        MemoryStore { inner: Mutex::new(Memory::default()), max_objects, max_bytes }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
+        // A panic in a handler (on the loop or a pool thread) must not make the store unusable:
         // every operation leaves the map consistent, so a poisoned lock is safe.
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -74,17 +134,42 @@ impl Store for MemoryStore {
         "memory"
     }
 
+    fn may_block(&self) -> bool {
+        false
+    }
+
     fn put(&self, ty: &str, id: &str, json: &str) -> Result<(), StoreError> {
-        self.lock().insert(object_key(ty, id), json.to_string());
+        let key = object_key(ty, id);
+        let new = charge(&key, json);
+        let mut m = self.lock();
+        let old = m.map.get(&key).map(|v| charge(&key, v));
+        if old.is_none() && m.map.len() as u64 >= self.max_objects {
+            return Err(StoreError::Full(format!("{} objects (params.maxObjects)", self.max_objects)));
+        }
+        let bytes = m.bytes - old.unwrap_or(0) + new;
+        // A replacement that does not grow is always allowed.
+        if bytes > self.max_bytes && new > old.unwrap_or(0) {
+            return Err(StoreError::Full(format!("{} bytes (params.maxBytes)", self.max_bytes)));
+        }
+        m.bytes = bytes;
+        m.map.insert(key, json.to_string());
         Ok(())
     }
 
     fn get(&self, ty: &str, id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.lock().get(&object_key(ty, id)).cloned())
+        Ok(self.lock().map.get(&object_key(ty, id)).cloned())
     }
 
     fn delete(&self, ty: &str, id: &str) -> Result<bool, StoreError> {
-        Ok(self.lock().remove(&object_key(ty, id)).is_some())
+        let key = object_key(ty, id);
+        let mut m = self.lock();
+        match m.map.remove(&key) {
+            Some(v) => {
+                m.bytes -= charge(&key, &v);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }
 
@@ -117,6 +202,26 @@ mod tests {
         assert!(s.delete("a", "b").unwrap());
         assert!(!s.delete("a", "b").unwrap());
         assert_eq!(s.get("a", "b").unwrap(), None);
+    }
+
+    #[test]
+    fn memory_bounds() {
+        let per = |json: &str| charge("t/a", json);
+        let s = MemoryStore::new(2, 3 * per("{}"));
+        s.put("t", "a", "{}").unwrap();
+        s.put("t", "b", "{}").unwrap();
+        assert!(matches!(s.put("t", "c", "{}"), Err(StoreError::Full(_))), "max objects");
+        assert_eq!(s.get("t", "c").unwrap(), None);
+        // Replacing is not a new object.
+        s.put("t", "a", "{ }").unwrap();
+        assert!(s.delete("t", "b").unwrap());
+        let big = format!("{{\"k\":\"{}\"}}", "x".repeat(2 * per("{}") as usize));
+        assert!(matches!(s.put("t", "b", &big), Err(StoreError::Full(_))), "max bytes");
+        assert!(matches!(s.put("t", "a", &big), Err(StoreError::Full(_))), "a growing replacement");
+        assert_eq!(s.get("t", "a").unwrap().as_deref(), Some("{ }"), "nothing lost");
+        s.put("t", "a", "{}").unwrap();
+        s.put("t", "b", "{}").unwrap();
+        assert_eq!(s.lock().bytes, 2 * per("{}"));
     }
 
     #[test]
