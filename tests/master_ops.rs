@@ -1,4 +1,4 @@
-//! The master under real operations (issue 9): a worker's record that forges
+//! The master under real operations (zdrestart(8), zdrestart-worker(7)): a worker's record that forges
 //! the master's, the pidfile lock, signals from the first instant, process
 //! groups and orphans, inherited fds. Real master, real workers on loopback.
 

@@ -128,8 +128,11 @@ fn respawn_backoff_doubles_from_half_a_second_to_thirty() {
         assert_eq!(r["level"], 50, "a crash loop is an error: {}", r);
     }
     // Each scheduled respawn is followed (in the log's order) by a spawn of
-    // worker 0, no sooner than its delay by the master's clock (ms
-    // resolution).
+    // worker 0, no sooner than its delay. The delay runs from the instant the
+    // master handled the exit; the record that announces it is stamped when
+    // it is written, a little later on a loaded machine (6 ms was seen), so
+    // the records' times get 50 ms of slack: far less than any step of the
+    // doubling, which is what this checks.
     let scheduled: Vec<usize> = (0..recs.len())
         .filter(|&i| recs[i]["component"] == "master" && recs[i]["worker"] == 0 && recs[i].get("delay_ms").is_some())
         .collect();
@@ -139,7 +142,7 @@ fn respawn_backoff_doubles_from_half_a_second_to_thirty() {
             .find(|r| event_of(r) == "worker.spawn" && r["worker"] == 0)
             .unwrap_or_else(|| panic!("no spawn after {}", recs[i]));
         let waited = (time_ms_of(next) - time_ms_of(&recs[i])) as u64;
-        assert!(waited + 1 >= expected[n], "respawn {} after {} ms, scheduled for {} ms", n + 1, waited, expected[n]);
+        assert!(waited + 50 >= expected[n], "respawn {} after {} ms, scheduled for {} ms", n + 1, waited, expected[n]);
         eprintln!("respawn {}: scheduled in {} ms, spawned after {} ms", n + 1, expected[n], waited);
     }
 }

@@ -1,4 +1,4 @@
-//! pump.socket(7) compatibility (issue 9, item 7): every answer pump.io's
+//! pump.socket(7) compatibility (zdrestartctl(8)): every answer pump.io's
 //! control-socket man page defines, byte for byte, from a real master.
 //!
 //! pump.socket(7) (pump-io/pump.io, doc/pump.socket.7) defines: `ACK` alone

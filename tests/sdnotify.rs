@@ -1,4 +1,4 @@
-//! The master as a systemd service of `Type=notify` (issue 9, item 6): the
+//! The master as a systemd service of `Type=notify` (zdrestart(8)): the
 //! sd_notify(3) datagrams it sends on `$NOTIFY_SOCKET`, received on a real
 //! `AF_UNIX` datagram socket that the test binds (a path, and an abstract
 //! name), in their exact sequence for start, restart, refusal, abort and stop.

@@ -1,6 +1,6 @@
-//! The built-in worker under real traffic, tried as an ordinary and as a
-//! hostile client would (issue 11): pooled keep-alive clients across restarts,
-//! thousands of idle connections, slow clients, a hung database, a memory
+//! The built-in worker under real traffic (zdrestart-worker(7)), tried as an
+//! ordinary and as a hostile client would: pooled keep-alive clients across
+//! restarts, thousands of idle connections, slow clients, a hung database, a memory
 //! driver filled up, and HTTP/1.1 as clients speak it (chunked bodies,
 //! `Expect: 100-continue`, pipelining, HEAD).
 //!
@@ -114,7 +114,7 @@ fn rss_kb(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Issue 11, "512 connections take the service down" (2,000 idle keep-alive
+/// Measured on the old worker: "512 connections take the service down" (2,000 idle keep-alive
 /// clients, 1,359 could not even connect): 2,000 idle keep-alive connections
 /// on one worker are all answered, and a normal client beside them gets its
 /// answers.
@@ -159,7 +159,7 @@ fn over_the_connection_limit_a_client_hears_503_at_once() {
     assert!(wait_until(PROMPT, || http_with(w.port, "GET", "/healthz", None, &[], PROMPT).is_ok_and(|r| r.status == 200)));
 }
 
-/// Issue 11, "512 slow clients ... nobody else gets an answer; the stall
+/// Measured on the old worker: "512 slow clients ... nobody else gets an answer; the stall
 /// timer restarts on every byte, so there is no total deadline": 600 slow
 /// clients do not keep a normal client from its answers, and every one of
 /// them is cut off by the total head deadline (here 3 s) although it keeps
@@ -187,7 +187,7 @@ impl Trickle {
     }
 }
 
-/// Issue 11, "20 slow clients also stretch a restart and a stop to the full
+/// Measured on the old worker: "20 slow clients also stretch a restart and a stop to the full
 /// shutdownTimeout": a stop with slow and idle clients connected ends when
 /// their own deadlines do; no worker has to be killed.
 #[test]
@@ -210,7 +210,7 @@ fn slow_and_idle_clients_do_not_delay_a_stop() {
     assert_eq!(cut, n);
 }
 
-/// Issue 11, "A hung database stalls everything": with the database stopped
+/// Measured on the old worker: "A hung database stalls everything": with the database stopped
 /// (SIGSTOP), 64 concurrent requests all answer 503 within `params.timeout`
 /// (1 s) plus a small constant, those beyond the queue at once; `/healthz`
 /// answers at once meanwhile and says the database is unreachable.
@@ -275,7 +275,7 @@ fn a_hung_database_answers_on_time() {
     assert!(wait_until(Duration::from_secs(10), || worker_request(p, "GET", "/healthz", None).json()["database"] == "ok"));
 }
 
-/// Issue 11, "The memory driver has no bound" (300 PUTs of 1 MiB took a
+/// Measured on the old worker: "The memory driver has no bound" (300 PUTs of 1 MiB took a
 /// worker to 315 MB): with no key set, new objects are refused with 507 and
 /// a JSON error before the worker holds 256 MiB; nothing acknowledged is lost.
 #[test]
@@ -336,7 +336,7 @@ fn the_memory_driver_is_bounded() {
     assert!(out.lines().any(|l| l.starts_with("ERROR=config: params.maxBytes")), "{}", out);
 }
 
-/// Issue 11, "Chunked request bodies get 411": chunked bodies (with the
+/// Measured on the old worker: "Chunked request bodies get 411": chunked bodies (with the
 /// same size limit), `Expect: 100-continue`, pipelining and HEAD.
 #[test]
 fn http_as_clients_speak_it() {
@@ -414,7 +414,7 @@ fn http_as_clients_speak_it() {
     assert_eq!(r.header("keep-alive"), Some("timeout=4"));
 }
 
-/// Issue 11, "Pooled keep-alive clients fail across restarts": clients that
+/// Measured on the old worker: "Pooled keep-alive clients fail across restarts": clients that
 /// pause 0.2 to 4 s between requests on one connection (less than the idle
 /// timeout, like a connection pool) and never retry lose no request over
 /// three restarts: a draining worker answers the next request on each
