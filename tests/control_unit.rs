@@ -243,7 +243,7 @@ fn not_a_socket_is_refused_and_left_alone() {
 fn pump_io_compatible_answers() {
     let dir = TestDir::new("proto");
     let h = default_harness(&dir);
-    assert_eq!(ask(&h.path, "CMDS\n"), "ACK CMDS VERSION LOGLEVEL STATUS RESTART\n");
+    assert_eq!(ask(&h.path, "CMDS\n"), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE\n");
     assert_eq!(ask(&h.path, "version\r\n"), "ACK test-version\n");
     assert_eq!(ask(&h.path, "FROB\n"), "NACK unknown\n");
     assert_eq!(ask(&h.path, "LOGLEVEL loud\n"), "NACK invalid\n");
@@ -254,7 +254,7 @@ fn pump_io_compatible_answers() {
         let s = connect(&h.path);
         (&s).write_all(b"\n  \nCmds\nloglevel debug\nLOGLEVEL restore\nbogus arg\nVERSION\n").unwrap();
         let mut r = BufReader::new(s);
-        assert_eq!(read_line(&mut r), "ACK CMDS VERSION LOGLEVEL STATUS RESTART\n");
+        assert_eq!(read_line(&mut r), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE\n");
         assert_eq!(read_line(&mut r), "ACK\n");
         assert_eq!(read_line(&mut r), "ACK\n");
         assert_eq!(read_line(&mut r), "NACK unknown\n");
@@ -670,7 +670,7 @@ fn zdrestartctl_exit_codes_and_messages() {
     let s = sock.as_str();
 
     assert_eq!(ctl(&["-s", s, "version"]), (0, "test-version\n".into(), String::new()));
-    assert_eq!(ctl(&["-s", s, "cmds"]).1, "CMDS VERSION LOGLEVEL STATUS RESTART\n");
+    assert_eq!(ctl(&["-s", s, "cmds"]).1, "CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE\n");
     assert_eq!(ctl(&["-s", s, "loglevel", "debug"]).0, 0);
 
     let (code, out, err) = ctl(&["-s", s, "restart", "--wait"]);

@@ -8,9 +8,11 @@
 pub mod admission;
 pub mod child;
 pub mod event_loop;
+pub mod handover;
 pub mod listeners;
 pub mod orphans;
 pub mod pidfile;
 pub mod probe;
+pub mod upgrade;
 pub mod spawn_spec;
 pub mod state;

@@ -6,8 +6,11 @@
 //! with each result; nothing here logs.
 #![allow(unsafe_code)]
 
+mod exec;
 mod procs;
 mod spawn;
+
+pub use exec::{execv, fd_is_open, mask_signals, memfd_create, parent_pid, set_cloexec};
 
 pub use procs::*;
 pub use spawn::{disable_close_range, spawn, SpawnSpec, Spawned};
