@@ -326,8 +326,10 @@ impl ControlServer {
             let cmd = parse_command(&String::from_utf8_lossy(line));
             c.inbuf.drain(..next);
             if let Some(cmd) = cmd {
-                // UPGRADE too: the lines after it are the new image's to read.
-                let wait = matches!(cmd, Command::Restart { wait: true } | Command::Upgrade { .. });
+                // Any RESTART (answered later, after its probe) and UPGRADE
+                // (answered by the new image): the lines after it wait, so
+                // that answers stay in order.
+                let wait = matches!(cmd, Command::Restart { .. } | Command::Upgrade { .. });
                 c.owed += 1;
                 cmds.push((id, cmd));
                 if wait {
@@ -576,14 +578,14 @@ impl Client {
             return true;
         }
         // Commands of this batch are answered after on_ready returns, in order:
-        // only a RESTART WAIT (now or earlier) stops further parsing.
+        // only a RESTART or UPGRADE (now or earlier) stops further parsing.
         let in_batch = cmds.iter().filter(|(i, _)| *i == id).count();
         if self.owed > in_batch {
-            return false; // owed from an earlier call: a RESTART WAIT
+            return false; // owed from an earlier call: a RESTART or UPGRADE
         }
         !matches!(
             cmds.iter().rev().find(|(i, _)| *i == id),
-            Some((_, Command::Restart { wait: true } | Command::Upgrade { .. }))
+            Some((_, Command::Restart { .. } | Command::Upgrade { .. }))
         )
     }
 }
