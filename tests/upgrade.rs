@@ -85,6 +85,7 @@ fn twenty_upgrades_under_load_fail_no_request_and_leak_nothing() {
     let mongo = Mongo::start();
     let (m, exe, sock) = mongo_master(&mongo);
     let pid = m.pid();
+    let fds_at_start = m.fd_count();
     let load = Load::start(m.port, SPEC);
     std::thread::sleep(Duration::from_millis(500));
     let mut times = Vec::new();
@@ -121,6 +122,7 @@ fn twenty_upgrades_under_load_fail_no_request_and_leak_nothing() {
     assert!(stats.failures.is_empty(), "{} failed requests", stats.failures.len());
     assert!(stats.samples.len() > 100);
     // Same fds after the 2nd and the 20th upgrade: nothing accumulates.
+    assert_eq!(fds[0], fds_at_start, "the first upgrade changes the fd count: {} -> {:?}", fds_at_start, fds);
     assert_eq!(fds[1], fds[19], "fd count grows: {:?}", fds);
     // A fresh image each time: RSS does not creep (bounded by the first ones).
     let first = *rss[..5].iter().max().unwrap();
@@ -263,4 +265,43 @@ fn upgrade_amid_sigusr2_storms_and_control_floods() {
     assert!(pid_alive(pid));
     assert_eq!(m.events("master.upgrade").len(), 3);
     assert!(m.zombies().is_empty());
+}
+
+#[test]
+fn upgrade_ends_a_lockout_without_a_failed_request() {
+    let _g = exclusive();
+    let mongo = Mongo::start();
+    let (mut m, _exe, sock) = mongo_master(&mongo);
+    let pid = m.pid();
+    let load = Load::start(m.port, SPEC);
+    // A broken deploy: the restart aborts, the master locks out.
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), fault_worker_json("die-at-start.sh"));
+    });
+    m.signal(libc::SIGUSR2);
+    let lockout = m.wait_for_event("master.lockout", T);
+    assert!(lockout["msg"].as_str().unwrap().contains("zdrestartctl upgrade --wait"), "{}", lockout);
+    assert_eq!(status(&sock)["state"], "lockout");
+    assert_eq!(ask(&sock, "RESTART"), "NACK aborted restart");
+    let serving = status_pids(&sock);
+    // The operator fixes the code and upgrades: a fresh state, every worker new.
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), json!([worker_bin().display().to_string()]));
+    });
+    let out = std::process::Command::new(ctl_bin()).args(["-s", sock.to_str().unwrap(), "upgrade", "--wait"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}\n{}", out, m.diagnostics());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "master upgraded; zero-downtime restart complete\n");
+    let up = m.wait_for_event("master.upgrade", T);
+    assert_eq!(up["lockout_cleared"], true);
+    let st = status(&sock);
+    assert_eq!(st["state"], "running");
+    assert_eq!(st["lockout"], false);
+    assert_eq!(st["last_restart"]["outcome"], "complete");
+    let now = status_pids(&sock);
+    assert!(now.iter().all(|p| !serving.contains(p)), "{:?} -> {:?}", serving, now);
+    assert_eq!(now.len(), 2);
+    let stats = load.finish();
+    report("lockout recovery", &stats);
+    assert!(stats.failures.is_empty());
+    assert_eq!(m.pid(), pid);
 }

@@ -553,7 +553,8 @@ impl Master {
             generation = r.generation, stderr = lines.as_str();
             "zero-downtime restart aborted: {}: {}", why, detail);
         log::error!(event = "master.lockout";
-            "restarts are now refused and no worker will be respawned: restart the master as soon as possible");
+            "restarts are now refused and no worker will be respawned: restart the master as soon as possible, \
+             without downtime once the cause is fixed: zdrestartctl upgrade --wait");
         let text = self.notify_status(&format!(
             "zero-downtime restart to generation {} aborted: {}; restarts refused, restart the master as soon as possible",
             r.generation, why
@@ -1304,5 +1305,53 @@ mod tests {
     fn idle_master_has_no_deadline() {
         let h = running(mongo(2));
         assert_eq!(h.m.next_deadline(), None);
+    }
+
+    #[test]
+    fn upgrade_is_let_through_in_running_and_lockout_only() {
+        let up = |h: &mut H| h.ev(Event::Upgrade { client: 9, wait: false, restart: true });
+        let mut h = H::new(mongo(2));
+        h.ev(Event::Start);
+        h.ready_all();
+        assert_eq!(up(&mut h), vec![Action::Upgrade { client: 9, wait: false, restart: true }]);
+        // Probing, then rolling: refused, the restart goes on.
+        h.restart(mongo(2), false);
+        let nack = vec![Action::ReplyLine { client: 9, line: "NACK restart in flight".into() }];
+        assert_eq!(up(&mut h), nack);
+        h.probe_ok();
+        assert_eq!(up(&mut h), nack);
+        // Lockout (a new worker dies): let through, the one way out without downtime.
+        let new = h.m.workers().find(|w| w.generation == 2).unwrap().id;
+        h.ev(Event::Exited { id: new, status: ExitStatus::Code(1) });
+        assert_eq!(h.m.state(), MasterState::Lockout);
+        assert_eq!(up(&mut h), vec![Action::Upgrade { client: 9, wait: false, restart: true }]);
+        h.ev(Event::Stop { signal: "SIGTERM" });
+        assert_eq!(up(&mut h), vec![Action::ReplyLine { client: 9, line: "NACK stopping".into() }]);
+    }
+
+    #[test]
+    fn snapshot_and_resume_keep_the_workers_and_clear_the_lockout() {
+        let mut h = H::new(mongo(2));
+        h.ev(Event::Start);
+        h.ready_all();
+        h.restart(mongo(2), false);
+        h.probe_ok();
+        let new = h.m.workers().find(|w| w.generation == 2).unwrap().id;
+        h.ev(Event::Exited { id: new, status: ExitStatus::Code(1) });
+        assert_eq!(h.m.state(), MasterState::Lockout);
+        let fds = |pid: u32| Some(WorkerFds { pidfd: None, notify: Some(pid as i32), output: None, control: pid as i32 + 1000 });
+        let snap = h.m.snapshot(h.now, fds).unwrap();
+        assert!(snap.lockout);
+        let r = Master::resume(h.m.config.clone(), &snap, h.now);
+        assert_eq!(r.state(), MasterState::Running);
+        assert_eq!(r.generation(), 2);
+        let pids = |m: &Master| m.workers().map(|w| (w.pid, w.generation, w.index, w.state)).collect::<Vec<_>>();
+        assert_eq!(pids(&r), pids(&h.m));
+        let st = r.status(1, SystemTime::UNIX_EPOCH);
+        assert_eq!(st.last_restart.unwrap().outcome, Outcome::Aborted);
+        // A worker without a pid yet cannot be handed over.
+        let mut h2 = H::new(mongo(2));
+        h2.m.handle(Event::Start, h2.now, h2.wall());
+        assert!(h2.m.snapshot(h2.now, fds).is_err());
     }
 }
