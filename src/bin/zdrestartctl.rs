@@ -407,10 +407,11 @@ fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
                     "restart failed"
                 }
                 Cmd::Restart { .. } => "restart refused",
-                Cmd::Upgrade { .. } if Reason::from_wire(control::reason_key(&reason)) == Some(Reason::Aborted) => {
-                    "upgrade done, restart failed"
+                Cmd::Upgrade { .. } if zdrestart::master::upgrade::refused_before_exec(control::reason_key(&reason)) => {
+                    "upgrade refused"
                 }
-                Cmd::Upgrade { .. } => "upgrade refused",
+                // The new master answered: upgraded, but its roll-over did not complete.
+                Cmd::Upgrade { .. } => "upgrade done, restart failed",
                 other => other.name(),
             };
             eprintln!("zdrestartctl: {}: {}", verb, control::operator_message(&reason));
