@@ -100,6 +100,7 @@ fn run(mut server: ControlServer, stop: Arc<AtomicBool>, stats: Arc<Stats>, wait
                     Command::LogLevel(_) | Command::LogLevelRestore => server.reply(client, "ACK"),
                     Command::Unknown(_) => server.reply(client, &control::nack(control::NACK_UNKNOWN)),
                     Command::Bad { nack, .. } => server.reply(client, &control::nack(nack)),
+                    Command::Upgrade { .. } => server.reply(client, "NACK upgrade not possible: test server"),
                 }
             }
         }

@@ -517,6 +517,11 @@ mod tests {
     fn parses_commands_and_options() {
         assert_eq!(cmd(&["restart"]).cmd, Cmd::Restart { wait: false });
         assert_eq!(cmd(&["restart", "--wait"]).cmd, Cmd::Restart { wait: true });
+        assert_eq!(cmd(&["upgrade"]).cmd, Cmd::Upgrade { wait: false, restart: true });
+        assert_eq!(cmd(&["upgrade", "--no-restart", "--wait"]).cmd, Cmd::Upgrade { wait: true, restart: false });
+        assert_eq!(Cmd::Upgrade { wait: true, restart: false }.line(), "UPGRADE WAIT NORESTART");
+        assert!(p(&["upgrade", "--wait", "--wait"]).is_err());
+        assert!(p(&["upgrade", "now"]).is_err());
         assert_eq!(cmd(&["status"]).cmd, Cmd::Status { json: false });
         assert_eq!(cmd(&["status", "--json"]).cmd, Cmd::Status { json: true });
         assert_eq!(cmd(&["loglevel", "DEBUG"]).cmd, Cmd::LogLevel("debug".into()));

@@ -271,4 +271,14 @@ mod tests {
         let r = Refused::new(Reason::Aborted, "new worker exited: new worker 12 exited (exit status 1)");
         assert_eq!(render(&RestartAnswer::Refused(r)), "NACK aborted: new worker exited: new worker 12 exited (exit status 1)");
     }
+
+    #[test]
+    fn parses_upgrade() {
+        assert_eq!(parse_command("upgrade"), Some(Command::Upgrade { wait: false, restart: true }));
+        assert_eq!(parse_command("UPGRADE wait NoRestart"), Some(Command::Upgrade { wait: true, restart: false }));
+        assert_eq!(parse_command("UPGRADE norestart WAIT"), Some(Command::Upgrade { wait: true, restart: false }));
+        for bad in ["UPGRADE now", "UPGRADE WAIT WAIT", "UPGRADE NORESTART NORESTART"] {
+            assert!(matches!(parse_command(bad), Some(Command::Bad { nack: NACK_UNKNOWN_ARGUMENT, .. })), "{}", bad);
+        }
+    }
 }
