@@ -305,3 +305,56 @@ fn upgrade_ends_a_lockout_without_a_failed_request() {
     assert!(stats.failures.is_empty());
     assert_eq!(m.pid(), pid);
 }
+
+#[test]
+fn exec_failure_is_answered_and_the_master_carries_on() {
+    let _g = exclusive();
+    let (m, exe, sock) = start(Master::for_test());
+    let pid = m.pid();
+    let workers = status_pids(&sock);
+    let fds = m.fd_count();
+    // Passes its check, then removes itself: the exec that follows fails (ENOENT).
+    install_bytes(&exe, format!("#!/bin/sh\nrm -f \"$0\"\nexec {} \"$@\"\n", master_bin().display()).as_bytes());
+    let a = ask(&sock, "UPGRADE");
+    assert!(a.starts_with("NACK exec failed: execve "), "{}", a);
+    assert!(a.contains("No such file or directory"), "{}", a);
+    // Everything as before: same master, same workers, same fds (close-on-exec again), serving.
+    assert_eq!(m.pid(), pid);
+    assert_eq!(status_pids(&sock), workers);
+    assert_eq!(m.fd_count(), fds);
+    assert_eq!(m.healthz().status, 200);
+    assert!(ask(&sock, "VERSION").starts_with("ACK "));
+    // Signals still work after the mask was restored: SIGHUP reopens the log.
+    let mark = m.mark();
+    m.signal(libc::SIGHUP);
+    m.wait_event_after(mark, "log.reopen", T);
+    install_master(&exe);
+    assert!(ask(&sock, "UPGRADE NORESTART").starts_with("ACK upgraded "));
+    assert_eq!(m.pid(), pid);
+}
+
+#[test]
+fn the_check_mode_refuses_a_corrupt_state() {
+    let run = |input: &[u8]| {
+        use std::io::Write;
+        let mut c = std::process::Command::new(master_bin())
+            .args(["--handover-check", "0"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(input).unwrap();
+        let out = c.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    for (input, want) in [
+        (&b""[..], "truncated"),
+        (b"garbage\n", "not a zdrestart hand-over"),
+        (b"zdrestart-handover 99\n{}\n", "incompatible hand-over version 99"),
+        (b"zdrestart-handover 1\n{\"from_version\":\n", "hand-over state"),
+    ] {
+        let (code, out) = run(input);
+        assert_eq!(code, Some(1), "{:?}: {}", String::from_utf8_lossy(input), out);
+        assert!(out.contains(want), "{:?}: {}", String::from_utf8_lossy(input), out);
+    }
+}
