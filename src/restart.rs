@@ -35,7 +35,8 @@ pub enum Reason {
     /// A started restart was aborted (answer to `RESTART WAIT`; the detail
     /// starts with the [`AbortCause`]).
     Aborted,
-    /// SIGUSR2 while the master starts (before its first generation): only
+    /// SIGUSR2 while the master starts (before it spawns its first
+    /// generation: config, pidfile, listeners, probe): only
     /// in the `restart.refused` record, the control socket is not open yet.
     Starting,
 }
@@ -128,7 +129,7 @@ impl Reason {
             },
             Reason::Starting => Words {
                 wire: "starting",
-                describe: "the master is starting: its first generation of workers is not running yet",
+                describe: "the master is starting: it has not started its first generation of workers yet",
                 advice: "Wait until the master has started (`master.start` in its log), then retry.",
             },
             Reason::Aborted => Words {

@@ -50,7 +50,7 @@ fn every_answer_without_a_restart_is_pump_io_text() {
         assert_eq!(c.cmd_raw(line), "NACK invalid\n", "{}", line);
     }
     // The detail is in the log, one record per refused command.
-    let recs = m.wait_for("3 refused LOGLEVEL records", T, |recs| {
+    let recs = m.wait_for("4 refused LOGLEVEL records", T, |recs| {
         let v: Vec<Value> = recs[mark..]
             .iter()
             .filter(|r| r["component"] == "control" && r["nack"] == "invalid")

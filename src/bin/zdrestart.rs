@@ -98,8 +98,8 @@ fn main() -> ExitCode {
         return usage_error("-t and --check exclude each other");
     }
     // The master's very first action: from here no signal it uses can kill
-    // it with the default action (zdrestart(8), SIGNALS). `--check` keeps
-    // the defaults (Ctrl-C ends it).
+    // it with the default action (zdrestart(8), SIGNALS). `--check` and `-t`
+    // keep the defaults (Ctrl-C ends them).
     let signals = if check || test_config {
         None
     } else {

@@ -274,6 +274,23 @@ fn socket_path(opts: &Opts) -> Result<PathBuf, String> {
     }
 }
 
+/// Whether a master runs, by the test the master's pidfile is made for (its
+/// lock, not the pid in it: zdrestart(8), FILES), when the config read for
+/// the socket names a `pidfile`. None when there is nothing to say.
+fn pidfile_hint(opts: &Opts) -> Option<String> {
+    if opts.socket.is_some() && opts.config.is_none() {
+        return None;
+    }
+    let path = config::absolute(opts.config.as_deref().unwrap_or(Path::new(config::DEFAULT_PATH)));
+    let cfg = Config::parse(&path, &std::fs::read_to_string(&path).ok()?).ok()?;
+    let pidfile = cfg.pidfile?;
+    Some(match zdrestart::master::pidfile::holder(&pidfile) {
+        Ok(Some(pid)) => format!("pidfile {}: a master runs (pid {}, it holds the pidfile's lock)", pidfile.display(), pid),
+        Ok(None) => format!("pidfile {}: no master holds its lock: the master is not running", pidfile.display()),
+        Err(e) => format!("pidfile {}: {}", pidfile.display(), os_text(&e)),
+    })
+}
+
 fn connect_hint(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::NotFound | ErrorKind::ConnectionRefused => " (is the master running with controlSocket set?)",
@@ -476,6 +493,9 @@ fn run(args: &[String]) -> u8 {
         Ok(l) => l,
         Err(e) => {
             eprintln!("zdrestartctl: {}", e);
+            if let Some(hint) = pidfile_hint(&opts) {
+                eprintln!("zdrestartctl: {}", hint);
+            }
             return EXIT_ERROR;
         }
     };

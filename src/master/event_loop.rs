@@ -337,7 +337,7 @@ fn starting_signals(signals: &SignalPipe) -> bool {
     if signals.take(libc::SIGUSR2) {
         let reason = Reason::Starting;
         log::warn!(event = "restart.refused", reason = reason.wire(), detail = "the master is starting";
-            "zero-downtime restart refused: {}: the master is starting (SIGUSR2 before the first generation)", reason);
+            "zero-downtime restart refused: {}: the master is starting (SIGUSR2 before it started its first generation)", reason);
     }
     for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
         if signals.take(sig) {

@@ -10,7 +10,9 @@
 //! - a pidfile nobody holds locked is stale whatever pid it names, and is
 //!   taken over (a dead master never blocks a start);
 //! - anyone can ask the same question ([`holder`]; from a shell
-//!   `flock -n -s PIDFILE true` fails while a master holds it).
+//!   `flock -n -s PIDFILE true` fails while a master holds it). Such a test
+//!   holds a shared lock for an instant: a master that starts then retries
+//!   for a second before it concludes that another master runs.
 //!
 //! The file is written in place (never replaced by a rename: the lock belongs
 //! to the inode) and removed at exit while still locked. A master that opened
@@ -23,6 +25,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// A pidfile held (locked and written) by this process until [`Pidfile::remove`]
 /// or the process's end.
@@ -36,6 +39,23 @@ fn same_file(file: &File, path: &Path) -> bool {
     match (file.metadata(), std::fs::metadata(path)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
+    }
+}
+
+/// How long a lock held by someone else may be a mere liveness test (a
+/// shared lock taken for an instant by [`holder`] or `flock -n -s`) rather
+/// than a running master.
+const PROBED_FOR: Duration = Duration::from_secs(1);
+
+/// The exclusive lock, retried for [`PROBED_FOR`] while someone else holds
+/// it: a running master holds it for ever, a liveness test for an instant.
+fn lock_exclusive(file: &File) -> Result<(), TryLockError> {
+    let until = Instant::now() + PROBED_FOR;
+    loop {
+        match file.try_lock() {
+            Err(TryLockError::WouldBlock) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+            other => return other,
+        }
     }
 }
 
@@ -63,7 +83,7 @@ impl Pidfile {
                 .custom_flags(libc::O_CLOEXEC)
                 .open(path)
                 .map_err(|e| format!("open pidfile {}: {}", path.display(), crate::sys::strerror(&e)))?;
-            match file.try_lock() {
+            match lock_exclusive(&file) {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
                     return Err(match read_pid(&mut file) {
@@ -157,6 +177,18 @@ mod tests {
         held.remove();
         assert!(!p.exists());
         assert_eq!(holder(&p).unwrap(), None);
+
+        // A liveness test's shared lock, held while a master starts, does not
+        // make it refuse: it retries until the test lets go.
+        std::fs::write(&p, "1\n").unwrap();
+        let probe = File::open(&p).unwrap();
+        probe.lock_shared().unwrap();
+        let path = p.clone();
+        let starting = std::thread::spawn(move || Pidfile::acquire(&path));
+        std::thread::sleep(Duration::from_millis(100));
+        drop(probe);
+        let held = starting.join().unwrap().expect("acquired once the test let go");
+        held.remove();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
