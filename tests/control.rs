@@ -306,7 +306,11 @@ fn loglevel_changes_the_master_and_new_workers() {
     // LOGLEVEL debug (raw): the master logs at debug now.
     assert_eq!(ask(&sock, "LOGLEVEL debug"), "ACK");
     let set = m.wait_for("log level set record", T, |recs| {
-        recs.iter().rev().find(|r| r["msg"].as_str().unwrap_or("").starts_with("log level set to debug")).cloned()
+        // The master's record: workers log the same words (with worker_pid).
+        recs.iter()
+            .rev()
+            .find(|r| r["worker_pid"].is_null() && r["msg"].as_str().unwrap_or("").starts_with("log level set to debug"))
+            .cloned()
     });
     assert_eq!(set["component"], "control");
     let mark = m.mark();
