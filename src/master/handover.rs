@@ -354,7 +354,8 @@ mod tests {
 
     #[test]
     fn bad_fds_and_pids_are_refused() {
-        let cases: Vec<(fn(&mut Handover), &str)> = vec![
+        type Spoil = fn(&mut Handover);
+        let cases: Vec<(Spoil, &str)> = vec![
             (|h| h.listeners = vec![], "no listener"),
             (|h| h.listeners = vec![1], "fd 1"),
             (|h| h.listeners = vec![-1], "fd -1"),
