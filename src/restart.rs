@@ -81,7 +81,9 @@ impl Reason {
                 describe: "an earlier zero-downtime restart was aborted: the master refuses restarts and respawns no workers",
                 advice: "Workers still serving keep serving, but none that dies is replaced. Fix the cause \
                          (see the `restart.abort` record in the master's log), then restart the master as \
-                         soon as possible with a normal restart (stop and start the service).",
+                         soon as possible: `zdrestartctl upgrade --wait` does it without downtime (the master \
+                         re-executes itself in place with a fresh state and rolls every worker over), or a \
+                         normal restart (stop and start the service).",
             },
             Reason::BadConfig => Words {
                 wire: "bad config",

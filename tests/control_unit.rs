@@ -103,6 +103,7 @@ fn run(mut server: ControlServer, stop: Arc<AtomicBool>, stats: Arc<Stats>, wait
                     Command::LogLevel(_) | Command::LogLevelRestore => server.reply(client, "ACK"),
                     Command::Unknown(_) => server.reply(client, &control::nack(control::NACK_UNKNOWN)),
                     Command::Bad { nack, .. } => server.reply(client, &control::nack(nack)),
+                    Command::Upgrade { .. } => server.reply(client, "NACK upgrade not possible: test server"),
                 }
             }
         }
@@ -231,7 +232,7 @@ fn not_a_socket_is_refused_and_left_alone() {
 fn pump_io_compatible_answers() {
     let dir = TestDir::new("proto");
     let h = default_harness(&dir);
-    assert_eq!(ask(&h.path, "CMDS"), "ACK CMDS VERSION LOGLEVEL STATUS RESTART");
+    assert_eq!(ask(&h.path, "CMDS"), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE");
     assert_eq!(ask(&h.path, "version\r"), "ACK test-version");
     assert_eq!(ask(&h.path, "FROB"), "NACK unknown");
     assert_eq!(ask(&h.path, "LOGLEVEL loud"), "NACK invalid");
@@ -242,7 +243,7 @@ fn pump_io_compatible_answers() {
         let s = control_connect(&h.path);
         (&s).write_all(b"\n  \nCmds\nloglevel debug\nLOGLEVEL restore\nbogus arg\nVERSION\n").unwrap();
         let mut r = BufReader::new(s);
-        assert_eq!(read_line(&mut r), "ACK CMDS VERSION LOGLEVEL STATUS RESTART\n");
+        assert_eq!(read_line(&mut r), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE\n");
         assert_eq!(read_line(&mut r), "ACK\n");
         assert_eq!(read_line(&mut r), "ACK\n");
         assert_eq!(read_line(&mut r), "NACK unknown\n");
@@ -644,7 +645,7 @@ fn zdrestartctl_exit_codes_and_messages() {
     let s = sock.as_str();
 
     assert_eq!(ctl_raw(&["-s", s, "version"]).parts(), (0, "test-version\n".into(), String::new()));
-    assert_eq!(ctl_raw(&["-s", s, "cmds"]).out, "CMDS VERSION LOGLEVEL STATUS RESTART\n");
+    assert_eq!(ctl_raw(&["-s", s, "cmds"]).out, "CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE\n");
     assert_eq!(ctl_raw(&["-s", s, "loglevel", "debug"]).code, 0);
 
     let (code, out, err) = ctl_raw(&["-s", s, "restart", "--wait"]).parts();

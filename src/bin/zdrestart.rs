@@ -10,6 +10,7 @@ use zdrestart::control;
 use zdrestart::master::admission::{self, Running};
 use zdrestart::master::event_loop::{self, Options};
 use zdrestart::master::probe::probe_blocking;
+use zdrestart::master::upgrade;
 use zdrestart::status::{MasterState, StatusReport};
 
 const HELP: &str = "\
@@ -39,6 +40,10 @@ Signals (handled from the first instant, before the config is read):
                      removed, exit 0 (also while starting)
   SIGHUP             reopen the log file (logrotate)
 
+Upgrading the master itself without downtime: `zdrestartctl upgrade` (the
+master re-executes its executable on disk in place, same pid, listeners and
+workers kept, then rolls the workers over; it also ends a lockout).
+
 Exit status: 0 after a graceful stop, a valid -t or a successful --check;
 1 on a configuration error, a start-up failure, a refused --check, or when the last
 worker is gone after an aborted restart; 2 on a usage error.
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
     }
     let mut config_path = PathBuf::from(DEFAULT_PATH);
     let mut check = false;
+    let mut handover: Option<String> = None;
     let mut test_config = false;
     let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
@@ -70,6 +76,16 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             Some("--check") => check = true,
+            // The new binary's check of an upgrade's state (internal).
+            Some(upgrade::ARG_CHECK) => match args.next() {
+                Some(fd) => return ExitCode::from(upgrade::check_main(&fd.to_string_lossy()) as u8),
+                None => return usage_error("option --handover-check needs an FD"),
+            },
+            // The new image of an upgrade (internal; zdrestart(8)).
+            Some(upgrade::ARG_HANDOVER) => match args.next() {
+                Some(fd) => handover = Some(fd.to_string_lossy().into_owned()),
+                None => return usage_error("option --handover needs an FD"),
+            },
             Some("-t") | Some("--test-config") => test_config = true,
             Some("-c") | Some("--config") => match args.next() {
                 Some(p) => config_path = PathBuf::from(p),
@@ -96,6 +112,10 @@ fn main() -> ExitCode {
             }
         }
     };
+    let signals = match (handover, signals) {
+        (Some(fd), Some(signals)) => return resume(&fd, signals),
+        (_, s) => s,
+    };
     let cfg = match Config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -109,12 +129,7 @@ fn main() -> ExitCode {
     let Some(signals) = signals else {
         return run_check(cfg);
     };
-    let target = match &cfg.logfile {
-        Some(p) => zdrestart::log::Target::File(p.clone()),
-        None if std::io::stderr().is_terminal() => zdrestart::log::Target::Terminal,
-        None => zdrestart::log::Target::Stderr,
-    };
-    if let Err(e) = zdrestart::log::init(target, cfg.log_level, "master") {
+    if let Err(e) = init_log(&cfg) {
         eprintln!("zdrestart: {}", e);
         return ExitCode::from(1);
     }
@@ -133,6 +148,48 @@ fn main() -> ExitCode {
             eprintln!("zdrestart: {}", e);
             ExitCode::from(1)
         }
+    }
+}
+
+fn init_log(cfg: &Config) -> Result<(), String> {
+    let target = match &cfg.logfile {
+        Some(p) => zdrestart::log::Target::File(p.clone()),
+        None if std::io::stderr().is_terminal() => zdrestart::log::Target::Terminal,
+        None => zdrestart::log::Target::Stderr,
+    };
+    zdrestart::log::init(target, cfg.log_level, "master").map_err(|e| e.to_string())
+}
+
+/// `--handover FD`: the new image of an upgrade. Its check
+/// (`--handover-check`) passed on these very bytes before the old image
+/// exec'd, so a failure here is not expected; if it happens there is no
+/// way back: say why and exit (the workers get their parent-death signal).
+fn resume(fd: &str, signals: zdrestart::signals::SignalPipe) -> ExitCode {
+    let fail = |e: String| {
+        log::error!(fatal = true, event = "master.stop"; "upgrade: {}", e);
+        eprintln!("zdrestart: upgrade: {}", e);
+        ExitCode::from(1)
+    };
+    if std::env::var_os("ZDRESTART_NO_CLOSE_RANGE").is_some_and(|v| v == "1") {
+        zdrestart::sys::disable_close_range();
+    }
+    let h = match upgrade::read_state(fd) {
+        Ok(h) => h,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = zdrestart::master::handover::check_fds(&h, zdrestart::sys::fd_is_open) {
+        return fail(e);
+    }
+    let cfg = match Config::load(&h.config_path) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    if let Err(e) = init_log(&cfg) {
+        return fail(e);
+    }
+    match event_loop::resume(cfg, h, signals) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => fail(e),
     }
 }
 

@@ -36,6 +36,14 @@ Commands:
                        returns once the master accepted or refused it. With
                        --wait: returns when the restart is complete (exit 0),
                        or refused or aborted (exit 1, reason and advice on stderr)
+  upgrade [--wait] [--no-restart]
+                       upgrade the master itself with zero downtime: it re-execs
+                       its executable on disk in place (same pid, listeners and
+                       workers kept), then rolls the workers over (not with
+                       --no-restart). Also ends a lockout. Without --wait:
+                       returns once the new master runs; with --wait: when the
+                       roll-over that follows is complete (exit 0) or refused
+                       or aborted (exit 1)
   status [--json]      state of the master and of every worker; --json prints
                        the master's one-line JSON as it is
   version              version of the running master
@@ -64,6 +72,7 @@ connection, timeout or protocol error.
 #[derive(Debug, Clone, PartialEq)]
 enum Cmd {
     Restart { wait: bool },
+    Upgrade { wait: bool, restart: bool },
     Status { json: bool },
     Version,
     LogLevel(String),
@@ -75,6 +84,9 @@ impl Cmd {
         match self {
             Cmd::Restart { wait: false } => "RESTART".into(),
             Cmd::Restart { wait: true } => "RESTART WAIT".into(),
+            Cmd::Upgrade { wait, restart } => {
+                format!("UPGRADE{}{}", if *wait { " WAIT" } else { "" }, if *restart { "" } else { " NORESTART" })
+            }
             Cmd::Status { .. } => "STATUS".into(),
             Cmd::Version => "VERSION".into(),
             Cmd::LogLevel(l) => format!("LOGLEVEL {}", l),
@@ -85,6 +97,7 @@ impl Cmd {
     fn name(&self) -> &'static str {
         match self {
             Cmd::Restart { .. } => "restart",
+            Cmd::Upgrade { .. } => "upgrade",
             Cmd::Status { .. } => "status",
             Cmd::Version => "version",
             Cmd::LogLevel(_) => "loglevel",
@@ -140,7 +153,7 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
                     }
                 }
             }
-            "--wait" | "-w" | "--json" => words.push(a.clone()),
+            "--wait" | "-w" | "--json" | "--no-restart" => words.push(a.clone()),
             "--" => {
                 words.extend(args[i + 1..].iter().cloned());
                 break;
@@ -164,6 +177,17 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
             ["--wait" | "-w" | "wait"] => Cmd::Restart { wait: true },
             r => return Err(unexpected(r[r.len() - 1])),
         },
+        "upgrade" => {
+            let (mut wait, mut restart) = (false, true);
+            for w in &rest {
+                match *w {
+                    "--wait" | "-w" | "wait" if !wait => wait = true,
+                    "--no-restart" if restart => restart = false,
+                    x => return Err(unexpected(x)),
+                }
+            }
+            Cmd::Upgrade { wait, restart }
+        }
         "status" => match rest.as_slice() {
             [] => Cmd::Status { json: false },
             ["--json"] => Cmd::Status { json: true },
@@ -406,6 +430,11 @@ fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
                     "restart failed"
                 }
                 Cmd::Restart { .. } => "restart refused",
+                Cmd::Upgrade { .. } if zdrestart::master::upgrade::refused_before_exec(control::reason_key(&reason)) => {
+                    "upgrade refused"
+                }
+                // The new master answered: upgraded, but its roll-over did not complete.
+                Cmd::Upgrade { .. } => "upgrade done, restart failed",
                 other => other.name(),
             };
             eprintln!("zdrestartctl: {}: {}", verb, control::operator_message(&reason));
@@ -423,6 +452,8 @@ fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
                         println!("zero-downtime restart complete: {}", data);
                     }
                 }
+                Cmd::Upgrade { wait: true, restart: true } => println!("master upgraded; zero-downtime restart complete"),
+                Cmd::Upgrade { .. } => println!("master {}", data),
                 Cmd::Status { json: true } => println!("{}", data),
                 Cmd::Status { json: false } => {
                     let st: StatusReport = serde_json::from_str(&data)
@@ -461,7 +492,7 @@ fn run(args: &[String]) -> u8 {
             return EXIT_ERROR;
         }
     };
-    let wait = matches!(opts.cmd, Cmd::Restart { wait: true });
+    let wait = matches!(opts.cmd, Cmd::Restart { wait: true } | Cmd::Upgrade { wait: true, .. });
     let secs = opts.timeout.unwrap_or(if wait { 0.0 } else { DEFAULT_TIMEOUT_SECS });
     let timeout = if secs > 0.0 { Some(Duration::from_secs_f64(secs)) } else { None };
     let line = match exchange(&sock, &opts.cmd.line(), timeout, wait) {
@@ -512,6 +543,11 @@ mod tests {
     fn parses_commands_and_options() {
         assert_eq!(cmd(&["restart"]).cmd, Cmd::Restart { wait: false });
         assert_eq!(cmd(&["restart", "--wait"]).cmd, Cmd::Restart { wait: true });
+        assert_eq!(cmd(&["upgrade"]).cmd, Cmd::Upgrade { wait: false, restart: true });
+        assert_eq!(cmd(&["upgrade", "--no-restart", "--wait"]).cmd, Cmd::Upgrade { wait: true, restart: false });
+        assert_eq!(Cmd::Upgrade { wait: true, restart: false }.line(), "UPGRADE WAIT NORESTART");
+        assert!(p(&["upgrade", "--wait", "--wait"]).is_err());
+        assert!(p(&["upgrade", "now"]).is_err());
         assert_eq!(cmd(&["status"]).cmd, Cmd::Status { json: false });
         assert_eq!(cmd(&["status", "--json"]).cmd, Cmd::Status { json: true });
         assert_eq!(cmd(&["loglevel", "DEBUG"]).cmd, Cmd::LogLevel("debug".into()));

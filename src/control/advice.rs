@@ -30,6 +30,19 @@ fn protocol_words(key: &str) -> Option<(&'static str, &'static str)> {
             "Retry in a moment, once some of them are answered (such as a `zdrestartctl restart \
              --wait` that waits for a restart to end); idle connections would have made room.",
         ),
+        "upgrade check failed" => (
+            "the master's executable on disk refused to take the running master over (its check of the hand-over state failed)",
+            "Nothing changed. Read the detail: an incompatible hand-over version or a broken binary needs a normal \
+             restart of the master; a bad config must be fixed first.",
+        ),
+        "exec failed" => (
+            "the master could not execute its executable on disk",
+            "Nothing changed; the master carries on. Check the file named in the detail (present, executable).",
+        ),
+        "upgrade not possible" => (
+            "the master could not prepare the hand-over",
+            "Nothing changed. See the detail and the master's log; retry once the master is idle.",
+        ),
         _ => return None,
     })
 }

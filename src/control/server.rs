@@ -326,7 +326,10 @@ impl ControlServer {
             let cmd = parse_command(&String::from_utf8_lossy(line));
             c.inbuf.drain(..next);
             if let Some(cmd) = cmd {
-                let wait = matches!(cmd, Command::Restart { wait: true });
+                // Any RESTART (answered later, after its probe) and UPGRADE
+                // (answered by the new image): the lines after it wait, so
+                // that answers stay in order.
+                let wait = matches!(cmd, Command::Restart { .. } | Command::Upgrade { .. });
                 c.owed += 1;
                 cmds.push((id, cmd));
                 if wait {
@@ -479,6 +482,87 @@ impl ControlServer {
         self.clients.iter().filter(|(_, c)| c.waiting).map(|(id, _)| *id).collect()
     }
 
+    /// What an upgrade hands over: the listener's fd, the socket file's
+    /// identity and each client (fd, unparsed input, unsent answers, EOF
+    /// seen). Clients owed an answer are refused here (only the one that
+    /// asked for the upgrade, `except`, may be), so that no answer is lost.
+    pub fn handover(&self, except: ClientId) -> Result<crate::master::handover::ControlState, String> {
+        let mut clients = Vec::new();
+        for (&id, c) in &self.clients {
+            if c.closing || c.too_long {
+                continue; // about to close: it is not carried over
+            }
+            if id != except && (c.owed > 0 || c.waiting) {
+                return Err("a control client is owed an answer".into());
+            }
+            clients.push(crate::master::handover::ClientState {
+                fd: c.fd,
+                inbuf: c.inbuf.clone(),
+                out: c.out[c.out_pos..].to_vec(),
+                eof: c.eof,
+            });
+        }
+        Ok(crate::master::handover::ControlState {
+            path: self.path.clone(),
+            fd: self.listener.as_raw_fd(),
+            ident: self.ident,
+            clients,
+        })
+    }
+
+    /// The fd of a client.
+    pub fn client_fd(&self, client: ClientId) -> Option<RawFd> {
+        self.clients.get(&client).map(|c| c.fd)
+    }
+
+    /// The control server of the new image after an upgrade, from the fds
+    /// and bytes of [`handover`](Self::handover). Returns the server and the
+    /// client id of each fd. `requester`: the client owed the upgrade's
+    /// answer (one command owed).
+    pub fn adopt(
+        st: &crate::master::handover::ControlState,
+        requester: Option<RawFd>,
+    ) -> io::Result<(ControlServer, Vec<(RawFd, ClientId)>)> {
+        let listener = UnixListener::from(crate::sys::adopt_fd(st.fd)?);
+        listener.set_nonblocking(true)?;
+        let now = Instant::now();
+        let mut server = ControlServer {
+            path: st.path.clone(),
+            listener,
+            ident: st.ident,
+            limits: Limits::default(),
+            clients: BTreeMap::new(),
+            next_id: 1,
+            evicted: Vec::new(),
+        };
+        let mut ids = Vec::new();
+        for cl in &st.clients {
+            let stream = UnixStream::from(crate::sys::adopt_fd(cl.fd)?);
+            stream.set_nonblocking(true)?;
+            let id = server.next_id;
+            server.next_id += 1;
+            let owed = usize::from(requester == Some(cl.fd));
+            server.clients.insert(
+                id,
+                Client {
+                    stream,
+                    fd: cl.fd,
+                    inbuf: cl.inbuf.clone(),
+                    out: cl.out.clone(),
+                    out_pos: 0,
+                    last_activity: now,
+                    waiting: false,
+                    owed,
+                    eof: cl.eof,
+                    too_long: false,
+                    closing: false,
+                },
+            );
+            ids.push((cl.fd, id));
+        }
+        Ok((server, ids))
+    }
+
     /// Close every client and remove the socket file, if it is still the one
     /// this server created (call at exit).
     pub fn close(self) {
@@ -494,11 +578,14 @@ impl Client {
             return true;
         }
         // Commands of this batch are answered after on_ready returns, in order:
-        // only a RESTART WAIT (now or earlier) stops further parsing.
+        // only a RESTART or UPGRADE (now or earlier) stops further parsing.
         let in_batch = cmds.iter().filter(|(i, _)| *i == id).count();
         if self.owed > in_batch {
-            return false; // owed from an earlier call: a RESTART WAIT
+            return false; // owed from an earlier call: a RESTART or UPGRADE
         }
-        !matches!(cmds.iter().rev().find(|(i, _)| *i == id), Some((_, Command::Restart { wait: true })))
+        !matches!(
+            cmds.iter().rev().find(|(i, _)| *i == id),
+            Some((_, Command::Restart { .. } | Command::Upgrade { .. }))
+        )
     }
 }

@@ -53,7 +53,7 @@ pub const LINE_END: &str = "\n";
 
 /// Commands the master understands, as `CMDS` lists them (pump.io: uppercase,
 /// separated by one space).
-pub const COMMANDS: &[&str] = &["CMDS", "VERSION", "LOGLEVEL", "STATUS", "RESTART"];
+pub const COMMANDS: &[&str] = &["CMDS", "VERSION", "LOGLEVEL", "STATUS", "RESTART", "UPGRADE"];
 
 /// NACK reasons of the protocol itself (stable strings). The restart
 /// reasons are [`crate::restart::Reason`].
@@ -84,6 +84,11 @@ pub enum Command {
     /// when the restart ends: `ACK complete`, or `NACK <reason>`; call
     /// [`super::ControlServer::set_waiting`] while it runs).
     Restart { wait: bool },
+    /// `UPGRADE [WAIT] [NORESTART]`: re-exec the master in place (zdrestart's
+    /// own). Answered by the new image: `ACK upgraded <version>`, or with
+    /// `WAIT` when the roll-over that follows ends (`ACK complete` or `NACK
+    /// <reason>`); `NACK <reason>` when refused.
+    Upgrade { wait: bool, restart: bool },
     /// Not a command: answer `NACK unknown` ([`NACK_UNKNOWN`]). Holds the word.
     Unknown(String),
     /// A known command used wrongly: answer `NACK <nack>`; `detail` says
@@ -126,6 +131,17 @@ pub fn parse_command(line: &str) -> Option<Command> {
             [w] if w.eq_ignore_ascii_case("wait") => Some(Command::Restart { wait: true }),
             _ => bad(NACK_UNKNOWN_ARGUMENT, format!("RESTART: unknown argument \"{}\"", rest.join(" "))),
         },
+        "UPGRADE" => {
+            let (mut wait, mut restart) = (false, true);
+            for w in &rest {
+                match w.to_ascii_uppercase().as_str() {
+                    "WAIT" if !wait => wait = true,
+                    "NORESTART" if restart => restart = false,
+                    _ => return bad(NACK_UNKNOWN_ARGUMENT, format!("UPGRADE: unknown argument \"{}\"", w)),
+                }
+            }
+            Some(Command::Upgrade { wait, restart })
+        }
         _ => Some(Command::Unknown(first.to_string())),
     }
 }
@@ -144,7 +160,7 @@ pub fn nack(reason: &str) -> String {
     format!("NACK {}", reason)
 }
 
-/// The answer to `CMDS`: `ACK CMDS VERSION LOGLEVEL STATUS RESTART`.
+/// The answer to `CMDS`: `ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE`.
 pub fn cmds_answer() -> String {
     ack(&COMMANDS.join(" "))
 }
@@ -239,7 +255,7 @@ mod tests {
         assert_eq!(ack(""), "ACK");
         assert_eq!(ack("0.1.0"), "ACK 0.1.0");
         assert_eq!(nack("unknown"), "NACK unknown");
-        assert_eq!(cmds_answer(), "ACK CMDS VERSION LOGLEVEL STATUS RESTART");
+        assert_eq!(cmds_answer(), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE");
         assert_eq!(parse_answer("ACK\n"), Some(Answer::Ack(String::new())));
         assert_eq!(parse_answer("ACK complete\r\n"), Some(Answer::Ack("complete".into())));
         assert_eq!(parse_answer("NACK bad driver\n"), Some(Answer::Nack("bad driver".into())));
@@ -254,5 +270,15 @@ mod tests {
         assert_eq!(render(&RestartAnswer::Refused(Refused::new(Reason::Stopping, ""))), "NACK stopping");
         let r = Refused::new(Reason::Aborted, "new worker exited: new worker 12 exited (exit status 1)");
         assert_eq!(render(&RestartAnswer::Refused(r)), "NACK aborted: new worker exited: new worker 12 exited (exit status 1)");
+    }
+
+    #[test]
+    fn parses_upgrade() {
+        assert_eq!(parse_command("upgrade"), Some(Command::Upgrade { wait: false, restart: true }));
+        assert_eq!(parse_command("UPGRADE wait NoRestart"), Some(Command::Upgrade { wait: true, restart: false }));
+        assert_eq!(parse_command("UPGRADE norestart WAIT"), Some(Command::Upgrade { wait: true, restart: false }));
+        for bad in ["UPGRADE now", "UPGRADE WAIT WAIT", "UPGRADE NORESTART NORESTART"] {
+            assert!(matches!(parse_command(bad), Some(Command::Bad { nack: NACK_UNKNOWN_ARGUMENT, .. })), "{}", bad);
+        }
     }
 }

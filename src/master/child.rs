@@ -117,6 +117,41 @@ impl Child {
         matches!(sys::poll(&mut fds, Some(std::time::Duration::ZERO)), Ok(n) if n > 0)
     }
 
+    /// The fds an upgrade hands over (`master::handover`).
+    pub fn handover_fds(&self) -> crate::master::handover::WorkerFds {
+        crate::master::handover::WorkerFds {
+            pidfd: self.pidfd.as_ref().map(|f| f.as_raw_fd()),
+            notify: self.notify.fd(),
+            output: self.output.fd(),
+            control: self.control.as_raw_fd(),
+        }
+    }
+
+    /// A worker of the old image after an upgrade, from its fds (each
+    /// checked open and made close-on-exec again).
+    pub fn adopt(pid: u32, fds: &crate::master::handover::WorkerFds) -> io::Result<Child> {
+        let pipe = |fd: Option<RawFd>| -> io::Result<LinePipe> {
+            Ok(match fd {
+                Some(fd) => LinePipe::new(sys::adopt_fd(fd)?),
+                None => LinePipe { file: None, buf: LineBuffer::default() },
+            })
+        };
+        let control = sys::adopt_fd(fds.control)?;
+        let _ = sys::set_nonblocking(control.as_fd(), true);
+        Ok(Child {
+            pid,
+            pidfd: fds.pidfd.map(sys::adopt_fd).transpose()?,
+            notify: pipe(fds.notify)?,
+            output: pipe(fds.output)?,
+            control: File::from(control),
+            // An upgrade is refused while any worker reports with sd_notify
+            // (its socket is not handed over), so adopted workers use the pipe.
+            reports: Notify::Zdrestart,
+            main: None,
+            spawned_status: None,
+        })
+    }
+
     /// Send one control line; a full or closed pipe drops it.
     pub fn send(&self, line: &str) {
         let _ = (&self.control).write(line.as_bytes());

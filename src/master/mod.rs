@@ -8,10 +8,12 @@
 pub mod admission;
 pub mod child;
 pub mod event_loop;
+pub mod handover;
 pub mod listeners;
 pub mod notify_socket;
 pub mod orphans;
 pub mod pidfile;
 pub mod probe;
+pub mod upgrade;
 pub mod spawn_spec;
 pub mod state;

@@ -114,6 +114,19 @@ impl Pidfile {
         Err(format!("pidfile {}: removed and recreated again and again while locking it", path.display()))
     }
 
+    /// The locked file's fd, kept open across an upgrade's exec: the lock
+    /// (flock(2)) belongs to the open file, which the new image adopts.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.file)
+    }
+
+    /// The pidfile of the old image after an upgrade (same pid: the content
+    /// stays right; the lock came with the fd).
+    pub fn adopt(path: &Path, fd: std::os::fd::RawFd) -> Result<Pidfile, String> {
+        let fd = crate::sys::adopt_fd(fd).map_err(|e| format!("adopt pidfile {} (fd {}): {}", path.display(), fd, crate::sys::strerror(&e)))?;
+        Ok(Pidfile { path: path.to_path_buf(), file: File::from(fd) })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

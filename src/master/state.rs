@@ -9,6 +9,7 @@
 //! and events are tabled in ARCHITECTURE.md ("The state machine").
 
 use super::admission::{self, Running};
+use super::handover::{MasterSnapshot, PendingSnapshot, WorkerFds, WorkerSnapshot};
 use crate::config::Config;
 use crate::restart::{AbortCause, Reason, Refused, RestartAnswer};
 use crate::status::{LastRestart, MasterState, Outcome, StatusReport, WorkerStatus};
@@ -36,6 +37,9 @@ pub enum Requester {
     Signal,
     /// A control client; `wait`: answer when the restart ends.
     Control { client: ClientId, wait: bool },
+    /// The roll-over that follows an in-place upgrade of the master (its
+    /// client, if any, is answered as a `Control` one).
+    Upgrade,
 }
 
 // Events are built and consumed at once, never stored in bulk: the size of
@@ -67,6 +71,8 @@ pub enum Event {
     Exited { id: WorkerId, status: ExitStatus },
     /// A deadline may have passed.
     Tick,
+    /// `UPGRADE` on the control socket: re-exec the master in place.
+    Upgrade { client: ClientId, wait: bool, restart: bool },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +87,12 @@ pub enum Action {
     Notify(Notify),
     /// Exit the master with this status (after cleanup).
     Exit(i32),
+    /// Hand the master over to its binary on disk (re-exec in place), once
+    /// the events queued so far are handled; `master::upgrade` refuses it
+    /// then if a restart began meanwhile.
+    Upgrade { client: ClientId, wait: bool, restart: bool },
+    /// Answer a control client with this line (an `UPGRADE` refusal).
+    ReplyLine { client: ClientId, line: String },
 }
 
 /// A notification to the service manager: one datagram, whose `STATUS=` is
@@ -311,6 +323,22 @@ impl Master {
             }
             Event::Exited { id, status } => self.on_gone(id, Some(status), now, &mut out),
             Event::Tick => self.on_tick(now, &mut out),
+            Event::Upgrade { client, wait, restart } => {
+                // Running or lockout: the one way out of a lockout without
+                // downtime (zdrestart(8), "Upgrading the master").
+                let refused = match self.phase {
+                    Phase::Running | Phase::Lockout => None,
+                    Phase::Probing { .. } | Phase::Rolling(_) => Some(Reason::InFlight),
+                    Phase::Stopping => Some(Reason::Stopping),
+                };
+                match refused {
+                    None => out.push(Action::Upgrade { client, wait, restart }),
+                    Some(r) => {
+                        log::warn!(event = "upgrade.refused", reason = r.wire(); "upgrade of the master refused: {}", r.wire());
+                        out.push(Action::ReplyLine { client, line: format!("NACK {}", r.wire()) });
+                    }
+                }
+            }
         }
         self.check_complete(now, &mut out);
         if out.iter().any(|a| matches!(a, Action::Exit(_))) {
@@ -399,7 +427,7 @@ impl Master {
 
     fn on_restart(&mut self, config: Result<Config, String>, by: Requester, now: Instant, out: &mut Vec<Action>) {
         log::info!(component = "master"; "zero-downtime restart requested ({})",
-            match by { Requester::Signal => "SIGUSR2", Requester::Control { .. } => "control socket" });
+            match by { Requester::Signal => "SIGUSR2", Requester::Control { .. } => "control socket", Requester::Upgrade => "upgrade of the master" });
         if let (Phase::Running, Ok(new)) = (&self.phase, &config) {
             for w in &new.warnings {
                 log::warn!("{}", w);
@@ -408,7 +436,7 @@ impl Master {
         if let Phase::Running = self.phase {
             // Taken up: from here every path ends with READY=1 (refused,
             // aborted or complete).
-            let by_what = match by { Requester::Signal => "SIGUSR2", Requester::Control { .. } => "control socket" };
+            let by_what = match by { Requester::Signal => "SIGUSR2", Requester::Control { .. } => "control socket", Requester::Upgrade => "upgrade of the master" };
             let text = self.notify_status(&format!("zero-downtime restart requested ({})", by_what));
             out.push(Action::Notify(Notify::Reloading(text)));
         }
@@ -576,7 +604,8 @@ impl Master {
             generation = r.generation, stderr = lines.as_str();
             "zero-downtime restart aborted: {}: {}", why, detail);
         log::error!(event = "master.lockout";
-            "restarts are now refused and no worker will be respawned: restart the master as soon as possible");
+            "restarts are now refused and no worker will be respawned: restart the master as soon as possible, \
+             without downtime once the cause is fixed: zdrestartctl upgrade --wait");
         let text = self.notify_status(&format!(
             "zero-downtime restart to generation {} aborted: {}; restarts refused, restart the master as soon as possible",
             r.generation, why
@@ -805,6 +834,98 @@ impl Master {
                 out.push(Action::Reply { client, answer: RestartAnswer::Complete });
             }
         }
+    }
+
+    /// The state machine's part of the hand-over state of an upgrade
+    /// (`master::handover`); `fds(pid)` gives the loop's fds of a worker.
+    /// Only in Running or Lockout (the loop checks): a restart in flight
+    /// cannot be handed over.
+    pub fn snapshot(&self, now: Instant, fds: impl Fn(u32) -> Option<WorkerFds>) -> Result<MasterSnapshot, String> {
+        let ms = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let left = |d: Option<Instant>| d.map(|d| d.saturating_duration_since(now).as_millis() as u64);
+        let mut workers = Vec::new();
+        for w in self.workers.values() {
+            let pid = w.pid.ok_or_else(|| format!("worker {} (generation {}) has no pid yet", w.index, w.generation))?;
+            let fds = fds(pid).ok_or_else(|| format!("worker {} has no open fds in the loop", pid))?;
+            workers.push(WorkerSnapshot {
+                pid,
+                generation: w.generation,
+                index: w.index,
+                state: w.state,
+                started_ms: ms(w.started_wall),
+                age_ms: now.saturating_duration_since(w.started).as_millis() as u64,
+                ready_left_ms: left(w.ready_deadline),
+                kill_left_ms: left(w.kill_deadline),
+                asked_to_stop: w.asked_to_stop,
+                killed: w.killed,
+                last_lines: w.last_lines.iter().cloned().collect(),
+                fds,
+            });
+        }
+        let status = self.status(0, SystemTime::UNIX_EPOCH);
+        Ok(MasterSnapshot {
+            generation: self.generation,
+            magic: self.magic,
+            version: self.version.clone(),
+            notified_ready: self.notified_ready,
+            lockout: matches!(self.phase, Phase::Lockout),
+            workers,
+            pending: self
+                .pending
+                .iter()
+                .map(|p| PendingSnapshot { due_in_ms: p.due.saturating_duration_since(now).as_millis() as u64, generation: p.generation, index: p.index })
+                .collect(),
+            last_restart: status.last_restart,
+            last_restart_ms: self.last_restart.as_ref().map(|l| ms(l.started_wall)),
+        })
+    }
+
+    /// The master of a new image after an upgrade: the workers of `snap`
+    /// (ids 1.., in its order), in Running whatever the old phase was (a
+    /// lockout ends here: a fresh state, zdrestart(8)).
+    pub fn resume(config: Arc<Config>, snap: &MasterSnapshot, now: Instant) -> Master {
+        let wall = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        let mut m = Master::new(config, ProbeInfo { magic: snap.magic, version: snap.version.clone() });
+        m.generation = snap.generation;
+        m.notified_ready = snap.notified_ready;
+        for w in &snap.workers {
+            let id = m.next_id;
+            m.next_id += 1;
+            m.workers.insert(
+                id,
+                Worker {
+                    id,
+                    pid: Some(w.pid),
+                    generation: w.generation,
+                    index: w.index,
+                    state: w.state,
+                    started: now.checked_sub(Duration::from_millis(w.age_ms)).unwrap_or(now),
+                    started_wall: wall(w.started_ms),
+                    ready_deadline: w.ready_left_ms.map(|l| now + Duration::from_millis(l)),
+                    kill_deadline: w.kill_left_ms.map(|l| now + Duration::from_millis(l)),
+                    asked_to_stop: w.asked_to_stop,
+                    killed: w.killed,
+                    last_lines: w.last_lines.iter().cloned().collect(),
+                    // sd_notify workers are never handed over (the upgrade
+                    // is refused while there are any).
+                    main_pid: None,
+                    status: None,
+                },
+            );
+        }
+        m.pending = snap
+            .pending
+            .iter()
+            .map(|p| Pending { due: now + Duration::from_millis(p.due_in_ms), generation: p.generation, index: p.index })
+            .collect();
+        m.last_restart = snap.last_restart.as_ref().map(|l| RestartRecord {
+            generation: l.generation.map(|g| g as u32),
+            started_wall: wall(snap.last_restart_ms.unwrap_or(0)),
+            outcome: l.outcome,
+            reason: l.reason.clone(),
+            duration_ms: l.duration_ms,
+        });
+        m
     }
 
     /// STATUS: the master and every worker (serialized as one JSON line).
@@ -1291,5 +1412,53 @@ mod tests {
     fn idle_master_has_no_deadline() {
         let h = running(mongo(2));
         assert_eq!(h.m.next_deadline(), None);
+    }
+
+    #[test]
+    fn upgrade_is_let_through_in_running_and_lockout_only() {
+        let up = |h: &mut H| h.ev(Event::Upgrade { client: 9, wait: false, restart: true });
+        let mut h = H::new(mongo(2));
+        h.ev(Event::Start);
+        h.ready_all();
+        assert_eq!(up(&mut h), vec![Action::Upgrade { client: 9, wait: false, restart: true }]);
+        // Probing, then rolling: refused, the restart goes on.
+        h.restart(mongo(2), false);
+        let nack = vec![Action::ReplyLine { client: 9, line: "NACK restart in flight".into() }];
+        assert_eq!(up(&mut h), nack);
+        h.probe_ok();
+        assert_eq!(up(&mut h), nack);
+        // Lockout (a new worker dies): let through, the one way out without downtime.
+        let new = h.m.workers().find(|w| w.generation == 2).unwrap().id;
+        h.ev(Event::Exited { id: new, status: ExitStatus::Code(1) });
+        assert_eq!(h.m.state(), MasterState::Lockout);
+        assert_eq!(up(&mut h), vec![Action::Upgrade { client: 9, wait: false, restart: true }]);
+        h.ev(Event::Stop { signal: "SIGTERM" });
+        assert_eq!(up(&mut h), vec![Action::ReplyLine { client: 9, line: "NACK stopping".into() }]);
+    }
+
+    #[test]
+    fn snapshot_and_resume_keep_the_workers_and_clear_the_lockout() {
+        let mut h = H::new(mongo(2));
+        h.ev(Event::Start);
+        h.ready_all();
+        h.restart(mongo(2), false);
+        h.probe_ok();
+        let new = h.m.workers().find(|w| w.generation == 2).unwrap().id;
+        h.ev(Event::Exited { id: new, status: ExitStatus::Code(1) });
+        assert_eq!(h.m.state(), MasterState::Lockout);
+        let fds = |pid: u32| Some(WorkerFds { pidfd: None, notify: Some(pid as i32), output: None, control: pid as i32 + 1000 });
+        let snap = h.m.snapshot(h.now, fds).unwrap();
+        assert!(snap.lockout);
+        let r = Master::resume(h.m.config.clone(), &snap, h.now);
+        assert_eq!(r.state(), MasterState::Running);
+        assert_eq!(r.generation(), 2);
+        let pids = |m: &Master| m.workers().map(|w| (w.pid, w.generation, w.index, w.state)).collect::<Vec<_>>();
+        assert_eq!(pids(&r), pids(&h.m));
+        let st = r.status(1, SystemTime::UNIX_EPOCH);
+        assert_eq!(st.last_restart.unwrap().outcome, Outcome::Aborted);
+        // A worker without a pid yet cannot be handed over.
+        let mut h2 = H::new(mongo(2));
+        h2.m.handle(Event::Start, h2.now, h2.wall());
+        assert!(h2.m.snapshot(h2.now, fds).is_err());
     }
 }

@@ -6,10 +6,12 @@
 //! with each result; nothing here logs.
 #![allow(unsafe_code)]
 
+mod exec;
 mod notify_socket;
 mod procs;
 mod spawn;
 
+pub use exec::{execv, fd_is_open, mask_signals, memfd_create, parent_pid, set_cloexec};
 pub use notify_socket::{bind_notify_socket, process_group_of, recv_datagram, Credentials, Datagram};
 pub use procs::*;
 pub use spawn::{disable_close_range, spawn, SpawnSpec, Spawned};

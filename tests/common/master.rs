@@ -52,6 +52,7 @@ pub struct MasterBuilder {
     env: Vec<(String, String)>,
     env_remove: Vec<String>,
     args: Option<Vec<String>>,
+    bin: Option<PathBuf>,
 }
 
 impl MasterBuilder {
@@ -59,7 +60,7 @@ impl MasterBuilder {
         let dir = TestDir::new(name);
         let port = free_port();
         let config = default_config(&dir, port);
-        MasterBuilder { dir, port, config, raw_config: None, env: Vec::new(), env_remove: Vec::new(), args: None }
+        MasterBuilder { dir, port, config, raw_config: None, env: Vec::new(), env_remove: Vec::new(), args: None, bin: None }
     }
 
     /// Set (or with `Value::Null`, remove) a config key.
@@ -105,6 +106,13 @@ impl MasterBuilder {
         self
     }
 
+    /// Start the master from this executable instead of cargo's (upgrade
+    /// tests: a copy that the test replaces, as a package upgrade does).
+    pub fn bin(mut self, path: &Path) -> Self {
+        self.bin = Some(path.to_path_buf());
+        self
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -133,7 +141,7 @@ impl MasterBuilder {
             Some(a) => a.iter().map(|s| s.replace("{config}", &config_path.display().to_string())).collect(),
             None => vec!["-c".into(), config_path.display().to_string()],
         };
-        let mut cmd = Command::new(master_bin());
+        let mut cmd = Command::new(self.bin.clone().unwrap_or_else(master_bin));
         cmd.args(&args)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())

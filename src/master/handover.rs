@@ -1,0 +1,384 @@
+//! The hand-over state of an in-place upgrade (re-exec of the master): its
+//! format, its parser and its validation.
+//!
+//! Owns the bytes the old image writes into an anonymous file (memfd) and
+//! the new image reads back: a header line `zdrestart-handover <version>`
+//! then one JSON object ([`Handover`]). [`parse`] refuses anything it cannot
+//! take as a whole (truncated, another hand-over version, garbage, fds that
+//! cannot be ours, pids that cannot be workers): the old master runs the new
+//! binary on these very bytes in check mode (`--handover-check`) before it
+//! execs, so every refusal must happen here, never after the exec. It must
+//! not touch fds or processes: [`check_fds`] takes the test of an fd as a
+//! function (the new image asks itself, the check child asks /proc).
+
+use crate::status::{LastRestart, WorkerState};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// The version of the hand-over format this binary writes and reads. Bump
+/// it whenever [`Handover`] changes in a way an older or newer reader would
+/// misread; a binary refuses any other version in its check, so an upgrade
+/// across formats is refused before the exec (and a normal restart is then
+/// the way).
+pub const HANDOVER_VERSION: u32 = 1;
+
+/// The header's first word.
+pub const HEADER: &str = "zdrestart-handover";
+
+/// Upper bound of the state's size (a sanity bound against garbage).
+pub const MAX_BYTES: usize = 16 << 20;
+
+/// Everything the new image needs to carry on as the same master.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handover {
+    /// zdrestart version and magic number of the image that wrote it.
+    pub from_version: String,
+    pub from_magic: u64,
+    /// CLOCK_MONOTONIC (µs) when the upgrade was requested: the new image
+    /// logs how long the hand-over took.
+    pub requested_usec: u64,
+    /// The executable the master was started from, resolved at start.
+    pub exe: PathBuf,
+    pub config_path: PathBuf,
+    /// `address:port` the listeners are bound to.
+    pub listen: String,
+    /// Unix time (ms) the master started (STATUS `started`).
+    pub started_ms: u64,
+    pub no_pidfd: bool,
+    /// LOGLEVEL override from the control socket.
+    pub loglevel: Option<String>,
+    pub listeners: Vec<i32>,
+    pub pidfile: Option<FdPath>,
+    pub control: Option<ControlState>,
+    /// The control client that asked for the upgrade (its fd), if any.
+    pub requester: Option<UpgradeRequest>,
+    pub master: MasterSnapshot,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FdPath {
+    pub fd: i32,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlState {
+    pub path: PathBuf,
+    pub fd: i32,
+    /// (device, inode) of the socket file, so that only ours is removed.
+    pub ident: (u64, u64),
+    pub clients: Vec<ClientState>,
+}
+
+/// A connected control client: its fd and the bytes in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientState {
+    pub fd: i32,
+    /// Read, not yet parsed.
+    pub inbuf: Vec<u8>,
+    /// Answers not yet written.
+    pub out: Vec<u8>,
+    pub eof: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRequest {
+    /// The client's fd (one of `control.clients`).
+    pub fd: i32,
+    /// Answer when the roll-over after the upgrade ends.
+    pub wait: bool,
+    /// Roll the workers over after the upgrade (not `--no-restart`).
+    pub restart: bool,
+}
+
+/// The state machine's part ([`super::state::Master::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterSnapshot {
+    pub generation: u32,
+    /// Magic number and version of the worker code recorded by the probe.
+    pub magic: u64,
+    pub version: String,
+    pub notified_ready: bool,
+    /// The master was in lockout (it is not after the upgrade: logged only).
+    pub lockout: bool,
+    pub workers: Vec<WorkerSnapshot>,
+    pub pending: Vec<PendingSnapshot>,
+    pub last_restart: Option<LastRestart>,
+    /// Unix time (ms) of `last_restart.started`.
+    pub last_restart_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSnapshot {
+    pub pid: u32,
+    pub generation: u32,
+    pub index: u32,
+    pub state: WorkerState,
+    pub started_ms: u64,
+    /// How long ago it was spawned (ms).
+    pub age_ms: u64,
+    pub ready_left_ms: Option<u64>,
+    pub kill_left_ms: Option<u64>,
+    pub asked_to_stop: bool,
+    pub killed: bool,
+    pub last_lines: Vec<String>,
+    pub fds: WorkerFds,
+}
+
+/// The loop's fds of one worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerFds {
+    pub pidfd: Option<i32>,
+    pub notify: Option<i32>,
+    pub output: Option<i32>,
+    pub control: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingSnapshot {
+    pub due_in_ms: u64,
+    pub generation: u32,
+    pub index: u32,
+}
+
+/// The bytes of the state file.
+pub fn render(h: &Handover) -> Vec<u8> {
+    let mut out = format!("{} {}\n", HEADER, HANDOVER_VERSION).into_bytes();
+    out.extend(serde_json::to_vec(h).expect("the hand-over state serializes"));
+    out.push(b'\n');
+    out
+}
+
+/// The hand-over version a reader accepts: [`HANDOVER_VERSION`], or in debug
+/// builds (tests) `ZDRESTART_HANDOVER_VERSION_OVERRIDE`, which makes a test
+/// binary behave as a binary of another hand-over version.
+pub fn accepted_version() -> u32 {
+    #[cfg(debug_assertions)]
+    if let Some(v) = std::env::var("ZDRESTART_HANDOVER_VERSION_OVERRIDE").ok().and_then(|v| v.parse().ok()) {
+        return v;
+    }
+    HANDOVER_VERSION
+}
+
+/// Parse and validate the state file's bytes for a reader of hand-over
+/// version `accept`. Errors say what is wrong, for the upgrade's NACK.
+pub fn parse(bytes: &[u8], accept: u32) -> Result<Handover, String> {
+    if bytes.len() > MAX_BYTES {
+        return Err(format!("hand-over state too large ({} bytes)", bytes.len()));
+    }
+    let nl = bytes.iter().position(|&b| b == b'\n').ok_or("hand-over state truncated: no header line")?;
+    let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| "hand-over state: header is not text")?;
+    let version = match header.split(' ').collect::<Vec<_>>().as_slice() {
+        [h, v] if *h == HEADER => v.parse::<u32>().map_err(|_| format!("hand-over state: bad version \"{}\"", v))?,
+        _ => return Err(format!("hand-over state: not a zdrestart hand-over (header \"{}\")", header.chars().take(40).collect::<String>())),
+    };
+    if version != accept {
+        return Err(format!("incompatible hand-over version {} (this zdrestart reads version {})", version, accept));
+    }
+    let body = &bytes[nl + 1..];
+    if body.last() != Some(&b'\n') {
+        return Err("hand-over state truncated: no final newline".into());
+    }
+    let h: Handover = serde_json::from_slice(body).map_err(|e| format!("hand-over state: {}", e))?;
+    validate(&h)?;
+    Ok(h)
+}
+
+/// Every fd the state names, with what it is.
+pub fn fds(h: &Handover) -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = h.listeners.iter().map(|&fd| (fd, "listener".to_string())).collect();
+    if let Some(p) = &h.pidfile {
+        v.push((p.fd, "pidfile".into()));
+    }
+    if let Some(c) = &h.control {
+        v.push((c.fd, "control socket".into()));
+        v.extend(c.clients.iter().map(|cl| (cl.fd, "control client".to_string())));
+    }
+    for w in &h.master.workers {
+        let what = |k: &str| format!("worker {} {}", w.pid, k);
+        v.extend(w.fds.pidfd.map(|fd| (fd, what("pidfd"))));
+        v.extend(w.fds.notify.map(|fd| (fd, what("report pipe"))));
+        v.extend(w.fds.output.map(|fd| (fd, what("output pipe"))));
+        v.push((w.fds.control, what("control pipe")));
+    }
+    v
+}
+
+/// The structure: fds above stdio and distinct, pids of distinct workers,
+/// the requester among the clients, a listener at least.
+fn validate(h: &Handover) -> Result<(), String> {
+    if h.listeners.is_empty() {
+        return Err("hand-over state: no listener".into());
+    }
+    let mut seen = BTreeSet::new();
+    for (fd, what) in fds(h) {
+        if fd < 3 {
+            return Err(format!("hand-over state: {} has fd {} (stdio or invalid)", what, fd));
+        }
+        if !seen.insert(fd) {
+            return Err(format!("hand-over state: fd {} ({}) listed twice", fd, what));
+        }
+    }
+    let mut pids = BTreeSet::new();
+    for w in &h.master.workers {
+        if w.pid <= 1 || w.pid > 1 << 22 {
+            return Err(format!("hand-over state: bad worker pid {}", w.pid));
+        }
+        if !pids.insert(w.pid) {
+            return Err(format!("hand-over state: worker pid {} listed twice", w.pid));
+        }
+        if w.generation == 0 || w.generation > h.master.generation {
+            return Err(format!("hand-over state: worker {} of generation {} (master at {})", w.pid, w.generation, h.master.generation));
+        }
+        if w.state == WorkerState::Unknown {
+            return Err(format!("hand-over state: worker {} in an unknown state", w.pid));
+        }
+    }
+    if let Some(r) = &h.requester {
+        let known = h.control.as_ref().is_some_and(|c| c.clients.iter().any(|cl| cl.fd == r.fd));
+        if !known {
+            return Err(format!("hand-over state: the requesting client's fd {} is not a control client", r.fd));
+        }
+    }
+    if h.config_path.as_os_str().is_empty() || h.exe.as_os_str().is_empty() {
+        return Err("hand-over state: empty config or executable path".into());
+    }
+    Ok(())
+}
+
+/// Check that every fd the state names is open, with `is_open`.
+pub fn check_fds(h: &Handover, is_open: impl Fn(i32) -> bool) -> Result<(), String> {
+    for (fd, what) in fds(h) {
+        if !is_open(fd) {
+            return Err(format!("hand-over state: {} fd {} is not open", what, fd));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Handover {
+        Handover {
+            from_version: "0.1.0".into(),
+            from_magic: 1,
+            requested_usec: 5,
+            exe: "/usr/sbin/zdrestart".into(),
+            config_path: "/etc/zdrestart.json".into(),
+            listen: "127.0.0.1:8080".into(),
+            started_ms: 1,
+            no_pidfd: false,
+            loglevel: None,
+            listeners: vec![3],
+            pidfile: Some(FdPath { fd: 4, path: "/run/zdrestart.pid".into() }),
+            control: Some(ControlState {
+                path: "/run/zdrestart.sock".into(),
+                fd: 5,
+                ident: (1, 2),
+                clients: vec![ClientState { fd: 6, inbuf: vec![], out: vec![], eof: false }],
+            }),
+            requester: Some(UpgradeRequest { fd: 6, wait: true, restart: true }),
+            master: MasterSnapshot {
+                generation: 2,
+                magic: 1,
+                version: "0.1.0".into(),
+                notified_ready: true,
+                lockout: false,
+                workers: vec![WorkerSnapshot {
+                    pid: 100,
+                    generation: 2,
+                    index: 0,
+                    state: WorkerState::Ready,
+                    started_ms: 1,
+                    age_ms: 10,
+                    ready_left_ms: None,
+                    kill_left_ms: None,
+                    asked_to_stop: false,
+                    killed: false,
+                    last_lines: vec!["x".into()],
+                    fds: WorkerFds { pidfd: Some(7), notify: Some(8), output: Some(9), control: 10 },
+                }],
+                pending: vec![],
+                last_restart: None,
+                last_restart_ms: None,
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let h = sample();
+        assert_eq!(parse(&render(&h), HANDOVER_VERSION).unwrap(), h);
+    }
+
+    #[test]
+    fn truncated_at_every_length_is_refused() {
+        let bytes = render(&sample());
+        for n in 0..bytes.len() {
+            assert!(parse(&bytes[..n], HANDOVER_VERSION).is_err(), "accepted {} of {} bytes", n, bytes.len());
+        }
+    }
+
+    #[test]
+    fn wrong_version_is_refused_with_both_numbers() {
+        let bytes = render(&sample());
+        let e = parse(&bytes, HANDOVER_VERSION + 1).unwrap_err();
+        assert!(e.contains(&format!("incompatible hand-over version {}", HANDOVER_VERSION)), "{}", e);
+        let mut other = format!("{} 99\n", HEADER).into_bytes();
+        other.extend_from_slice(&bytes[bytes.iter().position(|&b| b == b'\n').unwrap() + 1..]);
+        assert!(parse(&other, HANDOVER_VERSION).unwrap_err().contains("incompatible hand-over version 99"));
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        for g in [&b""[..], b"\n", b"hello\n{}\n", b"zdrestart-handover x\n{}\n", b"zdrestart-handover 1\nnot json\n",
+            b"zdrestart-handover 1\n{}\n", b"zdrestart-handover 1 2\n{}\n", b"\xff\xfe\n{}\n"] {
+            assert!(parse(g, HANDOVER_VERSION).is_err(), "accepted {:?}", String::from_utf8_lossy(g));
+        }
+        // An unknown field: a newer writer with the same version number is a bug, refused.
+        let s = String::from_utf8(render(&sample())).unwrap().replacen("\"no_pidfd\"", "\"surprise\":1,\"no_pidfd\"", 1);
+        assert!(parse(s.as_bytes(), HANDOVER_VERSION).unwrap_err().contains("surprise"));
+    }
+
+    #[test]
+    fn bad_fds_and_pids_are_refused() {
+        type Spoil = fn(&mut Handover);
+        let cases: Vec<(Spoil, &str)> = vec![
+            (|h| h.listeners = vec![], "no listener"),
+            (|h| h.listeners = vec![1], "fd 1"),
+            (|h| h.listeners = vec![-1], "fd -1"),
+            (|h| h.listeners = vec![3, 4], "listed twice"),
+            (|h| h.master.workers[0].fds.control = 5, "listed twice"),
+            (|h| h.master.workers[0].pid = 0, "bad worker pid"),
+            (|h| h.master.workers[0].generation = 3, "generation 3"),
+            (|h| h.requester = Some(UpgradeRequest { fd: 42, wait: false, restart: true }), "not a control client"),
+            (|h| h.master.workers.push(h.master.workers[0].clone()), "twice"),
+        ];
+        for (spoil, want) in cases {
+            let mut h = sample();
+            spoil(&mut h);
+            let e = parse(&render(&h), HANDOVER_VERSION).unwrap_err();
+            assert!(e.contains(want), "{} (wanted {})", e, want);
+        }
+    }
+
+    #[test]
+    fn closed_fds_are_refused() {
+        let h = sample();
+        assert!(check_fds(&h, |_| true).is_ok());
+        let e = check_fds(&h, |fd| fd != 8).unwrap_err();
+        assert!(e.contains("worker 100 report pipe fd 8 is not open"), "{}", e);
+    }
+}
