@@ -62,3 +62,14 @@ impl AsRawFd for SignalPipe {
         self.read.as_raw_fd()
     }
 }
+
+/// Make `signals` harmless to a short-lived command (`zdrestart --check`,
+/// `-t`): each is caught and forgotten, so that an operator's
+/// `killall -USR2 zdrestart` aimed at the masters does not kill it. Ctrl-C
+/// (SIGINT) and SIGTERM keep their default action.
+pub fn shrug_off(signals: &[i32]) -> io::Result<()> {
+    for &sig in signals {
+        signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false)))?;
+    }
+    Ok(())
+}

@@ -89,3 +89,30 @@ fn check_accepts_and_consults_the_running_master() {
     assert!(m.events("restart.start").is_empty());
     assert!(!m.log_records().iter().any(|r| r["msg"].as_str().unwrap_or("").starts_with("zero-downtime restart requested")));
 }
+
+#[test]
+fn check_is_not_killed_by_the_masters_restart_and_reopen_signals() {
+    // `killall -USR2 zdrestart` (or -HUP) aimed at the masters also reaches a
+    // `zdrestart --check` that runs at that moment: it must not die of it.
+    let dir = TestDir::for_test();
+    let gate = ProbeGate::new(dir.path());
+    let cfg = write(&dir, json!({"port": free_port(), "worker": fault_worker("probe-held.sh")}));
+    let log = dir.join("check.out");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(master_bin());
+    cmd.args(["--check", "-c"]).arg(&cfg).stdout(out.try_clone().unwrap()).stderr(out);
+    scrub_env(&mut cmd);
+    let mut c = ChildGuard::new(cmd.spawn().expect("spawn zdrestart --check"), &log);
+    // Its probe runs (a child of --check): --check is past its start.
+    assert!(wait_until(Duration::from_secs(30), || !descendants_of(c.pid()).is_empty()), "no probe started");
+    assert!(kill(c.pid(), libc::SIGUSR2));
+    assert!(kill(c.pid(), libc::SIGHUP));
+    // The probe's verdict comes after both signals were delivered (a signal
+    // sent with kill(2) to a running process is pending at once).
+    gate.release("pass");
+    let st = c.wait_timeout(Duration::from_secs(60)).expect("--check did not finish");
+    assert_eq!(st.signal(), None, "--check killed by a signal: {}", c.output());
+    // The memory driver: the probe answered, then the restart is refused.
+    assert_eq!(st.code(), Some(1), "{}", c.output());
+    assert!(c.output().contains("refused: bad driver"), "{}", c.output());
+}

@@ -8,7 +8,6 @@
 mod common;
 mod load;
 
-use common::ops::*;
 use common::*;
 use load::{Load, Spec};
 use serde_json::{json, Value};
@@ -185,25 +184,29 @@ fn upgrade_refused_when_the_new_binary_fails_its_check() {
 fn upgrade_during_a_restart_is_refused_and_the_restart_wait_client_gets_its_answer() {
     let _g = exclusive();
     let mongo = Mongo::start();
-    let (m, _exe, sock) = mongo_master(&mongo);
+    let (mut m, _exe, sock) = mongo_master(&mongo);
     // One client: RESTART then UPGRADE in one write: the restart is taken
     // up first, so the upgrade is refused, deterministically.
-    let mut c = CtlClient::connect(&sock);
+    let mut c = ControlClient::connect(&sock);
     c.send("RESTART\nUPGRADE\n");
     assert_eq!(c.line_raw(), "ACK\n");
     assert_eq!(c.line_raw(), "NACK restart in flight\n");
     m.wait_for_event("restart.complete", T);
-    // A RESTART WAIT client waiting while an upgrade is asked for.
-    let mut w = CtlClient::connect(&sock);
+    // A RESTART WAIT client waiting while an upgrade is asked for: the new
+    // workers are held before they report ready, so the restart is still in
+    // flight when the UPGRADE comes, however fast the machine.
+    let gate = m.hold_new_workers();
+    let mut w = ControlClient::connect(&sock);
     w.send("RESTART WAIT\n");
     assert!(wait_until(T, || status(&sock)["state"] == "restarting"));
     let a = ask(&sock, "UPGRADE");
     assert_eq!(a, "NACK restart in flight");
+    gate.open();
     assert_eq!(w.line_raw(), "ACK complete\n");
     // And then the upgrade goes through, its WAIT client answered by the new image
     // once the roll-over it starts is complete.
     let pid = m.pid();
-    let mut u = CtlClient::connect(&sock);
+    let mut u = ControlClient::connect(&sock);
     u.send("UPGRADE WAIT\n");
     assert_eq!(u.line_raw(), "ACK complete\n");
     assert_eq!(m.events("master.upgrade").len(), 1);
@@ -238,7 +241,7 @@ fn upgrade_amid_sigusr2_storms_and_control_floods() {
             let stop = stop.clone();
             let sock = sock.clone();
             std::thread::spawn(move || {
-                let mut c = CtlClient::connect(&sock);
+                let mut c = ControlClient::connect(&sock);
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     // Each answer must come, from the old image or the new one.

@@ -304,3 +304,19 @@ fn check_without_a_master_does_not_compare_a_declared_magic_number() {
     assert!(out.contains("the declared magic 99 is not compared"), "{}", out);
     assert!(out.contains("would be accepted"), "{}", out);
 }
+
+#[test]
+fn an_upgrade_is_refused_while_workers_report_with_sd_notify() {
+    // The workers' notify socket and the main processes they name are not
+    // part of the master's hand-over (zdrestart(8), Upgrading the master):
+    // the upgrade is refused before anything changes.
+    let (m, sock) = master("ready", json!({}));
+    m.wait_events_after(0, "worker.ready", 2, T);
+    let before: Vec<i64> = status(&sock)["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_i64().unwrap()).collect();
+    let answer = common::ask(&sock, "UPGRADE");
+    assert!(answer.starts_with("NACK upgrade not possible: workers report with sd_notify(3)"), "{}", answer);
+    // Nothing changed: the same master answers, with the same workers.
+    let after: Vec<i64> = status(&sock)["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_i64().unwrap()).collect();
+    assert_eq!(before, after);
+    assert!(m.log_records().iter().all(|r| r["event"] != "master.upgrade" && r["event"] != "upgrade.exec"));
+}

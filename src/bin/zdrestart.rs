@@ -100,8 +100,13 @@ fn main() -> ExitCode {
     }
     // The master's very first action: from here no signal it uses can kill
     // it with the default action (zdrestart(8), SIGNALS). `--check` and `-t`
-    // keep the defaults (Ctrl-C ends them).
+    // only shrug off the master's restart and reopen signals (an operator's
+    // `killall -USR2 zdrestart` must not kill them; Ctrl-C still ends them).
     let signals = if check || test_config {
+        if let Err(e) = zdrestart::signals::shrug_off(&[libc::SIGUSR2, libc::SIGHUP]) {
+            eprintln!("zdrestart: install signal handlers: {}", e);
+            return ExitCode::from(1);
+        }
         None
     } else {
         match event_loop::install_signals() {
