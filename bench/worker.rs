@@ -43,14 +43,6 @@ fn pin_self() {
     let _ = Command::new("taskset").args(["-p", "-c", LOAD_CPU, &std::process::id().to_string()]).output();
 }
 
-fn rss_kb(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{}/status", pid))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
 
 /// A server under test: its serving pid (nginx: the worker process) and port.
 struct Server {

@@ -72,10 +72,6 @@ fn settled_fds(m: &Master, want: usize) -> usize {
     n
 }
 
-fn rss_kb(pid: i32) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{}/status", pid)).unwrap();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap()
-}
 
 fn mongo_master(mongo: &Mongo) -> (Master, PathBuf, PathBuf) {
     start(Master::for_test().merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri()}, "threads": 8, "shutdownTimeout": 10})))

@@ -105,14 +105,6 @@ impl Trickle {
     }
 }
 
-fn rss_kb(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{}/status", pid))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
 
 /// Measured on the old worker: "512 connections take the service down" (2,000 idle keep-alive
 /// clients, 1,359 could not even connect): 2,000 idle keep-alive connections

@@ -32,6 +32,16 @@ pub fn proc_stat(pid: i32) -> Option<ProcStat> {
     })
 }
 
+/// The resident set of a process in kB (`VmRSS` of /proc/<pid>/status);
+/// panics when it cannot be read (the process is gone, or a zombie).
+pub fn rss_kb(pid: i32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{}/status", pid)).unwrap_or_else(|e| panic!("read /proc/{}/status: {}", pid, e));
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for pid {}", pid))
+}
+
 /// Whether pid names a process that is not a zombie.
 pub fn pid_alive(pid: i32) -> bool {
     matches!(proc_stat(pid), Some(s) if s.state != 'Z' && s.state != 'X')
