@@ -7,7 +7,14 @@
 //! its timeout, so an idle master does not wake up. The pieces it drives
 //! live beside it: [`super::child`] (a child's fds), [`super::probe`],
 //! [`super::spawn_spec`], [`super::listeners`], [`super::pidfile`] and
-//! [`crate::signals`].
+//! [`crate::signals`]; two jobs of the loop have files of their own: the
+//! upgrade of the master ([`reexec`]) and the workers' sd_notify socket
+//! ([`workers_notify`]).
+
+mod reexec;
+mod workers_notify;
+
+pub use reexec::resume;
 
 use super::admission;
 use super::child::{Child, MainProcess};
@@ -188,100 +195,6 @@ pub fn run(cfg: Config, opts: Options, signals: SignalPipe) -> Result<i32, Strin
         exe,
         upgrade: None,
     };
-    let code = lp.run();
-    lp.shutdown();
-    Ok(code)
-}
-
-/// Carry on as the master described by `h` after an upgrade (the old image
-/// exec'd this one): adopt the fds, the workers and the control clients,
-/// log `master.upgrade`, answer the client that asked, then (unless it said
-/// NORESTART) roll the workers over through the normal restart.
-pub fn resume(cfg: Config, h: Handover, signals: SignalPipe) -> Result<i32, String> {
-    let now = Instant::now();
-    if let Err(e) = sys::set_child_subreaper() {
-        log::warn!("prctl PR_SET_CHILD_SUBREAPER: {}; orphans of workers go to init", sys::strerror(&e));
-    }
-    let adopt_err = |what: &str, fd: RawFd, e: std::io::Error| format!("adopt {} (fd {}): {}", what, fd, sys::strerror(&e));
-    let pidfile = match &h.pidfile {
-        Some(p) => Some(Pidfile::adopt(&p.path, p.fd)?),
-        None => None,
-    };
-    let mut listeners = Vec::new();
-    for &fd in &h.listeners {
-        listeners.push(TcpListener::from(sys::adopt_fd(fd).map_err(|e| adopt_err("listener", fd, e))?));
-    }
-    let (control, ids) = match &h.control {
-        Some(c) => {
-            let (server, ids) = ControlServer::adopt(c, h.requester.map(|r| r.fd)).map_err(|e| adopt_err("control socket", c.fd, e))?;
-            (Some(server), ids)
-        }
-        None => (None, Vec::new()),
-    };
-    let cfg = Arc::new(cfg);
-    let sm = Master::resume(cfg.clone(), &h.master, now);
-    let mut children = BTreeMap::new();
-    for (i, w) in h.master.workers.iter().enumerate() {
-        let child = Child::adopt(w.pid, &w.fds).map_err(|e| adopt_err("worker pipes", w.fds.control, e))?;
-        children.insert(i as WorkerId + 1, child);
-    }
-    let notifier = Notifier::from_env().unwrap_or_else(|e| {
-        log::warn!("{}; not notifying the service manager", e);
-        None
-    });
-    let ms = sys::monotonic_usec().saturating_sub(h.requested_usec) / 1000;
-    log::info!(event = "master.upgrade", from_version = h.from_version.as_str(), to_version = crate::VERSION,
-        from_magic = h.from_magic, to_magic = crate::MAGIC, ms = ms, exe = h.exe.display().to_string(),
-        workers = h.master.workers.len() as u64, lockout_cleared = h.master.lockout;
-        "master upgraded in place from {} to {} in {} ms ({} workers adopted{})", h.from_version, crate::VERSION, ms,
-        h.master.workers.len(), if h.master.lockout { "; the lockout is cleared" } else { "" });
-    if let Some(level) = h.loglevel.as_deref().and_then(crate::config::parse_level) {
-        crate::log::set_level(level);
-    }
-    let mut lp = Loop {
-        opts: Options { no_pidfd: h.no_pidfd },
-        sm,
-        listeners,
-        children,
-        probe: None,
-        control,
-        signals,
-        queue: VecDeque::new(),
-        exit: None,
-        started_wall: std::time::UNIX_EPOCH + Duration::from_millis(h.started_ms),
-        loglevel: h.loglevel.clone(),
-        pidfile,
-        server_user: cfg.server_user.clone(),
-        config_level: cfg.log_level,
-        notifier,
-        exe: Ok(h.exe.clone()),
-        upgrade: None,
-        notify: None,
-    };
-    // Workers that exited during the exec are found now (their pidfds are
-    // readable, or SIGCHLD is pending).
-    let ids_now: Vec<WorkerId> = lp.children.keys().copied().collect();
-    for id in ids_now {
-        lp.check_child(id);
-    }
-    if let Some(r) = h.requester {
-        let client = ids.iter().find(|(fd, _)| *fd == r.fd).map(|&(_, id)| id);
-        if let Some(client) = client {
-            if r.restart && r.wait {
-                if let Some(c) = &mut lp.control {
-                    c.set_waiting(client, true);
-                }
-                let config = lp.reload_config();
-                lp.queue.push_back(Event::Restart { config, by: Requester::Control { client, wait: true } });
-            } else {
-                lp.reply(client, &control::ack(&format!("upgraded {}", crate::VERSION)));
-            }
-        }
-        if r.restart && !r.wait {
-            let config = lp.reload_config();
-            lp.queue.push_back(Event::Restart { config, by: Requester::Upgrade });
-        }
-    }
     let code = lp.run();
     lp.shutdown();
     Ok(code)
@@ -631,101 +544,6 @@ impl Loop {
         }
     }
 
-    /// `$NOTIFY_SOCKET` for workers, bound on first use.
-    fn notify_socket(&mut self) -> Result<String, String> {
-        if self.notify.is_none() {
-            let n = NotifySocket::bind().map_err(|e| format!("bind the workers' notify socket: {}", sys::strerror(&e)))?;
-            log::info!(component = "master", notify_socket = n.name(); "workers' sd_notify socket is {}", n.name());
-            self.notify = Some(n);
-        }
-        Ok(self.notify.as_ref().map(|n| n.name().to_string()).unwrap_or_default())
-    }
-
-    /// The worker a process belongs to, for sd_notify: the worker's spawned
-    /// process, its main process, or a process of the process group the
-    /// worker's spawned process leads. Only workers that use the socket.
-    fn owner(children: &BTreeMap<WorkerId, Child>, pid: u32) -> Option<WorkerId> {
-        let users = || children.iter().filter(|(_, c)| c.reports.socket());
-        let direct = |(_, c): &(&WorkerId, &Child)| {
-            (c.pid == pid && c.spawned_status.is_none()) || c.main.as_ref().is_some_and(|m| m.pid == pid)
-        };
-        if let Some((&id, _)) = users().find(direct) {
-            return Some(id);
-        }
-        let group = sys::process_group_of(pid).ok()?;
-        // A group is numbered by its leader's pid: it is this worker's while
-        // the worker lives (the number is not reused while the group exists).
-        users().find(|(_, c)| c.pid == group && (c.spawned_status.is_none() || c.main.is_some())).map(|(&id, _)| id)
-    }
-
-    /// Datagrams on the workers' notify socket become events.
-    fn on_notify(&mut self, now: Instant) {
-        let Some(n) = &mut self.notify else { return };
-        let children = &self.children;
-        let deliveries = n.receive(|pid| Self::owner(children, pid));
-        for d in deliveries {
-            match d {
-                Delivery::Dropped { why, sender } => {
-                    if let Some(n) = &mut self.notify {
-                        n.log_drop(&why, sender, now);
-                    }
-                }
-                Delivery::From { worker, sender, parsed } => {
-                    let pid = self.children.get(&worker).map_or(0, |c| c.pid);
-                    if !parsed.ignored.is_empty() {
-                        log::debug!(component = "worker", worker_pid = pid;
-                            "sd_notify: ignored {}", parsed.ignored.join(", "));
-                    }
-                    for m in parsed.messages {
-                        self.on_notify_message(worker, sender, m, now);
-                    }
-                }
-            }
-        }
-    }
-
-    fn on_notify_message(&mut self, id: WorkerId, sender: u32, m: Message, now: Instant) {
-        let ev = match m {
-            Message::Ready => Event::Ready { id },
-            Message::Status(text) => Event::Status { id, text },
-            Message::Stopping => Event::NotifyFailure { id, text: "STOPPING=1".into() },
-            Message::Errno(n) => {
-                let e = std::io::Error::from_raw_os_error(n);
-                Event::NotifyFailure { id, text: format!("ERRNO={} ({})", n, sys::strerror(&e)) }
-            }
-            Message::MainPid(main) => {
-                // Only one of the worker's own processes may become its main one.
-                if Self::owner(&self.children, main) != Some(id) {
-                    let why = format!("MAINPID={} names no process of the worker", main);
-                    if let Some(n) = &mut self.notify {
-                        n.log_drop(&why, Some(sender), now);
-                    }
-                    return;
-                }
-                if self.opts.no_pidfd {
-                    // A process that is not our child cannot be watched
-                    // without a pidfd: the spawned process stays the main one.
-                    log::debug!(component = "worker", main_pid = main; "MAINPID={} ignored: no pidfds", main);
-                    return;
-                }
-                let Some(c) = self.children.get_mut(&id) else { return };
-                if main == c.pid {
-                    c.main = None;
-                } else {
-                    match sys::pidfd_open(main) {
-                        Ok(pidfd) => c.main = Some(MainProcess { pid: main, pidfd }),
-                        Err(e) => {
-                            log::warn!(worker_pid = c.pid; "MAINPID={}: pidfd_open: {}; ignored", main, sys::strerror(&e));
-                            return;
-                        }
-                    }
-                }
-                Event::MainPid { id, pid: main }
-            }
-        };
-        self.queue.push_back(ev);
-    }
-
     fn reload_config(&self) -> Result<Config, String> {
         Config::load(&self.sm.config().path).map_err(|e| e.to_string())
     }
@@ -903,84 +721,6 @@ impl Loop {
         for c in self.children.values() {
             c.send(line);
         }
-    }
-
-    /// Carry out an `UPGRADE` (ARCHITECTURE.md, "Upgrading the master"):
-    /// state into a memfd, check by the new binary, exec. Returns only when
-    /// refused or failed, having answered the client; nothing has changed.
-    fn do_upgrade(&mut self, client: ClientId, wait: bool, restart: bool) {
-        let t0 = sys::monotonic_usec();
-        log::info!(event = "upgrade.start", restart = restart; "upgrade of the master requested (re-exec in place)");
-        let refuse = |lp: &mut Loop, reason: &str, detail: &str| {
-            log::warn!(event = "upgrade.refused", reason = reason, detail = detail; "upgrade of the master refused: {}: {}", reason, detail);
-            let line = if detail.is_empty() { control::nack(reason) } else { control::nack(&format!("{}: {}", reason, detail)) };
-            lp.reply(client, &line);
-        };
-        // A restart that began after the UPGRADE was queued (same batch).
-        match self.sm.state() {
-            crate::status::MasterState::Running | crate::status::MasterState::Lockout if self.probe.is_none() => {}
-            crate::status::MasterState::Stopping => return refuse(self, Reason::Stopping.wire(), ""),
-            _ => return refuse(self, Reason::InFlight.wire(), ""),
-        }
-        // The sd_notify socket of the workers (and the main processes they
-        // named) is not part of the hand-over: refuse rather than lose them.
-        if self.children.values().any(|c| c.reports != crate::config::Notify::Zdrestart || c.main.is_some()) {
-            return refuse(
-                self,
-                upgrade::NACK_NOT_POSSIBLE,
-                "workers report with sd_notify(3) (\"notify\": \"systemd\" or \"both\"), whose socket is not handed over",
-            );
-        }
-        let state = match self.handover_state(client, wait, restart, t0) {
-            Ok(h) => h,
-            Err(e) => return refuse(self, upgrade::NACK_NOT_POSSIBLE, &e),
-        };
-        let exe = state.exe.clone();
-        let file = match upgrade::write_state(&state) {
-            Ok(f) => f,
-            Err(e) => return refuse(self, upgrade::NACK_NOT_POSSIBLE, &e),
-        };
-        match upgrade::check(&exe, &file) {
-            Ok(line) => log::info!(event = "upgrade.check", exe = exe.display().to_string(), answer = line.as_str();
-                "the new binary accepts the hand-over: {}", line),
-            Err(e) => return refuse(self, upgrade::NACK_CHECK_FAILED, &e),
-        }
-        let keep: Vec<RawFd> = handover::fds(&state).into_iter().map(|(fd, _)| fd).collect();
-        log::info!(event = "upgrade.exec", exe = exe.display().to_string(), fds = keep.len() as u64;
-            "re-executing {} in place ({} fds handed over)", exe.display(), keep.len());
-        let err = upgrade::exec(&exe, file, &keep, &SIGNALS);
-        log::error!(event = "upgrade.refused", reason = upgrade::NACK_EXEC_FAILED, detail = err.as_str();
-            "upgrade of the master failed: {}; carrying on as before", err);
-        self.reply(client, &control::nack(&format!("{}: {}", upgrade::NACK_EXEC_FAILED, err)));
-    }
-
-    fn handover_state(&self, client: ClientId, wait: bool, restart: bool, t0: u64) -> Result<Handover, String> {
-        let exe = self.exe.clone()?;
-        let control = match &self.control {
-            Some(c) => Some(c.handover(client)?),
-            None => None,
-        };
-        let requester = self.control.as_ref().and_then(|c| c.client_fd(client)).map(|fd| UpgradeRequest { fd, wait, restart });
-        let master = self.sm.snapshot(Instant::now(), |pid| {
-            self.children.values().find(|c| c.pid == pid).map(|c| c.handover_fds())
-        })?;
-        let ms = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        Ok(Handover {
-            from_version: crate::VERSION.to_string(),
-            from_magic: crate::MAGIC,
-            requested_usec: t0,
-            exe,
-            config_path: self.sm.config().path.clone(),
-            listen: self.sm.config().listen_display(),
-            started_ms: ms(self.started_wall),
-            no_pidfd: self.opts.no_pidfd,
-            loglevel: self.loglevel.clone(),
-            listeners: self.listeners.iter().map(|l| l.as_raw_fd()).collect(),
-            pidfile: self.pidfile.as_ref().map(|p| handover::FdPath { fd: p.raw_fd(), path: p.path().to_path_buf() }),
-            control,
-            requester,
-            master,
-        })
     }
 
     fn shutdown(&mut self) {
