@@ -119,15 +119,6 @@ impl Loop {
             crate::status::MasterState::Stopping => return refuse(self, Reason::Stopping.wire(), ""),
             _ => return refuse(self, Reason::InFlight.wire(), ""),
         }
-        // The sd_notify socket of the workers (and the main processes they
-        // named) is not part of the hand-over: refuse rather than lose them.
-        if self.children.values().any(|c| c.reports != crate::config::Notify::Zdrestart || c.main.is_some()) {
-            return refuse(
-                self,
-                upgrade::NACK_NOT_POSSIBLE,
-                "workers report with sd_notify(3) (\"notify\": \"systemd\" or \"both\"), whose socket is not handed over",
-            );
-        }
         let state = match self.handover_state(client, wait, restart, t0) {
             Ok(h) => h,
             Err(e) => return refuse(self, upgrade::NACK_NOT_POSSIBLE, &e),
@@ -153,6 +144,11 @@ impl Loop {
 
     fn handover_state(&self, client: ClientId, wait: bool, restart: bool, t0: u64) -> Result<Handover, String> {
         let exe = self.exe.clone()?;
+        // The sd_notify socket of the workers (and the main processes they
+        // named) is not part of the hand-over: refuse rather than lose them.
+        if self.children.values().any(|c| c.reports != crate::config::Notify::Zdrestart || c.main.is_some()) {
+            return Err("workers report with sd_notify(3) (\"notify\": \"systemd\" or \"both\"), whose socket is not handed over".into());
+        }
         let control = match &self.control {
             Some(c) => Some(c.handover(client)?),
             None => None,
