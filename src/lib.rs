@@ -1,8 +1,9 @@
 //! zdrestart: a zero-downtime restart master and its built-in worker.
 //!
 //! The library holds what the three executables share. The MongoDB driver is
-//! deliberately not here: only `src/bin/zdrestart-worker` uses it, so the
-//! master and `zdrestartctl` never link it (checked by a test on symbols).
+//! deliberately not here: only the built-in worker (`worker/`, a crate of its
+//! own) uses it, so the master and `zdrestartctl` never link it (checked by a
+//! test on symbols, and visible in `cargo tree -p zdrestart`).
 #![deny(unsafe_code)]
 
 pub mod config;

@@ -15,8 +15,8 @@ const TOKIO: &[u8] = b"_ZN5tokio";
 
 #[test]
 fn worker_links_mongodb() {
-    let w = Path::new(env!("CARGO_BIN_EXE_zdrestart-worker"));
-    assert!(has_symbol_prefix(w, MONGODB), "the symbol check finds nothing even in the worker: it would prove nothing");
+    let w = zdrestart_testkit::paths::worker_bin();
+    assert!(has_symbol_prefix(&w, MONGODB), "the symbol check finds nothing even in the worker: it would prove nothing");
 }
 
 #[test]
