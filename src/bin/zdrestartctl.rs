@@ -421,6 +421,12 @@ fn render_status(st: &StatusReport) -> String {
     o
 }
 
+/// Was an `UPGRADE` answered `NACK <reason>` by the old image, before any
+/// exec (nothing changed)? Otherwise the new image answered it.
+fn refused_before_exec(reason: &str) -> bool {
+    Reason::from_wire(control::reason_key(reason)).is_some_and(|r| Reason::UPGRADE_REFUSALS.contains(&r))
+}
+
 /// Print the outcome of one command; returns the exit status.
 fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
     match answer {
@@ -430,9 +436,7 @@ fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
                     "restart failed"
                 }
                 Cmd::Restart { .. } => "restart refused",
-                Cmd::Upgrade { .. } if zdrestart::master::upgrade::refused_before_exec(control::reason_key(&reason)) => {
-                    "upgrade refused"
-                }
+                Cmd::Upgrade { .. } if refused_before_exec(&reason) => "upgrade refused",
                 // The new master answered: upgraded, but its roll-over did not complete.
                 Cmd::Upgrade { .. } => "upgrade done, restart failed",
                 other => other.name(),

@@ -193,12 +193,12 @@ pub fn parse_answer(line: &str) -> Option<Answer> {
     None
 }
 
-
-/// The line for a restart answer of the state machine: `ACK`, `ACK complete`,
-/// `NACK <reason>` or `NACK <reason>: <detail>`.
+/// The line for an answer of the state machine: `ACK`, `ACK complete`,
+/// `ACK upgraded <version>`, `NACK <reason>` or `NACK <reason>: <detail>`.
 pub fn render(answer: &RestartAnswer) -> String {
     match answer {
         RestartAnswer::Started => ack(""),
+        RestartAnswer::Upgraded => ack(&format!("upgraded {}", crate::VERSION)),
         RestartAnswer::Complete => ack(ACK_COMPLETE),
         RestartAnswer::Refused(r) => nack(&r.to_string()),
     }
@@ -267,6 +267,7 @@ mod tests {
     fn renders_restart_answers() {
         assert_eq!(render(&RestartAnswer::Started), "ACK");
         assert_eq!(render(&RestartAnswer::Complete), "ACK complete");
+        assert_eq!(render(&RestartAnswer::Upgraded), format!("ACK upgraded {}", crate::VERSION));
         assert_eq!(render(&RestartAnswer::Refused(Refused::new(Reason::Stopping, ""))), "NACK stopping");
         let r = Refused::new(Reason::Aborted, "new worker exited: new worker 12 exited (exit status 1)");
         assert_eq!(render(&RestartAnswer::Refused(r)), "NACK aborted: new worker exited: new worker 12 exited (exit status 1)");

@@ -52,9 +52,9 @@ pub fn declared(cfg: &Config) -> Option<ProbeInfo> {
 /// new config (`Err`: why it could not be loaded). Ok: the new config.
 pub fn check_request<C: Borrow<Config>>(running: &Running, new: Result<C, String>) -> Result<C, Refused> {
     match running.state {
-        MasterState::Restarting => return Err(Refused::new(Reason::InFlight, "")),
-        MasterState::Lockout => return Err(Refused::new(Reason::AbortedRestart, "restart the master as soon as possible")),
-        MasterState::Stopping => return Err(Refused::new(Reason::Stopping, "the master is stopping")),
+        MasterState::Restarting => return Err(Refused::in_flight()),
+        MasterState::Lockout => return Err(Refused::aborted_restart()),
+        MasterState::Stopping => return Err(Refused::stopping()),
         // Unknown: a STATUS word this build does not know (`--check` against
         // another version); the running master makes its own decision.
         MasterState::Running | MasterState::Unknown => {}

@@ -121,25 +121,25 @@ impl Loop {
         }
         let state = match self.handover_state(client, wait, restart, t0) {
             Ok(h) => h,
-            Err(e) => return refuse(self, upgrade::NACK_NOT_POSSIBLE, &e),
+            Err(e) => return refuse(self, Reason::UpgradeNotPossible.wire(), &e),
         };
         let exe = state.exe.clone();
         let file = match upgrade::write_state(&state) {
             Ok(f) => f,
-            Err(e) => return refuse(self, upgrade::NACK_NOT_POSSIBLE, &e),
+            Err(e) => return refuse(self, Reason::UpgradeNotPossible.wire(), &e),
         };
         match upgrade::check(&exe, &file) {
             Ok(line) => log::info!(event = "upgrade.check", exe = exe.display().to_string(), answer = line.as_str();
                 "the new binary accepts the hand-over: {}", line),
-            Err(e) => return refuse(self, upgrade::NACK_CHECK_FAILED, &e),
+            Err(e) => return refuse(self, Reason::UpgradeCheckFailed.wire(), &e),
         }
         let keep: Vec<RawFd> = handover::fds(&state).into_iter().map(|(fd, _)| fd).collect();
         log::info!(event = "upgrade.exec", exe = exe.display().to_string(), fds = keep.len() as u64;
             "re-executing {} in place ({} fds handed over)", exe.display(), keep.len());
         let err = upgrade::exec(&exe, file, &keep, &SIGNALS);
-        log::error!(event = "upgrade.refused", reason = upgrade::NACK_EXEC_FAILED, detail = err.as_str();
+        log::error!(event = "upgrade.refused", reason = Reason::ExecFailed.wire(), detail = err.as_str();
             "upgrade of the master failed: {}; carrying on as before", err);
-        self.reply(client, &control::nack(&format!("{}: {}", upgrade::NACK_EXEC_FAILED, err)));
+        self.reply(client, &control::nack(&format!("{}: {}", Reason::ExecFailed.wire(), err)));
     }
 
     fn handover_state(&self, client: ClientId, wait: bool, restart: bool, t0: u64) -> Result<Handover, String> {
