@@ -17,5 +17,5 @@ pub mod server;
 pub mod wire;
 
 pub use advice::{advice, operator_message, reason_key};
-pub use server::{ClientId, ControlServer, Limits, MAX_CLIENTS, MAX_LINE, MAX_OUTPUT};
+pub use server::{ClientId, ClientState, ControlServer, ControlState, Limits, MAX_CLIENTS, MAX_LINE, MAX_OUTPUT};
 pub use wire::{ack, cmds_answer, nack, parse_answer, render, Answer, Command, ACK_COMPLETE, NACK_UNKNOWN};

@@ -81,8 +81,7 @@ pub enum Command {
     /// `STATUS`: `ACK <one-line JSON>` ([`crate::status::StatusReport`]).
     Status,
     /// `RESTART` (answer when accepted or refused) or `RESTART WAIT` (answer
-    /// when the restart ends: `ACK complete`, or `NACK <reason>`; call
-    /// [`super::ControlServer::set_waiting`] while it runs).
+    /// when the restart ends: `ACK complete`, or `NACK <reason>`).
     Restart { wait: bool },
     /// `UPGRADE [WAIT] [NORESTART]`: re-exec the master in place (zdrestart's
     /// own). Answered by the new image: `ACK upgraded <version>`, or with
@@ -94,6 +93,15 @@ pub enum Command {
     /// A known command used wrongly: answer `NACK <nack>`; `detail` says
     /// what was wrong, for the log only (the wire text is pump.io's).
     Bad { nack: &'static str, detail: String },
+}
+
+impl Command {
+    /// Answered later, by the state machine (`RESTART` after its probe,
+    /// `RESTART WAIT` when the restart ends, `UPGRADE` by the new image):
+    /// the server marks the client waiting until then.
+    pub fn deferred(&self) -> bool {
+        matches!(self, Command::Restart { .. } | Command::Upgrade { .. })
+    }
 }
 
 /// Parse one line (without or with its line terminator). `None` for a blank

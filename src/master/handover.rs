@@ -11,6 +11,7 @@
 //! not touch fds or processes: [`check_fds`] takes the test of an fd as a
 //! function (the new image asks itself, the check child asks /proc).
 
+pub use crate::control::{ClientState, ControlState};
 use crate::status::{LastRestart, WorkerState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -62,28 +63,6 @@ pub struct Handover {
 pub struct FdPath {
     pub fd: i32,
     pub path: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControlState {
-    pub path: PathBuf,
-    pub fd: i32,
-    /// (device, inode) of the socket file, so that only ours is removed.
-    pub ident: (u64, u64),
-    pub clients: Vec<ClientState>,
-}
-
-/// A connected control client: its fd and the bytes in flight.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientState {
-    pub fd: i32,
-    /// Read, not yet parsed.
-    pub inbuf: Vec<u8>,
-    /// Answers not yet written.
-    pub out: Vec<u8>,
-    pub eof: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant, SystemTime};
 pub use super::admission::{ProbeFailure, ProbeInfo};
 pub use crate::status::WorkerState;
 
+pub use crate::control::ClientId;
+
 pub type WorkerId = u64;
-pub type ClientId = u64;
 
 /// How many output lines of each worker are kept for abort records.
 const KEEP_LINES: usize = 10;

@@ -514,7 +514,6 @@ impl Loop {
 
     fn reply(&mut self, client: ClientId, line: &str) {
         if let Some(c) = &mut self.control {
-            c.set_waiting(client, false);
             c.reply(client, line);
         }
     }
@@ -690,17 +689,11 @@ impl Loop {
                 control::ack("")
             }
             Command::Restart { wait } => {
-                if let Some(c) = &mut self.control {
-                    c.set_waiting(client, true);
-                }
                 let config = self.reload_config();
                 self.queue.push_back(Event::Restart { config, by: Requester::Control { client, wait } });
                 return;
             }
             Command::Upgrade { wait, restart } => {
-                if let Some(c) = &mut self.control {
-                    c.set_waiting(client, true);
-                }
                 self.queue.push_back(Event::Upgrade { client, wait, restart });
                 return;
             }

@@ -82,9 +82,6 @@ pub fn resume(cfg: Config, h: Handover, signals: SignalPipe) -> Result<i32, Stri
         let client = ids.iter().find(|(fd, _)| *fd == r.fd).map(|&(_, id)| id);
         if let Some(client) = client {
             if r.restart && r.wait {
-                if let Some(c) = &mut lp.control {
-                    c.set_waiting(client, true);
-                }
                 let config = lp.reload_config();
                 lp.queue.push_back(Event::Restart { config, by: Requester::Control { client, wait: true } });
             } else {
