@@ -57,8 +57,8 @@
 //! can push it to the head of the eviction order.
 
 use super::bind;
+use super::handover::{ClientState, ControlState};
 use super::wire::{nack, parse_command, Command, LINE_END, NACK_LINE_TOO_LONG, NACK_TOO_MANY_CLIENTS};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -69,31 +69,6 @@ use std::time::{Duration, Instant};
 /// Identifies one connected client for the life of the server (never reused);
 /// the master's state machine names the clients it answers by it.
 pub type ClientId = u64;
-
-/// What an upgrade of the master hands over of the control server
-/// ([`ControlServer::handover`], [`ControlServer::adopt`]); part of the
-/// hand-over state (`master::handover`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControlState {
-    pub path: PathBuf,
-    pub fd: i32,
-    /// (device, inode) of the socket file, so that only ours is removed.
-    pub ident: (u64, u64),
-    pub clients: Vec<ClientState>,
-}
-
-/// A connected control client: its fd and the bytes in flight.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientState {
-    pub fd: i32,
-    /// Read, not yet parsed.
-    pub inbuf: Vec<u8>,
-    /// Answers not yet written.
-    pub out: Vec<u8>,
-    pub eof: bool,
-}
 
 /// Longest command line accepted, in bytes, without its newline.
 pub const MAX_LINE: usize = 4096;

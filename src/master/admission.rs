@@ -1,11 +1,14 @@
-//! Restart admission: the one pure function that decides whether a
-//! zero-downtime restart may go ahead, and which [`Reason`] refuses it.
+//! Restart admission: the pure functions that decide whether a zero-downtime
+//! restart may go ahead, and which [`Reason`] refuses it.
 //!
-//! The state machine calls [`check_request`] when a restart is asked for and
-//! [`check_probe`] when the probe of the new code has answered; `zdrestart
-//! --check` calls [`admit`], which is both in that order, against the running
-//! master's STATUS. The checks and their order are those of ARCHITECTURE.md
-//! ("Restart admission") and zdrestart(8). No I/O, no clock, no logging.
+//! The state machine refuses by its phase in its table (`master::state::table`:
+//! `restart in flight`, `aborted restart`, `stopping`), then calls
+//! [`check_config`] when it takes a request up and [`check_probe`] when the
+//! probe of the new code has answered; `zdrestart --check` calls [`admit`],
+//! which is [`check_state`] (the same refusals, from the running master's
+//! STATUS) and both others, in that order. The checks and their order are
+//! those of ARCHITECTURE.md ("Restart admission") and zdrestart(8). No I/O,
+//! no clock, no logging.
 
 use crate::config::{Config, Driver};
 use crate::restart::{Reason, Refused};
@@ -48,21 +51,26 @@ pub fn declared(cfg: &Config) -> Option<ProbeInfo> {
     Some(ProbeInfo { magic: cfg.magic.unwrap_or_default(), version: cfg.version.clone().unwrap_or_default() })
 }
 
-/// The checks that need no probe, in order: the master's state, then the
-/// new config (`Err`: why it could not be loaded). Ok: the new config.
-pub fn check_request<C: Borrow<Config>>(running: &Running, new: Result<C, String>) -> Result<C, Refused> {
-    match running.state {
-        MasterState::Restarting => return Err(Refused::in_flight()),
-        MasterState::Lockout => return Err(Refused::aborted_restart()),
-        MasterState::Stopping => return Err(Refused::stopping()),
+/// The refusal of a restart asked for while the master is in `state` (its
+/// STATUS word): what the state machine's table answers in that phase.
+pub fn check_state(state: MasterState) -> Result<(), Refused> {
+    match state {
+        MasterState::Restarting => Err(Refused::in_flight()),
+        MasterState::Lockout => Err(Refused::aborted_restart()),
+        MasterState::Stopping => Err(Refused::stopping()),
         // Unknown: a STATUS word this build does not know (`--check` against
         // another version); the running master makes its own decision.
-        MasterState::Running | MasterState::Unknown => {}
+        MasterState::Running | MasterState::Unknown => Ok(()),
     }
+}
+
+/// The checks on the new config, in order (`Err`: why it could not be
+/// loaded), against the master listening on `listen`. Ok: the new config.
+pub fn check_config<C: Borrow<Config>>(listen: &str, new: Result<C, String>) -> Result<C, Refused> {
     let config = new.map_err(|e| Refused::new(Reason::BadConfig, e))?;
     let new = config.borrow();
-    if new.listen_display() != running.listen {
-        let detail = format!("{} -> {}; use a normal restart", running.listen, new.listen_display());
+    if new.listen_display() != listen {
+        let detail = format!("{} -> {}; use a normal restart", listen, new.listen_display());
         return Err(Refused::new(Reason::ListenChanged, detail));
     }
     if new.workers < 2 {
@@ -96,12 +104,13 @@ pub fn check_probe(master_magic: u64, probe: Result<ProbeInfo, ProbeFailure>) ->
     Ok(info)
 }
 
-/// Every check, in order: [`check_request`] then [`check_probe`].
+/// Every check, in order: [`check_state`], [`check_config`], [`check_probe`].
 pub fn admit<C: Borrow<Config>>(
     running: &Running,
     new: Result<C, String>,
     probe: Result<ProbeInfo, ProbeFailure>,
 ) -> Result<ProbeInfo, Refused> {
-    check_request(running, new)?;
+    check_state(running.state)?;
+    check_config(&running.listen, new)?;
     check_probe(running.magic, probe)
 }

@@ -10,7 +10,7 @@
 
 use super::admission::{ProbeFailure, ProbeInfo};
 use super::child::Child;
-use super::spawn_spec::build_spec;
+use super::spawn_spec::{build_spec, Role, SpawnRequest};
 use crate::config::Config;
 use crate::protocol::Report;
 use crate::sys::{self, ExitStatus};
@@ -67,7 +67,7 @@ pub struct ProbeRun {
 
 impl ProbeRun {
     pub fn start(cfg: &Config, no_pidfd: bool, loglevel: Option<&str>, user: Option<&str>) -> Result<ProbeRun, String> {
-        let spec = build_spec(cfg, 0, 0, &[], true, loglevel, user, None)?;
+        let spec = build_spec(&SpawnRequest { config: cfg, role: Role::Probe, loglevel, server_user: user })?;
         let sp = sys::spawn(&spec).map_err(|e| format!("cannot run probe {}: {}", spec.path.to_string_lossy(), e))?;
         log::debug!(component = "probe", worker_pid = sp.pid; "probe {} started", sp.pid);
         let pidfd = if no_pidfd { None } else { sys::pidfd_open(sp.pid).ok() };

@@ -4,6 +4,8 @@
 //! is the state machine's business.
 
 use super::*;
+use crate::master::child::MainProcess;
+use crate::master::notify_socket::{Delivery, Message};
 
 impl Loop {
     /// `$NOTIFY_SOCKET` for workers, bound on first use.
