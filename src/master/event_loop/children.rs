@@ -16,7 +16,7 @@ impl Loop {
         let listeners: Vec<RawFd> = self.listeners.iter().map(|l| l.as_raw_fd()).collect();
         let socket = match config.notify.socket() {
             false => None,
-            true => match self.notify_socket() {
+            true => match self.workers_socket_name() {
                 Ok(name) => Some(name),
                 Err(error) => return self.queue.push_back(Event::SpawnFailed { id, error }),
             },

@@ -12,12 +12,12 @@
 //! [`super::pidfile`] and [`crate::signals`]. Its jobs have files of their
 //! own: the children (`children.rs`: spawn, signal, read, reap), the
 //! signals and the control socket (`commands.rs`), the upgrade of the master
-//! (`reexec.rs`) and the workers' sd_notify socket (`workers_notify.rs`).
+//! (`reexec.rs`) and the workers' sd_notify socket (`workers_socket.rs`).
 
 mod children;
 mod commands;
 mod reexec;
-mod workers_notify;
+mod workers_socket;
 
 pub use reexec::resume;
 
@@ -73,7 +73,7 @@ enum Slot {
     ProbePipe,
     Control(RawFd),
     /// The workers' `$NOTIFY_SOCKET`.
-    Notify,
+    WorkersSocket,
     /// The pidfd of a worker's main process (`MAINPID=`).
     MainPidfd(WorkerId),
 }
@@ -123,10 +123,10 @@ struct Loop {
     /// The log level in force from the config (not a LOGLEVEL override).
     config_level: log::LevelFilter,
     /// sd_notify(3) sender, when `$NOTIFY_SOCKET` is set.
-    notifier: Option<Notifier>,
+    service_manager: Option<Notifier>,
     /// sd_notify(3) for workers, bound when the first worker that uses it
     /// is spawned.
-    notify: Option<NotifySocket>,
+    workers_socket: Option<NotifySocket>,
     /// The executable the master was started from, resolved at start: what
     /// an upgrade runs (`master::upgrade`).
     exe: Result<PathBuf, String>,
@@ -152,7 +152,7 @@ struct Parts {
 
 impl Loop {
     fn new(p: Parts) -> Loop {
-        let notifier = Notifier::from_env().unwrap_or_else(|e| {
+        let service_manager = Notifier::from_env().unwrap_or_else(|e| {
             log::warn!("{}; not notifying the service manager", e);
             None
         });
@@ -172,8 +172,8 @@ impl Loop {
             pidfile: p.pidfile,
             server_user: cfg.server_user.clone(),
             config_level: cfg.log_level,
-            notifier,
-            notify: None,
+            service_manager,
+            workers_socket: None,
             exe: p.exe,
             upgrade: None,
         }
@@ -378,8 +378,8 @@ impl Loop {
                 set.add(fd, libc::POLLIN, Slot::MainPidfd(id));
             }
         }
-        if let Some(n) = &self.notify {
-            set.add(n.fd(), libc::POLLIN, Slot::Notify);
+        if let Some(n) = &self.workers_socket {
+            set.add(n.fd(), libc::POLLIN, Slot::WorkersSocket);
         }
         if let Some(p) = &self.probe {
             let (pidfd, pipes) = p.child.poll_fds();
@@ -412,7 +412,7 @@ impl Loop {
                 }
             }
             Slot::Control(fd) => self.on_control(fd, revents, now),
-            Slot::Notify => self.on_notify(now),
+            Slot::WorkersSocket => self.on_workers_socket(now),
             Slot::MainPidfd(id) => self.check_child(id),
         }
     }
@@ -461,7 +461,7 @@ impl Loop {
     /// One sd_notify(3) datagram to the service manager; a failure is
     /// logged, never fatal.
     fn announce(&self, a: Announce) {
-        let Some(notifier) = &self.notifier else { return };
+        let Some(manager) = &self.service_manager else { return };
         let text = match a {
             Announce::Ready(status) => sdnotify::message("READY=1", &status),
             Announce::Reloading(status) => {
@@ -470,7 +470,7 @@ impl Loop {
             }
             Announce::Stopping(status) => sdnotify::message("STOPPING=1", &status),
         };
-        match notifier.send(&text) {
+        match manager.send(&text) {
             Ok(()) => log::debug!(sd_notify = text.as_str(); "told the service manager: {}", text.replace('\n', " ")),
             Err(e) => log::warn!("{}", e),
         }
