@@ -52,6 +52,20 @@ fn start() -> Master {
     m
 }
 
+/// SIGUSR2 to a config whose workers are never ready (and ignore SIGTERM),
+/// with `readyTimeout` `ready_s` and the new `shutdownTimeout`: the mark of
+/// the log before.
+fn restart_to_never_ready(m: &mut Master, ready_s: u64) -> usize {
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), fault_worker_json("never-ready-ignore-term.sh"));
+        c.insert("readyTimeout".into(), json!(ready_s));
+        c.insert("shutdownTimeout".into(), json!(NEW_MS / 1000));
+    });
+    let mark = m.mark();
+    m.signal(libc::SIGUSR2);
+    mark
+}
+
 /// Pids of the `worker.spawn` records of `generation`.
 fn spawned(recs: &[Value], generation: u64) -> Vec<i32> {
     recs.iter()
@@ -105,13 +119,7 @@ fn old_workers_of_a_rollout_are_killed_after_their_own_shutdown_timeout() {
 #[test]
 fn a_new_worker_stopped_by_an_abort_is_killed_after_the_new_shutdown_timeout() {
     let mut m = start();
-    m.rewrite_config(|c| {
-        c.insert("worker".into(), fault_worker_json("never-ready-ignore-term.sh"));
-        c.insert("readyTimeout".into(), json!(1));
-        c.insert("shutdownTimeout".into(), json!(NEW_MS / 1000));
-    });
-    let mark = m.mark();
-    m.signal(libc::SIGUSR2);
+    let mark = restart_to_never_ready(&mut m, 1);
     let (_, abort) = m.wait_event_after(mark, "restart.abort", T);
     assert_eq!(abort["reason"], "new worker not ready", "{}", abort);
     let new = spawned(&m.log_records(), 2);
@@ -135,13 +143,7 @@ fn a_new_worker_stopped_by_an_abort_is_killed_after_the_new_shutdown_timeout() {
 fn a_stop_during_a_rollout_gives_each_worker_its_own_shutdown_timeout() {
     let mut m = start();
     let old = spawned(&m.log_records(), 1);
-    m.rewrite_config(|c| {
-        c.insert("worker".into(), fault_worker_json("never-ready-ignore-term.sh"));
-        c.insert("readyTimeout".into(), json!(3600));
-        c.insert("shutdownTimeout".into(), json!(NEW_MS / 1000));
-    });
-    let mark = m.mark();
-    m.signal(libc::SIGUSR2);
+    let mark = restart_to_never_ready(&mut m, 3600);
     m.wait_event_after(mark, "restart.start", T);
     let new = m.wait_for("the new worker's worker.spawn", T, |recs| {
         let v = spawned(recs, 2);
