@@ -47,6 +47,8 @@ const KNOWN_KEYS: &[&str] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
     Memory,
+    /// One SQLite database file shared by every worker of this host.
+    Sqlite,
     Mongodb,
 }
 
@@ -54,6 +56,7 @@ impl Driver {
     pub fn as_str(self) -> &'static str {
         match self {
             Driver::Memory => "memory",
+            Driver::Sqlite => "sqlite",
             Driver::Mongodb => "mongodb",
         }
     }
@@ -106,8 +109,10 @@ pub struct Config {
     pub mongo_uri: String,
     /// `params.dbname` (mongodb).
     pub mongo_dbname: String,
-    /// `params.timeout` (mongodb): seconds before a request answers 503.
+    /// `params.timeout` (sqlite, mongodb): seconds before a request answers 503.
     pub db_timeout: Duration,
+    /// `params.path` (sqlite, required with it): the database file, absolute.
+    pub sqlite_path: Option<PathBuf>,
     pub logfile: Option<PathBuf>,
     pub log_level: log::LevelFilter,
     pub pidfile: Option<PathBuf>,
@@ -197,11 +202,12 @@ impl Config {
         let port = r.int("port", 8080, 0, 65535)? as u16;
         let driver = match r.string("driver")?.as_deref() {
             None | Some("memory") => Driver::Memory,
+            Some("sqlite") => Driver::Sqlite,
             Some("mongodb") => Driver::Mongodb,
             Some(other) => {
                 return Err(err(
                     Some("driver"),
-                    format!("expected \"memory\" or \"mongodb\", found \"{}\"", other),
+                    format!("expected \"memory\", \"sqlite\" or \"mongodb\", found \"{}\"", other),
                 ))
             }
         };
@@ -237,6 +243,14 @@ impl Config {
             ));
         }
         let db_timeout = pr.seconds_as("timeout", "params.timeout", DEFAULT_DB_TIMEOUT)?;
+        // Only the sqlite driver's: other workers may give params.path a meaning of their own.
+        let sqlite_path = if driver == Driver::Sqlite { pr.path_as("path", "params.path")? } else { None };
+        if driver == Driver::Sqlite && sqlite_path.is_none() {
+            return Err(err(
+                Some("params.path"),
+                "required with driver \"sqlite\": the database file every worker shares".into(),
+            ));
+        }
 
         let logfile = r.path("logfile")?;
         let log_level = match r.string("logLevel")? {
@@ -336,6 +350,7 @@ impl Config {
             mongo_uri,
             mongo_dbname,
             db_timeout,
+            sqlite_path,
             logfile,
             log_level,
             pidfile,
@@ -437,10 +452,14 @@ impl Reader<'_> {
     }
 
     fn path(&self, key: &str) -> Result<Option<PathBuf>, ConfigError> {
-        match self.string(key)? {
+        self.path_as(key, key)
+    }
+
+    fn path_as(&self, key: &str, name: &str) -> Result<Option<PathBuf>, ConfigError> {
+        match self.string_as(key, name)? {
             None => Ok(None),
             Some(s) if s.is_empty() || s.contains('\0') => {
-                Err(self.fail(key, format!("expected a file path, found \"{}\"", s)))
+                Err(self.fail(name, format!("expected a file path, found \"{}\"", s)))
             }
             Some(s) => Ok(Some(absolute(Path::new(&s)))),
         }
@@ -510,6 +529,13 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("params.uri"));
         let e = parse(r#"{"params":{"dbname":"a.b"}}"#).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("params.dbname"));
+        let e = parse(r#"{"driver":"sqlite"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "/etc/z.json: key \"params.path\": required with driver \"sqlite\": the database file every worker shares");
+        let e = parse(r#"{"driver":"sqlite","params":{"path":""}}"#).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("params.path"));
+        let c = parse(r#"{"driver":"sqlite","params":{"path":"rel/z.db"}}"#).unwrap();
+        assert_eq!(c.driver, Driver::Sqlite);
+        assert!(c.sqlite_path.unwrap().is_absolute());
     }
 
     #[test]
