@@ -82,7 +82,7 @@ fn health_to_u8(h: Health) -> u8 {
     match h {
         Health::Unknown => 0,
         Health::Ok => 1,
-        Health::Unreachable => 2,
+        Health::Unreachable | Health::Unusable(_) => 2,
     }
 }
 
@@ -208,7 +208,7 @@ impl MongoStore {
         let r = self.bounded_inner(what, fut);
         match &r {
             Ok(_) | Err(StoreError::Failed(_)) | Err(StoreError::Full(_)) => self.set_health(Health::Ok),
-            Err(StoreError::Unavailable(_)) => self.set_health(Health::Unreachable),
+            Err(StoreError::Unavailable(_) | StoreError::Unusable { .. }) => self.set_health(Health::Unreachable),
         }
         r
     }
