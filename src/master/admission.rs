@@ -17,6 +17,9 @@ use std::borrow::Borrow;
 pub struct ProbeInfo {
     pub magic: u64,
     pub version: String,
+    /// Whether the workers' state is shared by every worker of every
+    /// generation (`SHARED=1` / `SHARED=0`); None: the probe did not say.
+    pub shared: Option<bool>,
 }
 
 /// A probe that failed; `magic` is what it reported before failing, if
@@ -45,7 +48,11 @@ pub fn declared(cfg: &Config) -> Option<ProbeInfo> {
     if cfg.probe {
         return None;
     }
-    Some(ProbeInfo { magic: cfg.magic.unwrap_or_default(), version: cfg.version.clone().unwrap_or_default() })
+    Some(ProbeInfo {
+        magic: cfg.magic.unwrap_or_default(),
+        version: cfg.version.clone().unwrap_or_default(),
+        shared: Some(cfg.driver != Driver::Memory),
+    })
 }
 
 /// The checks that need no probe, in order: the master's state, then the
@@ -83,6 +90,7 @@ pub fn check_probe(master_magic: u64, probe: Result<ProbeInfo, ProbeFailure>) ->
         Err(f) if f.magic.is_some_and(|m| m != master_magic) => ProbeInfo {
             magic: f.magic.unwrap_or_default(),
             version: format!("unknown; the probe also failed: {}", f.error),
+            shared: None,
         },
         Err(f) => return Err(Refused::new(Reason::ProbeFailed, f.error)),
     };

@@ -53,7 +53,7 @@ impl ProbeOutcome {
             _ => {}
         }
         match self.magic {
-            Some(m) => Ok(ProbeInfo { magic: m, version: self.version.clone().unwrap_or_default() }),
+            Some(m) => Ok(ProbeInfo { magic: m, version: self.version.clone().unwrap_or_default(), shared: self.shared }),
             None => fail("the probe reported no MAGIC=".into()),
         }
     }

@@ -885,7 +885,7 @@ impl Master {
     /// lockout ends here: a fresh state, zdrestart(8)).
     pub fn resume(config: Arc<Config>, snap: &MasterSnapshot, now: Instant) -> Master {
         let wall = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
-        let mut m = Master::new(config, ProbeInfo { magic: snap.magic, version: snap.version.clone() });
+        let mut m = Master::new(config, ProbeInfo { magic: snap.magic, version: snap.version.clone(), shared: None });
         m.generation = snap.generation;
         m.notified_ready = snap.notified_ready;
         for w in &snap.workers {
@@ -991,7 +991,7 @@ mod tests {
 
     impl H {
         fn new(c: Config) -> H {
-            let m = Master::new(Arc::new(c), ProbeInfo { magic: 7, version: "v".into() });
+            let m = Master::new(Arc::new(c), ProbeInfo { magic: 7, version: "v".into(), shared: Some(true) });
             let now = Instant::now();
             H { m, now, t0: now, next_pid: 100 }
         }
@@ -1028,7 +1028,7 @@ mod tests {
             self.ev(Event::Restart { config: Ok(c), by: Requester::Control { client: 1, wait } })
         }
         fn probe_ok(&mut self) -> Vec<Action> {
-            self.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 7, version: "v2".into() })))
+            self.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 7, version: "v2".into(), shared: Some(true) })))
         }
     }
 
@@ -1109,7 +1109,7 @@ mod tests {
         assert!(a.iter().any(|a| matches!(a, Action::Probe { .. })));
         let a = h.restart(mongo(2), false);
         assert_eq!(replies(&a), vec!["NACK restart in flight"]);
-        let a = h.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 8, version: "v".into() })));
+        let a = h.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 8, version: "v".into(), shared: Some(true) })));
         assert!(replies(&a)[0].starts_with("NACK incompatibility"));
         h.restart(mongo(2), false);
         let a = h.ev(Event::ProbeDone(Err(ProbeFailure { magic: Some(7), error: "ERROR=database unreachable".into() })));
@@ -1139,7 +1139,7 @@ mod tests {
     /// the same reason with the same detail.
     #[test]
     fn every_refusal_is_the_same_through_both_paths() {
-        let probe_ok = || Ok(ProbeInfo { magic: 7, version: "v2".into() });
+        let probe_ok = || Ok(ProbeInfo { magic: 7, version: "v2".into(), shared: Some(true) });
         let mut seen = Vec::new();
         let mut case = |h: &mut H, new: Result<Config, String>, probe: Result<ProbeInfo, ProbeFailure>| {
             // The --check path first: it must not change the master.
@@ -1171,7 +1171,7 @@ mod tests {
         case(&mut h, Ok(cfg(r#"{"driver":"mongodb","workers":2,"port":9}"#)), probe_ok());
         case(&mut h, Ok(mongo(1)), probe_ok());
         case(&mut h, Ok(cfg(r#"{"workers":2}"#)), probe_ok());
-        case(&mut h, Ok(mongo(2)), Ok(ProbeInfo { magic: 8, version: "v9".into() }));
+        case(&mut h, Ok(mongo(2)), Ok(ProbeInfo { magic: 8, version: "v9".into(), shared: Some(true) }));
         case(&mut h, Ok(mongo(2)), Err(ProbeFailure { magic: Some(9), error: "ERROR=x".into() }));
         case(&mut h, Ok(mongo(2)), Err(ProbeFailure { magic: Some(7), error: "ERROR=database unreachable".into() }));
         // Stopping.

@@ -244,7 +244,7 @@ fn prepare(cfg: &Config, signals: &SignalPipe) -> Result<Option<(Vec<TcpListener
 fn start_verdict(cfg: &Config, outcome: &ProbeOutcome) -> Result<ProbeInfo, String> {
     let info = match (&outcome.magic, &outcome.spawn_error) {
         (_, Some(e)) => return Err(format!("probe of the worker program failed: {}", e)),
-        (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default() },
+        (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default(), shared: outcome.shared },
         (None, None) => {
             let why = outcome.for_restart(cfg.probe_timeout).err().map(|f| f.error).unwrap_or_default();
             return Err(format!("probe of the worker program failed: {}", why));
