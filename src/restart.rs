@@ -24,12 +24,13 @@ pub enum Reason {
     ListenChanged,
     /// Fewer than 2 workers.
     NoWorkers,
-    /// The driver is not `mongodb`.
-    BadDriver,
     /// The new code reports another magic number.
     Incompatibility,
     /// The probe of the new code failed.
     ProbeFailed,
+    /// The workers' state is not shared by every worker (the `memory`
+    /// driver; a probe without `SHARED=1`; `sharedState` false).
+    BadDriver,
     /// The master is stopping (a refusal, or the end of a restart it ran).
     Stopping,
     /// A started restart was aborted (answer to `RESTART WAIT`; the detail
@@ -57,9 +58,9 @@ impl Reason {
         Reason::BadConfig,
         Reason::ListenChanged,
         Reason::NoWorkers,
-        Reason::BadDriver,
         Reason::Incompatibility,
         Reason::ProbeFailed,
+        Reason::BadDriver,
         Reason::Stopping,
         Reason::Aborted,
         Reason::Starting,
@@ -105,9 +106,13 @@ impl Reason {
             },
             Reason::BadDriver => Words {
                 wire: "bad driver",
-                describe: "the configured driver is not `mongodb`",
-                advice: "With the `memory` driver every worker has its own data, so old and new workers \
-                         cannot serve side by side: use `\"driver\": \"mongodb\"`, or do a normal restart.",
+                describe: "the workers' state is not shared by every worker (the `memory` driver, or a worker \
+                           that does not say its state is shared)",
+                advice: "Old and new workers serve side by side during a zero-downtime restart, so they must \
+                         see the same data: use `\"driver\": \"sqlite\"` (one host: a database file every \
+                         worker shares) or `\"driver\": \"mongodb\"` (several hosts); a worker program of \
+                         your own says so with `SHARED=1` from its probe, or `\"sharedState\": true` without \
+                         one. Or do a normal restart.",
             },
             Reason::Incompatibility => Words {
                 wire: "incompatibility",

@@ -75,16 +75,16 @@ pub fn check_request<C: Borrow<Config>>(running: &Running, new: Result<C, String
     if new.workers < 2 {
         return Err(Refused::new(Reason::NoWorkers, format!("workers is {}, at least 2 are needed", new.workers)));
     }
-    if new.driver != Driver::Mongodb {
-        let detail = format!("driver is \"{}\", zero-downtime restarts need \"mongodb\"", new.driver.as_str());
-        return Err(Refused::new(Reason::BadDriver, detail));
-    }
     Ok(config)
 }
 
 /// The checks on the probe's verdict: another magic number first (even from
-/// a probe that also failed), then the failure. Ok: what the new code is.
-pub fn check_probe(master_magic: u64, probe: Result<ProbeInfo, ProbeFailure>) -> Result<ProbeInfo, Refused> {
+/// a probe that also failed), then the failure, then whether the workers'
+/// state is shared (the probe's `SHARED=1`, or `sharedState` declared for a
+/// worker without a probe): old and new workers serve side by side, so they
+/// must see the same data. `new` is the config the probe ran with. Ok: what
+/// the new code is.
+pub fn check_probe(master_magic: u64, new: &Config, probe: Result<ProbeInfo, ProbeFailure>) -> Result<ProbeInfo, Refused> {
     let info = match probe {
         Ok(i) => i,
         Err(f) if f.magic.is_some_and(|m| m != master_magic) => ProbeInfo {
@@ -101,7 +101,24 @@ pub fn check_probe(master_magic: u64, probe: Result<ProbeInfo, ProbeFailure>) ->
         );
         return Err(Refused::new(Reason::Incompatibility, detail));
     }
+    if info.shared != Some(true) {
+        return Err(Refused::new(Reason::BadDriver, not_shared(new, info.shared)));
+    }
     Ok(info)
+}
+
+/// Why the workers' state does not count as shared, in the words of the
+/// config that says so.
+fn not_shared(new: &Config, shared: Option<bool>) -> String {
+    const NEED: &str = "zero-downtime restarts need a store every worker shares: \"sqlite\" (one host) or \"mongodb\" (several hosts)";
+    if !new.probe {
+        return format!("\"sharedState\" is false: the workers keep state of their own; {}", NEED);
+    }
+    match (new.worker.is_none(), shared) {
+        (true, Some(false)) => format!("driver is \"{}\", {}", new.driver.as_str(), NEED),
+        (false, Some(false)) => format!("the probe of the worker program reported SHARED=0 (each worker keeps state of its own); {}", NEED),
+        _ => format!("the probe of the worker program did not report SHARED=1 or SHARED=0: the master cannot know that old and new workers see the same data; {}", NEED),
+    }
 }
 
 /// Every check, in order: [`check_request`] then [`check_probe`].
@@ -110,6 +127,40 @@ pub fn admit<C: Borrow<Config>>(
     new: Result<C, String>,
     probe: Result<ProbeInfo, ProbeFailure>,
 ) -> Result<ProbeInfo, Refused> {
-    check_request(running, new)?;
-    check_probe(running.magic, probe)
+    let config = check_request(running, new)?;
+    check_probe(running.magic, config.borrow(), probe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(json: &str) -> Config {
+        Config::parse(Path::new("/t/c.json"), json).unwrap()
+    }
+
+    fn probe(shared: Option<bool>) -> Result<ProbeInfo, ProbeFailure> {
+        Ok(ProbeInfo { magic: 7, version: "v".into(), shared })
+    }
+
+    #[test]
+    fn shared_state_is_the_probes_word() {
+        let sqlite = cfg(r#"{"driver":"sqlite","params":{"path":"/x.db"}}"#);
+        assert!(check_probe(7, &sqlite, probe(Some(true))).is_ok());
+        let memory = cfg(r#"{"driver":"memory"}"#);
+        let r = check_probe(7, &memory, probe(Some(false))).unwrap_err();
+        assert_eq!(r.reason, Reason::BadDriver);
+        assert!(r.detail.starts_with("driver is \"memory\", zero-downtime restarts need a store every worker shares: \"sqlite\" (one host) or \"mongodb\" (several hosts)"), "{}", r.detail);
+        // The driver key means nothing to a worker program of its own: its probe decides.
+        let own = cfg(r#"{"driver":"memory","worker":["/bin/w"]}"#);
+        assert!(check_probe(7, &own, probe(Some(true))).is_ok());
+        let r = check_probe(7, &own, probe(None)).unwrap_err();
+        assert_eq!(r.reason, Reason::BadDriver);
+        assert!(r.detail.contains("did not report SHARED=1 or SHARED=0"), "{}", r.detail);
+        // Another magic number and a failed probe come first.
+        assert_eq!(check_probe(8, &memory, probe(Some(false))).unwrap_err().reason, Reason::Incompatibility);
+        let failed = Err(ProbeFailure { magic: Some(7), error: "ERROR=x".into() });
+        assert_eq!(check_probe(7, &memory, failed).unwrap_err().reason, Reason::ProbeFailed);
+    }
 }

@@ -475,7 +475,7 @@ impl Master {
         else {
             unreachable!()
         };
-        let info = match admission::check_probe(self.magic, result) {
+        let info = match admission::check_probe(self.magic, &config, result) {
             Ok(info) => info,
             Err(refused) => {
                 for by in requesters {
@@ -1102,8 +1102,6 @@ mod tests {
         assert!(replies(&a)[0].starts_with("NACK listen address changed"));
         let a = h.restart(cfg(r#"{"workers":1,"driver":"mongodb"}"#), false);
         assert!(replies(&a)[0].starts_with("NACK no workers"));
-        let a = h.restart(cfg(r#"{"workers":2}"#), false);
-        assert!(replies(&a)[0].starts_with("NACK bad driver"));
         // Checks pass: the probe runs, and a second request is in flight.
         let a = h.restart(mongo(2), false);
         assert!(a.iter().any(|a| matches!(a, Action::Probe { .. })));
@@ -1118,6 +1116,10 @@ mod tests {
         h.restart(mongo(2), false);
         let a = h.ev(Event::ProbeDone(Err(ProbeFailure { magic: Some(9), error: "ERROR=x".into() })));
         assert!(replies(&a)[0].starts_with("NACK incompatibility"));
+        // Last: the probe says the workers' state is not shared (memory driver).
+        h.restart(cfg(r#"{"workers":2}"#), false);
+        let a = h.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 7, version: "v".into(), shared: Some(false) })));
+        assert!(replies(&a)[0].starts_with("NACK bad driver"));
         // Nothing was touched by any refusal.
         assert_eq!(h.m.generation(), 1);
         assert_eq!(h.m.workers().count(), 1);
@@ -1170,7 +1172,7 @@ mod tests {
         case(&mut h, Err("key \"workers\": bad".into()), probe_ok());
         case(&mut h, Ok(cfg(r#"{"driver":"mongodb","workers":2,"port":9}"#)), probe_ok());
         case(&mut h, Ok(mongo(1)), probe_ok());
-        case(&mut h, Ok(cfg(r#"{"workers":2}"#)), probe_ok());
+        case(&mut h, Ok(cfg(r#"{"workers":2}"#)), Ok(ProbeInfo { magic: 7, version: "v2".into(), shared: Some(false) }));
         case(&mut h, Ok(mongo(2)), Ok(ProbeInfo { magic: 8, version: "v9".into(), shared: Some(true) }));
         case(&mut h, Ok(mongo(2)), Err(ProbeFailure { magic: Some(9), error: "ERROR=x".into() }));
         case(&mut h, Ok(mongo(2)), Err(ProbeFailure { magic: Some(7), error: "ERROR=database unreachable".into() }));

@@ -256,6 +256,12 @@ fn start_verdict(cfg: &Config, outcome: &ProbeOutcome) -> Result<ProbeInfo, Stri
     }
     log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
         "worker program reports magic number {} (version {})", info.magic, info.version);
+    if info.shared != Some(true) {
+        // Not fatal: the service runs; only its zero-downtime restarts are refused.
+        log::warn!(component = "probe";
+            "the workers' state is not shared (probe: {}): zero-downtime restarts will be refused (bad driver)",
+            match info.shared { Some(false) => "SHARED=0", _ => "no SHARED= line" });
+    }
     Ok(info)
 }
 
