@@ -41,6 +41,7 @@ const KNOWN_KEYS: &[&str] = &[
     "probe",
     "magic",
     "version",
+    "sharedState",
 ];
 
 /// The Databank driver the workers use.
@@ -134,6 +135,10 @@ pub struct Config {
     pub magic: Option<u64>,
     /// `version`: the version declared for a worker without a probe.
     pub version: Option<String>,
+    /// `sharedState`: whether every worker of every generation serves the
+    /// same data, declared for a worker without a probe (always `Some`
+    /// when `probe` is false).
+    pub shared_state: Option<bool>,
     /// Non-fatal findings (unknown keys), for the caller to log.
     pub warnings: Vec<String>,
 }
@@ -323,8 +328,15 @@ impl Config {
             }
         };
         let version = r.string("version")?;
+        let shared_state = match obj.get("sharedState") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                return Err(err(Some("sharedState"), format!("expected true or false, found {}", kind(other))))
+            }
+        };
         if probe {
-            for (key, set) in [("magic", magic.is_some()), ("version", version.is_some())] {
+            for (key, set) in [("magic", magic.is_some()), ("version", version.is_some()), ("sharedState", shared_state.is_some())] {
                 if set {
                     warnings.push(format!(
                         "{}: key \"{}\" ignored: it is used only when \"probe\" is false (the probe reports it)",
@@ -337,6 +349,13 @@ impl Config {
             return Err(err(
                 Some("magic"),
                 "required when \"probe\" is false: the magic number the probe would have reported".into(),
+            ));
+        } else if shared_state.is_none() {
+            return Err(err(
+                Some("sharedState"),
+                "required when \"probe\" is false: true if every worker of every generation serves the same data \
+                 (a store they share: zero-downtime restarts need it), false if each worker keeps state of its own"
+                    .into(),
             ));
         }
 
@@ -365,6 +384,7 @@ impl Config {
             probe,
             magic,
             version,
+            shared_state,
             warnings,
         })
     }
@@ -564,8 +584,13 @@ mod tests {
     fn notify_and_declared_probe() {
         let c = parse("{}").unwrap();
         assert_eq!((c.notify, c.probe, c.magic), (Notify::Zdrestart, true, None));
-        let c = parse(r#"{"notify": "systemd", "probe": false, "magic": 18446744073709551615, "version": "g1"}"#).unwrap();
+        let c = parse(r#"{"notify": "systemd", "probe": false, "magic": 18446744073709551615, "version": "g1", "sharedState": true}"#).unwrap();
         assert_eq!((c.notify, c.probe, c.magic, c.version.as_deref()), (Notify::Systemd, false, Some(u64::MAX), Some("g1")));
+        assert_eq!(c.shared_state, Some(true));
+        let e = parse(r#"{"probe": false, "magic": 1}"#).unwrap_err();
+        assert_eq!(e.to_string(), "/etc/z.json: key \"sharedState\": required when \"probe\" is false: true if every worker of every generation serves the same data (a store they share: zero-downtime restarts need it), false if each worker keeps state of its own");
+        let e = parse(r#"{"probe": false, "magic": 1, "sharedState": "yes"}"#).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sharedState"));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert_eq!(parse(r#"{"notify": "both"}"#).unwrap().notify, Notify::Both);
         let e = parse(r#"{"notify": "sd"}"#).unwrap_err();
@@ -575,10 +600,10 @@ mod tests {
         let e = parse(r#"{"probe": false}"#).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("magic"), "{}", e);
         for bad in [r#"-1"#, r#"1.5"#, r#""7""#] {
-            let e = parse(&format!(r#"{{"probe": false, "magic": {}}}"#, bad)).unwrap_err();
+            let e = parse(&format!(r#"{{"probe": false, "magic": {}, "sharedState": true}}"#, bad)).unwrap_err();
             assert_eq!(e.key.as_deref(), Some("magic"), "{}", e);
         }
-        let e = parse(r#"{"probe": false, "magic": 1, "version": 2}"#).unwrap_err();
+        let e = parse(r#"{"probe": false, "magic": 1, "version": 2, "sharedState": true}"#).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("version"));
         // With the probe on, a declared magic number is not used: say so.
         let c = parse(r#"{"magic": 3}"#).unwrap();

@@ -7,7 +7,7 @@
 //! master's STATUS. The checks and their order are those of ARCHITECTURE.md
 //! ("Restart admission") and zdrestart(8). No I/O, no clock, no logging.
 
-use crate::config::{Config, Driver};
+use crate::config::Config;
 use crate::restart::{Reason, Refused};
 use crate::status::MasterState;
 use std::borrow::Borrow;
@@ -42,8 +42,8 @@ pub struct Running {
 }
 
 /// What a worker without a probe (`"probe": false`) declares in its config:
-/// `magic` and `version` stand for the probe's answer, and the checks compare
-/// them exactly as they compare a probe's. None: the probe runs.
+/// `magic`, `version` and `sharedState` stand for the probe's answer, and the
+/// checks compare them exactly as they compare a probe's. None: the probe runs.
 pub fn declared(cfg: &Config) -> Option<ProbeInfo> {
     if cfg.probe {
         return None;
@@ -51,7 +51,7 @@ pub fn declared(cfg: &Config) -> Option<ProbeInfo> {
     Some(ProbeInfo {
         magic: cfg.magic.unwrap_or_default(),
         version: cfg.version.clone().unwrap_or_default(),
-        shared: Some(cfg.driver != Driver::Memory),
+        shared: cfg.shared_state,
     })
 }
 
@@ -158,6 +158,13 @@ mod tests {
         let r = check_probe(7, &own, probe(None)).unwrap_err();
         assert_eq!(r.reason, Reason::BadDriver);
         assert!(r.detail.contains("did not report SHARED=1 or SHARED=0"), "{}", r.detail);
+        // Without a probe, the config's sharedState is the answer.
+        let off = cfg(r#"{"probe":false,"magic":7,"sharedState":false,"worker":["/bin/w"]}"#);
+        let r = check_probe(7, &off, Ok(declared(&off).unwrap())).unwrap_err();
+        assert_eq!(r.reason, Reason::BadDriver);
+        assert!(r.detail.starts_with("\"sharedState\" is false"), "{}", r.detail);
+        let on = cfg(r#"{"probe":false,"magic":7,"sharedState":true,"worker":["/bin/w"]}"#);
+        assert!(check_probe(7, &on, Ok(declared(&on).unwrap())).is_ok());
         // Another magic number and a failed probe come first.
         assert_eq!(check_probe(8, &memory, probe(Some(false))).unwrap_err().reason, Reason::Incompatibility);
         let failed = Err(ProbeFailure { magic: Some(7), error: "ERROR=x".into() });

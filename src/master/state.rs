@@ -1212,7 +1212,7 @@ mod tests {
     #[test]
     fn declared_magic_stands_for_the_probe() {
         let declared = |magic: u64| {
-            cfg(&format!(r#"{{"driver":"mongodb","workers":2,"probe":false,"magic":{},"version":"d{}"}}"#, magic, magic))
+            cfg(&format!(r#"{{"driver":"mongodb","workers":2,"probe":false,"magic":{},"version":"d{}","sharedState":true}}"#, magic, magic))
         };
         let mut h = running(mongo(2));
         // RESTART WAIT: its refusal carries the detail.
