@@ -26,9 +26,10 @@ Options:
                      exists) and exit 0 (valid) or 1 (the error names the
                      file and the key); starts nothing, contacts nothing
       --check        validate the configuration, run the probe of the worker
-                     program (with \"probe\": false, take the declared \"magic\"
-                     and \"version\" instead), say whether a zero-downtime
-                     restart would be accepted, and exit 0 (yes) or 1 (no)
+                     program (with \"probe\": false, take the declared \"magic\",
+                     \"version\" and \"sharedState\" instead), say whether its
+                     state is shared and whether a zero-downtime restart would
+                     be accepted, and exit 0 (yes) or 1 (no)
   -h, --help         print this help
   -V, --version      print the version and the magic number
 
@@ -200,7 +201,7 @@ fn resume(fd: &str, signals: zdrestart::signals::SignalPipe) -> ExitCode {
 
 /// `-t`: the configuration alone, as the init script's `configtest` and the
 /// unit's reload need it before they touch a running master. Unlike `--check`
-/// it runs no probe and asks no master, so it says "valid" for the shipped
+/// it runs no probe and asks no master, so it says "valid" for a
 /// memory-driver configuration that `--check` must refuse.
 fn run_config_test(cfg: &Config) -> ExitCode {
     for w in &cfg.warnings {
@@ -238,7 +239,12 @@ fn run_check(cfg: Config) -> ExitCode {
     );
     let verdict = match admission::declared(&cfg) {
         Some(info) => {
-            println!("probe: off; the config declares magic {}, version {}", info.magic, info.version);
+            println!(
+                "probe: off; the config declares magic {}, version {}, sharedState {}",
+                info.magic,
+                info.version,
+                info.shared.unwrap_or(false)
+            );
             Ok(info)
         }
         None => {
@@ -248,7 +254,16 @@ fn run_check(cfg: Config) -> ExitCode {
             }
             let verdict = outcome.for_restart(cfg.probe_timeout);
             match &verdict {
-                Ok(info) => println!("probe: magic {}, version {}", info.magic, info.version),
+                Ok(info) => println!(
+                    "probe: magic {}, version {}, state shared by every worker: {}",
+                    info.magic,
+                    info.version,
+                    match info.shared {
+                        Some(true) => "yes (SHARED=1)",
+                        Some(false) => "no (SHARED=0)",
+                        None => "not said (no SHARED= line)",
+                    }
+                ),
                 Err(f) => println!("probe: failed: {}", f.error),
             }
             verdict
