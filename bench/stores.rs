@@ -197,10 +197,10 @@ fn main() {
     let rows = rates(&masters, &script);
     let mem_get = rows[0].get.0;
     let mem_get_us = rows[0].get.3;
+    let head = ["driver", "GET/s", "GET p99", "CPU/GET", "PUT/s", "PUT p99", "CPU/PUT", "GET/memory", "(per CPU s)"];
     println!(
-        "  {:<24} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>11} {:>11}  {}",
-        "driver", "GET/s", "GET p99", "CPU/GET", "PUT/s", "PUT p99", "CPU/PUT", "GET/memory", "(per CPU s)",
-        "3 restarts under load: requests, failed, acknowledged writes lost"
+        "  {:<24} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>11} {:>11}  3 restarts under load: requests, failed, acknowledged writes lost",
+        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7], head[8]
     );
     for r in &rows {
         let restarts = match r.restarts {
