@@ -30,22 +30,19 @@
 //! A file with another application id or version is refused, naming both;
 //! an empty or new file gets the schema in one transaction.
 
-use crate::store::{Fault, Health, Store, StoreError};
+use crate::store::{Fault, Health, HealthNews, Store, StoreError};
 use rusqlite::{ffi::ErrorCode, params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// `PRAGMA application_id` of a zdrestart database: "zdrs".
 pub const APPLICATION_ID: i64 = 0x7a64_7273;
 /// `PRAGMA user_version` of the schema this code reads and writes.
 pub const SCHEMA_VERSION: i64 = 1;
-/// How old the news of the database may be before `/healthz` asks for a check.
-const HEALTH_EVERY: Duration = Duration::from_secs(2);
 /// A request gives up waiting for a lock this long before the event loop
 /// would answer it 503 by itself, so that its own answer (naming the file and
 /// the cause) gets there first.
@@ -83,32 +80,8 @@ pub struct SqliteStore {
     sync: Sync,
     /// Connections not in use; at most one per pool thread plus the check.
     idle: Mutex<Vec<Conn>>,
-    /// What the last call or check learnt of the database ([`Health`] as u8).
-    health: AtomicU8,
-    health_at: AtomicU64,
-    born: Instant,
-    check_wanted: Mutex<bool>,
-    check_cv: Condvar,
-}
-
-fn health_to_u8(h: Health) -> u8 {
-    match h {
-        Health::Unknown => 0,
-        Health::Ok => 1,
-        Health::Unreachable => 2,
-        Health::Unusable(f) => 10 + f as u8,
-    }
-}
-
-fn health_from_u8(v: u8) -> Health {
-    const FAULTS: [Fault; 7] =
-        [Fault::Locked, Fault::ReadOnly, Fault::Full, Fault::Missing, Fault::Corrupt, Fault::Schema, Fault::Io];
-    match v {
-        1 => Health::Ok,
-        2 => Health::Unreachable,
-        v if v >= 10 && ((v - 10) as usize) < FAULTS.len() => Health::Unusable(FAULTS[(v - 10) as usize]),
-        _ => Health::Unknown,
-    }
+    /// What the last call or check learnt of the database, for `/healthz`.
+    news: Arc<HealthNews>,
 }
 
 /// Why a database could not be used, before it becomes a [`StoreError`].
@@ -132,11 +105,7 @@ impl SqliteStore {
             timeout,
             sync,
             idle: Mutex::new(Vec::new()),
-            health: AtomicU8::new(health_to_u8(Health::Unknown)),
-            health_at: AtomicU64::new(0),
-            born: Instant::now(),
-            check_wanted: Mutex::new(false),
-            check_cv: Condvar::new(),
+            news: Arc::new(HealthNews::new()),
         }
     }
 
@@ -330,8 +299,7 @@ impl SqliteStore {
     }
 
     fn set_health(&self, h: Health) {
-        self.health.store(health_to_u8(h), Ordering::Relaxed);
-        self.health_at.store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.news.set(h);
     }
 
     /// Open, check the schema and commit one small write (`meta`): what the
@@ -351,30 +319,18 @@ impl SqliteStore {
 
     /// Start the health thread: it checks the database once at start (and
     /// says in the log whether it can be used), then only when `/healthz`
-    /// asks and the last news is older than [`HEALTH_EVERY`].
+    /// asks and the last news is older than `store::HEALTH_EVERY`.
     pub fn watch_health(self: &Arc<Self>) {
-        let s = self.clone();
-        let spawned = std::thread::Builder::new().name("db-health".into()).stack_size(256 * 1024).spawn(move || {
-            match s.check() {
-                Ok(()) => log::info!(file = s.file.as_str(), synchronous = s.sync.as_str();
-                    "Database {} ready (synchronous {})", s.file, s.sync.as_str()),
-                Err(e) => log::warn!(error = e.to_string().as_str();
-                    "Database unusable at start; requests answer 503 until it can be used: {}", e),
-            }
-            loop {
-                {
-                    let mut wanted = s.check_wanted.lock().unwrap_or_else(|e| e.into_inner());
-                    while !*wanted {
-                        wanted = s.check_cv.wait(wanted).unwrap_or_else(|e| e.into_inner());
-                    }
-                    *wanted = false;
-                }
-                let _ = s.check();
-            }
+        let (a, b) = (self.clone(), self.clone());
+        let first = move || match a.check() {
+            Ok(()) => log::info!(file = a.file.as_str(), synchronous = a.sync.as_str();
+                "Database {} ready (synchronous {})", a.file, a.sync.as_str()),
+            Err(e) => log::warn!(error = e.to_string().as_str();
+                "Database unusable at start; requests answer 503 until it can be used: {}", e),
+        };
+        self.news.watch(first, move || {
+            let _ = b.check();
         });
-        if let Err(e) = spawned {
-            log::warn!("cannot start the database health thread: {}", e);
-        }
     }
 }
 
@@ -384,15 +340,7 @@ impl Store for SqliteStore {
     }
 
     fn health(&self) -> Health {
-        let age = (self.born.elapsed().as_millis() as u64).saturating_sub(self.health_at.load(Ordering::Relaxed));
-        if age > HEALTH_EVERY.as_millis() as u64 {
-            let mut wanted = self.check_wanted.lock().unwrap_or_else(|e| e.into_inner());
-            if !*wanted {
-                *wanted = true;
-                self.check_cv.notify_one();
-            }
-        }
-        health_from_u8(self.health.load(Ordering::Relaxed))
+        self.news.get()
     }
 
     fn put(&self, ty: &str, id: &str, json: &str) -> Result<(), StoreError> {
@@ -483,12 +431,5 @@ mod tests {
             r => panic!("{:?}", r),
         }
         let _ = fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn health_encoding_round_trips() {
-        for h in [Health::Unknown, Health::Ok, Health::Unreachable, Health::Unusable(Fault::Io), Health::Unusable(Fault::Locked)] {
-            assert_eq!(health_from_u8(health_to_u8(h)), h);
-        }
     }
 }

@@ -10,9 +10,9 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Why a driver call failed. The API maps `Unavailable` and `Unusable` to
 /// 503, `Failed` to 500 and `Full` to 507; the text of the first three is
@@ -118,6 +118,100 @@ impl Health {
             Health::Ok => "ok",
             Health::Unreachable => "unreachable",
             Health::Unusable(f) => f.as_str(),
+        }
+    }
+}
+
+impl Health {
+    fn to_u8(self) -> u8 {
+        match self {
+            Health::Unknown => 0,
+            Health::Ok => 1,
+            Health::Unreachable => 2,
+            Health::Unusable(f) => 10 + f as u8,
+        }
+    }
+
+    fn from_u8(v: u8) -> Health {
+        const FAULTS: [Fault; 7] =
+            [Fault::Locked, Fault::ReadOnly, Fault::Full, Fault::Missing, Fault::Corrupt, Fault::Schema, Fault::Io];
+        match v {
+            1 => Health::Ok,
+            2 => Health::Unreachable,
+            v if v >= 10 && ((v - 10) as usize) < FAULTS.len() => Health::Unusable(FAULTS[(v - 10) as usize]),
+            _ => Health::Unknown,
+        }
+    }
+}
+
+/// How old the news of the database may be before `/healthz` asks for a check.
+pub const HEALTH_EVERY: Duration = Duration::from_secs(2);
+
+/// What a driver last learnt of its database, for `/healthz`, which must
+/// never wait for the database itself; and the wish for a new check when
+/// that news is older than [`HEALTH_EVERY`], which the driver's health
+/// thread ([`HealthNews::watch`]) fulfils. An idle worker does not wake up.
+pub struct HealthNews {
+    health: AtomicU8,
+    /// When `health` was learnt (ms since `born`).
+    at: AtomicU64,
+    born: Instant,
+    wanted: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl HealthNews {
+    pub fn new() -> HealthNews {
+        HealthNews {
+            health: AtomicU8::new(Health::Unknown.to_u8()),
+            at: AtomicU64::new(0),
+            born: Instant::now(),
+            wanted: Mutex::new(false),
+            cv: Condvar::new(),
+        }
+    }
+
+    pub fn set(&self, h: Health) {
+        self.health.store(h.to_u8(), Ordering::Relaxed);
+        self.at.store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The news, at once; asks for a check when it is stale.
+    pub fn get(&self) -> Health {
+        let age = (self.born.elapsed().as_millis() as u64).saturating_sub(self.at.load(Ordering::Relaxed));
+        if age > HEALTH_EVERY.as_millis() as u64 {
+            let mut wanted = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+            if !*wanted {
+                *wanted = true;
+                self.cv.notify_one();
+            }
+        }
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    /// Start the health thread: `first` once at start (it says in the log
+    /// whether the database can be used), then `check` whenever [`get`]
+    /// asks. Both report through [`set`].
+    ///
+    /// [`get`]: HealthNews::get
+    /// [`set`]: HealthNews::set
+    pub fn watch(self: &std::sync::Arc<Self>, first: impl FnOnce() + Send + 'static, check: impl Fn() + Send + 'static) {
+        let news = self.clone();
+        let spawned = std::thread::Builder::new().name("db-health".into()).stack_size(256 * 1024).spawn(move || {
+            first();
+            loop {
+                {
+                    let mut wanted = news.wanted.lock().unwrap_or_else(|e| e.into_inner());
+                    while !*wanted {
+                        wanted = news.cv.wait(wanted).unwrap_or_else(|e| e.into_inner());
+                    }
+                    *wanted = false;
+                }
+                check();
+            }
+        });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the database health thread: {}", e);
         }
     }
 }
@@ -286,6 +380,17 @@ mod tests {
         s.put("t", "a", "{}").unwrap();
         s.put("t", "b", "{}").unwrap();
         assert_eq!(s.lock().bytes, 2 * per("{}"));
+    }
+
+    #[test]
+    fn health_encoding_round_trips() {
+        for h in [Health::Unknown, Health::Ok, Health::Unreachable, Health::Unusable(Fault::Io), Health::Unusable(Fault::Locked)] {
+            assert_eq!(Health::from_u8(h.to_u8()), h);
+        }
+        let n = HealthNews::new();
+        assert_eq!(n.get(), Health::Unknown);
+        n.set(Health::Unusable(Fault::Full));
+        assert_eq!(n.get(), Health::Unusable(Fault::Full));
     }
 
     #[test]
