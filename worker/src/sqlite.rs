@@ -252,7 +252,7 @@ impl SqliteStore {
         match &r {
             Ok(_) => {
                 // A read that works says nothing of a write that failed.
-                let sticky = matches!(self.health(), Health::Unusable(Fault::Locked | Fault::ReadOnly | Fault::Full));
+                let sticky = matches!(self.news.peek(), Health::Unusable(Fault::Locked | Fault::ReadOnly | Fault::Full));
                 if writes || !sticky {
                     self.set_health(Health::Ok);
                 }

@@ -176,6 +176,11 @@ impl HealthNews {
         self.at.store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// The news, asking for nothing (a driver's own bookkeeping).
+    pub fn peek(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
     /// The news, at once; asks for a check when it is stale.
     pub fn get(&self) -> Health {
         let age = (self.born.elapsed().as_millis() as u64).saturating_sub(self.at.load(Ordering::Relaxed));
