@@ -31,6 +31,8 @@ pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
     Memory,
+    /// One SQLite database file shared by every worker of this host.
+    Sqlite,
     Mongodb,
 }
 
@@ -38,6 +40,7 @@ impl Driver {
     pub fn as_str(self) -> &'static str {
         match self {
             Driver::Memory => "memory",
+            Driver::Sqlite => "sqlite",
             Driver::Mongodb => "mongodb",
         }
     }
@@ -90,8 +93,10 @@ pub struct Config {
     pub mongo_uri: String,
     /// `params.dbname` (mongodb).
     pub mongo_dbname: String,
-    /// `params.timeout` (mongodb): seconds before a request answers 503.
+    /// `params.timeout` (sqlite, mongodb): seconds before a request answers 503.
     pub db_timeout: Duration,
+    /// `params.path` (sqlite, required with it): the database file, absolute.
+    pub sqlite_path: Option<PathBuf>,
     pub logfile: Option<PathBuf>,
     pub log_level: log::LevelFilter,
     pub pidfile: Option<PathBuf>,
@@ -113,6 +118,10 @@ pub struct Config {
     pub magic: Option<u64>,
     /// `version`: the version declared for a worker without a probe.
     pub version: Option<String>,
+    /// `sharedState`: whether every worker of every generation serves the
+    /// same data, declared for a worker without a probe (always `Some`
+    /// when `probe` is false).
+    pub shared_state: Option<bool>,
     /// Non-fatal findings (unknown keys), for the caller to log.
     pub warnings: Vec<String>,
 }
@@ -162,15 +171,20 @@ impl Config {
         let params = k.object("params")?;
         // `params`: the keys the master knows; others are the worker's (no warning).
         let p = Keys::new(&params, path, "params.");
+        let drivers = [("memory", Driver::Memory), ("sqlite", Driver::Sqlite), ("mongodb", Driver::Mongodb)];
+        let driver = k.choice("driver", &drivers, Driver::Memory)?;
+        // Only the sqlite driver's: other workers may give params.path a meaning of their own.
+        let sqlite_path = if driver == Driver::Sqlite { p.path("path")? } else { None };
         let mut c = Config {
             path: path.to_path_buf(),
             workers: k.int("workers", 2, 1, 1024)? as u32,
             address: k.text("address", "127.0.0.1", "an IP address or host name")?,
             port: k.int("port", 8080, 0, 65535)? as u16,
-            driver: k.choice("driver", &[("memory", Driver::Memory), ("mongodb", Driver::Mongodb)], Driver::Memory)?,
+            driver,
             mongo_uri: p.string("uri")?.unwrap_or_else(|| DEFAULT_MONGO_URI.into()),
             mongo_dbname: p.dbname("dbname", DEFAULT_MONGO_DBNAME)?,
             db_timeout: p.seconds("timeout", DEFAULT_DB_TIMEOUT)?,
+            sqlite_path,
             params,
             logfile: k.path("logfile")?,
             log_level: k.level("logLevel", log::LevelFilter::Info)?,
@@ -186,6 +200,7 @@ impl Config {
             probe: k.boolean("probe", true)?,
             magic: k.magic("magic")?,
             version: k.string("version")?,
+            shared_state: k.flag("sharedState")?,
             warnings: Vec::new(),
         };
         c.warnings = k.unknown();
@@ -199,8 +214,12 @@ impl Config {
         if self.driver == Driver::Mongodb && !(self.mongo_uri.starts_with("mongodb://") || self.mongo_uri.starts_with("mongodb+srv://")) {
             return Err(fail("params.uri", format!("expected a mongodb:// connection string, found \"{}\"", self.mongo_uri)));
         }
+        if self.driver == Driver::Sqlite && self.sqlite_path.is_none() {
+            return Err(fail("params.path", "required with driver \"sqlite\": the database file every worker shares".into()));
+        }
         if self.probe {
-            for (key, set) in [("magic", self.magic.is_some()), ("version", self.version.is_some())] {
+            let declared = [("magic", self.magic.is_some()), ("version", self.version.is_some()), ("sharedState", self.shared_state.is_some())];
+            for (key, set) in declared {
                 if set {
                     self.warnings.push(format!(
                         "{}: key \"{}\" ignored: it is used only when \"probe\" is false (the probe reports it)",
@@ -211,6 +230,13 @@ impl Config {
             }
         } else if self.magic.is_none() {
             return Err(fail("magic", "required when \"probe\" is false: the magic number the probe would have reported".into()));
+        } else if self.shared_state.is_none() {
+            return Err(fail(
+                "sharedState",
+                "required when \"probe\" is false: true if every worker of every generation serves the same data \
+                 (a store they share: zero-downtime restarts need it), false if each worker keeps state of its own"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -348,6 +374,15 @@ impl<'a> Keys<'a> {
         }
     }
 
+    /// A boolean without a default: absent is `None`.
+    fn flag(&self, key: &'static str) -> Result<Option<bool>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(self.fail(key, format!("expected true or false, found {}", kind(other)))),
+        }
+    }
+
     fn object(&self, key: &'static str) -> Result<Map<String, Value>, ConfigError> {
         match self.get(key) {
             None => Ok(Map::new()),
@@ -460,6 +495,13 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("logLevel"));
         let e = parse(r#"{"worker": []}"#).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("worker"));
+        let e = parse(r#"{"driver":"sqlite"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "/etc/z.json: key \"params.path\": required with driver \"sqlite\": the database file every worker shares");
+        let e = parse(r#"{"driver":"sqlite","params":{"path":""}}"#).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("params.path"));
+        let c = parse(r#"{"driver":"sqlite","params":{"path":"rel/z.db"}}"#).unwrap();
+        assert_eq!(c.driver, Driver::Sqlite);
+        assert!(c.sqlite_path.unwrap().is_absolute());
         let e = parse(r#"{"driver":"mongodb","params":{"uri":"http://x"}}"#).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("params.uri"));
         let e = parse(r#"{"params":{"dbname":"a.b"}}"#).unwrap_err();
@@ -492,8 +534,13 @@ mod tests {
     fn notify_and_declared_probe() {
         let c = parse("{}").unwrap();
         assert_eq!((c.notify, c.probe, c.magic), (Notify::Zdrestart, true, None));
-        let c = parse(r#"{"notify": "systemd", "probe": false, "magic": 18446744073709551615, "version": "g1"}"#).unwrap();
+        let c = parse(r#"{"notify": "systemd", "probe": false, "magic": 18446744073709551615, "version": "g1", "sharedState": true}"#).unwrap();
         assert_eq!((c.notify, c.probe, c.magic, c.version.as_deref()), (Notify::Systemd, false, Some(u64::MAX), Some("g1")));
+        assert_eq!(c.shared_state, Some(true));
+        let e = parse(r#"{"probe": false, "magic": 1}"#).unwrap_err();
+        assert_eq!(e.to_string(), "/etc/z.json: key \"sharedState\": required when \"probe\" is false: true if every worker of every generation serves the same data (a store they share: zero-downtime restarts need it), false if each worker keeps state of its own");
+        let e = parse(r#"{"probe": false, "magic": 1, "sharedState": "yes"}"#).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sharedState"));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert_eq!(parse(r#"{"notify": "both"}"#).unwrap().notify, Notify::Both);
         let e = parse(r#"{"notify": "sd"}"#).unwrap_err();
@@ -503,10 +550,10 @@ mod tests {
         let e = parse(r#"{"probe": false}"#).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("magic"), "{}", e);
         for bad in [r#"-1"#, r#"1.5"#, r#""7""#] {
-            let e = parse(&format!(r#"{{"probe": false, "magic": {}}}"#, bad)).unwrap_err();
+            let e = parse(&format!(r#"{{"probe": false, "magic": {}, "sharedState": true}}"#, bad)).unwrap_err();
             assert_eq!(e.key.as_deref(), Some("magic"), "{}", e);
         }
-        let e = parse(r#"{"probe": false, "magic": 1, "version": 2}"#).unwrap_err();
+        let e = parse(r#"{"probe": false, "magic": 1, "version": 2, "sharedState": true}"#).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("version"));
         // With the probe on, a declared magic number is not used: say so.
         let c = parse(r#"{"magic": 3}"#).unwrap();

@@ -26,12 +26,13 @@ pub enum Reason {
     ListenChanged,
     /// Fewer than 2 workers.
     NoWorkers,
-    /// The driver is not `mongodb`.
-    BadDriver,
     /// The new code reports another magic number.
     Incompatibility,
     /// The probe of the new code failed.
     ProbeFailed,
+    /// The workers' state is not shared by every worker (the `memory`
+    /// driver; a probe without `SHARED=1`; `sharedState` false).
+    BadDriver,
     /// The master is stopping (a refusal, or the end of a restart it ran).
     Stopping,
     /// A started restart was aborted (answer to `RESTART WAIT`; the detail
@@ -94,12 +95,6 @@ const WORDS: [Words; 14] = [
                  another is replaced: raise it, or do a normal restart.",
     },
     Words {
-        wire: "bad driver",
-        describe: "the configured driver is not `mongodb`",
-        advice: "With the `memory` driver every worker has its own data, so old and new workers \
-                 cannot serve side by side: use `\"driver\": \"mongodb\"`, or do a normal restart.",
-    },
-    Words {
         wire: "incompatibility",
         describe: "the new code reports another magic number than the code the master started with",
         advice: "Old and new code must not serve side by side (their magic numbers differ): do a \
@@ -111,6 +106,16 @@ const WORDS: [Words; 14] = [
         advice: "See the `restart.refused` record in the master's log for the probe's error (often \
                  a config the new worker cannot use, or an unreachable database), fix it, then retry. \
                  Nothing was changed.",
+    },
+    Words {
+        wire: "bad driver",
+        describe: "the workers' state is not shared by every worker (the `memory` driver, or a worker \
+                   that does not say its state is shared)",
+        advice: "Old and new workers serve side by side during a zero-downtime restart, so they must \
+                 see the same data: use `\"driver\": \"sqlite\"` (one host: a database file every \
+                 worker shares) or `\"driver\": \"mongodb\"` (several hosts); a worker program of \
+                 your own says so with `SHARED=1` from its probe, or `\"sharedState\": true` without \
+                 one. Or do a normal restart.",
     },
     Words {
         wire: "stopping",
@@ -157,9 +162,9 @@ impl Reason {
         Reason::BadConfig,
         Reason::ListenChanged,
         Reason::NoWorkers,
-        Reason::BadDriver,
         Reason::Incompatibility,
         Reason::ProbeFailed,
+        Reason::BadDriver,
         Reason::Stopping,
         Reason::Aborted,
         Reason::Starting,

@@ -30,9 +30,10 @@ Options:
                      exists) and exit 0 (valid) or 1 (the error names the
                      file and the key); starts nothing, contacts nothing
       --check        validate the configuration, run the probe of the worker
-                     program (with \"probe\": false, take the declared \"magic\"
-                     and \"version\" instead), say whether a zero-downtime
-                     restart would be accepted, and exit 0 (yes) or 1 (no)
+                     program (with \"probe\": false, take the declared \"magic\",
+                     \"version\" and \"sharedState\" instead), say whether its
+                     state is shared and whether a zero-downtime restart would
+                     be accepted, and exit 0 (yes) or 1 (no)
   -h, --help         print this help
   -V, --version      print the version and the magic number
 
@@ -239,7 +240,7 @@ fn resume(fd: &str, signals: SignalPipe) -> ExitCode {
 
 /// `-t`: the configuration alone, as the init script's `configtest` and the
 /// unit's reload need it before they touch a running master. Unlike `--check`
-/// it runs no probe and asks no master, so it says "valid" for the shipped
+/// it runs no probe and asks no master, so it says "valid" for a
 /// memory-driver configuration that `--check` must refuse.
 fn run_config_test(cfg: &Config) -> ExitCode {
     for w in &cfg.warnings {
@@ -293,7 +294,8 @@ fn run_check(cfg: Config) -> ExitCode {
 /// What the new code is: the probe's answer, or the config's declaration.
 fn probe_verdict(cfg: &Config) -> Result<ProbeInfo, ProbeFailure> {
     if let Some(info) = admission::declared(cfg) {
-        println!("probe: off; the config declares magic {}, version {}", info.magic, info.version);
+        let shared = info.shared.unwrap_or(false);
+        println!("probe: off; the config declares magic {}, version {}, sharedState {}", info.magic, info.version, shared);
         return Ok(info);
     }
     let outcome = probe_blocking(cfg, None).unwrap_or_default();
@@ -302,7 +304,14 @@ fn probe_verdict(cfg: &Config) -> Result<ProbeInfo, ProbeFailure> {
     }
     let verdict = outcome.for_restart(cfg.probe_timeout);
     match &verdict {
-        Ok(info) => println!("probe: magic {}, version {}", info.magic, info.version),
+        Ok(info) => {
+            let shared = match info.shared {
+                Some(true) => "yes (SHARED=1)",
+                Some(false) => "no (SHARED=0)",
+                None => "not said (no SHARED= line)",
+            };
+            println!("probe: magic {}, version {}, state shared by every worker: {}", info.magic, info.version, shared)
+        }
         Err(f) => println!("probe: failed: {}", f.error),
     }
     verdict

@@ -25,6 +25,8 @@ const KEEP_LINES: usize = 10;
 pub struct ProbeOutcome {
     pub magic: Option<u64>,
     pub version: Option<String>,
+    /// `SHARED=1` / `SHARED=0`, if the probe said.
+    pub shared: Option<bool>,
     pub error: Option<String>,
     pub status: Option<ExitStatus>,
     pub timed_out: bool,
@@ -51,7 +53,7 @@ impl ProbeOutcome {
             _ => {}
         }
         match self.magic {
-            Some(m) => Ok(ProbeInfo { magic: m, version: self.version.clone().unwrap_or_default() }),
+            Some(m) => Ok(ProbeInfo { magic: m, version: self.version.clone().unwrap_or_default(), shared: self.shared }),
             None => fail("the probe reported no MAGIC=".into()),
         }
     }
@@ -87,6 +89,7 @@ impl ProbeRun {
             match Report::parse(&l) {
                 Report::Magic(m) => self.outcome.magic = Some(m),
                 Report::Version(v) => self.outcome.version = Some(v),
+                Report::Shared(b) => self.outcome.shared = Some(b),
                 Report::Error(e) => self.outcome.error = Some(e),
                 Report::BadMagic(v) => self.outcome.error = Some(format!("MAGIC={} is not a number", v)),
                 other => log::debug!(component = "probe", worker_pid = pid; "probe report {:?}", other),

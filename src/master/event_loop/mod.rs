@@ -267,7 +267,7 @@ fn prepare(cfg: &Config, signals: &SignalPipe) -> Result<Option<(Vec<TcpListener
 fn start_verdict(cfg: &Config, outcome: &ProbeOutcome) -> Result<ProbeInfo, String> {
     let info = match (&outcome.magic, &outcome.spawn_error) {
         (_, Some(e)) => return Err(format!("probe of the worker program failed: {}", e)),
-        (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default() },
+        (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default(), shared: outcome.shared },
         (None, None) => {
             let why = outcome.for_restart(cfg.probe_timeout).err().map(|f| f.error).unwrap_or_default();
             return Err(format!("probe of the worker program failed: {}", why));
@@ -279,6 +279,12 @@ fn start_verdict(cfg: &Config, outcome: &ProbeOutcome) -> Result<ProbeInfo, Stri
     }
     log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
         "worker program reports magic number {} (version {})", info.magic, info.version);
+    if info.shared != Some(true) {
+        // Not fatal: the service runs; only its zero-downtime restarts are refused.
+        log::warn!(component = "probe";
+            "the workers' state is not shared (probe: {}): zero-downtime restarts will be refused (bad driver)",
+            match info.shared { Some(false) => "SHARED=0", _ => "no SHARED= line" });
+    }
     Ok(info)
 }
 

@@ -92,7 +92,8 @@ impl Master {
     /// The probe's verdict: refused, back to Running; passed, the rollout
     /// begins.
     fn probe_verdict(&mut self, result: Result<ProbeInfo, ProbeFailure>, now: Instant, out: &mut Vec<Action>) {
-        let info = match admission::check_probe(self.magic, result) {
+        let Some(config) = self.rollout.as_ref().map(|r| Arc::clone(&r.config)) else { return };
+        let info = match admission::check_probe(self.magic, &config, result) {
             Ok(info) => info,
             Err(refused) => {
                 let by = self.rollout.take().map(|r| r.by);

@@ -24,7 +24,7 @@ struct H {
 
 impl H {
     fn new(c: Config) -> H {
-        let m = Master::new(Arc::new(c), ProbeInfo { magic: 7, version: "v".into() });
+        let m = Master::new(Arc::new(c), ProbeInfo { magic: 7, version: "v".into(), shared: Some(true) });
         let now = Instant::now();
         H { m, now, t0: now, next_pid: 100 }
     }
@@ -61,7 +61,7 @@ impl H {
         self.ev(Event::Restart { config: Ok(c), by: Requester::Control { client: 1, wait } })
     }
     fn probe_ok(&mut self) -> Vec<Action> {
-        self.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 7, version: "v2".into() })))
+        self.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 7, version: "v2".into(), shared: Some(true) })))
     }
 }
 
@@ -138,14 +138,12 @@ fn refusals_in_order() {
     assert!(replies(&a)[0].starts_with("NACK listen address changed"));
     let a = h.restart(cfg(r#"{"workers":1,"driver":"mongodb"}"#), false);
     assert!(replies(&a)[0].starts_with("NACK no workers"));
-    let a = h.restart(cfg(r#"{"workers":2}"#), false);
-    assert!(replies(&a)[0].starts_with("NACK bad driver"));
     // Checks pass: the probe runs, and a second request is in flight.
     let a = h.restart(mongo(2), false);
     assert!(a.iter().any(|a| matches!(a, Action::Probe { .. })));
     let a = h.restart(mongo(2), false);
     assert_eq!(replies(&a), vec!["NACK restart in flight"]);
-    let a = h.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 8, version: "v".into() })));
+    let a = h.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 8, version: "v".into(), shared: Some(true) })));
     assert!(replies(&a)[0].starts_with("NACK incompatibility"));
     h.restart(mongo(2), false);
     let a = h.ev(Event::ProbeDone(Err(ProbeFailure { magic: Some(7), error: "ERROR=database unreachable".into() })));
@@ -154,6 +152,10 @@ fn refusals_in_order() {
     h.restart(mongo(2), false);
     let a = h.ev(Event::ProbeDone(Err(ProbeFailure { magic: Some(9), error: "ERROR=x".into() })));
     assert!(replies(&a)[0].starts_with("NACK incompatibility"));
+    // Last: the probe says the workers' state is not shared (memory driver).
+    h.restart(cfg(r#"{"workers":2}"#), false);
+    let a = h.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 7, version: "v".into(), shared: Some(false) })));
+    assert!(replies(&a)[0].starts_with("NACK bad driver"));
     // Nothing was touched by any refusal.
     assert_eq!(h.m.generation(), 1);
     assert_eq!(h.m.workers().count(), 1);
@@ -175,7 +177,7 @@ fn refusal(a: &[Action]) -> Refused {
 /// the same reason with the same detail.
 #[test]
 fn every_refusal_is_the_same_through_both_paths() {
-    let probe_ok = || Ok(ProbeInfo { magic: 7, version: "v2".into() });
+    let probe_ok = || Ok(ProbeInfo { magic: 7, version: "v2".into(), shared: Some(true) });
     let mut seen = Vec::new();
     let mut case = |h: &mut H, new: Result<Config, String>, probe: Result<ProbeInfo, ProbeFailure>| {
         // The --check path first: it must not change the master.
@@ -206,8 +208,8 @@ fn every_refusal_is_the_same_through_both_paths() {
     case(&mut h, Err("key \"workers\": bad".into()), probe_ok());
     case(&mut h, Ok(cfg(r#"{"driver":"mongodb","workers":2,"port":9}"#)), probe_ok());
     case(&mut h, Ok(mongo(1)), probe_ok());
-    case(&mut h, Ok(cfg(r#"{"workers":2}"#)), probe_ok());
-    case(&mut h, Ok(mongo(2)), Ok(ProbeInfo { magic: 8, version: "v9".into() }));
+    case(&mut h, Ok(cfg(r#"{"workers":2}"#)), Ok(ProbeInfo { magic: 7, version: "v2".into(), shared: Some(false) }));
+    case(&mut h, Ok(mongo(2)), Ok(ProbeInfo { magic: 8, version: "v9".into(), shared: Some(true) }));
     case(&mut h, Ok(mongo(2)), Err(ProbeFailure { magic: Some(9), error: "ERROR=x".into() }));
     case(&mut h, Ok(mongo(2)), Err(ProbeFailure { magic: Some(7), error: "ERROR=database unreachable".into() }));
     // Stopping.
@@ -246,7 +248,7 @@ fn surge_rollout_one_at_a_time() {
 #[test]
 fn declared_magic_stands_for_the_probe() {
     let declared = |magic: u64| {
-        cfg(&format!(r#"{{"driver":"mongodb","workers":2,"probe":false,"magic":{},"version":"d{}"}}"#, magic, magic))
+        cfg(&format!(r#"{{"driver":"mongodb","workers":2,"probe":false,"magic":{},"version":"d{}","sharedState":true}}"#, magic, magic))
     };
     let mut h = running(mongo(2));
     // RESTART WAIT: its refusal carries the detail.

@@ -144,7 +144,7 @@ impl Master {
     /// ends here: a fresh state, zdrestart(8)).
     pub fn resume(config: Arc<Config>, snap: &MasterSnapshot, now: Instant) -> Master {
         let wall = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
-        let mut m = Master::new(config, ProbeInfo { magic: snap.magic, version: snap.version.clone() });
+        let mut m = Master::new(config, ProbeInfo { magic: snap.magic, version: snap.version.clone(), shared: None });
         m.generation = snap.generation;
         m.notified_ready = snap.notified_ready;
         for w in &snap.workers {
