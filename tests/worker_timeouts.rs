@@ -37,13 +37,14 @@ fn new_timeout(ms: i64) -> bool {
 }
 
 /// A master whose workers ignore SIGTERM, with `shutdownTimeout` 1 s and no
-/// probe (a restart needs the mongodb driver, which these workers never use).
+/// probe (a restart needs a shared state, declared here: these workers store
+/// nothing).
 fn start() -> Master {
     let m = Master::for_test()
         .merge(json!({
-            "driver": "mongodb",
             "probe": false,
             "magic": 1,
+            "sharedState": true,
             "worker": fault_worker_json("ignore-term.sh"),
             "shutdownTimeout": OLD_MS / 1000,
         }))
