@@ -21,7 +21,7 @@ pub const ENV_LOGLEVEL: &str = "ZDRESTART_LOGLEVEL";
 /// ignores lines it does not know, and may ignore the pipe altogether.
 pub const ENV_CONTROL_FD: &str = "ZDRESTART_CONTROL_FD";
 /// sd_notify(3)'s socket, offered to workers whose config says `"notify":
-/// "systemd"` or `"both"` (an abstract address, `@` for the NUL byte).
+/// "systemd"` or `"both"`: the absolute path of a file system socket.
 pub const ENV_NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 /// First inherited listener fd (systemd convention).
 pub const LISTEN_FDS_START: i32 = 3;

@@ -286,10 +286,11 @@ impl Master {
             generation = r.generation, stderr = lines.as_str();
             "zero-downtime restart aborted: {}: {}", why, detail);
         log::error!(event = "master.lockout";
-            "restarts are now refused and no worker will be respawned: restart the master as soon as possible, \
-             without downtime once the cause is fixed: zdrestartctl upgrade --wait");
+            "restarts are now refused and no worker will be respawned: restart the master as soon as possible: \
+             zdrestartctl upgrade --wait (without downtime, once the cause is fixed), or a normal restart");
         let text = self.announce_status(&format!(
-            "zero-downtime restart to generation {} aborted: {}; restarts refused, restart the master as soon as possible",
+            "zero-downtime restart to generation {} aborted: {}; restarts refused, restart the master as soon as possible \
+             (zdrestartctl upgrade --wait, or a normal restart)",
             r.generation, why
         ));
         out.push(Action::Announce(Announce::Ready(text)));
