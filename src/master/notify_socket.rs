@@ -260,6 +260,24 @@ impl NotifySocket {
     }
 }
 
+/// The first directory above the socket's own that a process of user
+/// `uid`, group `gid` cannot pass (no search permission for it by mode; ACLs
+/// are not read): it could not reach the socket. None: every one lets it.
+pub fn out_of_reach(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
+    dir.ancestors().skip(1).find_map(|a| {
+        let m = std::fs::metadata(a).ok()?;
+        let mode = m.mode();
+        let passes = if m.uid() == uid {
+            mode & 0o100 != 0
+        } else if m.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        (!passes).then(|| a.to_path_buf())
+    })
+}
+
 /// A new directory `zdrestart-notify.XXXXXXXX` in `base`, mode 0700.
 fn make_dir(base: &Path) -> Result<PathBuf, String> {
     let mut last = None;
@@ -329,6 +347,19 @@ mod tests {
         s.remove();
         assert!(!dir.exists());
         std::fs::remove_dir(&base).unwrap();
+    }
+
+    #[test]
+    fn a_directory_out_of_reach_is_named() {
+        let base = std::env::temp_dir().join(format!("zdrestart-notify-reach-{}", std::process::id()));
+        let inner = base.join("a/b");
+        std::fs::create_dir_all(&inner).unwrap();
+        let chmod = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        chmod(&base.join("a"), 0o755);
+        assert_eq!(out_of_reach(&inner.join("sock-dir"), 12345, 12345), None);
+        chmod(&base.join("a"), 0o700);
+        assert_eq!(out_of_reach(&inner.join("sock-dir"), 12345, 12345), Some(base.join("a")));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

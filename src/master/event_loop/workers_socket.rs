@@ -14,13 +14,20 @@ impl Loop {
     /// `serverUser`, its group may enter and send.
     pub(super) fn workers_socket_path(&mut self) -> Result<String, String> {
         if self.workers_socket.is_none() {
-            let group = match self.server_user.as_deref().map(sys::lookup_user) {
-                Some(Ok(Some((_, gid)))) => Some(gid),
+            let user = match self.server_user.as_deref().map(sys::lookup_user) {
+                Some(Ok(Some(ids))) => Some(ids),
                 // The spawn itself says what is wrong with serverUser.
                 _ => None,
             };
             let base = notify_socket::base_dir(std::env::var_os("RUNTIME_DIRECTORY").as_deref(), std::env::temp_dir());
-            let n = NotifySocket::bind(&base, group).map_err(|e| format!("the workers' notify socket: {}", e))?;
+            let n = NotifySocket::bind(&base, user.map(|(_, gid)| gid)).map_err(|e| format!("the workers' notify socket: {}", e))?;
+            let group = user.map(|(_, gid)| gid);
+            let blocked = user.and_then(|(uid, gid)| n.path().parent().and_then(|d| notify_socket::out_of_reach(d, uid, gid)));
+            if let Some(dir) = blocked {
+                log::warn!(component = "master", path = dir.display().to_string();
+                    "{} does not let serverUser {} pass: its workers cannot reach their notify socket {} (set RUNTIME_DIRECTORY or TMPDIR to a directory they can reach)",
+                    dir.display(), self.server_user.as_deref().unwrap_or(""), n.path().display());
+            }
             let (dir_mode, sock_mode) = notify_socket::modes(group);
             let shown = n.path().display().to_string();
             log::info!(component = "master", notify_socket = shown.as_str();
