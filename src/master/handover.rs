@@ -7,9 +7,11 @@
 //! take as a whole (truncated, another hand-over version, garbage, fds that
 //! cannot be ours, pids that cannot be workers): the old master runs the new
 //! binary on these very bytes in check mode (`--handover-check`) before it
-//! execs, so every refusal must happen here, never after the exec. It must
-//! not touch fds or processes: [`check_fds`] takes the test of an fd as a
-//! function (the new image asks itself, the check child asks /proc).
+//! execs, so every refusal must happen here, never after the exec. Also
+//! what the check answers about a state ([`digest`]) and what its verdict
+//! depends on ([`shape`]). It must not touch fds or processes: [`check_fds`]
+//! takes the test of an fd as a function (the master asks itself at the
+//! exec, and so does the new image).
 
 pub use crate::control::{ClientState, ControlState};
 use super::state::WorkerId;

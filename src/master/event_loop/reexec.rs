@@ -1,6 +1,8 @@
 //! The loop's side of an upgrade of the master (ARCHITECTURE.md, Upgrading
-//! the master): the old image gathers the hand-over state and execs
-//! ([`Loop::do_upgrade`]); the new image carries on from it ([`resume`]).
+//! the master): the old image gathers the hand-over state, has the new
+//! binary check it beside the loop ([`UpgradeRun`]: the loop goes on
+//! meanwhile), gathers it again at the exec and checks it again when its
+//! shape changed, and execs; the new image carries on from it ([`resume`]).
 //! The state format and its checks live in [`crate::master::handover`], the
 //! check run and the exec in [`crate::master::upgrade`]. Nothing here
 //! decides: the state machine lets an upgrade through (or not), and what
