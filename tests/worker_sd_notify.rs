@@ -363,9 +363,8 @@ fn an_upgrade_ends_a_lockout_of_sd_notify_workers() {
     m.rewrite_config(|c| {
         c.insert("worker".into(), sd_worker("ready"));
     });
-    let out = std::process::Command::new(ctl_bin()).args(["-s", sock.to_str().unwrap(), "upgrade", "--wait"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{:?}\n{}", out, m.diagnostics());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "master upgraded; zero-downtime restart complete\n");
+    let c = ctl(&sock, &["upgrade", "--wait"]);
+    assert_eq!((c.code, c.out.as_str()), (0, "master upgraded; zero-downtime restart complete\n"), "{:?}\n{}", c, m.diagnostics());
     let up = m.wait_for_event("master.upgrade", T);
     assert_eq!(up["lockout_cleared"], true);
     let st = status(&sock);
