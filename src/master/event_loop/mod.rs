@@ -381,6 +381,12 @@ impl Loop {
     fn fill(&self, set: &mut PollSet) {
         set.clear();
         set.add(self.signals.as_raw_fd(), libc::POLLIN, Slot::Signals);
+        // Before the children's pidfds: what a worker sent just before it
+        // exited (MAINPID=, READY=1) is read before its exit is handled, as
+        // systemd reads its notify socket before SIGCHLD.
+        if let Some(n) = &self.workers_socket {
+            set.add(n.fd(), libc::POLLIN, Slot::WorkersSocket);
+        }
         for (&id, c) in &self.children {
             let (pidfd, pipes) = c.poll_fds();
             if let Some(fd) = pidfd {
@@ -392,9 +398,6 @@ impl Loop {
             if let Some(fd) = c.main_pidfd() {
                 set.add(fd, libc::POLLIN, Slot::MainPidfd(id));
             }
-        }
-        if let Some(n) = &self.workers_socket {
-            set.add(n.fd(), libc::POLLIN, Slot::WorkersSocket);
         }
         if let Some(p) = &self.probe {
             let (pidfd, pipes) = p.child.poll_fds();
