@@ -48,9 +48,11 @@ impl Driver {
 
 /// Where a worker reports readiness (`notify`): the report pipe of this
 /// project, systemd's `$NOTIFY_SOCKET` (sd_notify(3)), or both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Notify {
     /// `ZDRESTART_NOTIFY_FD` only (the default: today's workers unchanged).
+    #[default]
     Zdrestart,
     /// `$NOTIFY_SOCKET` only: any server that speaks sd_notify(3).
     Systemd,

@@ -21,7 +21,7 @@ pub const ENV_LOGLEVEL: &str = "ZDRESTART_LOGLEVEL";
 /// ignores lines it does not know, and may ignore the pipe altogether.
 pub const ENV_CONTROL_FD: &str = "ZDRESTART_CONTROL_FD";
 /// sd_notify(3)'s socket, offered to workers whose config says `"notify":
-/// "systemd"` or `"both"` (an abstract address, `@` for the NUL byte).
+/// "systemd"` or `"both"`: the absolute path of a file system socket.
 pub const ENV_NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 /// First inherited listener fd (systemd convention).
 pub const LISTEN_FDS_START: i32 = 3;
@@ -111,6 +111,18 @@ impl LineBuffer {
         out
     }
 
+    /// What it holds between reads: the bytes of the line not terminated
+    /// yet, and whether the rest of an over-long line is being dropped (an
+    /// upgrade hands them over: [`Self::resume`]).
+    pub fn rest(&self) -> (&[u8], bool) {
+        (&self.buf, self.skipping)
+    }
+
+    /// A buffer holding what [`Self::rest`] gave.
+    pub fn resume(bytes: &[u8], skipping: bool) -> LineBuffer {
+        LineBuffer { buf: bytes.to_vec(), skipping }
+    }
+
     /// The unterminated rest, at end of stream.
     pub fn finish(&mut self) -> Option<String> {
         if self.buf.is_empty() {
@@ -149,5 +161,14 @@ mod tests {
         assert_eq!(lb.push(b"123456789\nx\n", 4), vec!["1234", "x"]);
         lb.push(b"tail", 10);
         assert_eq!(lb.finish().as_deref(), Some("tail"));
+        // Handed over mid-line (an upgrade): the line comes out whole.
+        lb.push(b"li", 10);
+        let (bytes, skipping) = lb.rest();
+        let mut next = LineBuffer::resume(bytes, skipping);
+        assert_eq!(next.push(b"ne\n", 10), vec!["line"]);
+        lb.push(b"0123456789ab", 10);
+        let (bytes, skipping) = lb.rest();
+        assert!(skipping && bytes.is_empty());
+        assert_eq!(LineBuffer::resume(bytes, skipping).push(b"cd\nx\n", 10), vec!["x"]);
     }
 }

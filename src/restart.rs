@@ -127,7 +127,9 @@ const WORDS: [Words; 14] = [
         describe: "the zero-downtime restart was aborted: a new worker failed before the restart completed",
         advice: "The master now refuses restarts and respawns no workers; workers still serving keep \
                  serving. See the `restart.abort` record in the master's log, fix the cause, then \
-                 restart the master as soon as possible (normal restart: stop and start the service).",
+                 restart the master as soon as possible: `zdrestartctl upgrade --wait` does it without \
+                 downtime (a fresh state, every worker rolled over), or a normal restart (stop and start \
+                 the service).",
     },
     Words {
         wire: "starting",
@@ -137,7 +139,11 @@ const WORDS: [Words; 14] = [
     Words {
         wire: "upgrade not possible",
         describe: "the master could not prepare the hand-over",
-        advice: "Nothing changed. See the detail and the master's log; retry once the master is idle.",
+        advice: "Nothing changed. The detail says what could not be handed over: a control client owed an \
+                 answer, a worker not started yet, or a state that changed during each check of the new \
+                 binary pass (retry); no executable resolved at start, or another upgrade in progress (wait \
+                 for its answer). A lockout also ends with a normal restart of the master (stop and start \
+                 the service).",
     },
     Words {
         wire: "upgrade check failed",
@@ -265,7 +271,7 @@ impl Refused {
 
     /// A restart asked for in lockout.
     pub fn aborted_restart() -> Refused {
-        Refused::new(Reason::AbortedRestart, "restart the master as soon as possible")
+        Refused::new(Reason::AbortedRestart, "restart the master as soon as possible: zdrestartctl upgrade --wait, or a normal restart")
     }
 
     /// A restart asked for while the master stops.

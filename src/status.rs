@@ -19,6 +19,9 @@ pub enum MasterState {
     /// An aborted restart: restarts refused, no respawn.
     Lockout,
     Stopping,
+    /// An upgrade of the master: the new binary checks the hand-over
+    /// (`lockout` says whether it came from a lockout).
+    Upgrading,
     /// Read side only: not reported, or a word this build does not know.
     #[default]
     #[serde(rename = "-", other)]
@@ -72,7 +75,8 @@ macro_rules! words {
 }
 
 words!(MasterState {
-    Running => "running", Restarting => "restarting", Lockout => "lockout", Stopping => "stopping", Unknown => "-"
+    Running => "running", Restarting => "restarting", Lockout => "lockout", Stopping => "stopping", Upgrading => "upgrading",
+    Unknown => "-"
 });
 words!(Outcome {
     InProgress => "in progress", Complete => "complete", Refused => "refused", Aborted => "aborted", Unknown => "-"
@@ -173,7 +177,7 @@ mod tests {
         for o in [Outcome::InProgress, Outcome::Complete, Outcome::Refused, Outcome::Aborted] {
             assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{}\"", o));
         }
-        for m in [MasterState::Running, MasterState::Restarting, MasterState::Lockout, MasterState::Stopping] {
+        for m in [MasterState::Running, MasterState::Restarting, MasterState::Lockout, MasterState::Stopping, MasterState::Upgrading] {
             assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{}\"", m));
         }
         for w in [WorkerState::Starting, WorkerState::Ready, WorkerState::Stopping] {

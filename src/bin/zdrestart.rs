@@ -322,7 +322,9 @@ fn probe_verdict(cfg: &Config) -> Result<ProbeInfo, ProbeFailure> {
 fn running_master(cfg: &Config) -> Running {
     if let Some(st) = cfg.control_socket.as_deref().and_then(master_status) {
         println!("running master: pid {}, state {}, magic {}", st.pid, st.state, st.magic);
-        return Running { state: st.state, listen: st.listen, magic: st.magic };
+        // An upgrade from a lockout: a restart meets the lockout.
+        let state = if st.state == MasterState::Upgrading && st.lockout { MasterState::Lockout } else { st.state };
+        return Running { state, listen: st.listen, magic: st.magic };
     }
     // A worker without a probe declares its own number: there is nothing to
     // compare it with but a running master's.

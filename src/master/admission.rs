@@ -65,6 +65,11 @@ pub fn check_state(state: MasterState) -> Result<(), Refused> {
         MasterState::Restarting => Err(Refused::in_flight()),
         MasterState::Lockout => Err(Refused::aborted_restart()),
         MasterState::Stopping => Err(Refused::stopping()),
+        // A restart asked for while the new binary of an upgrade checks the
+        // hand-over is taken up as in the phase the upgrade came from (it
+        // refuses the upgrade); from a lockout, the STATUS flag `lockout`
+        // makes the caller ask about `Lockout` instead.
+        MasterState::Upgrading => Ok(()),
         // Unknown: a STATUS word this build does not know (`--check` against
         // another version); the running master makes its own decision.
         MasterState::Running | MasterState::Unknown => Ok(()),

@@ -18,6 +18,7 @@ impl Loop {
                 self.check_child(id);
             }
             self.check_probe(Instant::now());
+            self.on_check(Instant::now());
             self.reap_adopted();
         }
         if self.signals.take(libc::SIGHUP) {

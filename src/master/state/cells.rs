@@ -179,7 +179,7 @@ impl Master {
             return;
         }
         log::error!(worker_pid = pid, remaining = self.workers.len() as u64;
-            "worker {} is gone and will not be respawned after the aborted restart ({} left): restart the master as soon as possible",
+            "worker {} is gone and will not be respawned after the aborted restart ({} left): restart the master as soon as possible (zdrestartctl upgrade --wait, or a normal restart)",
             pid, self.workers.len());
         if self.workers.is_empty() {
             log::error!(fatal = true, event = "master.stop";

@@ -134,18 +134,22 @@ impl Master {
         self.workers.iter()
     }
 
-    /// The state STATUS shows: an upgrade in flight shows the phase it
-    /// came from.
+    /// The state STATUS shows.
     pub fn state(&self) -> MasterState {
-        let phase = match (self.phase, self.upgrade) {
-            (Phase::Upgrading, Some(up)) => up.from,
-            (p, _) => p,
-        };
-        match phase {
-            Phase::Running | Phase::Upgrading => MasterState::Running,
+        match self.phase {
+            Phase::Running => MasterState::Running,
             Phase::Probing | Phase::Rolling => MasterState::Restarting,
             Phase::Lockout => MasterState::Lockout,
             Phase::Stopping => MasterState::Stopping,
+            Phase::Upgrading => MasterState::Upgrading,
+        }
+    }
+
+    /// In lockout, or upgrading from one (STATUS `lockout`).
+    pub fn locked_out(&self) -> bool {
+        match (self.phase, self.upgrade) {
+            (Phase::Upgrading, Some(up)) => up.from == Phase::Lockout,
+            (p, _) => p == Phase::Lockout,
         }
     }
 
@@ -187,6 +191,8 @@ impl Master {
             MasterState::Running => "running",
             MasterState::Restarting => "restarting",
             MasterState::Lockout => "LOCKOUT",
+            MasterState::Upgrading if self.locked_out() => "LOCKOUT, upgrading",
+            MasterState::Upgrading => "upgrading",
             MasterState::Stopping | MasterState::Unknown => "stopping",
         };
         let ready = self.workers.ready();
@@ -280,10 +286,11 @@ impl Master {
             generation = r.generation, stderr = lines.as_str();
             "zero-downtime restart aborted: {}: {}", why, detail);
         log::error!(event = "master.lockout";
-            "restarts are now refused and no worker will be respawned: restart the master as soon as possible, \
-             without downtime once the cause is fixed: zdrestartctl upgrade --wait");
+            "restarts are now refused and no worker will be respawned: restart the master as soon as possible: \
+             zdrestartctl upgrade --wait (without downtime, once the cause is fixed), or a normal restart");
         let text = self.announce_status(&format!(
-            "zero-downtime restart to generation {} aborted: {}; restarts refused, restart the master as soon as possible",
+            "zero-downtime restart to generation {} aborted: {}; restarts refused, restart the master as soon as possible \
+             (zdrestartctl upgrade --wait, or a normal restart)",
             r.generation, why
         ));
         out.push(Action::Announce(Announce::Ready(text)));
@@ -336,7 +343,7 @@ impl Master {
         StatusReport {
             state: self.state(),
             generation: self.generation.into(),
-            lockout: self.state() == MasterState::Lockout,
+            lockout: self.locked_out(),
             magic: self.magic,
             version: self.version.clone(),
             pid: master_pid,

@@ -484,7 +484,7 @@ fn snapshot_and_resume_keep_the_workers_and_clear_the_lockout() {
     let new = h.m.workers().find(|w| w.generation == 2).unwrap().id;
     h.ev(Event::Exited { id: new, status: ExitStatus::Code(1) });
     assert_eq!(h.m.state(), MasterState::Lockout);
-    let fds = |id: WorkerId| Some(WorkerFds { pidfd: None, notify: Some(id.0 as i32), output: None, control: id.0 as i32 + 1000 });
+    let fds = |id: WorkerId| Some(WorkerFds { pidfd: None, notify: Some(id.0 as i32), output: None, control: id.0 as i32 + 1000, ..Default::default() });
     let snap = h.m.snapshot(h.now, fds).unwrap();
     assert!(snap.lockout);
     let r = Master::resume(h.m.config.clone(), &snap, h.now);
@@ -498,6 +498,24 @@ fn snapshot_and_resume_keep_the_workers_and_clear_the_lockout() {
     let mut h2 = H::new(mongo(2));
     h2.m.handle(Event::Start, h2.now, h2.wall());
     assert!(h2.m.snapshot(h2.now, fds).is_err());
+}
+
+/// Workers that report with sd_notify(3) are handed over like any other:
+/// where their reports count, their last STATUS= and their main process.
+#[test]
+fn sd_notify_workers_are_handed_over() {
+    let mut h = H::new(cfg(r#"{"driver":"mongodb","workers":2,"notify":"systemd"}"#));
+    h.ev(Event::Start);
+    h.ready_all();
+    let id = h.m.workers().next().unwrap().id;
+    h.ev(Event::Status { id, text: "serving".into() });
+    h.ev(Event::MainPid { id, pid: 4242 });
+    let fds = |id: WorkerId| Some(WorkerFds { control: id.0 as i32 + 100, main_pidfd: Some(id.0 as i32 + 200), ..Default::default() });
+    let snap = h.m.snapshot(h.now, fds).expect("sd_notify workers can be handed over");
+    let r = Master::resume(h.m.config.clone(), &snap, h.now);
+    let table = |m: &Master| m.workers().map(|w| (w.id, w.reports, w.status.clone(), w.main_pid)).collect::<Vec<_>>();
+    assert_eq!(table(&r), table(&h.m));
+    assert_eq!(table(&r)[0], (id, crate::config::Notify::Systemd, Some("serving".to_string()), Some(4242)));
 }
 
 /// Each worker is killed after the `shutdownTimeout` of the config it was
@@ -550,7 +568,7 @@ fn resume_keeps_the_ids_and_the_timeouts() {
     h.restart(cfg(r#"{"driver":"mongodb","workers":2,"readyTimeout":7,"shutdownTimeout":11}"#), false);
     h.probe_ok();
     h.ready_all();
-    let fds = |id: WorkerId| Some(WorkerFds { pidfd: None, notify: None, output: None, control: id.0 as i32 + 100 });
+    let fds = |id: WorkerId| Some(WorkerFds { pidfd: None, notify: None, output: None, control: id.0 as i32 + 100, ..Default::default() });
     let snap = h.m.snapshot(h.now, fds).unwrap();
     let r = Master::resume(h.m.config.clone(), &snap, h.now);
     let table = |m: &Master| m.workers().map(|w| (w.id, w.pid, w.generation, w.timeouts, w.state())).collect::<Vec<_>>();
@@ -568,7 +586,8 @@ fn an_upgrade_in_flight_yields_to_a_restart_and_to_a_stop() {
     let mut h = running(mongo(2));
     up(&mut h);
     assert_eq!(h.m.phase(), Phase::Upgrading);
-    assert_eq!(h.m.state(), MasterState::Running);
+    assert_eq!(h.m.state(), MasterState::Upgrading);
+    assert!(!h.m.status(1, SystemTime::UNIX_EPOCH).lockout);
     assert_eq!(replies(&up(&mut h)), vec!["NACK upgrade not possible: another upgrade is in progress"]);
     // The loop could not: back to Running, the client answered.
     let a = h.ev(Event::UpgradeFailed(Refused::new(Reason::UpgradeCheckFailed, "broken")));
@@ -592,7 +611,8 @@ fn an_upgrade_in_flight_yields_to_a_restart_and_to_a_stop() {
     let a = h.restart(mongo(2), false);
     assert_eq!(replies(&a), vec!["NACK aborted restart"]);
     assert!(!a.contains(&Action::CancelUpgrade));
-    assert_eq!((h.m.phase(), h.m.state()), (Phase::Upgrading, MasterState::Lockout));
+    assert_eq!((h.m.phase(), h.m.state()), (Phase::Upgrading, MasterState::Upgrading));
+    assert!(h.m.status(1, SystemTime::UNIX_EPOCH).lockout, "upgrading from a lockout");
     // A stop wins too.
     let a = h.ev(Event::Stop { signal: "SIGTERM" });
     assert!(a.contains(&Action::CancelUpgrade));

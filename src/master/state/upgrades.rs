@@ -9,12 +9,12 @@ use super::event::{Action, Event, Requester};
 use super::table::{self, Phase};
 use super::workers::{Life, Timeouts, Worker, WorkerId};
 use super::{Master, Pending, RestartRecord, UpgradeAsked};
-use crate::config::{Config, Notify};
+use crate::config::Config;
 use crate::control::ClientId;
 use crate::master::admission::ProbeInfo;
 use crate::master::handover::{MasterSnapshot, PendingSnapshot, WorkerFds, WorkerSnapshot};
 use crate::restart::{Reason, Refused, RestartAnswer};
-use crate::status::{MasterState, WorkerState};
+use crate::status::WorkerState;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -114,11 +114,6 @@ impl Master {
     /// (`master::handover`); `fds(id)` gives the loop's fds of a worker.
     /// Err: what cannot be handed over (`upgrade not possible`).
     pub fn snapshot(&self, now: Instant, fds: impl Fn(WorkerId) -> Option<WorkerFds>) -> Result<MasterSnapshot, String> {
-        // The sd_notify socket of the workers (and the main processes they
-        // named) is not part of the hand-over: refuse rather than lose them.
-        if self.workers.iter().any(|w| w.reports != Notify::Zdrestart || w.main_pid.is_some()) {
-            return Err("workers report with sd_notify(3) (\"notify\": \"systemd\" or \"both\"), whose socket is not handed over".into());
-        }
         let workers = self.workers.iter().map(|w| worker_snapshot(w, now, &fds)).collect::<Result<Vec<_>, _>>()?;
         let status = self.status(0, SystemTime::UNIX_EPOCH);
         Ok(MasterSnapshot {
@@ -126,7 +121,7 @@ impl Master {
             magic: self.magic,
             version: self.version.clone(),
             notified_ready: self.notified_ready,
-            lockout: self.state() == MasterState::Lockout,
+            lockout: self.locked_out(),
             workers,
             next_worker_id: self.workers.next_id(),
             pending: self
@@ -192,6 +187,9 @@ fn worker_snapshot(w: &Worker, now: Instant, fds: &impl Fn(WorkerId) -> Option<W
         ready_timeout_ms: Some(ms(w.timeouts.ready)),
         shutdown_timeout_ms: Some(ms(w.timeouts.shutdown)),
         last_lines: w.last_lines.iter().cloned().collect(),
+        reports: w.reports,
+        status: w.status.clone(),
+        main_pid: w.main_pid,
         fds,
     })
 }
@@ -218,13 +216,11 @@ fn adopted(w: &WorkerSnapshot, config: &Config, now: Instant) -> Worker {
         index: w.index,
         life,
         timeouts,
-        // sd_notify workers are never handed over (the upgrade is refused
-        // while there are any).
-        reports: Notify::Zdrestart,
+        reports: w.reports,
         started: now.checked_sub(Duration::from_millis(w.age_ms)).unwrap_or(now),
         started_wall: std::time::UNIX_EPOCH + Duration::from_millis(w.started_ms),
         last_lines: w.last_lines.iter().cloned().collect(),
-        status: None,
-        main_pid: None,
+        status: w.status.clone(),
+        main_pid: w.main_pid,
     }
 }
