@@ -455,6 +455,9 @@ impl Loop {
             Action::Exit(code) => self.exit = Some(code),
             Action::Upgrade { client, wait, restart } => self.upgrade = Some((client, wait, restart)),
             Action::CancelUpgrade => self.upgrade = None,
+            // Logged by the state machine; streamed progress and metrics
+            // hook in here.
+            Action::Progress(_) => {}
         }
     }
 
