@@ -270,7 +270,11 @@ fn the_readme_gunicorn_recipe_without_preload_and_a_broken_app_aborts_the_restar
     });
     let mark = m.mark();
     m.signal(libc::SIGUSR2);
-    let (_, abort) = m.wait_event_after(mark, "restart.abort", T);
+    let (at, abort) = m.wait_event_after(mark, "restart.abort", T);
+    // No old server was stopped for a new one that had not passed its soak.
+    let recs = m.log_records();
+    let drained: Vec<&Value> = recs[mark..at].iter().filter(|r| r["generation"] == 1 && r["msg"].as_str().is_some_and(|s| s.starts_with("asking worker"))).collect();
+    assert!(drained.is_empty(), "old servers stopped for a deploy that then failed: {:?}", drained);
     assert_eq!(abort["reason"], "new worker exited", "{}", abort);
     assert!(abort["detail"].as_str().unwrap().contains("after READY=1"), "it said READY=1 first: {}", abort);
     assert!(abort["stderr"].as_str().unwrap().contains("Worker failed to boot"), "{}", abort);
