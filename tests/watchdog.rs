@@ -42,11 +42,11 @@ fn event_about(m: &Master, event: &str, pid: i32) -> Value {
 #[test]
 fn a_stopped_worker_is_found_hung_and_replaced_new_before_old() {
     let _g = exclusive();
-    let m = with_socket(Master::for_test()).merge(json!({"watchdogTimeout": 2, "shutdownTimeout": 2})).start();
+    let m = with_socket(Master::for_test()).merge(json!({"watchdogTimeout": 3, "shutdownTimeout": 2})).start();
     let pids = m.worker_pids();
     let env = proc_environ(pids[0]);
     let var = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    assert_eq!(var("WATCHDOG_USEC").as_deref(), Some("2000000"));
+    assert_eq!(var("WATCHDOG_USEC").as_deref(), Some("3000000"));
     assert_eq!(var("WATCHDOG_PID"), Some(pids[0].to_string()), "its own pid");
     let victim = pids[0];
     assert!(kill(victim, libc::SIGSTOP));
@@ -57,7 +57,7 @@ fn a_stopped_worker_is_found_hung_and_replaced_new_before_old() {
     let load = Load::start(m.port, Spec { keepalive: 0, fresh: 0, slow: 4, slow_ms: 20 });
     let hung = event_about(&m, "worker.hung", victim);
     let found = stopped.elapsed();
-    assert!(hung["silent_ms"].as_u64().unwrap() >= 2000, "{}", hung);
+    assert!(hung["silent_ms"].as_u64().unwrap() >= 3000, "{}", hung);
     let ready = m.wait_for("the replacement ready", T, |recs| {
         let at = recs.iter().position(|r| event_of(r) == "worker.hung")?;
         recs[at..].iter().find(|r| event_of(r) == "worker.ready").cloned()
@@ -89,7 +89,7 @@ fn a_stopped_worker_is_found_hung_and_replaced_new_before_old() {
 fn a_spinning_event_loop_is_found_hung_and_ended_with_sigabrt() {
     let m = with_socket(Master::for_test())
         .merge(json!({"worker": [repo_root().join("tests/fault/spin.py").display().to_string(), worker_bin().display().to_string()],
-            "watchdogTimeout": 2, "shutdownTimeout": 10}))
+            "watchdogTimeout": 3, "shutdownTimeout": 10}))
         .start();
     // Ask until one of the two workers answers /spin (the other may take it).
     let r = get(m.port, "/spin");
@@ -113,16 +113,16 @@ fn a_spinning_event_loop_is_found_hung_and_ended_with_sigabrt() {
 fn systemd_notify_heartbeats_keep_a_worker_and_a_stopped_one_is_hung() {
     let m = with_socket(Master::for_test())
         .merge(json!({"worker": [repo_root().join("tests/fault/sd-watchdog.sh").display().to_string()],
-            "notify": "systemd", "probe": false, "magic": 1, "workers": 1, "watchdogTimeout": 2, "shutdownTimeout": 1}))
+            "notify": "systemd", "probe": false, "magic": 1, "workers": 1, "watchdogTimeout": 3, "shutdownTimeout": 1}))
         .spawn();
     // It serves nothing: ready is all there is to wait for.
     let pid = worker_pid_of(&m.wait_for_event("worker.ready", T)).unwrap();
-    // Five heartbeats, one a second: two timeouts lived on heartbeats alone.
+    // Five heartbeats, one every 1.5 s: two timeouts lived on heartbeats alone.
     m.wait_for("five heartbeats", T, |recs| {
         recs.iter().find(|r| r["msg"].as_str() == Some("sd-watchdog: heartbeat 5") && worker_pid_of(r) == Some(pid)).cloned()
     });
     assert!(m.events("worker.hung").is_empty(), "{:?}", m.events("worker.hung"));
-    assert_eq!(status(&sock(&m))["workers"][0]["status"], "sd-watchdog: heartbeat every 1.000000 s");
+    assert_eq!(status(&sock(&m))["workers"][0]["status"], "sd-watchdog: heartbeat every 1.500000 s");
     assert!(kill(pid, libc::SIGSTOP));
     event_about(&m, "worker.hung", pid);
     let exit = event_about(&m, "worker.exit", pid);
@@ -135,7 +135,7 @@ fn systemd_notify_heartbeats_keep_a_worker_and_a_stopped_one_is_hung() {
 fn a_hung_worker_in_the_middle_of_a_restart_aborts_it() {
     let mongo = Mongo::start();
     let mut m = with_socket(Master::for_test())
-        .merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri()}, "watchdogTimeout": 2, "shutdownTimeout": 2}))
+        .merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri()}, "watchdogTimeout": 3, "shutdownTimeout": 2}))
         .start();
     let old = m.worker_pids();
     m.rewrite_config(|c| {
