@@ -365,6 +365,12 @@ impl Loop {
     /// The fds to poll this round: signals, children, probe, control socket.
     fn fill(&self, set: &mut PollSet) {
         set.clear();
+        // The workers' sd_notify socket first: a worker's datagrams
+        // (`MAINPID=` above all) sent before its process exited are handled
+        // before that exit is, whether a pidfd or SIGCHLD tells it.
+        if let Some(n) = &self.workers_socket {
+            set.add(n.fd(), libc::POLLIN, Slot::WorkersSocket);
+        }
         set.add(self.signals.as_raw_fd(), libc::POLLIN, Slot::Signals);
         for (&id, c) in &self.children {
             let (pidfd, pipes) = c.poll_fds();
@@ -377,9 +383,6 @@ impl Loop {
             if let Some(fd) = c.main_pidfd() {
                 set.add(fd, libc::POLLIN, Slot::MainPidfd(id));
             }
-        }
-        if let Some(n) = &self.workers_socket {
-            set.add(n.fd(), libc::POLLIN, Slot::WorkersSocket);
         }
         if let Some(p) = &self.probe {
             let (pidfd, pipes) = p.child.poll_fds();
