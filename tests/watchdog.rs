@@ -8,6 +8,13 @@
 //! a restart aborts it. Shown with SIGSTOP (the built-in worker, whose
 //! event loop sends the heartbeats), with an event loop that spins
 //! (tests/fault/spin.py), and with systemd's own sd_notify client.
+//!
+//! The spinning loop is a fault worker's, not a diagnostic of the built-in
+//! worker: a switch that makes a shipped worker spin would be a denial of
+//! service waiting to be turned on, and what is under test is the master,
+//! which sees the same missing heartbeats whoever spins. That the built-in
+//! worker sends its heartbeats from its event loop is shown by SIGSTOP
+//! (which stops that loop) and by its own unit test.
 
 mod common;
 mod load;
