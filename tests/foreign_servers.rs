@@ -4,11 +4,13 @@
 //! `READY=1` with sd_notify(3) on `$NOTIFY_SOCKET`; neither answers the
 //! probe, so the config says `"notify": "systemd"`, `"probe": false` and
 //! declares `"magic"`. Each is rolled over under load with no failed
-//! request; a gunicorn whose application cannot be loaded fails at start-up:
-//! the restart is aborted, the master locks out and the old generation keeps
-//! serving. The master is upgraded in place under load with gunicorn workers
-//! (their sd_notify socket and main processes handed over), and an upgrade
-//! ends a lockout of gunicorn workers. `bash scripts/test` installs the servers; a test fails (never
+//! request; a gunicorn whose application cannot be loaded fails, at start-up
+//! with `--preload`, or after `READY=1` without it (the README's recipe as
+//! published, caught by the default soak, `minReady`): either way the
+//! restart is aborted, the master locks out and the old generation keeps
+//! serving with no failed request. The master is upgraded in place under
+//! load with gunicorn workers (their sd_notify socket and main processes
+//! handed over), and an upgrade ends a lockout of gunicorn workers. `bash scripts/test` installs the servers; a test fails (never
 //! skips) when one is missing. The application they serve is
 //! tests/servers/hello.py. Figures are printed, never asserted on.
 
@@ -321,5 +323,46 @@ fn an_upgrade_ends_a_lockout_of_gunicorn_workers() {
     let s = load.finish();
     eprintln!("gunicorn lockout ended by an upgrade: {} requests ok, {} failed", s.ok, s.failures.len());
     assert!(s.failures.is_empty(), "{:?}", &s.failures[..s.failures.len().min(10)]);
+}
+
+/// The README's gunicorn recipe as published (no `--preload`, the default
+/// `minReady`) and a deploy whose application cannot be imported: gunicorn
+/// says `READY=1` before its workers import the application, then its
+/// arbiter exits (status 3, "Worker failed to boot"). Without the soak
+/// this stopped the old generation and took the service down; with it the
+/// restart is aborted, the old servers keep serving, no request fails.
+#[test]
+fn the_readme_gunicorn_recipe_without_preload_and_a_broken_app_aborts_the_restart() {
+    let _g = exclusive();
+    let recipe = |app: &str| json!([server("gunicorn", "gunicorn"), "--workers", "2", "--chdir", app_dir().display().to_string(), app]);
+    let mut m = start(recipe("hello:app"));
+    let load = Load::start(m.port);
+    let old = m.events("worker.ready").iter().map(|r| worker_pid_of(r).unwrap()).collect::<Vec<_>>();
+    std::thread::sleep(Duration::from_millis(500));
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), recipe("no_such_module:app"));
+        // The recipe sets no minReady: the default soak is what is tested.
+        c.remove("minReady");
+    });
+    let mark = m.mark();
+    m.signal(libc::SIGUSR2);
+    let (at, abort) = m.wait_event_after(mark, "restart.abort", T);
+    // No old server was stopped for a new one that had not passed its soak.
+    let recs = m.log_records();
+    let drained: Vec<&Value> = recs[mark..at].iter().filter(|r| r["generation"] == 1 && r["msg"].as_str().is_some_and(|s| s.starts_with("asking worker"))).collect();
+    assert!(drained.is_empty(), "old servers stopped for a deploy that then failed: {:?}", drained);
+    assert_eq!(abort["reason"], "new worker exited", "{}", abort);
+    assert!(abort["detail"].as_str().unwrap().contains("after READY=1"), "it said READY=1 first: {}", abort);
+    assert!(abort["stderr"].as_str().unwrap().contains("Worker failed to boot"), "{}", abort);
+    let (_, soak) = m.wait_event_after(mark, "worker.soak", T);
+    assert_eq!(soak["min_ready_ms"], 5000, "the default: {}", soak);
+    m.wait_event_after(mark, "master.lockout", T);
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = load.finish();
+    eprintln!("broken gunicorn deploy without --preload: {} requests ok, {} failed", s.ok, s.failures.len());
+    assert!(s.failures.is_empty(), "{:?}", &s.failures[..s.failures.len().min(10)]);
+    assert!(s.ok > 20, "too little load to mean anything: {}", s.ok);
+    assert!(old.iter().all(|&p| pid_alive(p)), "the old servers still run");
+    assert!(m.events("restart.complete").is_empty());
     assert!(get_ok(m.port, "/").is_ok());
 }

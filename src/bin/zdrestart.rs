@@ -39,11 +39,15 @@ Options:
 
 Signals (handled from the first instant, before the config is read):
   SIGUSR2            zero-downtime restart (killall -USR2 zdrestart); refused
-                     (reason starting) while the master starts
+                     (reason starting) while the master starts, and (restart
+                     in flight) while a restart or a canary is in progress
   SIGTERM, SIGINT    graceful stop: SIGTERM to every worker's process group,
                      SIGKILL after shutdownTimeout, pidfile and control socket
                      removed, exit 0 (also while starting)
   SIGHUP             reopen the log file (logrotate)
+
+Canary restarts (one new worker beside the old ones, then promote or
+rollback) and the watchdog of hung workers: zdrestartctl(8), zdrestart(8).
 
 Upgrading the master itself without downtime: `zdrestartctl upgrade` (the
 master re-executes its executable on disk in place, same pid, listeners and

@@ -136,6 +136,11 @@ pub struct WorkerSnapshot {
     pub ready_timeout_ms: Option<u64>,
     #[serde(default)]
     pub shutdown_timeout_ms: Option<u64>,
+    /// The `watchdogTimeout` it was started with (its `WATCHDOG_USEC`);
+    /// absent: no watchdog (left out when None, so that an image without
+    /// the field still reads a state without a watchdog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog_timeout_ms: Option<u64>,
     pub last_lines: Vec<String>,
     /// Where its reports count (`notify` of its config; older states:
     /// the report pipe).
@@ -437,6 +442,7 @@ mod tests {
                     killed: false,
                     ready_timeout_ms: Some(30_000),
                     shutdown_timeout_ms: Some(5_000),
+                    watchdog_timeout_ms: Some(30_000),
                     last_lines: vec!["x".into()],
                     reports: Notify::Zdrestart,
                     status: None,
@@ -463,7 +469,7 @@ mod tests {
         let mut h = sample();
         h.master.workers.push(WorkerSnapshot { pid: 101, fds: WorkerFds { pidfd: None, notify: None, output: None, control: 11, ..Default::default() }, ..h.master.workers[0].clone() });
         let text = String::from_utf8(render(&h)).unwrap();
-        let old = text.replace("\"id\":7,", "").replace("\"next_worker_id\":8,", "").replace("\"ready_timeout_ms\":30000,", "").replace("\"shutdown_timeout_ms\":5000,", "");
+        let old = text.replace("\"id\":7,", "").replace("\"next_worker_id\":8,", "").replace("\"ready_timeout_ms\":30000,", "").replace("\"shutdown_timeout_ms\":5000,", "").replace("\"watchdog_timeout_ms\":30000,", "");
         assert!(!old.contains("\"id\"") && !old.contains("timeout_ms"), "{}", old);
         let got = parse(old.as_bytes(), HANDOVER_VERSION).unwrap();
         let ids: Vec<u64> = got.master.workers.iter().map(|w| w.id.0).collect();

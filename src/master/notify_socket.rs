@@ -37,6 +37,10 @@ pub enum Message {
     Status(String),
     /// `STOPPING=1`.
     Stopping,
+    /// `WATCHDOG=1`: a heartbeat.
+    Watchdog,
+    /// `WATCHDOG=trigger`: the sender says it is hung.
+    WatchdogTrigger,
     /// `ERRNO=<n>`.
     Errno(i32),
     /// `MAINPID=<pid>`.
@@ -63,6 +67,8 @@ pub fn parse(data: &[u8]) -> Result<Parsed, &'static str> {
             ("READY", "1") => Some(Message::Ready),
             ("STATUS", v) => Some(Message::Status(v.to_string())),
             ("STOPPING", "1") => Some(Message::Stopping),
+            ("WATCHDOG", "1") => Some(Message::Watchdog),
+            ("WATCHDOG", "trigger") => Some(Message::WatchdogTrigger),
             ("ERRNO", v) => v.parse::<i32>().ok().filter(|n| *n >= 0).map(Message::Errno),
             ("MAINPID", v) => v.parse::<u32>().ok().filter(|p| *p > 0 && *p <= i32::MAX as u32).map(Message::MainPid),
             _ => None,
@@ -318,9 +324,9 @@ mod tests {
         let p = parse(b"STOPPING=1\nERRNO=98\nMAINPID=4242\n").unwrap();
         assert_eq!(p.messages, vec![Message::Stopping, Message::Errno(98), Message::MainPid(4242)]);
         // Unknown keys and bad values are ignored, the rest still counts.
-        let p = parse(b"WATCHDOG=1\nREADY=0\nERRNO=x\nMAINPID=0\nnoequals\nREADY=1").unwrap();
-        assert_eq!(p.messages, vec![Message::Ready]);
-        assert_eq!(p.ignored, vec!["WATCHDOG", "READY", "ERRNO", "MAINPID", "noequals"]);
+        let p = parse(b"WATCHDOG=1\nREADY=0\nERRNO=x\nMAINPID=0\nnoequals\nWATCHDOG=0\nREADY=1\nWATCHDOG=trigger").unwrap();
+        assert_eq!(p.messages, vec![Message::Watchdog, Message::Ready, Message::WatchdogTrigger]);
+        assert_eq!(p.ignored, vec!["READY", "ERRNO", "MAINPID", "noequals", "WATCHDOG"]);
         assert_eq!(parse(b"STATUS=\xff\nREADY=1"), Err("not UTF-8"));
         assert_eq!(parse(b"").unwrap(), Parsed::default());
     }

@@ -91,6 +91,8 @@ impl Loop {
                 Report::Ready => self.queue.push_back(Event::Ready { id }),
                 Report::Error(text) => self.queue.push_back(Event::ReportedError { id, text }),
                 Report::Status(text) => self.queue.push_back(Event::Status { id, text }),
+                Report::Watchdog => self.queue.push_back(Event::Heartbeat { id, trigger: false }),
+                Report::WatchdogTrigger => self.queue.push_back(Event::Heartbeat { id, trigger: true }),
                 other => log::info!(component = "worker", worker_pid = pid; "unknown report ignored: {:?}", other),
             }
         }

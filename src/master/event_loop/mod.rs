@@ -386,6 +386,12 @@ impl Loop {
     /// The fds to poll this round: signals, children, probe, control socket.
     fn fill(&self, set: &mut PollSet) {
         set.clear();
+        // The workers' sd_notify socket first: a worker's datagrams
+        // (`MAINPID=` above all) sent before its process exited are handled
+        // before that exit is, whether a pidfd or SIGCHLD tells it.
+        if let Some(n) = &self.workers_socket {
+            set.add(n.fd(), libc::POLLIN, Slot::WorkersSocket);
+        }
         set.add(self.signals.as_raw_fd(), libc::POLLIN, Slot::Signals);
         // Before the children's pidfds: what a worker sent just before it
         // exited (MAINPID=, READY=1) is read before its exit is handled, as
@@ -498,6 +504,9 @@ impl Loop {
                     up.cancel();
                 }
             }
+            // Logged by the state machine; streamed progress and metrics
+            // hook in here.
+            Action::Progress(_) => {}
         }
     }
 

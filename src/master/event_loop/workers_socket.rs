@@ -84,6 +84,8 @@ impl Loop {
         let ev = match m {
             Message::Ready => Event::Ready { id },
             Message::Status(text) => Event::Status { id, text },
+            Message::Watchdog => Event::Heartbeat { id, trigger: false },
+            Message::WatchdogTrigger => Event::Heartbeat { id, trigger: true },
             Message::Stopping => Event::NotifyFailure { id, text: "STOPPING=1".into() },
             Message::Errno(n) => {
                 let e = std::io::Error::from_raw_os_error(n);

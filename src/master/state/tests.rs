@@ -12,7 +12,7 @@ fn cfg(json: &str) -> Config {
 }
 
 fn mongo(workers: u32) -> Config {
-    cfg(&format!(r#"{{"driver":"mongodb","workers":{},"readyTimeout":5,"shutdownTimeout":3}}"#, workers))
+    cfg(&format!(r#"{{"driver":"mongodb","workers":{},"readyTimeout":5,"shutdownTimeout":3,"minReady":0}}"#, workers))
 }
 
 struct H {
@@ -58,7 +58,7 @@ impl H {
         ids.into_iter().flat_map(|id| self.ev(Event::Ready { id })).collect()
     }
     fn restart(&mut self, c: Config, wait: bool) -> Vec<Action> {
-        self.ev(Event::Restart { config: Ok(c), by: Requester::Control { client: 1, wait } })
+        self.ev(Event::Restart { config: Ok(c), by: Requester::Control { client: 1, wait }, canary: false })
     }
     fn probe_ok(&mut self) -> Vec<Action> {
         self.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 7, version: "v2".into(), shared: Some(true) })))
@@ -132,7 +132,7 @@ fn start_spawns_and_respawns_with_backoff() {
 fn refusals_in_order() {
     let mut h = running(cfg(r#"{"workers":1}"#));
     // bad config comes before everything that needs the new config.
-    let a = h.ev(Event::Restart { config: Err("x: bad".into()), by: Requester::Control { client: 1, wait: false } });
+    let a = h.ev(Event::Restart { config: Err("x: bad".into()), by: Requester::Control { client: 1, wait: false }, canary: false });
     assert_eq!(replies(&a), vec!["NACK bad config: x: bad"]);
     let a = h.restart(cfg(r#"{"port":9,"workers":1}"#), false);
     assert!(replies(&a)[0].starts_with("NACK listen address changed"));
@@ -185,7 +185,7 @@ fn every_refusal_is_the_same_through_both_paths() {
         let checked = admission::admit(&running, new.as_ref().map_err(String::clone), probe.clone()).unwrap_err();
         // RESTART WAIT: its answer carries the detail (RESTART's is
         // pump.socket(7)'s bare text for pump.io's reasons).
-        let mut a = h.ev(Event::Restart { config: new, by: Requester::Control { client: 1, wait: true } });
+        let mut a = h.ev(Event::Restart { config: new, by: Requester::Control { client: 1, wait: true }, canary: false });
         if a.iter().any(|a| matches!(a, Action::Probe { .. })) {
             a = h.ev(Event::ProbeDone(probe));
         }
@@ -212,6 +212,11 @@ fn every_refusal_is_the_same_through_both_paths() {
     case(&mut h, Ok(mongo(2)), Ok(ProbeInfo { magic: 8, version: "v9".into(), shared: Some(true) }));
     case(&mut h, Ok(mongo(2)), Err(ProbeFailure { magic: Some(9), error: "ERROR=x".into() }));
     case(&mut h, Ok(mongo(2)), Err(ProbeFailure { magic: Some(7), error: "ERROR=database unreachable".into() }));
+    // Not ready: a worker of the serving generation waits for its respawn.
+    let mut h = running(mongo(2));
+    h.ev(Event::Exited { id: h.id_of(101), status: ExitStatus::Code(1) });
+    assert_eq!(h.m.state(), MasterState::NotReady);
+    case(&mut h, Ok(mongo(2)), probe_ok());
     // Stopping.
     let mut h = running(mongo(2));
     h.ev(Event::Stop { signal: "SIGTERM" });
@@ -448,8 +453,17 @@ fn service_manager_hears_ready_reloading_and_stopping() {
 
 #[test]
 fn idle_master_has_no_deadline() {
-    let h = running(mongo(2));
+    let h = running(cfg(r#"{"driver":"mongodb","workers":2,"watchdogTimeout":0}"#));
     assert_eq!(h.m.next_deadline(), None);
+    // With a watchdog (the built-in worker's default) the one deadline is
+    // the earliest heartbeat due, and each heartbeat moves it.
+    let mut h = running(mongo(2));
+    assert_eq!(h.m.next_deadline(), Some(h.now + Duration::from_secs(30)));
+    h.now += Duration::from_secs(10);
+    for id in h.m.workers.ids() {
+        h.ev(Event::Heartbeat { id, trigger: false });
+    }
+    assert_eq!(h.m.next_deadline(), Some(h.now + Duration::from_secs(30)));
 }
 
 #[test]
@@ -523,7 +537,7 @@ fn sd_notify_workers_are_handed_over() {
 /// worker stopped by an abort or by a stop after the new one.
 #[test]
 fn each_worker_lives_by_the_timeouts_it_was_spawned_with() {
-    let long = || cfg(r#"{"driver":"mongodb","workers":2,"readyTimeout":5,"shutdownTimeout":9}"#);
+    let long = || cfg(r#"{"driver":"mongodb","workers":2,"readyTimeout":5,"shutdownTimeout":9,"minReady":0}"#);
     // The rollout drains the old workers: 3 s (theirs), not 9 s.
     let mut h = running(mongo(2));
     h.restart(long(), false);
@@ -565,7 +579,7 @@ fn each_worker_lives_by_the_timeouts_it_was_spawned_with() {
 #[test]
 fn resume_keeps_the_ids_and_the_timeouts() {
     let mut h = running(mongo(2));
-    h.restart(cfg(r#"{"driver":"mongodb","workers":2,"readyTimeout":7,"shutdownTimeout":11}"#), false);
+    h.restart(cfg(r#"{"driver":"mongodb","workers":2,"readyTimeout":7,"shutdownTimeout":11,"minReady":0}"#), false);
     h.probe_ok();
     h.ready_all();
     let fds = |id: WorkerId| Some(WorkerFds { pidfd: None, notify: None, output: None, control: id.0 as i32 + 100, ..Default::default() });
@@ -647,3 +661,5 @@ fn a_resumed_master_answers_and_rolls_over() {
     }
     assert_eq!(done, vec!["ACK complete"]);
 }
+
+mod safety;

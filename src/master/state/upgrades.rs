@@ -105,7 +105,7 @@ impl Master {
             }
         };
         if let Some(config) = restart {
-            let ev = Event::Restart { config, by };
+            let ev = Event::Restart { config, by, canary: false };
             (table::cell(self.phase, ev.kind()).run)(self, ev, now, out);
         }
     }
@@ -114,6 +114,11 @@ impl Master {
     /// (`master::handover`); `fds(id)` gives the loop's fds of a worker.
     /// Err: what cannot be handed over (`upgrade not possible`).
     pub fn snapshot(&self, now: Instant, fds: impl Fn(WorkerId) -> Option<WorkerFds>) -> Result<MasterSnapshot, String> {
+        // A hung worker waits for its replacement; a rolled-back canary
+        // still stopping is of a generation the state does not serve.
+        if self.workers.iter().any(|w| w.life == Life::Hung || w.generation > self.generation) {
+            return Err("a hung worker is being replaced, or a rolled-back canary is still stopping: retry once it is gone".into());
+        }
         let workers = self.workers.iter().map(|w| worker_snapshot(w, now, &fds)).collect::<Result<Vec<_>, _>>()?;
         let status = self.status(0, SystemTime::UNIX_EPOCH);
         Ok(MasterSnapshot {
@@ -141,6 +146,7 @@ impl Master {
         let wall = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
         let mut m = Master::new(config, ProbeInfo { magic: snap.magic, version: snap.version.clone(), shared: None });
         m.generation = snap.generation;
+        m.highest_generation = snap.generation;
         m.notified_ready = snap.notified_ready;
         for w in &snap.workers {
             m.workers.adopt(adopted(w, &m.config, now));
@@ -186,6 +192,7 @@ fn worker_snapshot(w: &Worker, now: Instant, fds: &impl Fn(WorkerId) -> Option<W
         killed: w.life == Life::Stopping { kill_at: None },
         ready_timeout_ms: Some(ms(w.timeouts.ready)),
         shutdown_timeout_ms: Some(ms(w.timeouts.shutdown)),
+        watchdog_timeout_ms: w.timeouts.watchdog.map(ms),
         last_lines: w.last_lines.iter().cloned().collect(),
         reports: w.reports,
         status: w.status.clone(),
@@ -203,6 +210,9 @@ fn adopted(w: &WorkerSnapshot, config: &Config, now: Instant) -> Worker {
     let timeouts = Timeouts {
         ready: w.ready_timeout_ms.map_or(current.ready, Duration::from_millis),
         shutdown: w.shutdown_timeout_ms.map_or(current.shutdown, Duration::from_millis),
+        // Its heartbeats follow the WATCHDOG_USEC it was started with: none
+        // recorded (an older image), none expected.
+        watchdog: w.watchdog_timeout_ms.map(Duration::from_millis),
     };
     let life = match (w.asked_to_stop, w.state) {
         (true, _) => Life::Stopping { kill_at: if w.killed { None } else { w.kill_left_ms.map(at) } },
@@ -222,5 +232,10 @@ fn adopted(w: &WorkerSnapshot, config: &Config, now: Instant) -> Worker {
         last_lines: w.last_lines.iter().cloned().collect(),
         status: w.status.clone(),
         main_pid: w.main_pid,
+        watchdog_at: match life {
+            Life::Ready => timeouts.watchdog.map(|t| now + t),
+            _ => None,
+        },
+        replaced: false,
     }
 }
