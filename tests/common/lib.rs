@@ -37,6 +37,8 @@
 //!   probe, held readiness);
 //! - [`ops`]: process groups and fds of processes, FIFOs, inheritable fds
 //!   (the operations tests: reached as `common::ops`);
+//! - [`hostile`]: hostile client shapes for the worker's memory bound (slow
+//!   readers, floods of large bodies), peak RSS;
 //! - [`cmd`]: [`run_cmd`]; [`load`]: the load generator (not re-exported at
 //!   the top: `load::Response` is not `http::Response`).
 
@@ -45,6 +47,7 @@ pub mod cmd;
 pub mod control;
 pub mod dirs;
 pub mod fault;
+pub mod hostile;
 pub mod http;
 pub mod load;
 pub mod master;
@@ -61,6 +64,7 @@ pub use cmd::*;
 pub use control::*;
 pub use dirs::*;
 pub use fault::*;
+pub use hostile::*;
 pub use http::*;
 pub use master::*;
 pub use mongo::*;

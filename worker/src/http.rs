@@ -288,11 +288,11 @@ pub enum Persist {
     KeepAlive(Option<u64>),
 }
 
-/// Serialize an answer into `out`. Every answer carries Content-Type,
-/// Content-Length (also `0` on 204, as the API promises) and X-Worker-Pid;
-/// a 503 also carries `Retry-After: 1`.
-pub fn render_into(out: &mut Vec<u8>, resp: &Response, pid: u32, persist: Persist, head_only: bool) {
-    out.reserve(200 + if head_only { 0 } else { resp.body.len() });
+/// The head of an answer (status line, headers, the empty line) into `out`.
+/// Every answer carries Content-Type, Content-Length (also `0` on 204, as the
+/// API promises) and X-Worker-Pid; a 503 also carries `Retry-After: 1`. For
+/// `HEAD`, Content-Length is the length of the body a `GET` would have.
+pub fn render_head(out: &mut Vec<u8>, resp: &Response, pid: u32, persist: Persist) {
     let _ = write!(
         out,
         "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Worker-Pid: {}\r\n",
@@ -315,8 +315,16 @@ pub fn render_into(out: &mut Vec<u8>, resp: &Response, pid: u32, persist: Persis
         out.extend_from_slice(b"Retry-After: 1\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Largest head [`render_head`] writes (for a buffer of the right size).
+pub const MAX_ANSWER_HEAD: usize = 256;
+
+/// Serialize a whole answer into `out` (head, then the body unless `head_only`).
+pub fn render_into(out: &mut Vec<u8>, resp: &Response, pid: u32, persist: Persist, head_only: bool) {
+    render_head(out, resp, pid, persist);
     if !head_only {
-        out.extend_from_slice(&resp.body);
+        out.extend_from_slice(resp.body.as_bytes());
     }
 }
 

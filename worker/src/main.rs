@@ -53,7 +53,8 @@ Environment:
 
 API: GET /healthz; GET, PUT, DELETE /objects/{type}/{id}; GET /delay/{ms}.
 Deadlines and limits: params.idleTimeout, headerTimeout, minBodyRate, maxConnections,
-maxQueued, maxObjects, maxBytes of the config (zdrestart.json(5)).
+maxQueued, maxBuffered (the memory budget of requests and answers), maxObjects, maxBytes
+of the config (zdrestart.json(5)).
 Signals: SIGTERM, SIGINT: stop accepting, finish requests in flight, close each idle
 connection at its idle timeout, exit 0.";
 

@@ -19,8 +19,18 @@
 //!   close. Deadlines live in a heap; the poll timeout is the earliest, so an
 //!   idle worker does not wake up.
 //! - Over a limit the answer is immediate: `params.maxConnections` reached ->
-//!   the new connection gets 503 and is closed; the pool's queue full or the
-//!   buffered bodies over [`MAX_BUFFERED`] -> 503. Every 503 says `Retry-After`.
+//!   the new connection gets 503 and is closed; the pool's queue full -> 503.
+//!   Every 503 says `Retry-After`.
+//! - One memory budget, `params.maxBuffered`, for every byte a connection
+//!   holds: partial heads, bodies (a `Content-Length` is reserved when the
+//!   head arrives), bodies handed to the pool, answers not yet written. An
+//!   answer shares the driver's bytes ([`Body::Shared`]): a shared text is
+//!   counted once however many connections are writing it (`Loop::shared`),
+//!   so 2,000 slow readers of one object hold it once. A connection whose
+//!   answer is not being read is not read further (step 1 of `drive`). A
+//!   request that would take the total past the budget gets 503 and a close;
+//!   an answer that would is replaced by that 503. Growth past the budget is
+//!   at most one read or one answer head, of the one connection being driven.
 //!
 //! The listeners are set non-blocking (`O_NONBLOCK` is a property of the open
 //! file description, so every process sharing an inherited listener sees it;
@@ -36,7 +46,7 @@
 //! SIGHUP is logged and otherwise ignored (logs go to stdout). SIGUSR2 is left
 //! as the master set it (ignored).
 
-use crate::api::{self, Response, Route};
+use crate::api::{self, Body, Response, Route};
 use crate::http::{self, Chunked, ChunkError, Framing, Head, Persist};
 use crate::notify::Notifier;
 use crate::pool::{Done, Job, Pool};
@@ -48,8 +58,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::io::{self, Read, Write};
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -62,12 +72,12 @@ const WAKER_TOKEN: Token = Token(usize::MAX - 1);
 const CONN_BASE: usize = 1 << 20;
 /// Bytes read at a time.
 const READ_CHUNK: usize = 16 * 1024;
-/// Largest buffer kept for reuse (bigger ones, from large bodies, are freed).
-const KEEP_BUFFER: usize = 64 * 1024;
-/// Buffers kept for reuse: idle connections hold none.
-const SPARE_BUFFERS: usize = 256;
 /// Largest body of a memory-driver request answered on the loop itself.
 const INLINE_BODY: usize = 16 * 1024;
+/// Answer bodies up to this size are copied behind their head (one write);
+/// larger ones are written from where they are (the driver's shared text,
+/// or the request's own buffer).
+const INLINE_ANSWER: usize = 16 * 1024;
 /// A driver request answers 503 at `params.timeout` plus this, at the latest,
 /// whether or not a pool thread has even started it.
 pub const REQUEST_MARGIN: Duration = Duration::from_millis(500);
@@ -78,9 +88,6 @@ const WRITE_GRACE: Duration = Duration::from_secs(10);
 /// and destroy the answer before the client has read it.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_MAX_BYTES: usize = 4 * http::MAX_BODY as usize;
-/// Request bodies and partial heads buffered at once, over all connections
-/// (being received or waiting for the pool); beyond it a request gets 503 at once.
-pub const MAX_BUFFERED: usize = 64 * 1024 * 1024;
 
 /// Signal flags and the self-pipe that wakes the loop.
 pub struct Signals(SignalPipe);
@@ -143,6 +150,8 @@ struct BodyState {
     framing: Framing,
     body: Vec<u8>,
     chunked: Chunked,
+    /// Bytes of the budget set aside for the body (its `Content-Length`).
+    reserved: usize,
     /// When the head was complete: the body's deadline counts from here.
     from: Instant,
 }
@@ -175,8 +184,12 @@ struct Conn {
     slot: usize,
     id: u64,
     rbuf: Vec<u8>,
+    /// Answer heads (and small bodies) not yet written, from `wpos` on.
     wbuf: Vec<u8>,
     wpos: usize,
+    /// The body of the last answer in `wbuf`, written after it, from `bpos` on.
+    wbody: Option<Body>,
+    bpos: usize,
     phase: Phase,
     /// Deadline of the phase.
     due: Option<Instant>,
@@ -190,7 +203,9 @@ struct Conn {
     /// The client sent FIN.
     eof: bool,
     seq: u64,
-    /// Bytes of [`MAX_BUFFERED`] this connection holds.
+    /// The body this connection handed to the pool (held until the answer).
+    pool_bytes: usize,
+    /// Bytes of the budget (`Loop::buffered`) this connection is charged.
     charge: usize,
 }
 
@@ -200,6 +215,25 @@ impl Conn {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Bytes this connection holds now (capacities, not lengths), except a
+    /// shared answer body, which `Loop::shared` counts.
+    fn held(&self) -> usize {
+        let phase = match &self.phase {
+            Phase::Body(b) => b.body.capacity().max(b.reserved),
+            _ => 0,
+        };
+        let body = match &self.wbody {
+            Some(Body::Owned(v)) => v.capacity(),
+            _ => 0,
+        };
+        self.rbuf.capacity() + self.wbuf.capacity() + phase + body + self.pool_bytes
+    }
+
+    /// Bytes of answers not yet written.
+    fn unwritten(&self) -> usize {
+        self.wbuf.len() - self.wpos + self.wbody.as_ref().map_or(0, |b| b.len() - self.bpos)
     }
 }
 
@@ -220,14 +254,20 @@ struct Loop<'a> {
     live: usize,
     next_id: u64,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
-    spare: Vec<Vec<u8>>,
+    /// Bytes held by every connection plus the shared answer bodies being
+    /// written: what `params.maxBuffered` bounds.
     buffered: usize,
+    /// Shared answer bodies being written (by address): connections writing
+    /// each, and its length, counted once in `buffered`.
+    shared: HashMap<usize, (usize, usize)>,
     draining: bool,
     healthz: Option<(Health, Response)>,
     done: Vec<Done>,
     /// A descriptor kept free to accept-and-close one connection on EMFILE.
     reserve: Option<std::fs::File>,
     refused: u64,
+    /// Requests and answers refused for the budget.
+    busy: u64,
     /// Where every read lands first (then only the bytes read are copied).
     scratch: Box<[u8; READ_CHUNK]>,
 }
@@ -254,13 +294,14 @@ pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, set: &Settings, sig: Si
         live: 0,
         next_id: 0,
         timers: BinaryHeap::new(),
-        spare: Vec::new(),
         buffered: 0,
+        shared: HashMap::new(),
         draining: false,
         healthz: None,
         done: Vec::new(),
         reserve: std::fs::File::open("/dev/null").ok(),
         refused: 0,
+        busy: 0,
         scratch: Box::new([0; READ_CHUNK]),
     };
 
@@ -411,6 +452,8 @@ impl Loop<'_> {
             rbuf: Vec::new(),
             wbuf: Vec::new(),
             wpos: 0,
+            wbody: None,
+            bpos: 0,
             phase: Phase::Idle,
             due: Some(now + self.set.idle_timeout),
             write_due: None,
@@ -418,6 +461,7 @@ impl Loop<'_> {
             readable: false,
             eof: false,
             seq: 0,
+            pool_bytes: 0,
             charge: 0,
         };
         self.schedule(slot, &mut c);
@@ -438,43 +482,70 @@ impl Loop<'_> {
     /// Put a connection back after work on it, or drop it.
     fn put_back(&mut self, slot: usize, mut c: Conn, keep: bool) {
         if keep {
-            self.recycle(&mut c);
+            // An idle connection keeps no buffer.
+            if c.rbuf.is_empty() {
+                c.rbuf = Vec::new();
+            }
+            if c.wpos == c.wbuf.len() {
+                (c.wbuf, c.wpos) = (Vec::new(), 0);
+            }
+            self.settle(&mut c);
             self.schedule(slot, &mut c);
             self.conns[slot] = Some(c);
         } else {
             // No deregister: closing the socket (its only descriptor) takes
             // it out of the epoll set, one syscall less per connection.
             self.buffered -= c.charge;
+            if let Some(Body::Shared(s)) = c.wbody.take() {
+                self.unshare(&s);
+            }
             self.live -= 1;
             self.free.push(slot);
-            let Conn { rbuf, wbuf, .. } = c;
-            self.give(rbuf);
-            self.give(wbuf);
         }
     }
 
-    /// An idle connection keeps no buffer.
-    fn recycle(&mut self, c: &mut Conn) {
-        if c.rbuf.is_empty() && c.rbuf.capacity() > 0 {
-            let b = std::mem::take(&mut c.rbuf);
-            self.give(b);
-        }
-        if c.wpos == c.wbuf.len() && c.wbuf.capacity() > 0 {
-            c.wpos = 0;
-            let b = std::mem::take(&mut c.wbuf);
-            self.give(b);
+    /// Charge `c` for what it holds now.
+    fn settle(&mut self, c: &mut Conn) {
+        let held = c.held();
+        self.buffered = self.buffered - c.charge + held;
+        c.charge = held;
+    }
+
+    /// Whether `c` holding what it holds now, plus `extra` bytes, would take
+    /// the worker past its budget (a connection that does not grow always may).
+    fn over_budget(&self, c: &Conn, extra: usize) -> bool {
+        let held = c.held() + extra;
+        held > c.charge && self.buffered - c.charge + held > self.set.max_buffered
+    }
+
+    /// What queueing `body` behind an answer head would add to the budget.
+    fn answer_cost(&self, body: &Body) -> usize {
+        match body {
+            Body::Owned(v) => v.capacity(),
+            Body::Shared(s) if self.shared.contains_key(&shared_key(s)) => 0,
+            Body::Shared(s) => s.len(),
         }
     }
 
-    fn give(&mut self, mut b: Vec<u8>) {
-        if b.capacity() > 0 && b.capacity() <= KEEP_BUFFER && self.spare.len() < SPARE_BUFFERS {
-            b.clear();
-            self.spare.push(b);
+    /// One more connection writes the shared text `s`.
+    fn share(&mut self, s: &std::sync::Arc<str>) {
+        let e = self.shared.entry(shared_key(s)).or_insert((0, s.len()));
+        if e.0 == 0 {
+            self.buffered += e.1;
         }
+        e.0 += 1;
     }
 
-    fn buffer(&mut self) -> Vec<u8> {
-        self.spare.pop().unwrap_or_else(|| Vec::with_capacity(READ_CHUNK))
+    /// One connection less writes `s` (done, or gone).
+    fn unshare(&mut self, s: &std::sync::Arc<str>) {
+        let key = shared_key(s);
+        if let Some(e) = self.shared.get_mut(&key) {
+            e.0 -= 1;
+            if e.0 == 0 {
+                self.buffered -= e.1;
+                self.shared.remove(&key);
+            }
+        }
     }
 
     fn conn_event(&mut self, slot: usize, readable: bool) {
@@ -500,7 +571,7 @@ impl Loop<'_> {
             }
             let mut c = slot_ref.take().unwrap();
             let Phase::Busy(b) = std::mem::replace(&mut c.phase, Phase::Idle) else { unreachable!() };
-            self.respond(&mut c, &b.0, &d.resp);
+            self.respond(&mut c, &b.0, d.resp);
             let keep = self.drive(&mut c);
             self.put_back(d.conn, c, keep);
         }
@@ -535,13 +606,13 @@ impl Loop<'_> {
         match std::mem::replace(&mut c.phase, Phase::Idle) {
             Phase::Idle | Phase::Linger(_) | Phase::Closing(_) => false,
             Phase::Head => {
-                self.respond(c, &Req::none(now), &Response::error(408, "request timeout: the request head did not arrive in time"));
+                self.respond(c, &Req::none(now), Response::error(408, "request timeout: the request head did not arrive in time"));
                 self.drive(c)
             }
             Phase::Body(b) => {
                 let mut req = b.req;
                 req.close = true;
-                self.respond(c, &req, &Response::error(408, "request timeout: the body did not arrive in time"));
+                self.respond(c, &req, Response::error(408, "request timeout: the body did not arrive in time"));
                 self.drive(c)
             }
             Phase::Busy(b) => {
@@ -555,24 +626,39 @@ impl Loop<'_> {
                         Response::error(503, "database unavailable: no answer in time")
                     }
                 };
-                self.respond(c, &b.0, &resp);
+                self.respond(c, &b.0, resp);
                 self.drive(c)
             }
         }
     }
 
-    /// Queue an answer on `c` and release what the request held.
-    fn respond(&mut self, c: &mut Conn, req: &Req, resp: &Response) {
-        self.buffered -= c.charge;
-        c.charge = 0;
+    /// Queue an answer on `c` and release what the request held. An answer
+    /// carrying driver text that would take the worker past its budget is
+    /// replaced by 503 and a close; every other answer is queued (its body is
+    /// small, or the request's own buffer, already counted).
+    fn respond(&mut self, c: &mut Conn, req: &Req, mut resp: Response) {
+        // The request's body, in the phase or in the pool, is no longer needed.
+        c.phase = Phase::Idle;
+        c.pool_bytes = 0;
         // Framing errors set `req.close` (the rest of the stream cannot be
         // trusted); an API error (400 bad JSON, 404, 507...) keeps the connection.
-        let close = req.close || self.draining || c.eof;
-        if c.wbuf.capacity() == 0 {
-            c.wbuf = self.buffer();
+        let mut close = req.close || self.draining || c.eof;
+        let inline = req.head_only || resp.body.len() <= INLINE_ANSWER;
+        if matches!(resp.body, Body::Shared(_)) {
+            let cost = if req.head_only { 0 } else if inline { resp.body.len() } else { self.answer_cost(&resp.body) };
+            if cost > 0 && self.over_budget(c, cost + http::MAX_ANSWER_HEAD) {
+                self.over_budget_log("answers");
+                resp = Response::error(503, "busy: too many answers in memory");
+                close = true;
+            }
         }
+        if c.wpos == c.wbuf.len() {
+            c.wbuf.clear();
+            c.wpos = 0;
+        }
+        c.wbuf.reserve_exact(http::MAX_ANSWER_HEAD + if inline && !req.head_only { resp.body.len() } else { 0 });
         let persist = if close { Persist::Close } else { Persist::KeepAlive(self.set.announced_idle()) };
-        http::render_into(&mut c.wbuf, resp, self.sh.who.pid, persist, req.head_only);
+        http::render_head(&mut c.wbuf, &resp, self.sh.who.pid, persist);
         if log::log_enabled!(log::Level::Debug) {
             log::debug!(
                 method = req.method.as_str(),
@@ -582,6 +668,18 @@ impl Loop<'_> {
                 "request"
             );
         }
+        if !req.head_only {
+            if inline {
+                c.wbuf.extend_from_slice(resp.body.as_bytes());
+            } else {
+                if let Body::Shared(s) = &resp.body {
+                    self.share(s);
+                }
+                debug_assert!(c.wbody.is_none(), "one answer body at a time");
+                c.wbody = Some(resp.body);
+                c.bpos = 0;
+            }
+        }
         let now = Instant::now();
         if close {
             // Linger unless the client itself asked to close and nothing
@@ -589,35 +687,62 @@ impl Loop<'_> {
             c.phase = Phase::Closing(!(req.asked_close && c.rbuf.is_empty() && !c.readable));
             c.due = None;
         } else {
-            c.phase = Phase::Idle;
             c.due = Some(now + self.set.idle_timeout);
         }
-        let size = (c.wbuf.len() - c.wpos) as u64;
+        let size = c.unwritten() as u64;
         c.write_due = Some(now + WRITE_GRACE + Duration::from_secs(size / self.set.min_body_rate));
+    }
+
+    /// A request or answer refused for the budget: logged at warn now and then.
+    fn over_budget_log(&mut self, what: &str) {
+        self.busy += 1;
+        if self.busy.is_power_of_two() {
+            log::warn!(refused = self.busy, buffered = self.buffered as u64;
+                "memory budget reached (params.maxBuffered = {}): {} get 503", self.set.max_buffered, what);
+        }
+    }
+
+    /// Write what is pending on `c`: the answer heads, then the body of the
+    /// last answer. `Ok(true)` when everything is written, `Ok(false)` when
+    /// the socket is full, `Err` when the connection is dead.
+    fn write_out(&mut self, c: &mut Conn) -> Result<bool, ()> {
+        while c.unwritten() > 0 {
+            let head = &c.wbuf[c.wpos..];
+            let r = match &c.wbody {
+                Some(b) => c.sock.write_vectored(&[IoSlice::new(head), IoSlice::new(&b.as_bytes()[c.bpos..])]),
+                None => c.sock.write(head),
+            };
+            match r {
+                Ok(0) => return Err(()),
+                Ok(n) => {
+                    let from_head = n.min(head.len());
+                    c.wpos += from_head;
+                    c.bpos += n - from_head;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(()),
+            }
+        }
+        c.wbuf.clear();
+        c.wpos = 0;
+        if let Some(Body::Shared(s)) = c.wbody.take() {
+            self.unshare(&s);
+        }
+        c.bpos = 0;
+        c.write_due = None;
+        Ok(true)
     }
 
     /// Make every step possible on `c` without waiting; false to drop it.
     fn drive(&mut self, c: &mut Conn) -> bool {
         loop {
-            // 1. Write what is pending.
-            if c.wpos < c.wbuf.len() {
-                loop {
-                    match c.sock.write(&c.wbuf[c.wpos..]) {
-                        Ok(0) => return false,
-                        Ok(n) => {
-                            c.wpos += n;
-                            if c.wpos == c.wbuf.len() {
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => return false,
-                    }
-                }
-                c.wbuf.clear();
-                c.wpos = 0;
-                c.write_due = None;
+            // 1. Write what is pending. Until it is written, nothing more
+            // is read: a client that does not read its answers gets no more.
+            match self.write_out(c) {
+                Ok(true) => {}
+                Ok(false) => return true,
+                Err(()) => return false,
             }
             // 2. Then whatever the phase allows.
             match c.phase {
@@ -668,9 +793,8 @@ impl Loop<'_> {
                             c.readable = false;
                         }
                         Ok(n) => {
-                            if c.rbuf.capacity() == 0 {
-                                c.rbuf = self.buffer();
-                            }
+                            // Only the bytes read are kept (an idle or slow
+                            // client holds no buffer of a fixed size).
                             c.rbuf.extend_from_slice(&self.scratch[..n]);
                             // A short read emptied the socket: the next bytes
                             // bring a new edge (as nginx assumes with EPOLLET).
@@ -703,25 +827,20 @@ impl Loop<'_> {
                             c.due = Some(now + self.set.header_timeout);
                         }
                         // A partial head is buffered memory too: thousands
-                        // of slow clients must not hold more than MAX_BUFFERED.
-                        if c.rbuf.len() > c.charge {
-                            let more = c.rbuf.len() - c.charge;
-                            if self.buffered + more > MAX_BUFFERED {
-                                self.respond(c, &Req::none(now), &Response::error(503, "busy: too many request heads in memory"));
-                                return Progress::Again;
-                            }
-                            self.buffered += more;
-                            c.charge += more;
+                        // of slow clients must not hold more than the budget.
+                        if self.over_budget(c, 0) {
+                            self.over_budget_log("request heads");
+                            self.respond(c, &Req::none(now), Response::error(503, "busy: too many request heads in memory"));
+                            return Progress::Again;
                         }
+                        self.settle(c);
                         Progress::NeedBytes
                     }
                     Err(e) => {
-                        self.respond(c, &Req::none(now), &e.response());
+                        self.respond(c, &Req::none(now), e.response());
                         Progress::Again
                     }
                     Ok(Some((head, n))) => {
-                        self.buffered -= c.charge;
-                        c.charge = 0;
                         c.rbuf.drain(..n);
                         self.start_request(c, head, now);
                         Progress::Again
@@ -743,39 +862,34 @@ impl Loop<'_> {
                                     ChunkError::TooLarge => Response::error(413, &format!("body larger than {} bytes", http::MAX_BODY)),
                                     ChunkError::Malformed(m) => Response::error(400, &format!("malformed chunked body: {}", m)),
                                 };
-                                self.respond(c, &req, &resp);
+                                self.respond(c, &req, resp);
                                 return Progress::Again;
                             }
                         }
-                        let grown = b.body.len() - before;
-                        if grown > 0 {
-                            // A chunked body's size is known as it comes: so is its charge.
-                            if self.buffered + grown > MAX_BUFFERED {
-                                let mut req = std::mem::replace(&mut b.req, Req::none(now));
-                                req.close = true;
-                                self.respond(c, &req, &Response::error(503, "busy: too many request bodies in memory"));
-                                return Progress::Again;
-                            }
-                            self.buffered += grown;
-                            c.charge += grown;
+                        if b.body.len() > before {
                             c.due = Some(b.from + self.set.header_timeout + rate_time(b.body.len() as u64, self.set.min_body_rate));
                         }
                         b.chunked.done()
                     }
                     Framing::Length(n) => {
-                        let want = n as usize - b.body.len();
-                        let take = want.min(c.rbuf.len());
-                        if b.body.is_empty() && take == c.rbuf.len() && take == want {
-                            // The whole body in the buffer: take the buffer itself.
-                            b.body = std::mem::take(&mut c.rbuf);
-                        } else {
-                            b.body.extend_from_slice(&c.rbuf[..take]);
-                            c.rbuf.drain(..take);
-                        }
+                        let take = (n as usize - b.body.len()).min(c.rbuf.len());
+                        b.body.extend_from_slice(&c.rbuf[..take]);
+                        c.rbuf.drain(..take);
                         b.body.len() == n as usize
                     }
                     Framing::None => true,
                 };
+                // A chunked body's size is known as it comes: so is its charge.
+                if self.over_budget(c, 0) {
+                    self.over_budget_log("request bodies");
+                    let mut req = Req::none(now);
+                    if let Phase::Body(b) = &mut c.phase {
+                        req = std::mem::replace(&mut b.req, req);
+                    }
+                    req.close = true;
+                    self.respond(c, &req, Response::error(503, "busy: too many request bodies in memory"));
+                    return Progress::Again;
+                }
                 if !complete {
                     return Progress::NeedBytes;
                 }
@@ -795,22 +909,23 @@ impl Loop<'_> {
         let has_body = match framing {
             Framing::None if req.method == "PUT" => {
                 req.close = true;
-                return self.respond(c, &req, &Response::error(411, "Content-Length or Transfer-Encoding: chunked required"));
+                return self.respond(c, &req, Response::error(411, "Content-Length or Transfer-Encoding: chunked required"));
             }
             Framing::None | Framing::Length(0) => false,
             Framing::Length(n) if n > http::MAX_BODY => {
                 // Answer before reading: the client learns at once, and we do
                 // not buffer what we would refuse anyway.
                 req.close = true;
-                return self.respond(c, &req, &Response::error(413, &format!("body larger than {} bytes", http::MAX_BODY)));
+                return self.respond(c, &req, Response::error(413, &format!("body larger than {} bytes", http::MAX_BODY)));
             }
             Framing::Length(n) => {
-                if self.buffered + n as usize > MAX_BUFFERED {
+                // Set aside as the head arrives: 64 clients announcing 1 MiB
+                // each are counted before their bytes are.
+                if self.over_budget(c, n as usize) {
+                    self.over_budget_log("request bodies");
                     req.close = true;
-                    return self.respond(c, &req, &Response::error(503, "busy: too many request bodies in memory"));
+                    return self.respond(c, &req, Response::error(503, "busy: too many request bodies in memory"));
                 }
-                self.buffered += n as usize;
-                c.charge += n as usize;
                 true
             }
             Framing::Chunked => true,
@@ -827,17 +942,19 @@ impl Loop<'_> {
             _ => true,
         };
         if expect_continue && minor >= 1 && body_pending {
-            if c.wbuf.capacity() == 0 {
-                c.wbuf = self.buffer();
-            }
             c.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
+        let reserved = match framing {
+            Framing::Length(n) => n as usize,
+            _ => 0,
+        };
         c.due = Some(body_due);
         c.phase = Phase::Body(Box::new(BodyState {
             req,
             framing,
-            body: Vec::new(),
+            body: Vec::with_capacity(reserved),
             chunked: Chunked::default(),
+            reserved,
             from: now,
         }));
     }
@@ -858,6 +975,7 @@ impl Loop<'_> {
         if !inline && api::needs_driver(method, &route) {
             c.seq += 1;
             let deadline = now + self.set.request_timeout + REQUEST_MARGIN;
+            let held = body.capacity();
             let job = Job {
                 conn: c.slot,
                 conn_id: c.id,
@@ -870,10 +988,11 @@ impl Loop<'_> {
             return match self.pool.submit(job) {
                 Ok(()) => {
                     c.due = Some(deadline);
+                    c.pool_bytes = held;
                     let seq = c.seq;
                     c.phase = Phase::Busy(Box::new((req, Wait::Job(seq))));
                 }
-                Err(_) => self.respond(c, &req, &Response::error(503, "busy: too many requests waiting for the database")),
+                Err(_) => self.respond(c, &req, Response::error(503, "busy: too many requests waiting for the database")),
             };
         }
         let resp = if route == Route::Healthz && method == "GET" {
@@ -888,11 +1007,17 @@ impl Loop<'_> {
             }
         } else {
             // A bug in a handler must cost one 500, not the loop.
-            let run = || api::handle(self.sh.store.as_ref(), &self.sh.who, method, &route, &body);
+            let run = || api::handle(self.sh.store.as_ref(), &self.sh.who, method, &route, body);
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| Response::error(500, "internal error"))
         };
-        self.respond(c, &req, &resp);
+        self.respond(c, &req, resp);
     }
+}
+
+/// Where a shared text lives: its key in `Loop::shared` (an address stays
+/// unique while a connection holds the text).
+fn shared_key(s: &std::sync::Arc<str>) -> usize {
+    std::sync::Arc::as_ptr(s) as *const u8 as usize
 }
 
 /// How long `bytes` take at `rate` bytes per second.

@@ -1,0 +1,94 @@
+//! The built-in worker's memory is bounded under hostile client shapes
+//! (zdrestart-worker(7), "Memory"): what it holds for requests and answers in
+//! flight stays within `params.maxBuffered`, whatever the clients do.
+//!
+//! Each test runs one worker with a small budget (8 MiB) and asserts that its
+//! peak RSS (`VmHWM`) stays under what it had before the shape, plus the
+//! budget, plus what the store holds, plus a fixed allowance: never a timing.
+//! Figures under the default budget, beside nginx, are printed by
+//! `scripts/bench worker memory` (bench/worker.rs).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+const MIB: u64 = 1024;
+/// `params.maxBuffered` of these tests, in kB.
+const BUDGET_KB: u64 = 8 * MIB;
+/// What a worker may hold besides its budget and its objects, in kB: the
+/// allocator's slack, connection state, the pool threads' stacks in use.
+const ALLOWANCE_KB: u64 = 24 * MIB;
+const OBJECT: usize = 1024 * 1024;
+
+fn worker(dir: &TestDir, name: &str) -> HandWorker {
+    start_worker(dir, name, json!({"threads": 4, "params": {"maxBuffered": BUDGET_KB * 1024}}))
+}
+
+/// Measured on the old worker: 2,000 clients with a 2 KB receive buffer that
+/// ask for one 1 MiB object and never read took it from 80 MB to 1.1 GB (one
+/// copy of the object per connection, outside any budget). 1,000 such
+/// readers here: every answer is queued (they share the stored bytes), the
+/// worker holds the object about once, and a normal client still gets it.
+#[test]
+fn slow_readers_of_a_large_object_share_it() {
+    let _g = exclusive();
+    let dir = TestDir::for_test();
+    let w = worker(&dir, "w");
+    let (pid, port) = (w.proc.pid(), w.port);
+    let obj = big_object(OBJECT, false);
+    assert_eq!(worker_request(port, "PUT", "/objects/big/1", Some(&obj)).status, 200);
+    let before = rss_kb(pid);
+    let readers = slow_readers(port, 1000, "/objects/big/1", 2048);
+    assert_eq!(readers.len(), 1000, "slow readers could not all connect");
+    assert!(
+        wait_until(Duration::from_secs(120), || answers_stuck(pid, &readers) == readers.len()),
+        "only {} of {} answers were being written",
+        answers_stuck(pid, &readers),
+        readers.len()
+    );
+    // Beside them, the object is served whole to a client that reads.
+    let r = worker_request(port, "GET", "/objects/big/1", None);
+    assert_eq!((r.status, r.body.len()), (200, OBJECT));
+    let peak = peak_rss_kb(pid);
+    let bound = before + BUDGET_KB + ALLOWANCE_KB;
+    eprintln!("1,000 slow readers of a 1 MiB object: RSS {} kB before, peak {} kB, bound {} kB", before, peak, bound);
+    assert!(peak <= bound, "peak RSS {} kB over the bound {} kB (before {} kB)", peak, bound, before);
+}
+
+/// 64 clients sending 1 MiB `PUT` bodies, 4 each: every answer is 200 or
+/// 503 (the budget), the bodies in memory stay within the budget, and none
+/// is built into a value tree. `array`: `{"a":[0,0,...]}` (measured on the
+/// old worker: 420 MB peak), else one long string (222 MB).
+fn flood(array: bool) {
+    let _g = exclusive();
+    let dir = TestDir::for_test();
+    let w = worker(&dir, if array { "arrays" } else { "strings" });
+    let (pid, port) = (w.proc.pid(), w.port);
+    let before = rss_kb(pid);
+    let body = big_object(OBJECT, array);
+    let f = put_flood(port, 64, 4, &body);
+    eprintln!("64 clients x 4 PUTs of 1 MiB ({}): {:?}, {} connection errors", if array { "arrays" } else { "strings" }, f.statuses, f.errors.len());
+    assert!(f.statuses.keys().all(|s| *s == 200 || *s == 503), "{:?}", f.statuses);
+    assert!(f.statuses.get(&200).is_some_and(|n| *n > 0), "no PUT stored: {:?}", f);
+    assert!(f.errors.is_empty(), "{:?}", &f.errors[..f.errors.len().min(5)]);
+    // Room again once the flood is over.
+    assert_eq!(worker_request(port, "PUT", "/objects/flood/0", Some(&body)).status, 200);
+    let peak = peak_rss_kb(pid);
+    // Up to one object of 1 MiB per client is stored (the driver's own bound).
+    let stored = f.statuses[&200].min(64) * (OBJECT as u64 / 1024 + 1);
+    let bound = before + BUDGET_KB + stored + ALLOWANCE_KB;
+    eprintln!("RSS {} kB before, peak {} kB, bound {} kB", before, peak, bound);
+    assert!(peak <= bound, "peak RSS {} kB over the bound {} kB (before {} kB)", peak, bound, before);
+}
+
+#[test]
+fn many_clients_of_large_array_bodies_stay_within_the_budget() {
+    flood(true);
+}
+
+#[test]
+fn many_clients_of_large_string_bodies_stay_within_the_budget() {
+    flood(false);
+}
