@@ -44,9 +44,11 @@ fn slow_readers_of_a_large_object_share_it() {
     assert_eq!(readers.len(), 1000, "slow readers could not all connect");
     assert!(
         wait_until(Duration::from_secs(120), || answers_stuck(pid, &readers) == readers.len()),
-        "only {} of {} answers were being written",
+        "only {} of {} answers were being written; the worker holds {} sockets\n{}",
         answers_stuck(pid, &readers),
-        readers.len()
+        readers.len(),
+        socket_inodes(pid).len(),
+        w.proc.output()
     );
     // Beside them, the object is served whole to a client that reads.
     let r = worker_request(port, "GET", "/objects/big/1", None);
@@ -68,7 +70,7 @@ fn flood(array: bool) {
     let (pid, port) = (w.proc.pid(), w.port);
     let before = rss_kb(pid);
     let body = big_object(OBJECT, array);
-    let f = put_flood(port, 64, 4, &body);
+    let f = put_flood(port, 64, 4, None, &body);
     eprintln!("64 clients x 4 PUTs of 1 MiB ({}): {:?}, {} connection errors", if array { "arrays" } else { "strings" }, f.statuses, f.errors.len());
     assert!(f.statuses.keys().all(|s| *s == 200 || *s == 503), "{:?}", f.statuses);
     assert!(f.statuses.get(&200).is_some_and(|n| *n > 0), "no PUT stored: {:?}", f);

@@ -347,7 +347,7 @@ fn http_as_clients_speak_it() {
 
     // Over 1 MiB once decoded: 413, connection closed.
     let mut c = KeepAlive::one_connection(p);
-    let mut big = b"PUT /objects/c/big HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut big = b"PUT /objects/c/big HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..17 {
         big.extend_from_slice(b"10000\r\n");
         big.extend(vec![b' '; 0x10000]);
@@ -378,7 +378,7 @@ fn http_as_clients_speak_it() {
     // Pipelining: three requests in one write, a chunked PUT in the middle, answered in order.
     let mut c = KeepAlive::one_connection(p);
     c.send_raw(
-        b"GET /objects/c/none HTTP/1.1\r\n\r\nPUT /objects/c/p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nGET /objects/c/p HTTP/1.1\r\n\r\n",
+        b"GET /objects/c/none HTTP/1.1\r\nHost: t\r\n\r\nPUT /objects/c/p HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nGET /objects/c/p HTTP/1.1\r\nHost: t\r\n\r\n",
     )
     .unwrap();
     assert_eq!(c.read().unwrap().status, 404);
@@ -396,7 +396,7 @@ fn http_as_clients_speak_it() {
 
     // HEAD: the headers of the GET, no body.
     let mut s = BufReader::new(connect(p, PROMPT).unwrap());
-    s.get_mut().write_all(b"HEAD /objects/c/1 HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    s.get_mut().write_all(b"HEAD /objects/c/1 HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let r = read_response(&mut s, true).unwrap();
     assert_eq!((r.status, r.header("content-length")), (200, Some("9")));
     assert!(r.body.is_empty());

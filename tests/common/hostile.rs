@@ -120,8 +120,9 @@ pub struct Flood {
 }
 
 /// `clients` keep-alive clients, each `PUT`ting `body` to
-/// `/objects/flood/<client>` `rounds` times (a new connection after a close).
-pub fn put_flood(port: u16, clients: usize, rounds: usize, body: &[u8]) -> Flood {
+/// `/objects/flood/<client>` `rounds` times or until `until` (a new
+/// connection after a close).
+pub fn put_flood(port: u16, clients: usize, rounds: usize, until: Option<std::time::Instant>, body: &[u8]) -> Flood {
     let body = std::sync::Arc::new(body.to_vec());
     let handles: Vec<_> = (0..clients)
         .map(|i| {
@@ -135,6 +136,9 @@ pub fn put_flood(port: u16, clients: usize, rounds: usize, body: &[u8]) -> Flood
                     body.len()
                 );
                 for _ in 0..rounds {
+                    if until.is_some_and(|t| std::time::Instant::now() >= t) {
+                        break;
+                    }
                     let r = (|| -> io::Result<crate::http::Response> {
                         if conn.is_none() {
                             let s = TcpStream::connect(("127.0.0.1", port))?;

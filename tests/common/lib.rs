@@ -37,6 +37,7 @@
 //!   probe, held readiness);
 //! - [`ops`]: process groups and fds of processes, FIFOs, inheritable fds
 //!   (the operations tests: reached as `common::ops`);
+//! - [`corpus`]: the framing corpus of the worker's HTTP parser;
 //! - [`hostile`]: hostile client shapes for the worker's memory bound (slow
 //!   readers, floods of large bodies), peak RSS;
 //! - [`cmd`]: [`run_cmd`]; [`load`]: the load generator (not re-exported at
@@ -45,6 +46,7 @@
 pub mod bunyan;
 pub mod cmd;
 pub mod control;
+pub mod corpus;
 pub mod dirs;
 pub mod fault;
 pub mod hostile;
@@ -62,6 +64,7 @@ pub mod worker;
 pub use bunyan::*;
 pub use cmd::*;
 pub use control::*;
+pub use corpus::*;
 pub use dirs::*;
 pub use fault::*;
 pub use hostile::*;

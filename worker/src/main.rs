@@ -11,6 +11,9 @@
 #![deny(unsafe_code)]
 
 mod api;
+mod chunked;
+#[cfg(test)]
+mod framing_tests;
 mod http;
 mod mongo;
 mod notify;
@@ -20,6 +23,7 @@ mod server;
 mod settings;
 mod shared;
 mod store;
+mod syntax;
 
 use notify::Notifier;
 use std::net::TcpListener;

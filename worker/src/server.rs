@@ -47,7 +47,8 @@
 //! as the master set it (ignored).
 
 use crate::api::{self, Body, Response, Route};
-use crate::http::{self, Chunked, ChunkError, Framing, Head, Persist};
+use crate::chunked::{BodyDecoder, ChunkError, Chunked};
+use crate::http::{self, Framing, Head, Persist};
 use crate::notify::Notifier;
 use crate::pool::{Done, Job, Pool};
 use crate::settings::Settings;
@@ -147,9 +148,8 @@ impl Req {
 
 struct BodyState {
     req: Req,
-    framing: Framing,
+    decoder: BodyDecoder,
     body: Vec<u8>,
-    chunked: Chunked,
     /// Bytes of the budget set aside for the body (its `Content-Length`).
     reserved: usize,
     /// When the head was complete: the body's deadline counts from here.
@@ -753,27 +753,7 @@ impl Loop<'_> {
                     c.due = Some(Instant::now() + LINGER);
                     c.rbuf.clear();
                 }
-                Phase::Linger(total) => {
-                    let mut chunk = [0u8; 4096];
-                    let mut total = total;
-                    loop {
-                        match c.sock.read(&mut chunk) {
-                            Ok(0) => return false,
-                            Ok(n) => {
-                                total += n;
-                                if total > LINGER_MAX_BYTES {
-                                    return false;
-                                }
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                c.phase = Phase::Linger(total);
-                                return true;
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(_) => return false,
-                        }
-                    }
-                }
+                Phase::Linger(total) => return linger(c, total),
                 Phase::Busy(_) => return true,
                 Phase::Idle | Phase::Head | Phase::Body(_) => {
                     match self.progress(c) {
@@ -787,124 +767,132 @@ impl Loop<'_> {
                     if !c.readable {
                         return true;
                     }
-                    match c.sock.read(&mut self.scratch[..]) {
-                        Ok(0) => {
-                            c.eof = true;
-                            c.readable = false;
-                        }
-                        Ok(n) => {
-                            // Only the bytes read are kept (an idle or slow
-                            // client holds no buffer of a fixed size).
-                            c.rbuf.extend_from_slice(&self.scratch[..n]);
-                            // A short read emptied the socket: the next bytes
-                            // bring a new edge (as nginx assumes with EPOLLET).
-                            if n < READ_CHUNK {
-                                c.readable = false;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => return false,
+                    if !self.read_more(c) {
+                        return false;
                     }
                 }
             }
         }
+    }
+
+    /// One read from `c` into its buffer; false when the connection is dead.
+    fn read_more(&mut self, c: &mut Conn) -> bool {
+        match c.sock.read(&mut self.scratch[..]) {
+            Ok(0) => {
+                c.eof = true;
+                c.readable = false;
+            }
+            Ok(n) => {
+                // Only the bytes read are kept (an idle or slow client holds
+                // no buffer of a fixed size).
+                c.rbuf.extend_from_slice(&self.scratch[..n]);
+                // A short read emptied the socket: the next bytes bring a new
+                // edge (as nginx assumes with EPOLLET).
+                if n < READ_CHUNK {
+                    c.readable = false;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+        true
     }
 
     /// Use the bytes in `c.rbuf` for the current phase.
     fn progress(&mut self, c: &mut Conn) -> Progress {
         let now = Instant::now();
-        match &mut c.phase {
-            Phase::Idle | Phase::Head => {
-                if c.rbuf.is_empty() {
-                    return Progress::NeedBytes;
-                }
-                match http::parse_head(&c.rbuf) {
-                    Ok(None) => {
-                        if matches!(c.phase, Phase::Idle) {
-                            // The whole head is due from its first byte on.
-                            c.phase = Phase::Head;
-                            c.due = Some(now + self.set.header_timeout);
-                        }
-                        // A partial head is buffered memory too: thousands
-                        // of slow clients must not hold more than the budget.
-                        if self.over_budget(c, 0) {
-                            self.over_budget_log("request heads");
-                            self.respond(c, &Req::none(now), Response::error(503, "busy: too many request heads in memory"));
-                            return Progress::Again;
-                        }
-                        self.settle(c);
-                        Progress::NeedBytes
-                    }
-                    Err(e) => {
-                        self.respond(c, &Req::none(now), e.response());
-                        Progress::Again
-                    }
-                    Ok(Some((head, n))) => {
-                        c.rbuf.drain(..n);
-                        self.start_request(c, head, now);
-                        Progress::Again
-                    }
-                }
-            }
-            Phase::Body(b) => {
-                let complete = match b.framing {
-                    Framing::Chunked => {
-                        let before = b.body.len();
-                        match b.chunked.feed(&c.rbuf, &mut b.body, http::MAX_BODY) {
-                            Ok(used) => {
-                                c.rbuf.drain(..used);
-                            }
-                            Err(e) => {
-                                let mut req = std::mem::replace(&mut b.req, Req::none(now));
-                                req.close = true;
-                                let resp = match e {
-                                    ChunkError::TooLarge => Response::error(413, &format!("body larger than {} bytes", http::MAX_BODY)),
-                                    ChunkError::Malformed(m) => Response::error(400, &format!("malformed chunked body: {}", m)),
-                                };
-                                self.respond(c, &req, resp);
-                                return Progress::Again;
-                            }
-                        }
-                        if b.body.len() > before {
-                            c.due = Some(b.from + self.set.header_timeout + rate_time(b.body.len() as u64, self.set.min_body_rate));
-                        }
-                        b.chunked.done()
-                    }
-                    Framing::Length(n) => {
-                        let take = (n as usize - b.body.len()).min(c.rbuf.len());
-                        b.body.extend_from_slice(&c.rbuf[..take]);
-                        c.rbuf.drain(..take);
-                        b.body.len() == n as usize
-                    }
-                    Framing::None => true,
-                };
-                // A chunked body's size is known as it comes: so is its charge.
-                if self.over_budget(c, 0) {
-                    self.over_budget_log("request bodies");
-                    let mut req = Req::none(now);
-                    if let Phase::Body(b) = &mut c.phase {
-                        req = std::mem::replace(&mut b.req, req);
-                    }
-                    req.close = true;
-                    self.respond(c, &req, Response::error(503, "busy: too many request bodies in memory"));
-                    return Progress::Again;
-                }
-                if !complete {
-                    return Progress::NeedBytes;
-                }
-                let Phase::Body(b) = std::mem::replace(&mut c.phase, Phase::Idle) else { unreachable!() };
-                let BodyState { req, body, .. } = *b;
-                self.dispatch(c, req, body, now);
-                Progress::Again
-            }
+        match &c.phase {
+            Phase::Idle | Phase::Head => self.progress_head(c, now),
+            Phase::Body(_) => self.progress_body(c, now),
             _ => Progress::NeedBytes,
         }
     }
 
+    /// Between requests or in a head: parse what has come.
+    fn progress_head(&mut self, c: &mut Conn, now: Instant) -> Progress {
+        if c.rbuf.is_empty() {
+            return Progress::NeedBytes;
+        }
+        match http::parse_head(&c.rbuf) {
+            Ok(None) => {
+                if matches!(c.phase, Phase::Idle) {
+                    // The whole head is due from its first byte on.
+                    c.phase = Phase::Head;
+                    c.due = Some(now + self.set.header_timeout);
+                }
+                // A partial head is buffered memory too: thousands
+                // of slow clients must not hold more than the budget.
+                if self.over_budget(c, 0) {
+                    self.over_budget_log("request heads");
+                    self.respond(c, &Req::none(now), Response::error(503, "busy: too many request heads in memory"));
+                    return Progress::Again;
+                }
+                self.settle(c);
+                Progress::NeedBytes
+            }
+            Err(e) => {
+                self.respond(c, &Req::none(now), e.response());
+                Progress::Again
+            }
+            Ok(Some((head, n))) => {
+                c.rbuf.drain(..n);
+                self.start_request(c, head, n, now);
+                Progress::Again
+            }
+        }
+    }
+
+    /// In a body: decode what has come; dispatch it once complete.
+    fn progress_body(&mut self, c: &mut Conn, now: Instant) -> Progress {
+        let Phase::Body(b) = &mut c.phase else { return Progress::NeedBytes };
+        let before = b.body.len();
+        match b.decoder.feed(&c.rbuf, &mut b.body, http::MAX_BODY) {
+            Ok(used) => {
+                c.rbuf.drain(..used);
+            }
+            Err(e) => {
+                let mut req = std::mem::replace(&mut b.req, Req::none(now));
+                req.close = true;
+                let resp = match e {
+                    ChunkError::TooLarge => Response::error(413, &format!("body larger than {} bytes", http::MAX_BODY)),
+                    ChunkError::Malformed(m) => Response::error(400, &format!("malformed chunked body: {}", m)),
+                    ChunkError::TrailersTooLarge => Response::error(
+                        431,
+                        &format!("trailer fields too large: head and trailers over {} bytes or {} field lines", http::MAX_HEAD, http::MAX_FIELDS),
+                    ),
+                };
+                self.respond(c, &req, resp);
+                return Progress::Again;
+            }
+        }
+        if matches!(b.decoder, BodyDecoder::Chunked(_)) && b.body.len() > before {
+            c.due = Some(b.from + self.set.header_timeout + rate_time(b.body.len() as u64, self.set.min_body_rate));
+        }
+        let complete = b.decoder.done();
+        // A chunked body's size is known as it comes: so is its charge.
+        if self.over_budget(c, 0) {
+            self.over_budget_log("request bodies");
+            let mut req = Req::none(now);
+            if let Phase::Body(b) = &mut c.phase {
+                req = std::mem::replace(&mut b.req, req);
+            }
+            req.close = true;
+            self.respond(c, &req, Response::error(503, "busy: too many request bodies in memory"));
+            return Progress::Again;
+        }
+        if !complete {
+            return Progress::NeedBytes;
+        }
+        let Phase::Body(b) = std::mem::replace(&mut c.phase, Phase::Idle) else { unreachable!() };
+        let BodyState { req, body, .. } = *b;
+        self.dispatch(c, req, body, now);
+        Progress::Again
+    }
+
     /// A head arrived: check the framing, then read the body or dispatch.
-    fn start_request(&mut self, c: &mut Conn, head: Head, now: Instant) {
-        let (framing, expect_continue, minor) = (head.framing, head.expect_continue, head.minor);
+    fn start_request(&mut self, c: &mut Conn, head: Head, head_len: usize, now: Instant) {
+        let (framing, expect_continue, minor, fields) = (head.framing, head.expect_continue, head.minor, head.fields);
         let mut req = Req::of(head, now);
         let has_body = match framing {
             Framing::None if req.method == "PUT" => {
@@ -944,16 +932,15 @@ impl Loop<'_> {
         if expect_continue && minor >= 1 && body_pending {
             c.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
-        let reserved = match framing {
-            Framing::Length(n) => n as usize,
-            _ => 0,
+        let (decoder, reserved) = match framing {
+            Framing::Length(n) => (BodyDecoder::Length(n), n as usize),
+            _ => (BodyDecoder::Chunked(Chunked::new(head_len, fields)), 0),
         };
         c.due = Some(body_due);
         c.phase = Phase::Body(Box::new(BodyState {
             req,
-            framing,
+            decoder,
             body: Vec::with_capacity(reserved),
-            chunked: Chunked::default(),
             reserved,
             from: now,
         }));
@@ -1011,6 +998,30 @@ impl Loop<'_> {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| Response::error(500, "internal error"))
         };
         self.respond(c, &req, resp);
+    }
+}
+
+/// After a close: read and drop what the client still sends (so that the
+/// kernel does not reset the connection under the answer), up to
+/// [`LINGER_MAX_BYTES`]; false once the connection is to be dropped.
+fn linger(c: &mut Conn, mut total: usize) -> bool {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match c.sock.read(&mut chunk) {
+            Ok(0) => return false,
+            Ok(n) => {
+                total += n;
+                if total > LINGER_MAX_BYTES {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.phase = Phase::Linger(total);
+                return true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
     }
 }
 
