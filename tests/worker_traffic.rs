@@ -406,6 +406,45 @@ fn http_as_clients_speak_it() {
     assert_eq!(r.header("keep-alive"), Some("timeout=4"));
 }
 
+/// Measured on the old worker: an answer still being written was cut off at
+/// the idle timeout counted from when it was queued, however fast its client
+/// read. A client reading a 1 MiB answer at about 100 kB/s (well above
+/// `params.minBodyRate`) for longer than `params.idleTimeout` (1 s) gets all
+/// of it, and the connection stays usable; the idle timeout counts from the
+/// end of the answer.
+#[test]
+fn a_slow_reader_gets_a_large_answer_whole() {
+    let dir = TestDir::for_test();
+    let w = start_worker(&dir, "w", json!({"params": {"idleTimeout": 1}}));
+    let obj = big_object(1024 * 1024, false);
+    assert_eq!(worker_request(w.port, "PUT", "/objects/big/1", Some(&obj)).status, 200);
+    let mut s = connect_small_window(w.port, 4096).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /objects/big/1 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut paced = Instant::now();
+    while got.len() < obj.len() + 100 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        // About 250 kB/s: a read of up to 4 kB every 16 ms.
+        paced += Duration::from_millis(16);
+        std::thread::sleep(paced.saturating_duration_since(Instant::now()));
+        if got.windows(4).position(|w| w == b"\r\n\r\n").is_some_and(|h| got.len() >= h + 4 + obj.len()) {
+            break;
+        }
+    }
+    let took = t.elapsed();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("an answer head") + 4;
+    eprintln!("{} bytes of the answer in {:?}", got.len() - head_end, took);
+    assert!(took > Duration::from_secs(2), "read in {:?}: not slower than the idle timeout, the test proves nothing", took);
+    assert_eq!(got.len() - head_end, obj.len(), "the answer was cut off after {:?}", took);
+    assert_eq!(&got[head_end..], &obj[..]);
+}
+
 /// Measured on the old worker: "Pooled keep-alive clients fail across restarts": clients that
 /// pause 0.2 to 4 s between requests on one connection (less than the idle
 /// timeout, like a connection pool) and never retry lose no request over

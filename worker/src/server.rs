@@ -685,10 +685,10 @@ impl Loop<'_> {
             // Linger unless the client itself asked to close and nothing
             // of it is left unread (then a close cannot reset the answer).
             c.phase = Phase::Closing(!(req.asked_close && c.rbuf.is_empty() && !c.readable));
-            c.due = None;
-        } else {
-            c.due = Some(now + self.set.idle_timeout);
         }
+        // The idle deadline starts once the answer is written (`write_out`):
+        // until then the answer's own deadline applies, not the idle one.
+        c.due = None;
         let size = c.unwritten() as u64;
         c.write_due = Some(now + WRITE_GRACE + Duration::from_secs(size / self.set.min_body_rate));
     }
@@ -706,6 +706,9 @@ impl Loop<'_> {
     /// last answer. `Ok(true)` when everything is written, `Ok(false)` when
     /// the socket is full, `Err` when the connection is dead.
     fn write_out(&mut self, c: &mut Conn) -> Result<bool, ()> {
+        if c.unwritten() == 0 {
+            return Ok(true);
+        }
         while c.unwritten() > 0 {
             let head = &c.wbuf[c.wpos..];
             let r = match &c.wbody {
@@ -731,6 +734,9 @@ impl Loop<'_> {
         }
         c.bpos = 0;
         c.write_due = None;
+        if matches!(c.phase, Phase::Idle) {
+            c.due = Some(Instant::now() + self.set.idle_timeout);
+        }
         Ok(true)
     }
 
