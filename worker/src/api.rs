@@ -164,30 +164,43 @@ pub fn object_body(body: &[u8]) -> Result<std::ops::Range<usize>, Response> {
 }
 
 /// Whether arrays and objects in `json` nest deeper than `max` (strings are
-/// skipped; what is not JSON is left to the parser).
+/// skipped; what is not JSON is left to the parser). One pass, no memory:
+/// strings are skipped with memchr, other bytes looked up in a table.
 fn depth_over(json: &[u8], max: usize) -> bool {
-    let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
-    for &b in json {
-        if in_str {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
-            b'{' | b'[' => {
+    // 1: `{` `[`, 2: `}` `]`, 3: `"`.
+    const CLASS: [u8; 256] = {
+        let mut t = [0u8; 256];
+        t[b'{' as usize] = 1;
+        t[b'[' as usize] = 1;
+        t[b'}' as usize] = 2;
+        t[b']' as usize] = 2;
+        t[b'"' as usize] = 3;
+        t
+    };
+    let (mut depth, mut i) = (0usize, 0);
+    while i < json.len() {
+        match CLASS[json[i] as usize] {
+            0 => {}
+            1 => {
                 depth += 1;
                 if depth > max {
                     return true;
                 }
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
+            2 => depth = depth.saturating_sub(1),
+            _ => loop {
+                // Inside a string: to its closing quote, over escapes.
+                match memchr::memchr2(b'"', b'\\', json.get(i + 1..).unwrap_or_default()) {
+                    None => return false,
+                    Some(k) if json[i + 1 + k] == b'\\' => i += k + 2,
+                    Some(k) => {
+                        i += k + 1;
+                        break;
+                    }
+                }
+            },
         }
+        i += 1;
     }
     false
 }
@@ -386,8 +399,41 @@ mod tests {
         let huge = "[".repeat(1 << 20);
         assert!(error_of(object_body(format!("{{\"a\":{}", huge).as_bytes()).unwrap_err()).contains("nested"));
         // Large flat values of every kind are accepted without building them.
+        // Unterminated strings and escapes at the very end are the parser's to refuse.
+        for cut in [&b"{\"a\":\"\\"[..], b"{\"a\":\"", b"{\"", b"\"\\\\\\"] {
+            assert_eq!(object_body(cut).unwrap_err().status, 400);
+        }
         let flat = format!("{{\"a\":[{}0],\"s\":\"{}\",\"n\":1e999}}", "0,".repeat(100_000), "x".repeat(100_000));
         assert!(object_body(flat.as_bytes()).is_ok());
+    }
+
+    /// The plain byte-by-byte scan `depth_over` must agree with.
+    fn depth_over_plain(json: &[u8], max: usize) -> bool {
+        let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
+        for &b in json {
+            match b {
+                _ if in_str && escaped => escaped = false,
+                b'\\' if in_str => escaped = true,
+                b'"' => in_str = !in_str,
+                _ if in_str => {}
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        false
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn depth_scan_agrees_with_the_plain_scan(bytes in proptest::collection::vec(proptest::sample::select(b"{}[]\"\\ax".to_vec()), 0..200), max in 0usize..8) {
+            proptest::prop_assert_eq!(depth_over(&bytes, max), depth_over_plain(&bytes, max));
+        }
     }
 
     #[test]
