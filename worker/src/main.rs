@@ -62,6 +62,9 @@ of the config (zdrestart.json(5)).
 Signals: SIGTERM, SIGINT: stop accepting, finish requests in flight, close each idle
 connection at its idle timeout, exit 0.";
 
+/// Allocations this large or larger get a mapping of their own.
+const MMAP_THRESHOLD: usize = 128 * 1024;
+
 enum Args {
     Run(Option<PathBuf>),
     Help,
@@ -198,6 +201,12 @@ fn start(config_arg: Option<PathBuf>) -> i32 {
         return probe::run(&cfg, &notifier);
     }
     listen_to_master();
+    // Bodies, answers and stored objects of up to 1 MiB come and go: each in
+    // a mapping of its own, so that a freed one is given back to the kernel
+    // at once, instead of staying in a heap (the memory bound, README).
+    if !zdrestart::sys::malloc_mmap_threshold(MMAP_THRESHOLD) {
+        log::debug!("the allocator has no mmap threshold: freed buffers may stay resident");
+    }
 
     // Early, so that a SIGTERM during start-up (e.g. while the driver is being
     // prepared) means "exit 0 once started" instead of the default death.
