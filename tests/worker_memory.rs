@@ -12,6 +12,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::io::Write;
 use std::time::Duration;
 
 const MIB: u64 = 1024;
@@ -29,8 +30,10 @@ fn worker(dir: &TestDir, name: &str) -> HandWorker {
 /// Measured on the old worker: 2,000 clients with a 2 KB receive buffer that
 /// ask for one 1 MiB object and never read took it from 80 MB to 1.1 GB (one
 /// copy of the object per connection, outside any budget). 1,000 such
-/// readers here: every answer is queued (they share the stored bytes), the
-/// worker holds the object about once, and a normal client still gets it.
+/// readers here, and one client pipelining 2,000 requests for it: every
+/// answer is queued (they share the stored bytes), the pipelining client's
+/// further requests are not read, the worker holds the object about once,
+/// and a normal client still gets it.
 #[test]
 fn slow_readers_of_a_large_object_share_it() {
     let _g = exclusive();
@@ -49,6 +52,17 @@ fn slow_readers_of_a_large_object_share_it() {
         readers.len(),
         socket_inodes(pid).len(),
         w.proc.output()
+    );
+    // A client that pipelines 2,000 requests for it and reads nothing: its
+    // first answer waits, and the worker reads no further (the rest of the
+    // requests stay in its socket): it holds one answer, not 2,000.
+    let mut greedy = connect_small_window(port, 2048).unwrap();
+    greedy.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = greedy.write_all("GET /objects/big/1 HTTP/1.1\r\nHost: g\r\n\r\n".repeat(2000).as_bytes());
+    assert!(
+        wait_until(Duration::from_secs(60), || server_queue(pid, &greedy).is_some_and(|(tx, rx)| tx > 0 && rx > 0)),
+        "the pipelining client's requests were all read: {:?}",
+        server_queue(pid, &greedy)
     );
     // Beside them, the object is served whole to a client that reads.
     let r = worker_request(port, "GET", "/objects/big/1", None);
@@ -70,7 +84,7 @@ fn flood(array: bool) {
     let (pid, port) = (w.proc.pid(), w.port);
     let before = rss_kb(pid);
     let body = big_object(OBJECT, array);
-    let f = put_flood(port, 64, 4, None, &body);
+    let f = put_flood(port, 64, 4, None, &body, false);
     eprintln!("64 clients x 4 PUTs of 1 MiB ({}): {:?}, {} connection errors", if array { "arrays" } else { "strings" }, f.statuses, f.errors.len());
     assert!(f.statuses.keys().all(|s| *s == 200 || *s == 503), "{:?}", f.statuses);
     assert!(f.statuses.get(&200).is_some_and(|n| *n > 0), "no PUT stored: {:?}", f);

@@ -57,35 +57,50 @@ pub fn slow_readers(port: u16, n: usize, path: &str, rcvbuf: i32) -> Vec<TcpStre
         .collect()
 }
 
-/// How many of `clients` the process `pid` has taken the request of (its
-/// end has nothing left to read) and is still sending an answer to (bytes
-/// queued in its socket): answers that the client does not read.
-pub fn answers_stuck(pid: i32, clients: &[TcpStream]) -> usize {
-    let inodes = crate::procfs::socket_inodes(pid);
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else { return 0 };
-    let key = |a: std::net::SocketAddr| match a {
-        std::net::SocketAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port()),
-        std::net::SocketAddr::V6(_) => String::new(),
-    };
-    // The server end of each client: local = the client's peer, remote = the client's local.
-    let mut stuck = std::collections::HashSet::new();
+/// The queues of the server ends that process `pid` holds of loopback
+/// connections, by (server address, client address) as /proc/net/tcp
+/// writes them: (bytes queued to send, bytes received and not read).
+fn server_queues(pid: i32) -> std::collections::HashMap<(String, String), (u64, u64)> {
+    let inodes: std::collections::HashSet<u64> = crate::procfs::socket_inodes(pid).into_iter().collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let mut out = std::collections::HashMap::new();
     for line in table.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() <= 9 || !f[9].parse::<u64>().is_ok_and(|ino| inodes.contains(&ino)) {
             continue;
         }
         let Some((tx, rx)) = f[4].split_once(':') else { continue };
-        if u64::from_str_radix(rx, 16) == Ok(0) && u64::from_str_radix(tx, 16).is_ok_and(|t| t > 0) {
-            stuck.insert((f[1].to_string(), f[2].to_string()));
+        if let (Ok(tx), Ok(rx)) = (u64::from_str_radix(tx, 16), u64::from_str_radix(rx, 16)) {
+            out.insert((f[1].to_string(), f[2].to_string()), (tx, rx));
         }
     }
+    out
+}
+
+/// The key of the server end of `client` in [`server_queues`].
+fn server_end(client: &TcpStream) -> Option<(String, String)> {
+    let key = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(v4) => Some(format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port())),
+        std::net::SocketAddr::V6(_) => None,
+    };
+    Some((key(client.peer_addr().ok()?)?, key(client.local_addr().ok()?)?))
+}
+
+/// How many of `clients` the process `pid` has taken the request of (its
+/// end has nothing left to read) and is still sending an answer to (bytes
+/// queued in its socket): answers that the client does not read.
+pub fn answers_stuck(pid: i32, clients: &[TcpStream]) -> usize {
+    let q = server_queues(pid);
     clients
         .iter()
-        .filter(|c| match (c.peer_addr(), c.local_addr()) {
-            (Ok(p), Ok(l)) => stuck.contains(&(key(p), key(l))),
-            _ => false,
-        })
+        .filter(|c| server_end(c).and_then(|k| q.get(&k)).is_some_and(|&(tx, rx)| tx > 0 && rx == 0))
         .count()
+}
+
+/// For `client`'s connection to process `pid`: (bytes the server's kernel
+/// still has to send, bytes it received that the server has not read).
+pub fn server_queue(pid: i32, client: &TcpStream) -> Option<(u64, u64)> {
+    server_queues(pid).get(&server_end(client)?).copied()
 }
 
 /// A JSON object of exactly `size` bytes: `{"a":[0,0,...,0]}` (`array`: a
@@ -119,10 +134,11 @@ pub struct Flood {
     pub errors: Vec<String>,
 }
 
-/// `clients` keep-alive clients, each `PUT`ting `body` to
-/// `/objects/flood/<client>` `rounds` times or until `until` (a new
-/// connection after a close).
-pub fn put_flood(port: u16, clients: usize, rounds: usize, until: Option<std::time::Instant>, body: &[u8]) -> Flood {
+/// `clients` keep-alive clients, each `PUT`ting `body` `rounds` times or
+/// until `until` (a new connection after a close), to
+/// `/objects/flood/<client>`, or with `fresh` to a new id each time (filling
+/// the store).
+pub fn put_flood(port: u16, clients: usize, rounds: usize, until: Option<std::time::Instant>, body: &[u8], fresh: bool) -> Flood {
     let body = std::sync::Arc::new(body.to_vec());
     let handles: Vec<_> = (0..clients)
         .map(|i| {
@@ -130,12 +146,13 @@ pub fn put_flood(port: u16, clients: usize, rounds: usize, until: Option<std::ti
             std::thread::spawn(move || {
                 let mut f = Flood::default();
                 let mut conn: Option<BufReader<TcpStream>> = None;
-                let head = format!(
-                    "PUT /objects/flood/{} HTTP/1.1\r\nHost: flood\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                    i,
-                    body.len()
-                );
-                for _ in 0..rounds {
+                for round in 0..rounds {
+                    let id = if fresh { format!("{}-{}", i, round) } else { i.to_string() };
+                    let head = format!(
+                        "PUT /objects/flood/{} HTTP/1.1\r\nHost: flood\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        id,
+                        body.len()
+                    );
                     if until.is_some_and(|t| std::time::Instant::now() >= t) {
                         break;
                     }
