@@ -97,6 +97,30 @@ pub fn answers_stuck(pid: i32, clients: &[TcpStream]) -> usize {
         .count()
 }
 
+/// How many of `clients` have a request that process `pid` has not read yet
+/// (its end of the connection has bytes received and not read).
+pub fn requests_unread(pid: i32, clients: &[TcpStream]) -> usize {
+    let q = server_queues(pid);
+    clients.iter().filter(|c| server_end(c).and_then(|k| q.get(&k)).is_some_and(|&(_, rx)| rx > 0)).count()
+}
+
+/// Connections waiting in the accept queue of the listener on
+/// 127.0.0.1:`port` (or 0.0.0.0:`port`): for a listening socket,
+/// /proc/net/tcp gives the queue's length as its receive queue. `None`
+/// when there is no such listener.
+pub fn accept_backlog(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = [format!("0100007F:{:04X}", port), format!("00000000:{:04X}", port)];
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // State 0A is LISTEN.
+        if f.len() <= 4 || f[3] != "0A" || !local.iter().any(|l| l == f[1]) {
+            return None;
+        }
+        u64::from_str_radix(f[4].split_once(':')?.1, 16).ok()
+    })
+}
+
 /// For `client`'s connection to process `pid`: (bytes the server's kernel
 /// still has to send, bytes it received that the server has not read).
 pub fn server_queue(pid: i32, client: &TcpStream) -> Option<(u64, u64)> {
