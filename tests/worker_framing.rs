@@ -3,7 +3,8 @@
 //! the framing corpus (worker/tests/framing-corpus.txt: the request, the rule
 //! with its RFC section, the status) gets its status, and after every error
 //! the connection is closed; endless trailer fields are cut off at the header
-//! limit; and real clients (curl, Python's http.client) are served.
+//! limit; and real clients (curl, Python's http.client, requests and urllib,
+//! wrk) are served.
 
 mod common;
 
@@ -138,6 +139,74 @@ print("ok")
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
+
+/// Python's `requests` (Debian's python3-requests, on urllib3) with a
+/// session (keep-alive) and the standard library's urllib, as applications
+/// use them: GET, PUT of JSON, a chunked PUT from a generator, a 404.
+#[test]
+fn python_requests_and_urllib_are_served() {
+    let dir = TestDir::for_test();
+    let w = start_worker(&dir, "w", json!({}));
+    let script = r#"
+import json, sys, urllib.request, urllib.error, requests
+base = "http://127.0.0.1:%s" % sys.argv[1]
+s = requests.Session()
+r = s.put(base + "/objects/rq/1", json={"a": [1, 2], "b": "c"}, timeout=20)
+assert r.status_code == 200 and r.json() == {"a": [1, 2], "b": "c"}, (r.status_code, r.text)
+r = s.get(base + "/objects/rq/1", timeout=20)
+assert r.status_code == 200 and r.json()["b"] == "c", (r.status_code, r.text)
+r = s.put(base + "/objects/rq/2", data=(p for p in [b'{"x"', b': 1}']), timeout=20)
+assert r.status_code == 200 and r.json() == {"x": 1}, (r.status_code, r.text)
+r = s.get(base + "/objects/rq/none", timeout=20)
+assert r.status_code == 404 and "error" in r.json(), (r.status_code, r.text)
+req = urllib.request.Request(base + "/objects/ul/1", data=b'{"u": true}', method="PUT", headers={"Content-Type": "application/json"})
+with urllib.request.urlopen(req, timeout=20) as resp:
+    assert resp.status == 200 and json.loads(resp.read()) == {"u": True}
+with urllib.request.urlopen(base + "/objects/rq/2", timeout=20) as resp:
+    assert json.loads(resp.read()) == {"x": 1}
+try:
+    urllib.request.urlopen(base + "/objects/ul/none", timeout=20)
+    raise AssertionError("no 404")
+except urllib.error.HTTPError as e:
+    assert e.code == 404
+print("ok")
+"#;
+    let out = Command::new(DEBIAN_PYTHON).arg("-c").arg(script).arg(w.port.to_string()).output().expect("run Debian's python3");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+/// wrk (Debian's), the load generator of the benchmarks: keep-alive GETs of
+/// /healthz and PUTs of a JSON object (a Lua script) from 8 connections,
+/// every answer a 2xx, no socket error.
+#[test]
+fn wrk_is_served() {
+    let dir = TestDir::for_test();
+    let w = start_worker(&dir, "w", json!({}));
+    let script = dir.join("put.lua");
+    std::fs::write(&script, "wrk.method = \"PUT\"\nwrk.body = '{\"w\": [1, 2, 3]}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n").unwrap();
+    for (path, lua) in [("/healthz", None), ("/objects/wrk/1", Some(&script))] {
+        let mut cmd = Command::new("wrk");
+        // A long timeout: the machine may be loaded; what counts is that every answer comes.
+        cmd.args(["-t1", "-c8", "-d2s", "--timeout", "30s"]);
+        if let Some(l) = lua {
+            cmd.arg("-s").arg(l);
+        }
+        let out = cmd.arg(format!("http://127.0.0.1:{}{}", w.port, path)).output().expect("run wrk (scripts/test installs it)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "wrk {}: {}{}", path, text, String::from_utf8_lossy(&out.stderr));
+        let requests: u64 = text
+            .lines()
+            .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.parse().ok()))
+            .unwrap_or_else(|| panic!("wrk {}: no request count in\n{}", path, text));
+        assert!(requests > 0, "wrk {}: {}", path, text);
+        assert!(!text.contains("Non-2xx") && !text.contains("Socket errors"), "wrk {}:\n{}", path, text);
+    }
+    assert_eq!(worker_request(w.port, "GET", "/objects/wrk/1", None).json(), json!({"w": [1, 2, 3]}));
+}
+
+/// Debian's Python, with Debian's python3-requests (scripts/test installs it).
+const DEBIAN_PYTHON: &str = "/usr/bin/python3";
 
 /// The Python of the test venv (scripts/test makes it), else python3 on PATH.
 fn python3() -> std::path::PathBuf {
