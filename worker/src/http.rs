@@ -458,7 +458,7 @@ mod tests {
         assert!(matches!(err(b"\x00"), HeadError::Malformed(_)));
         assert!(matches!(err(b"GET /\x7f"), HeadError::Malformed(_)));
         assert!(matches!(err(b"GET / HTTP/1.1\r\nHost: x\r\nX: \x00"), HeadError::Malformed(_)));
-        // RFC 9112 section 5 (431), section 3 (414 and 501), RFC 9110 section 15.6.6 (505).
+        // RFC 9110 section 5.4 (431), RFC 9112 section 3 (414 and 501), RFC 9110 section 15.6.6 (505).
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD + 1));
         assert_eq!(err(big.as_bytes()), HeadError::TooLarge);
         let many: String = (0..MAX_FIELDS + 1).map(|i| format!("H{}: v\r\n", i)).collect();
