@@ -2,10 +2,11 @@
 //! (zdrestart-worker(7), "Memory"): what it holds for requests and answers in
 //! flight stays within `params.maxBuffered`, whatever the clients do.
 //!
-//! Each test runs one worker with a small budget (8 MiB) and asserts that its
+//! Each shape runs one worker with a small budget (8 MiB) and asserts that its
 //! peak RSS (`VmHWM`) stays under what it had before the shape, plus the
 //! budget, plus what the store holds, plus a fixed allowance: never a timing.
-//! Figures under the default budget, beside nginx, are printed by
+//! One more test shows what happens at the budget's edge (503, `Retry-After`,
+//! a close). Figures under the default budget, beside nginx, are printed by
 //! `scripts/bench worker memory` (bench/worker.rs).
 
 mod common;
@@ -117,4 +118,45 @@ fn many_clients_of_large_array_bodies_stay_within_the_budget() {
 #[test]
 fn many_clients_of_large_string_bodies_stay_within_the_budget() {
     flood(false);
+}
+
+/// At the budget's edge (`maxBuffered` 2 MiB, its least): a client that has
+/// announced a 1 MiB body holds 1 MiB of it; a second 1 MiB `PUT` head gets
+/// 503 with `Retry-After` at once, and so does a `GET` of a 1 MiB object
+/// (its answer would take the total past the budget); each such 503 closes
+/// the connection. Once the first body is in, both are served again.
+#[test]
+fn over_the_budget_a_request_or_an_answer_gets_503() {
+    let dir = TestDir::for_test();
+    let w = start_worker(&dir, "w", json!({"threads": 1, "params": {"maxBuffered": 2 * 1024 * 1024}}));
+    let (pid, port) = (w.proc.pid(), w.port);
+    let obj = big_object(OBJECT, false);
+    assert_eq!(worker_request(port, "PUT", "/objects/big/1", Some(&obj)).status, 200);
+    let head = |id: &str| format!("PUT /objects/big/{} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", id, OBJECT);
+    // The first 1,000 bytes of a 1 MiB body: its Content-Length is set aside.
+    let mut holder = KeepAlive::one_connection(port);
+    holder.send_raw(head("2").as_bytes()).unwrap();
+    holder.send_raw(&obj[..1000]).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || holder.stream().and_then(|s| server_queue(pid, s)).is_some_and(|(_, rx)| rx == 0)),
+        "the worker did not read the head"
+    );
+    let refused = |c: &mut KeepAlive, what: &str| {
+        let r = c.read().unwrap_or_else(|e| panic!("{}: no answer: {}", what, e));
+        assert_eq!(r.status, 503, "{}: {} bytes", what, r.body.len());
+        assert_eq!(r.header("retry-after"), Some("1"), "{}", what);
+        assert!(r.closes() && c.closed_within(Duration::from_secs(10)), "{}: the connection stays open", what);
+    };
+    let mut second = KeepAlive::one_connection(port);
+    second.send_raw(head("3").as_bytes()).unwrap();
+    refused(&mut second, "a second 1 MiB body");
+    let mut reader = KeepAlive::one_connection(port);
+    reader.send_raw(b"GET /objects/big/1 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    refused(&mut reader, "a 1 MiB answer");
+    // The rest of the first body: stored; then there is room again.
+    holder.send_raw(&obj[1000..]).unwrap();
+    assert_eq!(holder.read().unwrap().status, 200);
+    let r = worker_request(port, "GET", "/objects/big/1", None);
+    assert_eq!((r.status, r.body.len()), (200, OBJECT));
+    assert_eq!(worker_request(port, "PUT", "/objects/big/3", Some(&obj)).status, 200);
 }
