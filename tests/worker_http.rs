@@ -253,6 +253,15 @@ fn probe_mode_prints_magic_and_version() {
     let (st, out, _) = worker_probe(&cfg);
     assert_eq!(st.code(), Some(1));
     assert!(out.lines().any(|l| l.starts_with("ERROR=config: ") && l.contains("threads")), "{}", out);
+    // The memory budget below its least (one largest body and its answer).
+    std::fs::write(&cfg, r#"{"port": 1, "params": {"maxBuffered": 1048576}}"#).unwrap();
+    let (st, out, _) = worker_probe(&cfg);
+    assert_eq!(st.code(), Some(1));
+    assert!(
+        out.lines().any(|l| l == "ERROR=config: params.maxBuffered: expected an integer from 2097152 to 1099511627776, found 1048576"),
+        "{}",
+        out
+    );
     std::fs::write(&cfg, "{not json").unwrap();
     let (st, out, _) = worker_probe(&cfg);
     assert_eq!(st.code(), Some(1));
