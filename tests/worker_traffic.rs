@@ -406,6 +406,35 @@ fn http_as_clients_speak_it() {
     assert_eq!(r.header("keep-alive"), Some("timeout=4"));
 }
 
+/// Deep pipelines keep their order: 101, then 10,001 PUTs in one stream,
+/// written by one thread while another reads the answers (each answer echoes
+/// its own body, so a request answered out of turn shows). A worker that
+/// stops reading while its answers are not read still serves a client that
+/// reads them.
+#[test]
+fn deep_pipelines_are_answered_in_order() {
+    let dir = TestDir::for_test();
+    let w = start_worker(&dir, "w", json!({}));
+    for n in [101usize, 10_001] {
+        let mut stream = Vec::new();
+        for i in 0..n {
+            let body = format!("{{\"i\":{}}}", i);
+            stream.extend_from_slice(
+                format!("PUT /objects/pipe/{} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{}", i % 7, body.len(), body).as_bytes(),
+            );
+        }
+        let s = connect(w.port, Duration::from_secs(60)).unwrap();
+        let mut writer = s.try_clone().unwrap();
+        let sender = std::thread::spawn(move || writer.write_all(&stream));
+        let mut r = BufReader::new(s);
+        for i in 0..n {
+            let a = read_response(&mut r, false).unwrap_or_else(|e| panic!("answer {} of {}: {}", i + 1, n, e));
+            assert_eq!((a.status, a.json()), (200, json!({ "i": i })), "answer {} of {}", i + 1, n);
+        }
+        sender.join().unwrap().unwrap();
+    }
+}
+
 /// Measured on the old worker: an answer still being written was cut off at
 /// the idle timeout counted from when it was queued, however fast its client
 /// read. A client reading a 1 MiB answer at about 100 kB/s (well above
