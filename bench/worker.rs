@@ -4,10 +4,13 @@
 //! same way: the server on CPU 0, the load generator (`wrk`, or this
 //! process) on CPU 1. Prints, for both and as a ratio: keep-alive GET/s and
 //! PUT/s, new connections/s, RSS with 10,000 idle connections, p99 of a normal
-//! client beside 10,000 idle and beside 5,000 slow clients; then failed
-//! requests of pooled keep-alive clients (idle gaps 0.2 to 4 s, no retry)
-//! over 20 restarts of a master with 2 workers on secantusd-py, and in steady
-//! state for as long.
+//! client beside 10,000 idle and beside 5,000 slow clients; the peak RSS of
+//! one worker (default config) under each hostile shape (`memory`): 2,000
+//! slow readers of a 1 MiB object, beside nginx's for 2,000 slow readers of
+//! a 1 MiB static file, and 64 clients of 1 MiB PUT bodies for 20 s (arrays,
+//! then strings); then failed requests of pooled keep-alive clients (idle
+//! gaps 0.2 to 4 s, no retry) over 20 restarts of a master with 2 workers on
+//! secantusd-py, and in steady state for as long.
 //!
 //! Both keep idle connections 120 s here (so that all 10,000 are open at
 //! once when RSS is read). Run: `scripts/bench worker` (installs wrk and
@@ -37,6 +40,21 @@ const ROUNDS: usize = 3;
 const IDLE: usize = 10_000;
 const SLOW: usize = 5_000;
 const RESTARTS: usize = 20;
+/// The large object (and static file) of the memory shapes.
+const BIG: usize = 1024 * 1024;
+/// Slow readers of it.
+const SLOW_READERS: usize = 2_000;
+/// Clients of large PUT bodies, and for how long.
+const FLOODERS: usize = 64;
+const FLOOD_SECS: u64 = 20;
+/// The defaults of `params.maxBuffered` and `params.maxBytes`, in kB.
+const BUDGET_KB: u64 = 64 * 1024;
+const MAX_BYTES_KB: u64 = 128 * 1024;
+/// The bound README states: code and threads (10 MB) + maxBuffered + what
+/// the store holds + 1 KiB per connection, in kB.
+fn stated_bound_kb(stored_kb: u64, connections: u64) -> u64 {
+    10 * 1024 + BUDGET_KB + stored_kb + connections
+}
 
 /// Pin this process (and the threads it starts from now on) to the load CPU.
 fn pin_self() {
@@ -61,11 +79,18 @@ impl Drop for Server {
 }
 
 fn start_worker_pinned(dir: &TestDir) -> Server {
+    start_worker_config(dir, json!({"threads": 1, "params": {"idleTimeout": 120}}))
+}
+
+/// The worker (memory driver, on the server CPU) with these config keys.
+fn start_worker_config(dir: &TestDir, extra: serde_json::Value) -> Server {
     let port = free_port();
     let cfg = dir.join("worker.json");
-    std::fs::write(&cfg, json!({"address": "127.0.0.1", "port": port, "driver": "memory", "threads": 1, "logLevel": "warn",
-                          "params": {"idleTimeout": 120}}).to_string())
-        .unwrap();
+    let mut c = json!({"address": "127.0.0.1", "port": port, "driver": "memory", "logLevel": "warn"});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    std::fs::write(&cfg, c.to_string()).unwrap();
     let log = std::fs::File::create(dir.join("worker.log")).unwrap();
     let child = Command::new("taskset")
         .args(["-c", SERVER_CPU])
@@ -89,15 +114,19 @@ fn start_nginx(healthz_body: &str) -> Option<Server> {
     let dir = TestDir::new("bench-nginx");
     let port = free_port();
     let p = |s: &str| dir.join(s).display().to_string();
-    for d in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+    for d in ["body", "proxy", "fastcgi", "uwsgi", "scgi", "www"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
+    // The static file of the slow-reader shape (`memory`).
+    std::fs::write(dir.join("www/big.json"), big_object(BIG, false)).unwrap();
     let conf = format!(
         "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {err} warn;\nworker_rlimit_nofile 20000;\n\
          events {{ worker_connections 19000; }}\n\
          http {{\n  access_log off;\n  keepalive_timeout 120s;\n  keepalive_requests 100000000;\n\
            client_body_temp_path {b};\n  proxy_temp_path {pr};\n  fastcgi_temp_path {f};\n  uwsgi_temp_path {u};\n  scgi_temp_path {s};\n\
-           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      default_type application/json;\n      return 200 '{body}';\n    }}\n  }}\n}}\n",
+           sendfile on;\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location = /big.json {{\n      root {www};\n      default_type application/json;\n    }}\n\
+             location / {{\n      default_type application/json;\n      return 200 '{body}';\n    }}\n  }}\n}}\n",
         pid = p("nginx.pid"),
         err = p("error.log"),
         b = p("body"),
@@ -107,6 +136,7 @@ fn start_nginx(healthz_body: &str) -> Option<Server> {
         s = p("scgi"),
         port = port,
         body = healthz_body.replace('\'', "\\'"),
+        www = p("www"),
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
     let child = Command::new("taskset")
@@ -403,6 +433,83 @@ fn pooled_restarts() {
     }
 }
 
+/// RSS in MB from kB.
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+/// Slow readers of one 1 MiB answer on `s` (`path`): (RSS before, peak RSS,
+/// answers stuck) in kB. Each has a 2 KB window and an Ethernet segment
+/// size (so that the kernel takes tens of kB of each answer, as for a remote
+/// client, not all of it) and never reads.
+fn slow_reader_peak(s: &Server, path: &str) -> (u64, u64, usize) {
+    let before = rss_kb(s.serving_pid);
+    let readers = slow_readers(s.port, SLOW_READERS, path, 2048);
+    wait_until(Duration::from_secs(120), || answers_stuck(s.serving_pid, &readers) == readers.len());
+    let stuck = answers_stuck(s.serving_pid, &readers);
+    let peak = peak_rss_kb(s.serving_pid);
+    drop(readers);
+    (before, peak, stuck)
+}
+
+/// Peak RSS of one worker under each hostile shape, beside nginx's for the
+/// shape it can be driven with (slow readers of a 1 MiB static file).
+fn memory(nginx_body: &str) {
+    println!(
+        "  memory (default config: maxBuffered 64 MiB, maxBytes 128 MiB, threads 4; a fresh worker per shape; peak = VmHWM):"
+    );
+    let dir = TestDir::new("bench-memory");
+    let w = start_worker_config(&dir, json!({}));
+    assert_eq!(http(w.port, "PUT", "/objects/big/1", Some(&big_object(BIG, false))).map(|r| r.status).ok(), Some(200));
+    let (before, peak, stuck) = slow_reader_peak(&w, "/objects/big/1");
+    print!(
+        "    {} slow readers (2 KB window) of one 1 MiB object: zdrestart-worker {:.1} MB -> peak {:.1} MB (stated bound {:.1} MB; {} answers pending)",
+        SLOW_READERS,
+        mb(before),
+        mb(peak),
+        mb(stated_bound_kb(BIG as u64 / 1024, SLOW_READERS as u64)),
+        stuck
+    );
+    drop(w);
+    match start_nginx(nginx_body) {
+        Some(n) => {
+            let (before, peak, stuck) = slow_reader_peak(&n, "/big.json");
+            println!(" | nginx (sendfile on) of a 1 MiB file {:.1} MB -> peak {:.1} MB ({} pending)", mb(before), mb(peak), stuck);
+        }
+        None => println!(" | nginx not found"),
+    }
+    // (arrays, one id per client), (strings, one id per client), (strings, a new id each time).
+    for (array, fresh) in [(true, false), (false, false), (false, true)] {
+        let dir = TestDir::new("bench-memory");
+        let w = start_worker_config(&dir, json!({}));
+        let before = rss_kb(w.serving_pid);
+        let until = Instant::now() + Duration::from_secs(FLOOD_SECS);
+        let t0 = cpu_ticks(w.serving_pid);
+        let f = put_flood(w.port, FLOODERS, usize::MAX, Some(until), &big_object(BIG, array), fresh);
+        let answers: u64 = f.statuses.values().sum();
+        let cpu_us = cpu_ticks(w.serving_pid).saturating_sub(t0) * 10_000 / answers.max(1);
+        let peak = peak_rss_kb(w.serving_pid);
+        // The stated bound: what it had, plus maxBuffered, plus what the store holds.
+        let ok = f.statuses.get(&200).copied().unwrap_or(0);
+        let objects = if fresh { ok } else { ok.min(FLOODERS as u64) };
+        let stored_kb = (objects * (BIG as u64 + 128) / 1024).min(MAX_BYTES_KB);
+        println!(
+            "    {} clients of 1 MiB PUT bodies ({}, {}) for {} s: zdrestart-worker {:.1} MB -> peak {:.1} MB (stated bound {:.1} MB, {:.1} MB stored); answers {:?}, {} connection errors; server CPU {} us per answer",
+            FLOODERS,
+            if array { "{\"a\":[0,0,...]}" } else { "{\"s\":\"xx...\"}" },
+            if fresh { "a new id each time" } else { "one id per client" },
+            FLOOD_SECS,
+            mb(before),
+            mb(peak),
+            mb(stated_bound_kb(stored_kb, FLOODERS as u64)),
+            mb(stored_kb),
+            f.statuses,
+            f.errors.len(),
+            cpu_us
+        );
+    }
+}
+
 fn main() {
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let want = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
@@ -456,6 +563,10 @@ fn main() {
                 r(fw.p99_slow, fnx.p99_slow)
             );
         }
+    }
+    if want("memory") {
+        let _ = Command::new("taskset").args(["-p", "-c", "0-1", &std::process::id().to_string()]).output();
+        memory("{}");
     }
     if want("restarts") {
         // Failures, not speed: the master, workers and database get both CPUs.

@@ -99,10 +99,10 @@ fn every_client_error() {
     c.send_raw(b"PUT /objects/t/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n").unwrap();
     assert_eq!(c.read().unwrap().status, 200);
     for bad in [
-        &b"PUT /objects/t/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"[..],
-        b"PUT /objects/t/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n",
-        b"PUT /objects/t/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}",
-        b"PUT /objects/t/x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n{}",
+        &b"PUT /objects/t/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"[..],
+        b"PUT /objects/t/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n",
+        b"PUT /objects/t/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}",
+        b"PUT /objects/t/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n{}",
     ] {
         let mut c = KeepAlive::one_connection(p);
         c.send_raw(bad).unwrap();
@@ -112,7 +112,7 @@ fn every_client_error() {
         err(&r);
     }
     let mut c = KeepAlive::one_connection(p);
-    c.send_raw(b"PUT /objects/t/x HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n").unwrap();
+    c.send_raw(b"PUT /objects/t/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n").unwrap();
     assert_eq!(c.read().unwrap().status, 501);
 
     // 413 over 1 MiB, answered without reading the body.
@@ -168,13 +168,13 @@ fn healthz_and_keep_alive() {
     assert_eq!(c.read().unwrap().json(), json!({"a": 1}));
     assert_eq!(c.read().unwrap().status, 200);
     // Connection: close is honoured.
-    c.send_raw(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    c.send_raw(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
     let r = c.read().unwrap();
     assert_eq!(r.header("connection"), Some("close"));
     assert!(c.closed_within(Duration::from_secs(3)));
     // HEAD: headers only.
     let mut s = std::net::TcpStream::connect(("127.0.0.1", w.port)).unwrap();
-    s.write_all(b"HEAD /healthz HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).unwrap();
@@ -253,6 +253,15 @@ fn probe_mode_prints_magic_and_version() {
     let (st, out, _) = worker_probe(&cfg);
     assert_eq!(st.code(), Some(1));
     assert!(out.lines().any(|l| l.starts_with("ERROR=config: ") && l.contains("threads")), "{}", out);
+    // The memory budget below its least (one largest body and its answer).
+    std::fs::write(&cfg, r#"{"port": 1, "params": {"maxBuffered": 1048576}}"#).unwrap();
+    let (st, out, _) = worker_probe(&cfg);
+    assert_eq!(st.code(), Some(1));
+    assert!(
+        out.lines().any(|l| l == "ERROR=config: params.maxBuffered: expected an integer from 2097152 to 1099511627776, found 1048576"),
+        "{}",
+        out
+    );
     std::fs::write(&cfg, "{not json").unwrap();
     let (st, out, _) = worker_probe(&cfg);
     assert_eq!(st.code(), Some(1));

@@ -60,7 +60,7 @@ fn round_trip_and_injection_safety() {
     assert_eq!(worker_request(p, "DELETE", "/objects/a.b/c.d", None).status, 404);
     // Over 1 MiB: 413.
     let mut c = KeepAlive::one_connection(p);
-    c.send_raw(b"PUT /objects/t/huge HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n").unwrap();
+    c.send_raw(b"PUT /objects/t/huge HTTP/1.1\r\nHost: t\r\nContent-Length: 1048577\r\n\r\n").unwrap();
     assert_eq!(c.read().unwrap().status, 413);
 }
 

@@ -347,7 +347,7 @@ fn http_as_clients_speak_it() {
 
     // Over 1 MiB once decoded: 413, connection closed.
     let mut c = KeepAlive::one_connection(p);
-    let mut big = b"PUT /objects/c/big HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut big = b"PUT /objects/c/big HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..17 {
         big.extend_from_slice(b"10000\r\n");
         big.extend(vec![b' '; 0x10000]);
@@ -378,7 +378,7 @@ fn http_as_clients_speak_it() {
     // Pipelining: three requests in one write, a chunked PUT in the middle, answered in order.
     let mut c = KeepAlive::one_connection(p);
     c.send_raw(
-        b"GET /objects/c/none HTTP/1.1\r\n\r\nPUT /objects/c/p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nGET /objects/c/p HTTP/1.1\r\n\r\n",
+        b"GET /objects/c/none HTTP/1.1\r\nHost: t\r\n\r\nPUT /objects/c/p HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nGET /objects/c/p HTTP/1.1\r\nHost: t\r\n\r\n",
     )
     .unwrap();
     assert_eq!(c.read().unwrap().status, 404);
@@ -396,7 +396,7 @@ fn http_as_clients_speak_it() {
 
     // HEAD: the headers of the GET, no body.
     let mut s = BufReader::new(connect(p, PROMPT).unwrap());
-    s.get_mut().write_all(b"HEAD /objects/c/1 HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    s.get_mut().write_all(b"HEAD /objects/c/1 HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let r = read_response(&mut s, true).unwrap();
     assert_eq!((r.status, r.header("content-length")), (200, Some("9")));
     assert!(r.body.is_empty());
@@ -404,6 +404,74 @@ fn http_as_clients_speak_it() {
     assert_eq!(r.json()["status"], "ok");
     // Keep-alive answers announce the idle timeout.
     assert_eq!(r.header("keep-alive"), Some("timeout=4"));
+}
+
+/// Deep pipelines keep their order: 101, then 10,001 PUTs in one stream,
+/// written by one thread while another reads the answers (each answer echoes
+/// its own body, so a request answered out of turn shows). A worker that
+/// stops reading while its answers are not read still serves a client that
+/// reads them.
+#[test]
+fn deep_pipelines_are_answered_in_order() {
+    let dir = TestDir::for_test();
+    let w = start_worker(&dir, "w", json!({}));
+    for n in [101usize, 10_001] {
+        let mut stream = Vec::new();
+        for i in 0..n {
+            let body = format!("{{\"i\":{}}}", i);
+            stream.extend_from_slice(
+                format!("PUT /objects/pipe/{} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{}", i % 7, body.len(), body).as_bytes(),
+            );
+        }
+        let s = connect(w.port, Duration::from_secs(60)).unwrap();
+        let mut writer = s.try_clone().unwrap();
+        let sender = std::thread::spawn(move || writer.write_all(&stream));
+        let mut r = BufReader::new(s);
+        for i in 0..n {
+            let a = read_response(&mut r, false).unwrap_or_else(|e| panic!("answer {} of {}: {}", i + 1, n, e));
+            assert_eq!((a.status, a.json()), (200, json!({ "i": i })), "answer {} of {}", i + 1, n);
+        }
+        sender.join().unwrap().unwrap();
+    }
+}
+
+/// Measured on the old worker: an answer still being written was cut off at
+/// the idle timeout counted from when it was queued, however fast its client
+/// read. A client reading a 1 MiB answer at about 100 kB/s (well above
+/// `params.minBodyRate`) for longer than `params.idleTimeout` (1 s) gets all
+/// of it, and the connection stays usable; the idle timeout counts from the
+/// end of the answer.
+#[test]
+fn a_slow_reader_gets_a_large_answer_whole() {
+    let dir = TestDir::for_test();
+    let w = start_worker(&dir, "w", json!({"params": {"idleTimeout": 1}}));
+    let obj = big_object(1024 * 1024, false);
+    assert_eq!(worker_request(w.port, "PUT", "/objects/big/1", Some(&obj)).status, 200);
+    let mut s = connect_small_window(w.port, 4096).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /objects/big/1 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut paced = Instant::now();
+    while got.len() < obj.len() + 100 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        // About 250 kB/s: a read of up to 4 kB every 16 ms.
+        paced += Duration::from_millis(16);
+        std::thread::sleep(paced.saturating_duration_since(Instant::now()));
+        if got.windows(4).position(|w| w == b"\r\n\r\n").is_some_and(|h| got.len() >= h + 4 + obj.len()) {
+            break;
+        }
+    }
+    let took = t.elapsed();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("an answer head") + 4;
+    eprintln!("{} bytes of the answer in {:?}", got.len() - head_end, took);
+    assert_eq!(got.len() - head_end, obj.len(), "the answer was cut off after {:?}", took);
+    assert!(took > Duration::from_secs(2), "read in {:?}: not slower than the idle timeout, the test proves nothing", took);
+    assert_eq!(&got[head_end..], &obj[..]);
 }
 
 /// Measured on the old worker: "Pooled keep-alive clients fail across restarts": clients that

@@ -261,6 +261,27 @@ pub fn ensure_std_fds() -> io::Result<()> {
     Ok(())
 }
 
+/// Have the C allocator serve every allocation of `bytes` or more with a
+/// mapping of its own, unmapped when freed (glibc's mallopt(3)
+/// `M_MMAP_THRESHOLD`; setting it also stops glibc from raising the
+/// threshold by itself after such a free). Large buffers then leave no freed
+/// memory behind in the allocator's heaps: the resident size follows what is
+/// in use. `false` where the allocator has no such setting.
+pub fn malloc_mmap_threshold(bytes: usize) -> bool {
+    #[cfg(target_env = "gnu")]
+    {
+        let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets a tunable of glibc's allocator, and is
+        // thread-safe; no memory is passed.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1 }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        let _ = bytes;
+        false
+    }
+}
+
 /// CLOCK_MONOTONIC in microseconds (sd_notify(3) `MONOTONIC_USEC=`).
 pub fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

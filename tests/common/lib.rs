@@ -37,14 +37,19 @@
 //!   probe, held readiness);
 //! - [`ops`]: process groups and fds of processes, FIFOs, inheritable fds
 //!   (the operations tests: reached as `common::ops`);
+//! - [`corpus`]: the framing corpus of the worker's HTTP parser;
+//! - [`hostile`]: hostile client shapes for the worker's memory bound (slow
+//!   readers, floods of large bodies), peak RSS;
 //! - [`cmd`]: [`run_cmd`]; [`load`]: the load generator (not re-exported at
 //!   the top: `load::Response` is not `http::Response`).
 
 pub mod bunyan;
 pub mod cmd;
 pub mod control;
+pub mod corpus;
 pub mod dirs;
 pub mod fault;
+pub mod hostile;
 pub mod http;
 pub mod load;
 pub mod master;
@@ -59,8 +64,10 @@ pub mod worker;
 pub use bunyan::*;
 pub use cmd::*;
 pub use control::*;
+pub use corpus::*;
 pub use dirs::*;
 pub use fault::*;
+pub use hostile::*;
 pub use http::*;
 pub use master::*;
 pub use mongo::*;

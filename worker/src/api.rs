@@ -6,32 +6,62 @@
 //! `http.rs`), and it never stores anything a driver could interpret: names
 //! are checked against `[A-Za-z0-9_.-]{1,128}` and bodies are passed to the
 //! driver as the client's exact JSON text once they are known to be objects.
+//!
+//! Memory: a body is checked without building it (no value tree; nesting at
+//! most [`MAX_DEPTH`] deep), a `PUT` is answered with the request's own
+//! buffer, and a `GET` with the driver's shared text ([`Body::Shared`]), so
+//! that what an answer holds is never a copy made for it.
 
 use crate::store::{Health, Store, StoreError};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// Longest `/delay/{ms}`.
 pub const MAX_DELAY_MS: u64 = 10_000;
 /// Longest type or id.
 pub const MAX_NAME: usize = 128;
+/// Deepest nesting of arrays and objects in a stored body (the object itself is 1).
+pub const MAX_DEPTH: usize = 128;
+
+/// The body of an answer: bytes of its own, or text shared with the driver
+/// (and with every other answer of the same object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Owned(Vec<u8>),
+    Shared(Arc<str>),
+}
+
+impl Body {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Body::Owned(v) => v,
+            Body::Shared(s) => s.as_bytes(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+}
 
 /// An answer, before framing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
     /// JSON text (empty for 204).
-    pub body: Vec<u8>,
+    pub body: Body,
     /// `Allow` header value, for 405.
     pub allow: Option<&'static str>,
 }
 
 impl Response {
     pub fn json(status: u16, v: &Value) -> Response {
-        Response { status, body: serde_json::to_vec(v).unwrap_or_default(), allow: None }
+        Response { status, body: Body::Owned(serde_json::to_vec(v).unwrap_or_default()), allow: None }
     }
 
+    #[cfg(test)]
     pub fn text(status: u16, json_text: &str) -> Response {
-        Response { status, body: json_text.as_bytes().to_vec(), allow: None }
+        Response { status, body: Body::Owned(json_text.as_bytes().to_vec()), allow: None }
     }
 
     pub fn error(status: u16, msg: &str) -> Response {
@@ -39,7 +69,7 @@ impl Response {
     }
 
     pub fn no_content() -> Response {
-        Response { status: 204, body: Vec::new(), allow: None }
+        Response { status: 204, body: Body::Owned(Vec::new()), allow: None }
     }
 }
 
@@ -104,18 +134,75 @@ pub fn parse_delay(s: &str) -> Option<u64> {
     s.parse::<u64>().ok().filter(|&ms| ms <= MAX_DELAY_MS)
 }
 
-/// Check a PUT body: a JSON object. Returns the exact text to store (without
-/// surrounding whitespace), or the 400 answer.
-pub fn object_body(body: &[u8]) -> Result<&str, Response> {
-    let v: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => return Err(Response::error(400, &format!("invalid JSON: {}", e))),
+/// Check a PUT body: one JSON object (RFC 8259), nested at most
+/// [`MAX_DEPTH`] deep. Returns where the text to store lies in `body` (without
+/// the surrounding whitespace), or the 400 answer. Constant memory: the text
+/// is checked, never built into values (serde's `IgnoredAny` skips every
+/// string and number without allocating).
+pub fn object_body(body: &[u8]) -> Result<std::ops::Range<usize>, Response> {
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => t,
+        Err(e) => return Err(Response::error(400, &format!("invalid JSON: not UTF-8 ({})", e))),
     };
-    if !v.is_object() {
+    // serde skips nested values with a stack of its own, one byte a level and
+    // no limit: the depth is bounded here first, in one pass without memory.
+    if depth_over(body, MAX_DEPTH) {
+        return Err(Response::error(400, &format!("invalid JSON: nested deeper than {} levels", MAX_DEPTH)));
+    }
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        return Err(Response::error(400, &format!("invalid JSON: {}", e)));
+    }
+    // RFC 8259 section 2: insignificant whitespace is SP, HTAB, LF and CR only.
+    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let start = body.iter().position(|b| !ws(b)).unwrap_or(body.len());
+    let end = body.iter().rposition(|b| !ws(b)).map_or(start, |i| i + 1);
+    // Valid JSON whose first byte is `{` is an object.
+    if body.get(start) != Some(&b'{') {
         return Err(Response::error(400, "body must be a JSON object"));
     }
-    // from_slice succeeded, so the body is valid UTF-8.
-    Ok(std::str::from_utf8(body).map(str::trim).unwrap_or("{}"))
+    Ok(start..end)
+}
+
+/// Whether arrays and objects in `json` nest deeper than `max` (strings are
+/// skipped; what is not JSON is left to the parser). One pass, no memory:
+/// strings are skipped with memchr, other bytes looked up in a table.
+fn depth_over(json: &[u8], max: usize) -> bool {
+    // 1: `{` `[`, 2: `}` `]`, 3: `"`.
+    const CLASS: [u8; 256] = {
+        let mut t = [0u8; 256];
+        t[b'{' as usize] = 1;
+        t[b'[' as usize] = 1;
+        t[b'}' as usize] = 2;
+        t[b']' as usize] = 2;
+        t[b'"' as usize] = 3;
+        t
+    };
+    let (mut depth, mut i) = (0usize, 0);
+    while i < json.len() {
+        match CLASS[json[i] as usize] {
+            0 => {}
+            1 => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            2 => depth = depth.saturating_sub(1),
+            _ => loop {
+                // Inside a string: to its closing quote, over escapes.
+                match memchr::memchr2(b'"', b'\\', json.get(i + 1..).unwrap_or_default()) {
+                    None => return false,
+                    Some(k) if json[i + 1 + k] == b'\\' => i += k + 2,
+                    Some(k) => {
+                        i += k + 1;
+                        break;
+                    }
+                }
+            },
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Facts `/healthz` reports.
@@ -167,8 +254,9 @@ pub fn healthz(who: &Identity, db: Health) -> Response {
 }
 
 /// Answer a request that is not a delay to be served (see [`delay_of`]).
-/// `method` is `GET` for `HEAD`.
-pub fn handle(store: &dyn Store, who: &Identity, method: &str, route: &Route<'_>, body: &[u8]) -> Response {
+/// `method` is `GET` for `HEAD`. The body is taken: a `PUT` is answered with
+/// the same buffer (the stored text is the body without its surrounding whitespace).
+pub fn handle(store: &dyn Store, who: &Identity, method: &str, route: &Route<'_>, body: Vec<u8>) -> Response {
     match route {
         Route::NotFound => Response::error(404, "not found"),
         Route::Healthz => match method {
@@ -194,13 +282,10 @@ pub fn handle(store: &dyn Store, who: &Identity, method: &str, route: &Route<'_>
             }
             let result = match method {
                 "GET" => store.get(ty, id).map(|o| match o {
-                    Some(text) => Response::text(200, &text),
+                    Some(text) => Response { status: 200, body: Body::Shared(text), allow: None },
                     None => Response::error(404, "object not found"),
                 }),
-                "PUT" => match object_body(body) {
-                    Ok(text) => store.put(ty, id, text).map(|()| Response::text(200, text)),
-                    Err(r) => Ok(r),
-                },
+                "PUT" => put(store, ty, id, body),
                 _ => store.delete(ty, id).map(|found| {
                     if found {
                         Response::no_content()
@@ -212,6 +297,18 @@ pub fn handle(store: &dyn Store, who: &Identity, method: &str, route: &Route<'_>
             result.unwrap_or_else(|e| store_failure(&e))
         }
     }
+}
+
+fn put(store: &dyn Store, ty: &str, id: &str, mut body: Vec<u8>) -> Result<Response, StoreError> {
+    let range = match object_body(&body) {
+        Ok(r) => r,
+        Err(r) => return Ok(r),
+    };
+    // object_body checked that the range is UTF-8 text.
+    store.put(ty, id, std::str::from_utf8(&body[range.clone()]).unwrap_or("{}"))?;
+    body.truncate(range.end);
+    body.drain(..range.start);
+    Ok(Response { status: 200, body: Body::Owned(body), allow: None })
 }
 
 fn method_not_allowed(route: &Route<'_>) -> Response {
@@ -279,13 +376,71 @@ mod tests {
         assert_eq!(parse_delay("99999999999999999999"), None);
     }
 
+    fn error_of(r: Response) -> String {
+        let v: Value = serde_json::from_slice(r.body.as_bytes()).unwrap();
+        assert_eq!(r.status, 400);
+        v["error"].as_str().unwrap().to_string()
+    }
+
     #[test]
     fn bodies() {
-        assert_eq!(object_body(b" {\"$set\": {\"a.b\": 1}}\n").unwrap(), "{\"$set\": {\"a.b\": 1}}");
-        assert_eq!(object_body(b"[1]").unwrap_err().status, 400);
-        assert_eq!(object_body(b"{").unwrap_err().status, 400);
-        assert_eq!(object_body(b"").unwrap_err().status, 400);
-        assert_eq!(object_body(b"\xff").unwrap_err().status, 400);
+        let b = b" {\"$set\": {\"a.b\": 1}}\n";
+        assert_eq!(&b[object_body(b).unwrap()], b"{\"$set\": {\"a.b\": 1}}");
+        assert_eq!(object_body(b"\t{}\r\n").unwrap(), 1..3);
+        for bad in [&b"[1]"[..], b"{", b"", b"\xff", b"{}{}", b"{} x", b"{\"a\":1,}", b"\"s\"", b"12", b"null", b"{\"a\":nan}"] {
+            assert_eq!(object_body(bad).unwrap_err().status, 400, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(error_of(object_body(b"[1]").unwrap_err()), "body must be a JSON object");
+        assert!(error_of(object_body(b"{").unwrap_err()).starts_with("invalid JSON: "));
+        // Unicode whitespace is not JSON whitespace (RFC 8259 section 2).
+        assert_eq!(object_body("{}\u{a0}".as_bytes()).unwrap_err().status, 400);
+        // Nesting: MAX_DEPTH levels are fine, one more is not; brackets inside strings do not count.
+        let nest = |n: usize| format!("{}{}{}", "{\"a\":".repeat(n - 1) + "{", "", "}".repeat(n));
+        assert!(object_body(nest(MAX_DEPTH).as_bytes()).is_ok());
+        assert!(error_of(object_body(nest(MAX_DEPTH + 1).as_bytes()).unwrap_err()).contains("nested deeper than 128"));
+        let arrays = format!("{{\"a\":{}{}}}", "[".repeat(MAX_DEPTH - 1), "]".repeat(MAX_DEPTH - 1));
+        assert!(object_body(arrays.as_bytes()).is_ok());
+        let deep_in_string = format!("{{\"a\":\"{}\\\"{}\"}}", "[".repeat(1000), "{".repeat(1000));
+        assert!(object_body(deep_in_string.as_bytes()).is_ok());
+        // A million levels: refused in one pass, never parsed.
+        let huge = "[".repeat(1 << 20);
+        assert!(error_of(object_body(format!("{{\"a\":{}", huge).as_bytes()).unwrap_err()).contains("nested"));
+        // Large flat values of every kind are accepted without building them.
+        // Unterminated strings and escapes at the very end are the parser's to refuse.
+        for cut in [&b"{\"a\":\"\\"[..], b"{\"a\":\"", b"{\"", b"\"\\\\\\"] {
+            assert_eq!(object_body(cut).unwrap_err().status, 400);
+        }
+        let flat = format!("{{\"a\":[{}0],\"s\":\"{}\",\"n\":1e999}}", "0,".repeat(100_000), "x".repeat(100_000));
+        assert!(object_body(flat.as_bytes()).is_ok());
+    }
+
+    /// The plain byte-by-byte scan `depth_over` must agree with.
+    fn depth_over_plain(json: &[u8], max: usize) -> bool {
+        let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
+        for &b in json {
+            match b {
+                _ if in_str && escaped => escaped = false,
+                b'\\' if in_str => escaped = true,
+                b'"' => in_str = !in_str,
+                _ if in_str => {}
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        false
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn depth_scan_agrees_with_the_plain_scan(bytes in proptest::collection::vec(proptest::sample::select(b"{}[]\"\\ax".to_vec()), 0..200), max in 0usize..8) {
+            proptest::prop_assert_eq!(depth_over(&bytes, max), depth_over_plain(&bytes, max));
+        }
     }
 
     #[test]
@@ -293,10 +448,15 @@ mod tests {
         let s = MemoryStore::default();
         let who = Identity { pid: 1, generation: 2, driver: "memory", file: None };
         let obj = Route::Object { ty: "t", id: "a.b" };
+        let handle = |s: &MemoryStore, who: &Identity, m: &str, r: &Route<'_>, b: &[u8]| handle(s, who, m, r, b.to_vec());
         assert_eq!(handle(&s, &who, "GET", &obj, b"").status, 404);
-        let r = handle(&s, &who, "PUT", &obj, br#"{"$x":1}"#);
-        assert_eq!((r.status, r.body.as_slice()), (200, &br#"{"$x":1}"#[..]));
-        assert_eq!(handle(&s, &who, "GET", &obj, b"").body, br#"{"$x":1}"#);
+        let r = handle(&s, &who, "PUT", &obj, b"  {\"$x\":1}\n");
+        assert_eq!((r.status, r.body.as_bytes()), (200, &br#"{"$x":1}"#[..]));
+        let r = handle(&s, &who, "GET", &obj, b"");
+        assert_eq!(r.body.as_bytes(), br#"{"$x":1}"#);
+        // Two answers of the same object share the stored bytes.
+        let (Body::Shared(a), Body::Shared(b)) = (r.body, handle(&s, &who, "GET", &obj, b"").body) else { panic!("not shared") };
+        assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(handle(&s, &who, "DELETE", &obj, b"").status, 204);
         assert_eq!(handle(&s, &who, "DELETE", &obj, b"").status, 404);
         let r = handle(&s, &who, "POST", &obj, b"");
@@ -306,7 +466,7 @@ mod tests {
         assert_eq!(handle(&s, &who, "PUT", &obj, b"[]").status, 400);
         assert_eq!(handle(&s, &who, "GET", &Route::Delay("x"), b"").status, 400);
         assert_eq!(handle(&s, &who, "PUT", &Route::Healthz, b"").status, 405);
-        let h: Value = serde_json::from_slice(&handle(&s, &who, "GET", &Route::Healthz, b"").body).unwrap();
+        let h: Value = serde_json::from_slice(handle(&s, &who, "GET", &Route::Healthz, b"").body.as_bytes()).unwrap();
         assert_eq!(h["generation"], 2);
         assert_eq!(h["driver"], "memory");
         assert_eq!(h["magic"], zdrestart::MAGIC);
@@ -319,6 +479,6 @@ mod tests {
         let full = MemoryStore::new(0, 0);
         let r = handle(&full, &who, "PUT", &obj, b"{}");
         assert_eq!(r.status, 507);
-        assert!(serde_json::from_slice::<Value>(&r.body).unwrap()["error"].is_string());
+        assert!(serde_json::from_slice::<Value>(r.body.as_bytes()).unwrap()["error"].is_string());
     }
 }

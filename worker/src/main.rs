@@ -11,6 +11,9 @@
 #![deny(unsafe_code)]
 
 mod api;
+mod chunked;
+#[cfg(test)]
+mod framing_tests;
 mod http;
 mod mongo;
 mod notify;
@@ -21,6 +24,7 @@ mod settings;
 mod shared;
 mod sqlite;
 mod store;
+mod syntax;
 
 use notify::Notifier;
 use std::net::TcpListener;
@@ -55,9 +59,13 @@ Environment:
 
 API: GET /healthz; GET, PUT, DELETE /objects/{type}/{id}; GET /delay/{ms}.
 Deadlines and limits: params.idleTimeout, headerTimeout, minBodyRate, maxConnections,
-maxQueued, maxObjects, maxBytes of the config (zdrestart.json(5)).
+maxQueued, maxBuffered (the memory budget of requests and answers), maxObjects, maxBytes
+of the config (zdrestart.json(5)).
 Signals: SIGTERM, SIGINT: stop accepting, finish requests in flight, close each idle
 connection at its idle timeout, exit 0.";
+
+/// Allocations this large or larger get a mapping of their own.
+const MMAP_THRESHOLD: usize = 128 * 1024;
 
 enum Args {
     Run(Option<PathBuf>),
@@ -195,6 +203,12 @@ fn start(config_arg: Option<PathBuf>) -> i32 {
         return probe::run(&cfg, &notifier);
     }
     listen_to_master();
+    // Bodies, answers and stored objects of up to 1 MiB come and go: each in
+    // a mapping of its own, so that a freed one is given back to the kernel
+    // at once, instead of staying in a heap (the memory bound, README).
+    if !zdrestart::sys::malloc_mmap_threshold(MMAP_THRESHOLD) {
+        log::debug!("the allocator has no mmap threshold: freed buffers may stay resident");
+    }
 
     // Early, so that a SIGTERM during start-up (e.g. while the driver is being
     // prepared) means "exit 0 once started" instead of the default death.

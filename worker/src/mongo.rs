@@ -220,13 +220,13 @@ impl Store for MongoStore {
         self.bounded("replace", async move { fut.await }).map(|_| ())
     }
 
-    fn get(&self, ty: &str, id: &str) -> Result<Option<String>, StoreError> {
+    fn get(&self, ty: &str, id: &str) -> Result<Option<Arc<str>>, StoreError> {
         let coll = self.coll()?;
         let fut = coll.find_one(doc! { "_id": object_key(ty, id) });
         match self.bounded("find", async move { fut.await })? {
             None => Ok(None),
             Some(d) => match d.get_str("json") {
-                Ok(s) => Ok(Some(s.to_string())),
+                Ok(s) => Ok(Some(Arc::from(s))),
                 // Not written by this layout: refuse rather than guess.
                 Err(_) => Err(StoreError::Failed(format!(
                     "document {} has no string field \"json\"",

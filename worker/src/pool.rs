@@ -13,8 +13,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-/// Stack of a pool thread: parsing and JSON validation only (serde_json
-/// limits nesting to 128), the database I/O runs on the driver's runtime.
+/// Stack of a pool thread: parsing and JSON validation only (which does not
+/// recurse: `api::object_body`), the database I/O runs on the driver's runtime.
 const STACK: usize = 256 * 1024;
 
 /// One request for a pool thread.
@@ -100,7 +100,7 @@ impl Pool {
 
     fn work(&self, sh: &Shared) {
         loop {
-            let job = {
+            let mut job = {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 loop {
                     if let Some(j) = q.jobs.pop_front() {
@@ -120,7 +120,8 @@ impl Pool {
             }
             crate::store::set_request_deadline(Some(job.deadline));
             let route = api::route(&job.target);
-            let run = || api::handle(sh.store.as_ref(), &sh.who, &job.method, &route, &job.body);
+            let body = std::mem::take(&mut job.body);
+            let run = || api::handle(sh.store.as_ref(), &sh.who, &job.method, &route, body);
             // A bug in a handler or driver must cost one 500, not the worker
             // (the default panic hook still prints it on stderr, for the log).
             let resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))

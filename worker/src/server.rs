@@ -19,8 +19,18 @@
 //!   close. Deadlines live in a heap; the poll timeout is the earliest, so an
 //!   idle worker does not wake up.
 //! - Over a limit the answer is immediate: `params.maxConnections` reached ->
-//!   the new connection gets 503 and is closed; the pool's queue full or the
-//!   buffered bodies over [`MAX_BUFFERED`] -> 503. Every 503 says `Retry-After`.
+//!   the new connection gets 503 and is closed; the pool's queue full -> 503.
+//!   Every 503 says `Retry-After`.
+//! - One memory budget, `params.maxBuffered`, for every byte a connection
+//!   holds: partial heads, bodies (a `Content-Length` is reserved when the
+//!   head arrives), bodies handed to the pool, answers not yet written. An
+//!   answer shares the driver's bytes ([`Body::Shared`]): a shared text is
+//!   counted once however many connections are writing it (`Loop::shared`),
+//!   so 2,000 slow readers of one object hold it once. A connection whose
+//!   answer is not being read is not read further (step 1 of `drive`). A
+//!   request that would take the total past the budget gets 503 and a close;
+//!   an answer that would is replaced by that 503. Growth past the budget is
+//!   at most one read or one answer head, of the one connection being driven.
 //!
 //! The listeners are set non-blocking (`O_NONBLOCK` is a property of the open
 //! file description, so every process sharing an inherited listener sees it;
@@ -42,8 +52,9 @@
 mod conns;
 mod requests;
 
-use crate::api::{self, Response, Route};
-use crate::http::{self, Chunked, ChunkError, Framing, Head, Persist};
+use crate::api::{self, Body, Response, Route};
+use crate::chunked::{BodyDecoder, ChunkError, Chunked};
+use crate::http::{self, Framing, Head, Persist};
 use crate::notify::{Notifier, Watchdog};
 use crate::pool::{Done, Job, Pool};
 use crate::settings::Settings;
@@ -54,8 +65,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::io::{self, Read, Write};
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -68,12 +79,12 @@ const WAKER_TOKEN: Token = Token(usize::MAX - 1);
 const CONN_BASE: usize = 1 << 20;
 /// Bytes read at a time.
 const READ_CHUNK: usize = 16 * 1024;
-/// Largest buffer kept for reuse (bigger ones, from large bodies, are freed).
-const KEEP_BUFFER: usize = 64 * 1024;
-/// Buffers kept for reuse: idle connections hold none.
-const SPARE_BUFFERS: usize = 256;
 /// Largest body of a memory-driver request answered on the loop itself.
 const INLINE_BODY: usize = 16 * 1024;
+/// Answer bodies up to this size are copied behind their head (one write);
+/// larger ones are written from where they are (the driver's shared text,
+/// or the request's own buffer).
+const INLINE_ANSWER: usize = 16 * 1024;
 /// A driver request answers 503 at `params.timeout` plus this, at the latest,
 /// whether or not a pool thread has even started it.
 pub const REQUEST_MARGIN: Duration = Duration::from_millis(500);
@@ -84,9 +95,6 @@ const WRITE_GRACE: Duration = Duration::from_secs(10);
 /// and destroy the answer before the client has read it.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_MAX_BYTES: usize = 4 * http::MAX_BODY as usize;
-/// Request bodies and partial heads buffered at once, over all connections
-/// (being received or waiting for the pool); beyond it a request gets 503 at once.
-pub const MAX_BUFFERED: usize = 64 * 1024 * 1024;
 
 /// Signal flags and the self-pipe that wakes the loop.
 pub struct Signals(SignalPipe);
@@ -146,9 +154,10 @@ impl Req {
 
 struct BodyState {
     req: Req,
-    framing: Framing,
+    decoder: BodyDecoder,
     body: Vec<u8>,
-    chunked: Chunked,
+    /// Bytes of the budget set aside for the body (its `Content-Length`).
+    reserved: usize,
     /// When the head was complete: the body's deadline counts from here.
     from: Instant,
 }
@@ -181,8 +190,12 @@ struct Conn {
     slot: usize,
     id: u64,
     rbuf: Vec<u8>,
+    /// Answer heads (and small bodies) not yet written, from `wpos` on.
     wbuf: Vec<u8>,
     wpos: usize,
+    /// The body of the last answer in `wbuf`, written after it, from `bpos` on.
+    wbody: Option<Body>,
+    bpos: usize,
     phase: Phase,
     /// Deadline of the phase.
     due: Option<Instant>,
@@ -196,7 +209,9 @@ struct Conn {
     /// The client sent FIN.
     eof: bool,
     seq: u64,
-    /// Bytes of [`MAX_BUFFERED`] this connection holds.
+    /// The body this connection handed to the pool (held until the answer).
+    pool_bytes: usize,
+    /// Bytes of the budget (`Loop::buffered`) this connection is charged.
     charge: usize,
 }
 
@@ -206,6 +221,25 @@ impl Conn {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Bytes this connection holds now (capacities, not lengths), except a
+    /// shared answer body, which `Loop::shared` counts.
+    fn held(&self) -> usize {
+        let phase = match &self.phase {
+            Phase::Body(b) => b.body.capacity().max(b.reserved),
+            _ => 0,
+        };
+        let body = match &self.wbody {
+            Some(Body::Owned(v)) => v.capacity(),
+            _ => 0,
+        };
+        self.rbuf.capacity() + self.wbuf.capacity() + phase + body + self.pool_bytes
+    }
+
+    /// Bytes of answers not yet written.
+    fn unwritten(&self) -> usize {
+        self.wbuf.len() - self.wpos + self.wbody.as_ref().map_or(0, |b| b.len() - self.bpos)
     }
 }
 
@@ -226,14 +260,20 @@ struct Loop<'a> {
     live: usize,
     next_id: u64,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
-    spare: Vec<Vec<u8>>,
+    /// Bytes held by every connection plus the shared answer bodies being
+    /// written: what `params.maxBuffered` bounds.
     buffered: usize,
+    /// Shared answer bodies being written (by address): connections writing
+    /// each, and its length, counted once in `buffered`.
+    shared: HashMap<usize, (usize, usize)>,
     draining: bool,
     healthz: Option<(Health, Response)>,
     done: Vec<Done>,
     /// A descriptor kept free to accept-and-close one connection on EMFILE.
     reserve: Option<std::fs::File>,
     refused: u64,
+    /// Requests and answers refused for the budget.
+    busy: u64,
     /// Where every read lands first (then only the bytes read are copied).
     scratch: Box<[u8; READ_CHUNK]>,
 }
@@ -260,13 +300,14 @@ pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, set: &Settings, sig: Si
         live: 0,
         next_id: 0,
         timers: BinaryHeap::new(),
-        spare: Vec::new(),
         buffered: 0,
+        shared: HashMap::new(),
         draining: false,
         healthz: None,
         done: Vec::new(),
         reserve: std::fs::File::open("/dev/null").ok(),
         refused: 0,
+        busy: 0,
         scratch: Box::new([0; READ_CHUNK]),
     };
 

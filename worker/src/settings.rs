@@ -22,6 +22,12 @@ pub const DEFAULT_MAX_OBJECTS: u64 = 1_000_000;
 /// Default `params.maxBytes` of the memory driver: with the per-object overhead
 /// counted (see `store::OBJECT_OVERHEAD`), one worker stays well under 256 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 128 * 1024 * 1024;
+/// Default `params.maxBuffered`: the memory budget of requests and answers in
+/// flight. With `maxBytes` and the fixed part (code, threads, connections),
+/// one worker stays under 256 MiB (README, "The built-in worker").
+pub const DEFAULT_MAX_BUFFERED: u64 = 64 * 1024 * 1024;
+/// The least `params.maxBuffered`: one largest body and its answer.
+pub const MIN_MAX_BUFFERED: u64 = 2 * 1024 * 1024;
 /// File descriptors kept for everything that is not a client connection
 /// (listeners, epoll, pipes, the database driver's sockets, log files).
 const FD_RESERVE: usize = 64;
@@ -36,6 +42,9 @@ pub struct Settings {
     pub max_queued: usize,
     pub max_objects: u64,
     pub max_bytes: u64,
+    /// `params.maxBuffered`: bytes of requests (partial heads, bodies) and
+    /// answers not yet written, over all connections.
+    pub max_buffered: usize,
     /// `params.timeout`: how long a driver request may take before it answers 503.
     pub request_timeout: Duration,
     /// `params.synchronous` of the sqlite driver: when a commit reaches the disk.
@@ -63,6 +72,7 @@ impl Settings {
             max_queued: int(params, "maxQueued", (threads as u64 * 16).max(64), 0, 1 << 20)? as usize,
             max_objects: int(params, "maxObjects", DEFAULT_MAX_OBJECTS, 1, u64::MAX >> 1)?,
             max_bytes: int(params, "maxBytes", DEFAULT_MAX_BYTES, 1, u64::MAX >> 1)?,
+            max_buffered: int(params, "maxBuffered", DEFAULT_MAX_BUFFERED, MIN_MAX_BUFFERED, 1 << 40)? as usize,
             request_timeout,
             synchronous: synchronous(params)?,
         })
@@ -130,6 +140,7 @@ mod tests {
         let s = Settings::from_params(&Map::new(), 4, Duration::from_secs(3)).unwrap();
         assert_eq!((s.idle_timeout, s.header_timeout, s.max_queued), (DEFAULT_IDLE, DEFAULT_HEADER, 64));
         assert_eq!((s.max_objects, s.max_bytes), (DEFAULT_MAX_OBJECTS, DEFAULT_MAX_BYTES));
+        assert_eq!(s.max_buffered, 64 << 20);
         assert_eq!(s.announced_idle(), Some(4));
         let s = Settings::from_params(&p(json!({"idleTimeout": 0.5, "maxBytes": 10})), 4, Duration::from_secs(3)).unwrap();
         assert_eq!((s.idle_timeout, s.max_bytes, s.announced_idle()), (Duration::from_millis(500), 10, None));
@@ -143,5 +154,9 @@ mod tests {
         assert_eq!(s.synchronous, crate::sqlite::Sync::Full);
         let e = Settings::from_params(&p(json!({"synchronous": "off"})), 4, Duration::from_secs(3)).unwrap_err();
         assert_eq!(e, "params.synchronous: expected \"normal\" or \"full\", found \"off\"");
+        let e = Settings::from_params(&p(json!({"maxBuffered": 1048576})), 4, Duration::from_secs(3)).unwrap_err();
+        assert_eq!(e, "params.maxBuffered: expected an integer from 2097152 to 1099511627776, found 1048576");
+        let s = Settings::from_params(&p(json!({"maxBuffered": 2097152})), 4, Duration::from_secs(3)).unwrap();
+        assert_eq!(s.max_buffered, 2 << 20);
     }
 }

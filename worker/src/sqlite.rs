@@ -354,12 +354,15 @@ impl Store for SqliteStore {
         })
     }
 
-    fn get(&self, ty: &str, id: &str) -> Result<Option<String>, StoreError> {
+    /// One `Arc` per read: the row's text is the answer's body, shared by
+    /// the connection writing it (`Body::Shared`).
+    fn get(&self, ty: &str, id: &str) -> Result<Option<Arc<str>>, StoreError> {
         self.with_conn(false, |db| {
             db.prepare_cached("SELECT json FROM objects WHERE type = ?1 AND id = ?2")?
                 .query_row(params![ty, id], |r| r.get::<_, String>(0))
                 .optional()
         })
+        .map(|o| o.map(Arc::from))
     }
 
     fn delete(&self, ty: &str, id: &str) -> Result<bool, StoreError> {

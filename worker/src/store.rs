@@ -11,7 +11,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Why a driver call failed. The API maps `Unavailable` and `Unusable` to
@@ -85,8 +85,10 @@ pub trait Store: Send + Sync {
     fn name(&self) -> &'static str;
     /// Insert or replace the object `ty`/`id` with `json` (a JSON object's text).
     fn put(&self, ty: &str, id: &str, json: &str) -> Result<(), StoreError>;
-    /// The stored text, or `None`.
-    fn get(&self, ty: &str, id: &str) -> Result<Option<String>, StoreError>;
+    /// The stored text, or `None`. Shared, not copied: answers to any
+    /// number of clients hold the same bytes (a driver that keeps objects in
+    /// memory hands out its own `Arc`; one that reads them makes one).
+    fn get(&self, ty: &str, id: &str) -> Result<Option<Arc<str>>, StoreError>;
     /// Remove the object; `false` when there was none.
     fn delete(&self, ty: &str, id: &str) -> Result<bool, StoreError>;
     /// What is known of the database right now, without waiting for it.
@@ -266,7 +268,7 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Memory {
-    map: HashMap<String, String>,
+    map: HashMap<String, Arc<str>>,
     bytes: u64,
 }
 
@@ -315,11 +317,11 @@ impl Store for MemoryStore {
             return Err(StoreError::Full(format!("{} bytes (params.maxBytes)", self.max_bytes)));
         }
         m.bytes = bytes;
-        m.map.insert(key, json.to_string());
+        m.map.insert(key, Arc::from(json));
         Ok(())
     }
 
-    fn get(&self, ty: &str, id: &str) -> Result<Option<String>, StoreError> {
+    fn get(&self, ty: &str, id: &str) -> Result<Option<Arc<str>>, StoreError> {
         Ok(self.lock().map.get(&object_key(ty, id)).cloned())
     }
 

@@ -1,7 +1,8 @@
 //! The connection table of the serving loop ([`super`]): accepting (and
 //! refusing over capacity), a connection's slot and its deadline in the
-//! heap, buffers kept for reuse, the pool's completions, and the deadlines
-//! that expire (idle, head, body, request, linger).
+//! heap, the memory budget's accounting (what each connection holds, the
+//! shared answer bodies counted once), the pool's completions, and the
+//! deadlines that expire (idle, head, body, request, linger).
 
 use super::*;
 
@@ -83,6 +84,8 @@ impl Loop<'_> {
             rbuf: Vec::new(),
             wbuf: Vec::new(),
             wpos: 0,
+            wbody: None,
+            bpos: 0,
             phase: Phase::Idle,
             due: Some(now + self.set.idle_timeout),
             write_due: None,
@@ -90,6 +93,7 @@ impl Loop<'_> {
             readable: false,
             eof: false,
             seq: 0,
+            pool_bytes: 0,
             charge: 0,
         };
         self.schedule(slot, &mut c);
@@ -110,43 +114,70 @@ impl Loop<'_> {
     /// Put a connection back after work on it, or drop it.
     pub(super) fn put_back(&mut self, slot: usize, mut c: Conn, keep: bool) {
         if keep {
-            self.recycle(&mut c);
+            // An idle connection keeps no buffer.
+            if c.rbuf.is_empty() {
+                c.rbuf = Vec::new();
+            }
+            if c.wpos == c.wbuf.len() {
+                (c.wbuf, c.wpos) = (Vec::new(), 0);
+            }
+            self.settle(&mut c);
             self.schedule(slot, &mut c);
             self.conns[slot] = Some(c);
         } else {
             // No deregister: closing the socket (its only descriptor) takes
             // it out of the epoll set, one syscall less per connection.
             self.buffered -= c.charge;
+            if let Some(Body::Shared(s)) = c.wbody.take() {
+                self.unshare(&s);
+            }
             self.live -= 1;
             self.free.push(slot);
-            let Conn { rbuf, wbuf, .. } = c;
-            self.give(rbuf);
-            self.give(wbuf);
         }
     }
 
-    /// An idle connection keeps no buffer.
-    pub(super) fn recycle(&mut self, c: &mut Conn) {
-        if c.rbuf.is_empty() && c.rbuf.capacity() > 0 {
-            let b = std::mem::take(&mut c.rbuf);
-            self.give(b);
-        }
-        if c.wpos == c.wbuf.len() && c.wbuf.capacity() > 0 {
-            c.wpos = 0;
-            let b = std::mem::take(&mut c.wbuf);
-            self.give(b);
+    /// Charge `c` for what it holds now.
+    pub(super) fn settle(&mut self, c: &mut Conn) {
+        let held = c.held();
+        self.buffered = self.buffered - c.charge + held;
+        c.charge = held;
+    }
+
+    /// Whether `c` holding what it holds now, plus `extra` bytes, would take
+    /// the worker past its budget (a connection that does not grow always may).
+    pub(super) fn over_budget(&self, c: &Conn, extra: usize) -> bool {
+        let held = c.held() + extra;
+        held > c.charge && self.buffered - c.charge + held > self.set.max_buffered
+    }
+
+    /// What queueing `body` behind an answer head would add to the budget.
+    pub(super) fn answer_cost(&self, body: &Body) -> usize {
+        match body {
+            Body::Owned(v) => v.capacity(),
+            Body::Shared(s) if self.shared.contains_key(&shared_key(s)) => 0,
+            Body::Shared(s) => s.len(),
         }
     }
 
-    pub(super) fn give(&mut self, mut b: Vec<u8>) {
-        if b.capacity() > 0 && b.capacity() <= KEEP_BUFFER && self.spare.len() < SPARE_BUFFERS {
-            b.clear();
-            self.spare.push(b);
+    /// One more connection writes the shared text `s`.
+    pub(super) fn share(&mut self, s: &std::sync::Arc<str>) {
+        let e = self.shared.entry(shared_key(s)).or_insert((0, s.len()));
+        if e.0 == 0 {
+            self.buffered += e.1;
         }
+        e.0 += 1;
     }
 
-    pub(super) fn buffer(&mut self) -> Vec<u8> {
-        self.spare.pop().unwrap_or_else(|| Vec::with_capacity(READ_CHUNK))
+    /// One connection less writes `s` (done, or gone).
+    pub(super) fn unshare(&mut self, s: &std::sync::Arc<str>) {
+        let key = shared_key(s);
+        if let Some(e) = self.shared.get_mut(&key) {
+            e.0 -= 1;
+            if e.0 == 0 {
+                self.buffered -= e.1;
+                self.shared.remove(&key);
+            }
+        }
     }
 
     pub(super) fn conn_event(&mut self, slot: usize, readable: bool) {
@@ -172,7 +203,7 @@ impl Loop<'_> {
             }
             let mut c = slot_ref.take().unwrap();
             let Phase::Busy(b) = std::mem::replace(&mut c.phase, Phase::Idle) else { unreachable!() };
-            self.respond(&mut c, &b.0, &d.resp);
+            self.respond(&mut c, &b.0, d.resp);
             let keep = self.drive(&mut c);
             self.put_back(d.conn, c, keep);
         }
@@ -207,13 +238,13 @@ impl Loop<'_> {
         match std::mem::replace(&mut c.phase, Phase::Idle) {
             Phase::Idle | Phase::Linger(_) | Phase::Closing(_) => false,
             Phase::Head => {
-                self.respond(c, &Req::none(now), &Response::error(408, "request timeout: the request head did not arrive in time"));
+                self.respond(c, &Req::none(now), Response::error(408, "request timeout: the request head did not arrive in time"));
                 self.drive(c)
             }
             Phase::Body(b) => {
                 let mut req = b.req;
                 req.close = true;
-                self.respond(c, &req, &Response::error(408, "request timeout: the body did not arrive in time"));
+                self.respond(c, &req, Response::error(408, "request timeout: the body did not arrive in time"));
                 self.drive(c)
             }
             Phase::Busy(b) => {
@@ -227,9 +258,15 @@ impl Loop<'_> {
                         Response::error(503, "database unavailable: no answer in time")
                     }
                 };
-                self.respond(c, &b.0, &resp);
+                self.respond(c, &b.0, resp);
                 self.drive(c)
             }
         }
     }
+}
+
+/// Where a shared text lives: its key in `Loop::shared` (an address stays
+/// unique while a connection holds the text).
+fn shared_key(s: &std::sync::Arc<str>) -> usize {
+    std::sync::Arc::as_ptr(s) as *const u8 as usize
 }
