@@ -77,10 +77,10 @@ pub fn locate(socket: Option<&Path>, config: Option<&Path>, env: Option<&std::ff
         }
         Err(e) if from != ConfigFrom::Default => {
             let by = if from == ConfigFrom::Env { format!(" (${})", ENV_CONFIG) } else { String::new() };
-            return Err(format!("cannot read config {}{}: {}", cfg.display(), by, os_text(&e)));
+            return Err(format!("cannot read config {}{}: {}", cfg.display(), by, crate::sys::strerror(&e)));
         }
         Err(e) => {
-            out.warnings.push(format!("cannot read {}: {}; using {}", cfg.display(), os_text(&e), default.display()));
+            out.warnings.push(format!("cannot read {}: {}; using {}", cfg.display(), crate::sys::strerror(&e), default.display()));
             return Ok(out);
         }
     };
@@ -100,15 +100,6 @@ pub fn locate(socket: Option<&Path>, config: Option<&Path>, env: Option<&std::ff
         out.from = SocketFrom::Config { written: w };
     }
     Ok(out)
-}
-
-/// An io::Error as text without std's " (os error N)" suffix.
-fn os_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" (os error ") {
-        Some(i) if s.ends_with(')') => s[..i].to_string(),
-        _ => s,
-    }
 }
 
 impl Located {
