@@ -30,7 +30,9 @@ pub enum SocketFrom {
     Option,
     /// The config's `controlSocket`, as written (relative or not).
     Config { written: String },
-    /// The config exists (readable or not) and sets no `controlSocket`.
+    /// The default config exists (readable or not) and sets no
+    /// `controlSocket`: the default socket is tried. (A config named by
+    /// `-c` or `$ZDRESTART_CONFIG` without one is an error.)
     ConfigWithout,
     /// No config file at all: the default socket.
     NoConfig,
@@ -59,7 +61,7 @@ pub fn config_path(option: Option<&Path>, env: Option<&std::ffi::OsStr>) -> (Pat
 
 /// The socket for `-s` (`socket`) and `-c` (`config`), with `$ZDRESTART_CONFIG`
 /// as `env`. Err: a config named by `-c` or `$ZDRESTART_CONFIG` that cannot be
-/// read (the operator said to use it).
+/// read (the operator said to use it), or that sets no `controlSocket`.
 pub fn locate(socket: Option<&Path>, config: Option<&Path>, env: Option<&std::ffi::OsStr>) -> Result<Located, String> {
     let (cfg, from) = config_path(config, env);
     let cfg = config::absolute(&cfg);
@@ -95,9 +97,15 @@ pub fn locate(socket: Option<&Path>, config: Option<&Path>, env: Option<&std::ff
             out.warnings.push(format!("{}; using {}", e, default.display()));
         }
     }
-    if let Some(w) = written {
-        out.socket = config::absolute(Path::new(&w));
-        out.from = SocketFrom::Config { written: w };
+    match written {
+        Some(w) => {
+            out.socket = config::absolute(Path::new(&w));
+            out.from = SocketFrom::Config { written: w };
+        }
+        // A master started with this config has no control socket: the
+        // default one would be another master's.
+        None if from != ConfigFrom::Default => return Err(out.hint()),
+        None => {}
     }
     Ok(out)
 }
@@ -121,13 +129,10 @@ impl Located {
                 ENV_CONFIG, DEFAULT_PATH, pass
             ),
             SocketFrom::ConfigWithout => format!(
-                "{} sets no controlSocket, so a master started with it has no control socket ({} is only the \
-                 default). Add \"controlSocket\" to it and restart the master; until then signals work \
-                 (kill -USR2 MASTER_PID for a zero-downtime restart). If the master was started with another \
-                 config: {}",
-                cfg,
-                self.socket.display(),
-                pass
+                "{} sets no controlSocket, so a master started with it has no control socket. Add \
+                 \"controlSocket\" to it and restart the master; until then signals work (kill -USR2 MASTER_PID \
+                 for a zero-downtime restart). If the master was started with another config: {}",
+                cfg, pass
             ),
             SocketFrom::Config { written } if Path::new(written).is_relative() => {
                 let here = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
