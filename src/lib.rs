@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod control;
+pub mod line_level;
 pub mod log;
 pub mod master;
 pub mod protocol;

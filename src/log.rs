@@ -11,6 +11,7 @@
 //! `fatal` (60) does not exist in `log`: an `error!` record carrying the
 //! key-value `fatal = true` is written with level 60.
 
+use crate::line_level::{LineLevel, LineLevels};
 use log::{kv, Level, LevelFilter, Log, Metadata, Record};
 use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
@@ -139,8 +140,10 @@ pub const WORKER_RENAMED: &[(&str, &str)] = &[("component", "worker_component"),
 /// Log one line a worker (or probe) wrote on stdout/stderr. A line that is a
 /// bunyan record is passed on with its own level, time, message and fields,
 /// except the ones the master sets ([`WORKER_RENAMED`]); any other line
-/// becomes an `info` record.
-pub fn worker_line(component: &str, pid: u32, line: &str) {
+/// becomes a record at the level it states (`[ERROR]`, `WARNING:`, a
+/// traceback: [`crate::line_level`], read with its pipe's `levels`), else
+/// `info`.
+pub fn worker_line(component: &str, pid: u32, line: &str, levels: &mut LineLevels) {
     let line = line.trim_end_matches(['\r', '\n']);
     if line.is_empty() {
         return;
@@ -158,7 +161,14 @@ pub fn worker_line(component: &str, pid: u32, line: &str) {
             return;
         }
     }
-    log::info!(component = component, worker_pid = pid; "{}", line);
+    match levels.level(line) {
+        LineLevel::Trace => log::trace!(component = component, worker_pid = pid; "{}", line),
+        LineLevel::Debug => log::debug!(component = component, worker_pid = pid; "{}", line),
+        LineLevel::Info => log::info!(component = component, worker_pid = pid; "{}", line),
+        LineLevel::Warn => log::warn!(component = component, worker_pid = pid; "{}", line),
+        LineLevel::Error => log::error!(component = component, worker_pid = pid; "{}", line),
+        LineLevel::Fatal => log::error!(fatal = true, component = component, worker_pid = pid; "{}", line),
+    }
 }
 
 /// A worker's bunyan record as the master writes it: the keys of

@@ -693,7 +693,8 @@ fn zdrestartctl_exit_codes_and_messages() {
     assert_eq!(
         err,
         format!(
-            "zdrestartctl: connect {}: No such file or directory (is the master running with controlSocket set?)\n",
+            "zdrestartctl: connect {}: No such file or directory\nzdrestartctl: No master listens on the socket given with -s: \
+             is the master running, and is this its controlSocket?\n",
             missing.display()
         )
     );

@@ -8,12 +8,15 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use zdrestart::config::{Config, DEFAULT_PATH};
+use zdrestart::config::Config;
 use zdrestart::control;
+use zdrestart::control::locate;
 use zdrestart::master::admission::{self, ProbeFailure, ProbeInfo, Running};
 use zdrestart::master::event_loop::{self, Options};
+use zdrestart::master::preflight;
 use zdrestart::master::probe::probe_blocking;
 use zdrestart::master::upgrade;
+use zdrestart::restart::Reason;
 use zdrestart::signals::SignalPipe;
 use zdrestart::status::{MasterState, StatusReport};
 
@@ -25,7 +28,8 @@ Usage: zdrestart [-c FILE] [-t | --check]
        zdrestart --help | --version
 
 Options:
-  -c, --config FILE  configuration file (default /etc/zdrestart.json)
+  -c, --config FILE  configuration file (default: $ZDRESTART_CONFIG, else
+                     /etc/zdrestart.json)
   -t, --test-config  test the configuration only (syntax, values, serverUser
                      exists) and exit 0 (valid) or 1 (the error names the
                      file and the key); starts nothing, contacts nothing
@@ -85,8 +89,10 @@ enum Mode {
 
 /// The command line (without argv[0]) as a run mode. `--help`,
 /// `--version` and `--handover-check` take effect where they stand.
-fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Mode, String> {
-    let mut config = PathBuf::from(DEFAULT_PATH);
+/// `env_config`: `$ZDRESTART_CONFIG`, the config file when `-c` is not given
+/// (zdrestartctl and the built-in worker read it too).
+fn parse_args(args: impl IntoIterator<Item = OsString>, env_config: Option<OsString>) -> Result<Mode, String> {
+    let mut config = locate::config_path(None, env_config.as_deref()).0;
     let (mut check, mut test_config, mut handover) = (false, false, None);
     let mut args = args.into_iter();
     let fd = |args: &mut dyn Iterator<Item = OsString>, opt: &str| {
@@ -118,7 +124,7 @@ fn main() -> ExitCode {
     if let Err(e) = zdrestart::sys::ensure_std_fds() {
         return usage_error(&format!("open /dev/null: {}", e));
     }
-    let mode = match parse_args(std::env::args_os().skip(1)) {
+    let mode = match parse_args(std::env::args_os().skip(1), std::env::var_os(zdrestart::protocol::ENV_CONFIG)) {
         Ok(m) => m,
         Err(e) => return usage_error(&e),
     };
@@ -186,6 +192,12 @@ fn run_master(path: &Path, signals: SignalPipe) -> ExitCode {
         log::warn!("{}", w);
         eprintln!("zdrestart: warning: {}", w);
     }
+    // What will fail, said before it does (the refused restarts are said
+    // by the probe's verdict, and by each refusal).
+    for f in preflight::findings(&cfg).into_iter().filter(|f| f.kind == preflight::Kind::CannotStart) {
+        log::warn!("{}", f.line(&cfg));
+        eprintln!("zdrestart: warning: {}", f.line(&cfg));
+    }
     let opts = Options { no_pidfd: std::env::var_os("ZDRESTART_NO_PIDFD").is_some_and(|v| v == "1") };
     if std::env::var_os("ZDRESTART_NO_CLOSE_RANGE").is_some_and(|v| v == "1") {
         zdrestart::sys::disable_close_range();
@@ -250,6 +262,11 @@ fn run_config_test(cfg: &Config) -> ExitCode {
     for w in &cfg.warnings {
         eprintln!("zdrestart: warning: {}", w);
     }
+    // Valid, but it cannot work: said, yet not an error (the file is valid,
+    // and a directory may be made before the master starts).
+    for f in preflight::findings(cfg) {
+        eprintln!("zdrestart: warning: {}", f.line(cfg));
+    }
     // The one check that needs the system: the master fails at start
     // without this user, so a test that passes must not hide it.
     if let Some(name) = &cfg.server_user {
@@ -273,6 +290,12 @@ fn run_check(cfg: Config) -> ExitCode {
     for w in &cfg.warnings {
         println!("warning: {}", w);
     }
+    // What stops a start (the probe's own hint is said with its failure;
+    // refused restarts are said by the verdict).
+    let findings = preflight::findings(&cfg);
+    for f in findings.iter().filter(|f| f.kind == preflight::Kind::CannotStart && f.key != "probe") {
+        println!("warning: {}", f.line(&cfg));
+    }
     println!(
         "config {}: valid ({} workers, driver {}, listen {})",
         cfg.path.display(),
@@ -286,6 +309,14 @@ fn run_check(cfg: Config) -> ExitCode {
         Ok(_) => {
             println!("verdict: a zero-downtime restart would be accepted");
             ExitCode::SUCCESS
+        }
+        Err(refused) if refused.reason == Reason::ProbeFailed => {
+            // The probe's error is printed above, once; there is no
+            // master's log record to point at.
+            let r = refused.reason;
+            println!("verdict: a zero-downtime restart would be refused: {}: {} (its error is above).", r, r.describe());
+            println!("Fix what the probe says (often a config the new worker cannot use, or an unreachable database), then run `zdrestart --check` again. Nothing was changed.");
+            ExitCode::from(1)
         }
         Err(refused) => {
             println!("verdict: a zero-downtime restart would be refused: {}", refused);
@@ -303,10 +334,17 @@ fn probe_verdict(cfg: &Config) -> Result<ProbeInfo, ProbeFailure> {
         return Ok(info);
     }
     let outcome = probe_blocking(cfg, None).unwrap_or_default();
-    for l in &outcome.output {
+    let verdict = outcome.for_restart(cfg.probe_timeout);
+    // The probe's output, but not the lines that repeat its error (a worker
+    // often writes its `ERROR=` text to stderr too).
+    let error = outcome.error.as_deref().filter(|e| !e.is_empty());
+    let says = |l: &str, e: &str| {
+        let msg = serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v.get("msg")?.as_str().map(str::to_string));
+        msg.as_deref().unwrap_or(l).contains(e)
+    };
+    for l in outcome.output.iter().filter(|l| error.is_none_or(|e| !says(l, e))) {
         println!("probe output: {}", l);
     }
-    let verdict = outcome.for_restart(cfg.probe_timeout);
     match &verdict {
         Ok(info) => {
             let shared = match info.shared {
@@ -316,7 +354,10 @@ fn probe_verdict(cfg: &Config) -> Result<ProbeInfo, ProbeFailure> {
             };
             println!("probe: magic {}, version {}, state shared by every worker: {}", info.magic, info.version, shared)
         }
-        Err(f) => println!("probe: failed: {}", f.error),
+        Err(f) => match preflight::sd_notify_probe(cfg) {
+            Some(hint) => println!("probe: failed: {}: {}", f.error, hint),
+            None => println!("probe: failed: {}", f.error),
+        },
     }
     verdict
 }
@@ -362,12 +403,12 @@ mod tests {
     use super::*;
 
     fn mode(args: &[&str]) -> Result<Mode, String> {
-        parse_args(args.iter().map(OsString::from))
+        parse_args(args.iter().map(OsString::from), None)
     }
 
     #[test]
     fn the_command_line_is_one_run_mode() {
-        let etc = || PathBuf::from(DEFAULT_PATH);
+        let etc = || PathBuf::from(zdrestart::config::DEFAULT_PATH);
         assert_eq!(mode(&[]), Ok(Mode::Master { config: etc() }));
         assert_eq!(mode(&["-c", "x.json"]), Ok(Mode::Master { config: "x.json".into() }));
         assert_eq!(mode(&["--config=y.json", "-t"]), Ok(Mode::TestConfig { config: "y.json".into() }));
@@ -381,5 +422,9 @@ mod tests {
         assert_eq!(mode(&["-c"]), Err("option -c needs a FILE".into()));
         assert_eq!(mode(&["--handover"]), Err("option --handover needs an FD".into()));
         assert_eq!(mode(&["--bogus", "--help"]), Err("unknown argument '--bogus'".into()));
+        let env = || Some(OsString::from("/srv/z.json"));
+        assert_eq!(parse_args(["-t"].map(OsString::from), env()), Ok(Mode::TestConfig { config: "/srv/z.json".into() }));
+        assert_eq!(parse_args(["-c", "x.json"].map(OsString::from), env()), Ok(Mode::Master { config: "x.json".into() }));
+        assert_eq!(parse_args(Vec::<OsString>::new(), Some(OsString::new())), Ok(Mode::Master { config: etc() }));
     }
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use zdrestart::config::{self, Config};
+use zdrestart::control::locate::{self, Located};
 use zdrestart::control::{self, Answer};
 use zdrestart::restart::Reason;
 use zdrestart::status::{MasterState, StatusReport};
@@ -57,21 +58,26 @@ Commands:
                        the master's one-line JSON as it is
   version              version of the running master
   loglevel LEVEL       set the log level of the master and its workers:
-                       trace, debug, info, warn, error, fatal, or restore
-                       (back to logLevel of the config)
+                       trace, debug, info, warn, error, fatal (the same as
+                       error: both log errors and fatal records), or
+                       restore (back to logLevel of the config)
   cmds                 commands the master understands
+
+  --wait may also be written -w or wait (restart -w, upgrade wait).
 
 Options:
   -s, --socket SOCKET  control socket (default: controlSocket of the config,
                        else /run/zdrestart/zdrestart.sock)
-  -c, --config CONFIG  config file to read controlSocket from
-                       (default: /etc/zdrestart.json)
+  -c, --config CONFIG  config file to read controlSocket from: the one the
+                       master was started with (default: $ZDRESTART_CONFIG,
+                       else /etc/zdrestart.json)
   -t, --timeout SECS   give up after SECS seconds without an answer (exit 2);
                        0 waits forever. Default: 30, except restart --wait,
-                       and promote --wait, which wait forever: the master
-                       bounds every step of a restart (readyTimeout, minReady,
-                       shutdownTimeout) and answers when it ends, or closes
-                       the connection if it exits
+                       promote --wait and upgrade --wait, which wait
+                       without limit: the master bounds every step of a
+                       restart (readyTimeout, minReady, shutdownTimeout) and
+                       answers when it ends, or closes the connection if it
+                       exits
   -h, --help           this help
   -V, --version        version of zdrestartctl
 
@@ -267,60 +273,25 @@ fn os_text(e: &std::io::Error) -> String {
     }
 }
 
-/// The socket to use: -s, else controlSocket of the config, else the default.
-/// Warnings (config unreadable or invalid) go to stderr; an explicit -c that
-/// cannot be read is an error.
-fn socket_path(opts: &Opts) -> Result<PathBuf, String> {
-    if let Some(s) = &opts.socket {
-        return Ok(config::absolute(s));
+/// The socket to use (`zdrestart::control::locate`): -s, else controlSocket
+/// of -c, `$ZDRESTART_CONFIG` or /etc/zdrestart.json, else the default.
+/// Warnings (default config unreadable or invalid) go to stderr; a config
+/// named by -c or `$ZDRESTART_CONFIG` that cannot be read is an error.
+fn socket_path(opts: &Opts) -> Result<Located, String> {
+    let env = std::env::var_os(zdrestart::protocol::ENV_CONFIG);
+    let located = locate::locate(opts.socket.as_deref(), opts.config.as_deref(), env.as_deref())?;
+    for w in &located.warnings {
+        eprintln!("zdrestartctl: warning: {}", w);
     }
-    let default = PathBuf::from(config::DEFAULT_CONTROL_SOCKET);
-    let (cfg, explicit) = match &opts.config {
-        Some(c) => (config::absolute(c), true),
-        None => (PathBuf::from(config::DEFAULT_PATH), false),
-    };
-    let text = match std::fs::read_to_string(&cfg) {
-        Ok(t) => t,
-        Err(e) if !explicit && e.kind() == ErrorKind::NotFound => return Ok(default),
-        Err(e) if explicit => return Err(format!("cannot read config {}: {}", cfg.display(), os_text(&e))),
-        Err(e) => {
-            eprintln!(
-                "zdrestartctl: warning: cannot read {}: {}; using {}",
-                cfg.display(),
-                os_text(&e),
-                default.display()
-            );
-            return Ok(default);
-        }
-    };
-    match Config::parse(&cfg, &text) {
-        Ok(c) => Ok(c.control_socket.unwrap_or(default)),
-        Err(e) => {
-            // An invalid config (being edited?) may still name the socket.
-            let named = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("controlSocket").and_then(|s| s.as_str()).map(|s| s.to_string()))
-                .filter(|s| !s.is_empty());
-            match named {
-                Some(s) => Ok(config::absolute(Path::new(&s))),
-                None => {
-                    eprintln!("zdrestartctl: warning: {}; using {}", e, default.display());
-                    Ok(default)
-                }
-            }
-        }
-    }
+    Ok(located)
 }
 
 /// Whether a master runs, by the test the master's pidfile is made for (its
 /// lock, not the pid in it: zdrestart(8), FILES), when the config read for
 /// the socket names a `pidfile`. None when there is nothing to say.
-fn pidfile_hint(opts: &Opts) -> Option<String> {
-    if opts.socket.is_some() && opts.config.is_none() {
-        return None;
-    }
-    let path = config::absolute(opts.config.as_deref().unwrap_or(Path::new(config::DEFAULT_PATH)));
-    let cfg = Config::parse(&path, &std::fs::read_to_string(&path).ok()?).ok()?;
+fn pidfile_hint(located: &Located) -> Option<String> {
+    let path = &located.config.as_ref()?.0;
+    let cfg = Config::parse(path, &std::fs::read_to_string(path).ok()?).ok()?;
     let pidfile = cfg.pidfile?;
     Some(match zdrestart::master::pidfile::holder(&pidfile) {
         Ok(Some(pid)) => format!("pidfile {}: a master runs (pid {}, it holds the pidfile's lock)", pidfile.display(), pid),
@@ -329,9 +300,17 @@ fn pidfile_hint(opts: &Opts) -> Option<String> {
     })
 }
 
+/// Nothing listens on `sock` (no such file, or a socket nobody accepts on):
+/// the client looked in the wrong place, or no master runs.
+fn no_master_there(sock: &Path) -> bool {
+    match UnixStream::connect(sock) {
+        Ok(_) => false,
+        Err(e) => matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused),
+    }
+}
+
 fn connect_hint(kind: ErrorKind) -> &'static str {
     match kind {
-        ErrorKind::NotFound | ErrorKind::ConnectionRefused => " (is the master running with controlSocket set?)",
         ErrorKind::PermissionDenied => " (the socket is mode 0600: run as the user that runs the master)",
         _ => "",
     }
@@ -554,7 +533,7 @@ fn run(args: &[String]) -> u8 {
             return EXIT_ERROR;
         }
     };
-    let sock = match socket_path(&opts) {
+    let located = match socket_path(&opts) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("zdrestartctl: {}", e);
@@ -564,12 +543,17 @@ fn run(args: &[String]) -> u8 {
     let wait = matches!(opts.cmd, Cmd::Restart { wait: true, .. } | Cmd::Upgrade { wait: true, .. } | Cmd::Promote { wait: true });
     let secs = opts.timeout.unwrap_or(if wait { 0.0 } else { DEFAULT_TIMEOUT_SECS });
     let timeout = if secs > 0.0 { Some(Duration::from_secs_f64(secs)) } else { None };
+    let sock = located.socket.clone();
     let line = match exchange(&sock, &opts.cmd.line(), timeout, wait) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("zdrestartctl: {}", e);
-            if let Some(hint) = pidfile_hint(&opts) {
+            if let Some(hint) = pidfile_hint(&located) {
                 eprintln!("zdrestartctl: {}", hint);
+            }
+            // Connecting failed (not a timeout, not a closed connection).
+            if e.starts_with("connect ") && no_master_there(&sock) {
+                eprintln!("zdrestartctl: {}", located.hint());
             }
             return EXIT_ERROR;
         }

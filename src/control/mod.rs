@@ -16,6 +16,7 @@
 pub mod advice;
 pub mod bind;
 pub mod handover;
+pub mod locate;
 pub mod server;
 pub mod wire;
 

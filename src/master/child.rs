@@ -6,6 +6,7 @@
 //! the loop turns worker reports into events, the probe runner into a verdict.
 
 use crate::config::Notify;
+use crate::line_level::LineLevels;
 use crate::master::handover::{PipeRest, WorkerFds};
 use crate::protocol::{self, LineBuffer};
 use crate::sys;
@@ -110,6 +111,8 @@ pub struct Child {
     /// How the spawned process ended, once reaped while its main process
     /// goes on.
     pub spawned_status: Option<crate::sys::ExitStatus>,
+    /// The levels of its output's lines (a traceback spans lines).
+    pub output_levels: LineLevels,
 }
 
 impl Child {
@@ -126,6 +129,7 @@ impl Child {
             reports: Notify::Zdrestart,
             main: None,
             spawned_status: None,
+            output_levels: LineLevels::default(),
         }
     }
 
@@ -169,6 +173,7 @@ impl Child {
             reports,
             main,
             spawned_status: fds.spawned_status,
+            output_levels: LineLevels::default(),
         })
     }
 

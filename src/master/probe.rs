@@ -96,7 +96,7 @@ impl ProbeRun {
             }
         }
         for l in lines.output {
-            crate::log::worker_line("probe", pid, &l);
+            crate::log::worker_line("probe", pid, &l, &mut self.child.output_levels);
             if self.outcome.output.len() == KEEP_LINES {
                 self.outcome.output.remove(0);
             }

@@ -27,6 +27,18 @@ fn worker_argv(cfg: &Config) -> Vec<String> {
     vec![path.to_string_lossy().into_owned()]
 }
 
+/// The worker program the master would run for `cfg`, found on disk (an
+/// executable file), or why not.
+pub fn worker_program(cfg: &Config) -> Result<PathBuf, String> {
+    let argv = worker_argv(cfg);
+    let p = resolve_program(&argv[0])?;
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0 => Ok(p),
+        Ok(_) => Err(format!("worker program {} is not an executable file", p.display())),
+        Err(e) => Err(format!("worker program {}: {}", p.display(), crate::sys::strerror(&e))),
+    }
+}
+
 fn resolve_program(name: &str) -> Result<PathBuf, String> {
     if name.contains('/') {
         return Ok(crate::config::absolute(Path::new(name)));

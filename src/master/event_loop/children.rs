@@ -78,7 +78,7 @@ impl Loop {
         let pid = c.pid;
         let lines = c.read(drain);
         for l in lines.output {
-            crate::log::worker_line("worker", pid, &l);
+            crate::log::worker_line("worker", pid, &l, &mut c.output_levels);
             self.queue.push_back(Event::Output { id, line: l });
         }
         if !c.reports.pipe() && !lines.reports.is_empty() {

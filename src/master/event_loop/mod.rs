@@ -278,7 +278,8 @@ fn start_verdict(cfg: &Config, outcome: &ProbeOutcome) -> Result<ProbeInfo, Stri
         (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default(), shared: outcome.shared },
         (None, None) => {
             let why = outcome.for_restart(cfg.probe_timeout).err().map(|f| f.error).unwrap_or_default();
-            return Err(format!("probe of the worker program failed: {}", why));
+            let hint = super::preflight::sd_notify_probe(cfg).map(|h| format!(" ({})", h)).unwrap_or_default();
+            return Err(format!("probe of the worker program failed: {}{}", why, hint));
         }
     };
     if let Some(e) = &outcome.error {

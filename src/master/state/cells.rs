@@ -177,9 +177,11 @@ impl Master {
         };
         let w = self.workers.remove(id)?;
         if let Some(st) = status {
-            let expected = w.asked_to_stop() && self.phase != Phase::Lockout;
+            // Asked to exit: expected, also in lockout (where the record
+            // after it says that it is not respawned).
+            let expected = w.asked_to_stop();
             let level = if expected { log::Level::Info } else { log::Level::Error };
-            let how = if expected { "exited" } else { "exited unexpectedly" };
+            let how = if expected { "exited as asked" } else { "exited unexpectedly" };
             let pid = w.pid_or_0();
             // Either `code` or `signal`, never a null placeholder.
             match st {
