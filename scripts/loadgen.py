@@ -175,10 +175,6 @@ class Load:
         return rec, data
 
     # --- clients -------------------------------------------------------------------
-    def _loop(self, fn, *args):
-        while not self.stopping.is_set():
-            fn(*args)
-
     def _keepalive(self, name, path):
         conn = Conn(self.host, self.port, self.timeout)
         while not self.stopping.is_set():
@@ -295,7 +291,7 @@ def main():
     missing, changed, unreadable = load.verify() if load.acked else ([], [], [])
     fails = load.failures()
     retries = sum(1 for r in load.records if r.retried)
-    lost = len(load.lost) + len(missing) + len(unreadable)
+    lost = len(set(k for k, _ in load.lost) | set(missing) | set(unreadable))
     print("requests=%d failed=%d retries=%d writes=%d lost=%d changed=%d %s" % (
         sum(1 for r in load.records if not r.retried), len(fails), retries, len(load.acked), lost,
         len(load.changed) + len(changed), "; ".join(r.describe() for r in fails[:5])))
