@@ -21,7 +21,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The config a test master gets unless overridden: a free port, log file and
-/// pidfile in the test dir, 2 workers, memory driver, short timeouts.
+/// pidfile in the test dir, 2 workers, memory driver, short timeouts, and no
+/// soak (`minReady` 0: a test about the soak sets it, or removes the key for
+/// the default).
 pub fn default_config(dir: &TestDir, port: u16) -> Map<String, Value> {
     let v = json!({
         "workers": 2,
@@ -35,6 +37,7 @@ pub fn default_config(dir: &TestDir, port: u16) -> Map<String, Value> {
         "readyTimeout": 10,
         "probeTimeout": 10,
         "threads": 4,
+        "minReady": 0,
     });
     match v {
         Value::Object(m) => m,
