@@ -233,21 +233,30 @@ class Load:
         self.threads = []
 
     # --- after the run ---------------------------------------------------------------
-    def verify(self, attempts=3):
+    def verify(self, attempts=3, stall=30.0):
         """Read back every acknowledged write. Returns (missing, changed,
         unreadable): lists of keys. A read that fails is tried again
-        (attempts in all) before the key counts as unreadable."""
+        (attempts in all) before the key counts as unreadable; once no read
+        has been answered for stall seconds, every key not yet read counts
+        as unreadable (a service that is down must not keep the verdict
+        waiting for hours)."""
         missing, changed, unreadable = [], [], []
         keys = sorted(self.acked)
         chunks = [keys[i::4] for i in range(4)]
+        answered = [time.monotonic()]  # when a read was last answered
 
         def check(part):
             conn = Conn(self.host, self.port, self.timeout)
             for key in part:
+                if time.monotonic() - answered[0] > stall:
+                    with self._lock:
+                        unreadable.append(key)
+                    continue
                 for _ in range(attempts):
                     rec = Record(time.monotonic(), "verify", "GET", "", conn.used, conn.last_worker)
                     got = conn.request(rec, "GET", "/objects/%s/%s" % (self.prefix, key))
                     if rec.status in (200, 404):
+                        answered[0] = time.monotonic()
                         break
                     time.sleep(0.2)
                 with self._lock:
