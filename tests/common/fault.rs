@@ -5,10 +5,8 @@
 //! which the scripts find through `ZDRESTART_CONFIG`. With them a test keeps a
 //! restart in flight exactly as long as it needs, with no timeout to race.
 
-use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::{ErrorKind, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,10 +28,7 @@ impl ProbeGate {
     pub fn new(dir: &Path) -> ProbeGate {
         let path = dir.join(PROBE_GATE);
         let _ = std::fs::remove_file(&path);
-        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-        // SAFETY: c is a valid NUL-terminated path; mkfifo(3) has no other precondition.
-        let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
-        assert_eq!(rc, 0, "mkfifo {}: {}", path.display(), std::io::Error::last_os_error());
+        crate::sys::mkfifo(&path);
         ProbeGate { path }
     }
 

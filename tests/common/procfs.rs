@@ -142,8 +142,7 @@ fn parse_environ(raw: &[u8]) -> Vec<(String, String)> {
 
 /// Send a signal to a pid (tests may signal anything they started).
 pub fn kill(pid: i32, sig: i32) -> bool {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(pid, sig) == 0 }
+    crate::sys::kill(pid, sig)
 }
 
 /// Inodes of the sockets pid has open (from its /proc/<pid>/fd links).
