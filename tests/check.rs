@@ -1,6 +1,7 @@
 //! `zdrestart --check`: validate the config, run the probe, and say whether a
 //! zero-downtime restart would be accepted (exit 0) or refused (exit 1, with
 //! the reason and the advice that zdrestartctl gives).
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -102,7 +103,7 @@ fn check_is_not_killed_by_the_masters_restart_and_reopen_signals() {
     let mut cmd = Command::new(master_bin());
     cmd.args(["--check", "-c"]).arg(&cfg).stdout(out.try_clone().unwrap()).stderr(out);
     scrub_env(&mut cmd);
-    let mut c = ChildGuard::new(cmd.spawn().expect("spawn zdrestart --check"), &log);
+    let mut c = ChildGuard::spawn(&mut cmd, &log);
     // Its probe runs (a child of --check): --check is past its start.
     assert!(wait_until(Duration::from_secs(30), || !descendants_of(c.pid()).is_empty()), "no probe started");
     assert!(kill(c.pid(), libc::SIGUSR2));

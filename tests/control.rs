@@ -13,6 +13,7 @@
 //! Layout: helpers (masters; the client itself is tests/common/control.rs),
 //! then one section per theme. A restart is held in flight by the gates of
 //! tests/common/fault.rs, never by a timeout raced against the test.
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -620,7 +621,7 @@ fn socket_is_mode_0600_and_refuses_other_users() {
     let meta = std::fs::symlink_metadata(&sock).unwrap();
     assert!(meta.file_type().is_socket(), "{:?}", meta.file_type());
     assert_eq!(meta.mode() & 0o7777, 0o600, "mode {:o}", meta.mode() & 0o7777);
-    assert_eq!(meta.uid(), unsafe { libc::geteuid() });
+    assert_eq!(meta.uid(), common::sys::euid());
     // No temporary directory of the bind left beside it.
     let leftovers: Vec<String> = std::fs::read_dir(m.dir.path())
         .unwrap()

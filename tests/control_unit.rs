@@ -1,5 +1,6 @@
 //! Socket-level tests of `zdrestart::control::ControlServer` alone: a small
 //! poll loop in a thread stands in for the master and answers commands.
+#![deny(unsafe_code)]
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -78,9 +79,9 @@ fn run(mut server: ControlServer, stop: Arc<AtomicBool>, stats: Arc<Stats>, wait
         server.poll_fds(&mut fds);
         let mut pfds: Vec<libc::pollfd> =
             fds.iter().map(|&(fd, ev)| libc::pollfd { fd, events: ev, revents: 0 }).collect();
-        // SAFETY: pfds is a valid, exclusively borrowed array of pollfd of the given length.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 10) };
-        assert!(n >= 0 || std::io::Error::last_os_error().kind() == ErrorKind::Interrupted);
+        if let Err(e) = common::sys::poll(&mut pfds, 10) {
+            assert_eq!(e.kind(), ErrorKind::Interrupted, "poll: {}", e);
+        }
         let now = Instant::now();
         for p in &pfds {
             if p.revents == 0 {
@@ -445,9 +446,9 @@ fn pump(server: &mut ControlServer, dur: Duration) -> Vec<(control::ClientId, Co
         server.poll_fds(&mut fds);
         let mut pfds: Vec<libc::pollfd> =
             fds.iter().map(|&(fd, ev)| libc::pollfd { fd, events: ev, revents: 0 }).collect();
-        // SAFETY: pfds is a valid, exclusively borrowed array of pollfd of the given length.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 10) };
-        assert!(n >= 0 || std::io::Error::last_os_error().kind() == ErrorKind::Interrupted);
+        if let Err(e) = common::sys::poll(&mut pfds, 10) {
+            assert_eq!(e.kind(), ErrorKind::Interrupted, "poll: {}", e);
+        }
         let now = Instant::now();
         for p in &pfds {
             if p.revents != 0 {

@@ -9,6 +9,7 @@
 //! serving. `bash scripts/test` installs the servers; a test fails (never
 //! skips) when one is missing. The application they serve is
 //! tests/servers/hello.py. Figures are printed, never asserted on.
+#![deny(unsafe_code)]
 
 mod common;
 

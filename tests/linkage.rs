@@ -1,6 +1,7 @@
 //! The master and zdrestartctl never link the MongoDB driver or an async
 //! runtime (ARCHITECTURE.md, the processes): checked on the symbols of the binaries
 //! cargo built for this test run, with the worker as the positive control.
+#![deny(unsafe_code)]
 
 use std::path::Path;
 

@@ -2,6 +2,7 @@
 //! fail fast (zdrestart(8)). Each test starts its own master on its own port
 //! (see tests/common/master.rs); everything it started is killed even when it
 //! fails.
+#![deny(unsafe_code)]
 
 mod common;
 

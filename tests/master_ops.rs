@@ -1,6 +1,7 @@
 //! The master under real operations (zdrestart(8), zdrestart-worker(7)): a worker's record that forges
 //! the master's, the pidfile lock, signals from the first instant, process
 //! groups and orphans, inherited fds. Real master, real workers on loopback.
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -60,8 +61,7 @@ fn flock_says_held(pidfile: &std::path::Path) -> bool {
 fn a_stale_pidfile_naming_a_live_process_does_not_refuse_the_start() {
     // An unrelated live process whose pid a stale pidfile names (a reused pid).
     let dir = TestDir::for_test();
-    let sleeper = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
-    let sleeper = ChildGuard::new(sleeper, dir.join("none"));
+    let sleeper = ChildGuard::spawn(std::process::Command::new("sleep").arg("1000"), dir.join("none"));
     let b = Master::for_test();
     let pidfile = b.dir().join("zdrestart.pid");
     std::fs::write(&pidfile, format!("{}\n", sleeper.pid())).unwrap();

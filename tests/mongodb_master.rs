@@ -1,5 +1,6 @@
 //! The MongoDB driver through the master: what one worker writes,
 //! the others read; 8 concurrent clients writing 2,000 objects lose none.
+#![deny(unsafe_code)]
 
 mod common;
 

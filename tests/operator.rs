@@ -4,6 +4,7 @@
 //! the log file cannot be reopened; the whole respawn backoff of a worker
 //! that keeps dying; and a completed restart's `logLevel`, with the warnings
 //! for the keys that only a normal restart applies.
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -214,8 +215,4 @@ fn a_completed_restart_brings_its_log_level_and_warns_about_keys_it_cannot_apply
     assert_eq!(probe["level"], 20, "{}", probe);
 }
 
-/// The effective uid of this process.
-fn euid() -> u32 {
-    // SAFETY: geteuid(2) cannot fail and has no preconditions.
-    unsafe { libc::geteuid() }
-}
+use common::sys::euid;

@@ -8,6 +8,7 @@
 //! queued or NACK with `no workers`, `bad driver`, `aborted restart`,
 //! `restart in flight` or `incompatibility`. The details zdrestart knows go to
 //! its log, never onto those lines.
+#![deny(unsafe_code)]
 
 mod common;
 

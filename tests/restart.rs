@@ -4,6 +4,7 @@
 //! MongoDB-compatible server, and the fault-injection workers of tests/fault/
 //! (a restart is held in flight by the gates of tests/common/fault.rs, never
 //! by a timeout raced against the test).
+#![deny(unsafe_code)]
 
 mod common;
 

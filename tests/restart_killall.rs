@@ -10,6 +10,7 @@
 //! `zdrestart-worke` in /proc, is not `zdrestart`, so the master's name alone
 //! would not reach them), so that "kills no worker" is about workers that did
 //! get the signal.
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -32,7 +33,10 @@ fn killall_usr2_gives_exactly_one_restart_and_kills_no_worker() {
     }
     let exe = std::env::current_exe().unwrap();
     let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc"])
+    // --kill-child: when unshare dies (run_cmd kills it on timeout; the
+    // harness's parent-death signal when this binary is killed), its child,
+    // pid 1 of the namespace, is killed, and with it every process there.
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
         .arg(&exe)
         .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
         .env(IN_NAMESPACE, "1");

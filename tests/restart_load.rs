@@ -2,6 +2,7 @@
 //! new-connection clients plus ~300 ms requests in flight at every swap.
 //! Ten restarts in a row fail no request and lose no acknowledged write; a
 //! deploy whose new workers die at start-up fails no request either.
+#![deny(unsafe_code)]
 
 mod common;
 mod load;

@@ -2,6 +2,7 @@
 //! sd_notify(3) datagrams it sends on `$NOTIFY_SOCKET`, received on a real
 //! `AF_UNIX` datagram socket that the test binds (a path, and an abstract
 //! name), in their exact sequence for start, restart, refusal, abort and stop.
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -44,11 +45,8 @@ impl Receiver {
 }
 
 fn monotonic_usec_now() -> u64 {
-    // /proc/uptime is CLOCK_BOOTTIME; read CLOCK_MONOTONIC through libc.
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: writes one timespec into a local.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+    // /proc/uptime is CLOCK_BOOTTIME: CLOCK_MONOTONIC comes from the harness.
+    common::sys::monotonic_usec()
 }
 
 /// `RELOADING=1`, `MONOTONIC_USEC=<CLOCK_MONOTONIC in µs, between before and

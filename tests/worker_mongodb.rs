@@ -2,6 +2,7 @@
 //! (pip package `secantusdb`) on a loopback port with in-memory storage, found
 //! through `ZDRESTART_SECANTUSD` or `.venv/bin/secantusd-py`. These tests FAIL
 //! when the server cannot be started: they are never skipped.
+#![deny(unsafe_code)]
 
 mod common;
 

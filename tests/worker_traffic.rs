@@ -8,6 +8,7 @@
 //! behaviour it guards against is a client waiting until it gives up (tens of
 //! seconds), not a slow answer. Figures (rates, latencies, memory) are printed
 //! by `scripts/bench` (bench/worker.rs), never asserted here.
+#![deny(unsafe_code)]
 
 mod common;
 
