@@ -32,13 +32,10 @@ fn killall_usr2_gives_exactly_one_restart_and_kills_no_worker() {
         return inside_the_namespace();
     }
     let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new("unshare");
-    // --kill-child: when unshare dies (run_cmd kills it on timeout; the
-    // harness's parent-death signal when this binary is killed), its child,
-    // pid 1 of the namespace, is killed, and with it every process there.
-    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
-        .arg(&exe)
-        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+    // On timeout run_cmd kills unshare, and with it the whole namespace
+    // (--kill-child; tests/harness.rs shows it).
+    let mut cmd = common::spawn::in_pid_namespace(&exe);
+    cmd.args(["--exact", NAME, "--nocapture", "--test-threads=1"])
         .env(IN_NAMESPACE, "1");
     let (st, out, err) = run_cmd(&mut cmd, Duration::from_secs(300));
     assert!(st.success(), "the test in its PID namespace failed ({:?}):\n--- stdout:\n{}\n--- stderr:\n{}", st, out, err);

@@ -75,11 +75,27 @@ impl ReadyGate {
         std::fs::write(&self.path, b"open\n").unwrap_or_else(|e| panic!("create {}: {}", self.path.display(), e));
     }
 
+    /// Let only the worker of this index (`ZDRESTART_WORKER`) go on.
+    pub fn open_worker(&self, index: u32) {
+        let p = self.worker_path(index);
+        std::fs::write(&p, b"open\n").unwrap_or_else(|e| panic!("create {}: {}", p.display(), e));
+    }
+
+    fn worker_path(&self, index: u32) -> PathBuf {
+        let mut name = self.path.file_name().unwrap().to_os_string();
+        name.push(format!(".{}", index));
+        self.path.with_file_name(name)
+    }
+
+    /// Close the gate (and every per-worker gate of indexes below 1024).
     pub fn close(&self) {
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => panic!("remove {}: {}", self.path.display(), e),
+        let paths = std::iter::once(self.path.clone()).chain((0..1024).map(|i| self.worker_path(i)));
+        for p in paths {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => panic!("remove {}: {}", p.display(), e),
+            }
         }
     }
 }

@@ -99,6 +99,19 @@ pub fn spawn(cmd: &mut Command) -> Child {
     cmd.spawn().unwrap_or_else(|e| panic!("cannot start {:?}: {}", cmd.get_program(), e))
 }
 
+/// `unshare --pid --fork --kill-child --mount-proc <program>` (root only):
+/// `program` runs as pid 1 of a new PID namespace whose /proc shows only it
+/// and its descendants, so that host-wide commands (`killall`) reach
+/// nothing outside. `--kill-child`: when unshare dies (killed by
+/// [`crate::run_cmd`]'s timeout, or by its parent-death signal when the test
+/// binary dies), pid 1 is killed, and with it, by the kernel, every process
+/// of the namespace. Add the program's arguments to the result.
+pub fn in_pid_namespace(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = command("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"]).arg(program);
+    cmd
+}
+
 /// Every live process of this run (its marker in the environment), from
 /// /proc: what the reaper would kill now.
 pub fn marked_processes(marker_value: &str) -> Vec<i32> {
