@@ -82,17 +82,21 @@ fn a_live_master_is_never_started_twice_and_a_dead_one_never_blocks() {
     let pidfile = first.pidfile.clone().unwrap();
     // A second master on the same pidfile (own port and log): refused at
     // once, before binding or probing, and the first master's file is intact.
+    // Its port is held by this test meanwhile: a master that bound before
+    // checking the pidfile would fail with "Address already in use" instead.
     let second = Master::builder("second").set("pidfile", pidfile.display().to_string());
     let port2 = second.port();
+    let holder = std::net::TcpListener::bind(("127.0.0.1", port2)).unwrap();
     let (st, err, second) = second.run_to_exit(T);
+    drop(holder);
     assert_eq!(st.code(), Some(1), "{}", err);
     assert!(
         err.contains(&format!("a master is already running as pid {}", first.pid())) && err.contains("lock"),
         "{}",
         err
     );
+    assert!(!err.contains("Address already in use"), "it tried to bind first: {}", err);
     assert!(second.log_records().iter().all(|r| !r["msg"].as_str().unwrap_or("").starts_with("listening on")));
-    assert!(port_is_free(port2));
     assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), format!("{}\n", first.pid()));
     assert!(flock_says_held(&pidfile));
     assert_eq!(first.healthz().status, 200);
@@ -175,8 +179,135 @@ fn sigterm_and_sigint_while_starting_stop_cleanly() {
     }
 }
 
+/// A master whose config file is a FIFO: it waits in the open(2) of its
+/// config until the test writes it. Returns it once it waits there (the FIFO
+/// has a reader), with the FIFO's write end and the config text to write.
+/// The path then names a regular file with the same text (renamed over the
+/// FIFO, which the master holds open already): what its probe and workers
+/// read later.
+fn master_before_its_config(b: MasterBuilder) -> (Master, std::fs::File, String) {
+    let fifo = b.dir().join("config.fifo");
+    mkfifo(&fifo);
+    let text = serde_json::to_string(&Value::Object(b.config().clone())).unwrap();
+    let m = b.args(&["-c", fifo.to_str().unwrap()]).spawn();
+    let w = open_fifo_when_read(&fifo, T);
+    let file = fifo.with_extension("json");
+    std::fs::write(&file, &text).unwrap();
+    std::fs::rename(&file, &fifo).unwrap();
+    (m, w, text)
+}
+
+/// zdrestart(8): the master handles its signals "from its first instant,
+/// before reading its config". SIGUSR2 and SIGHUP (whose default action is
+/// death) sent while it waits for its config file do not kill it: once the
+/// config comes it starts, refuses that restart (`starting`) and reopens
+/// its log.
+#[test]
+fn sigusr2_and_sighup_before_the_config_is_read_are_handled() {
+    let (m, mut w, text) = master_before_its_config(Master::for_test());
+    m.signal(libc::SIGUSR2);
+    m.signal(libc::SIGHUP);
+    {
+        use std::io::Write;
+        w.write_all(text.as_bytes()).unwrap();
+    }
+    drop(w);
+    m.wait_serving(T);
+    let recs = m.log_records();
+    let refused: Vec<&Value> = recs.iter().filter(|r| event_of(r) == "restart.refused").collect();
+    assert_eq!(refused.len(), 1, "{}", m.diagnostics());
+    assert_eq!(refused[0]["reason"], "starting", "{}", refused[0]);
+    assert_eq!(recs.iter().filter(|r| event_of(r) == "log.reopen").count(), 1, "{}", m.diagnostics());
+    let start = recs.iter().position(|r| event_of(r) == "master.start").unwrap();
+    let refusal = recs.iter().position(|r| event_of(r) == "restart.refused").unwrap();
+    assert!(refusal < start, "the signal was handled before the start: {}", m.diagnostics());
+    assert!(m.events("restart.start").is_empty());
+    assert_eq!(m.healthz().status, 200);
+}
+
+/// SIGTERM or SIGINT sent while the master waits for its config file: once
+/// it has read it, it stops at once with status 0 (not killed by the
+/// signal), starting nothing.
+#[test]
+fn sigterm_and_sigint_before_the_config_is_read_stop_cleanly() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let (mut m, mut w, text) = master_before_its_config(Master::for_test());
+        m.signal(sig);
+        {
+            use std::io::Write;
+            w.write_all(text.as_bytes()).unwrap();
+        }
+        drop(w);
+        let st = m.wait_exit(T);
+        assert_eq!(st.code(), Some(0), "signal {}: {:?}\n{}", sig, st, m.diagnostics());
+        let stop = m.wait_for_event("master.stop", T);
+        assert!(stop["msg"].as_str().unwrap().contains("while starting"), "{}", stop);
+        assert!(m.events("worker.spawn").is_empty());
+        assert!(m.log_records().iter().all(|r| !r["msg"].as_str().unwrap_or("").starts_with("listening on")), "it bound its port");
+        assert!(!m.pidfile.as_ref().unwrap().exists(), "pidfile left behind");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Item 2: process groups, a subreaper, no orphan left serving
+
+/// The pids a `group-term.sh` worker wrote to `file` beside the config, once
+/// there are `n`.
+fn helper_pids(dir: &std::path::Path, file: &str, n: usize) -> Vec<i32> {
+    let path = dir.join(file);
+    let mut pids = Vec::new();
+    assert!(
+        wait_until(T, || {
+            pids = std::fs::read_to_string(&path).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect();
+            pids.len() >= n
+        }),
+        "{} of {} expected: {:?}",
+        file,
+        n,
+        pids
+    );
+    pids
+}
+
+/// zdrestart(8): a graceful stop sends SIGTERM to every worker's *process
+/// group* (a helper of a worker that ends on SIGTERM gets it and ends by
+/// itself), and what is left of a group once its main process is gone is
+/// killed (a helper that ignores SIGTERM, and holds the listener it
+/// inherited, does not outlive the stop). Either alone fails this test.
+#[test]
+fn a_stop_signals_each_workers_group_and_kills_what_is_left() {
+    let b = Master::for_test().set("worker", fault_worker_json("group-term.sh")).set("shutdownTimeout", 5);
+    let dir = b.dir().path().to_path_buf();
+    let mut m = b.start();
+    let workers = m.wait_worker_count(2, T);
+    let graceful = helper_pids(&dir, "graceful-helpers", 2);
+    let stubborn = helper_pids(&dir, "stubborn-helpers", 2);
+    for &p in graceful.iter().chain(&stubborn) {
+        assert!(pgid_of(p).is_some_and(|g| workers.contains(&g)), "helper {} is not in a worker's process group", p);
+    }
+    let mark = m.mark();
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit(T).code(), Some(0), "{}", m.diagnostics());
+    // SIGTERM reached each group: the graceful helpers got it.
+    let got: Vec<i32> = helper_pids(&dir, "term-received", 2);
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    let mut want = graceful.clone();
+    want.sort();
+    assert_eq!(got_sorted, want, "helpers that got SIGTERM");
+    // What was left (SIGTERM ignored) was killed, not left serving.
+    assert!(wait_until(T, || stubborn.iter().all(|&p| !pid_alive(p))), "helpers left alive: {:?}", stubborn);
+    for &w in &workers {
+        assert!(
+            m.log_records()[mark..].iter().any(|r| worker_pid_of(r) == Some(w)
+                && r["msg"].as_str().unwrap_or("").starts_with("killed what was left of the process group")),
+            "no record of the group of {} being killed\n{}",
+            w,
+            m.diagnostics()
+        );
+    }
+    assert!(port_is_free(m.port), "the port is held after the stop");
+}
 
 #[test]
 fn a_wrapper_worker_leaves_no_old_server_after_a_restart_nor_after_a_stop() {

@@ -152,3 +152,21 @@ pub fn pid_listens_on(pid: i32, port: u16) -> bool {
     let mine = crate::procfs::socket_inodes(pid);
     listening_inodes(port).iter().any(|i| mine.contains(i))
 }
+
+/// Number of established TCP connections on local `port` whose socket
+/// process `pid` holds (the server ends it accepted).
+pub fn established_on(pid: i32, port: u16) -> usize {
+    let mine = crate::procfs::socket_inodes(pid);
+    let want = format!(":{:04X}", port);
+    let mut n = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[1].ends_with(&want) && f[3] == "01" && f[9].parse::<u64>().is_ok_and(|i| mine.contains(&i)) {
+                n += 1;
+            }
+        }
+    }
+    n
+}

@@ -91,6 +91,27 @@ pub fn descendants_of(pid: i32) -> Vec<i32> {
     out
 }
 
+/// The threads of pid: (tid, name, context switches so far: voluntary plus
+/// involuntary), from /proc/<pid>/task. A thread that does not run does not
+/// switch: an unchanged count over a while means it never woke up.
+pub fn thread_switches(pid: i32) -> Vec<(i32, String, u64)> {
+    let mut v = Vec::new();
+    let Ok(dir) = fs::read_dir(format!("/proc/{}/task", pid)) else { return v };
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let name = fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string();
+        let status = fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let n: u64 = status
+            .lines()
+            .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        v.push((tid, name, n));
+    }
+    v.sort();
+    v
+}
+
 /// Number of open fds of pid (entries of /proc/<pid>/fd).
 pub fn fd_count(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{}/fd", pid)).map(|d| d.count()).unwrap_or(0)
@@ -165,22 +186,33 @@ pub fn socket_inodes(pid: i32) -> Vec<u64> {
 /// in the worker's hands (positive proof, from /proc/net/tcp and
 /// /proc/<pid>/fd, that a request is in flight in that process).
 pub fn request_taken_by(pid: i32, client: &std::net::TcpStream) -> bool {
-    let (Ok(local), Ok(peer)) = (client.local_addr(), client.peer_addr()) else { return false };
+    requests_taken_by(pid, &[client]) == 1
+}
+
+/// [`request_taken_by`] for many connections at once (one read of the
+/// tables): how many of `clients` are in `pid`'s hands.
+pub fn requests_taken_by(pid: i32, clients: &[&std::net::TcpStream]) -> usize {
     // The server end: local = the client's peer, remote = the client's local.
     let key = |a: std::net::SocketAddr| match a {
         std::net::SocketAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port()),
         std::net::SocketAddr::V6(_) => String::new(),
     };
-    let (want_local, want_remote) = (key(peer), key(local));
-    let Ok(table) = fs::read_to_string("/proc/net/tcp") else { return false };
+    let wanted: std::collections::HashSet<(String, String)> = clients
+        .iter()
+        .filter_map(|c| Some((key(c.peer_addr().ok()?), key(c.local_addr().ok()?))))
+        .collect();
+    let Ok(table) = fs::read_to_string("/proc/net/tcp") else { return 0 };
     let inodes = socket_inodes(pid);
-    table.lines().skip(1).any(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // sl local rem st tx_queue:rx_queue tr:when retrnsmt uid timeout inode
-        f.len() > 9
-            && f[1] == want_local
-            && f[2] == want_remote
-            && f[4].split(':').nth(1).is_some_and(|rx| u64::from_str_radix(rx, 16) == Ok(0))
-            && f[9].parse::<u64>().is_ok_and(|ino| inodes.contains(&ino))
-    })
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx_queue:rx_queue tr:when retrnsmt uid timeout inode
+            f.len() > 9
+                && wanted.contains(&(f[1].to_string(), f[2].to_string()))
+                && f[4].split(':').nth(1).is_some_and(|rx| u64::from_str_radix(rx, 16) == Ok(0))
+                && f[9].parse::<u64>().is_ok_and(|ino| inodes.contains(&ino))
+        })
+        .count()
 }
