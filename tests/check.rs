@@ -20,10 +20,12 @@ fn check(config: &std::path::Path) -> (i32, String) {
     (code, format!("{}{}", out, err))
 }
 
-/// A MongoDB URI on a free loopback port where nothing listens (never the
-/// default 127.0.0.1:27017, where this machine may run a real server).
+/// A MongoDB URI on a loopback port where nothing listens (never the
+/// default 127.0.0.1:27017, where this machine may run a real server): a
+/// port reserved for the test (connections refused), kept while it runs.
 fn nowhere_uri() -> String {
-    format!("mongodb://127.0.0.1:{}/?directConnection=true", free_port())
+    static NOWHERE: std::sync::OnceLock<ReservedPort> = std::sync::OnceLock::new();
+    format!("mongodb://127.0.0.1:{}/?directConnection=true", NOWHERE.get_or_init(ReservedPort::new).port())
 }
 
 fn write(dir: &TestDir, v: serde_json::Value) -> std::path::PathBuf {

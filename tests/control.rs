@@ -243,8 +243,8 @@ fn loglevel_changes_the_master_and_new_workers() {
         assert!(env.iter().any(|(k, _)| k == "ZDRESTART_NOTIFY_FD"), "environ of worker {}: {:?}", p, env);
         assert!(!env.iter().any(|(k, _)| k == "ZDRESTART_LOGLEVEL"), "old worker {}: {:?}", p, env);
     }
-    // Outlive the crash window so the respawn is immediate.
-    std::thread::sleep(Duration::from_millis(1100));
+    // Past the master's crash window (1 s): the respawn is immediate.
+    assert!(wait_older_than(&old, Duration::from_secs(1), T));
     let mark = m.mark();
     kill(old[0], libc::SIGKILL);
     m.wait_events_after(mark, "worker.ready", 1, T);
@@ -275,11 +275,12 @@ fn loglevel_changes_the_master_and_new_workers() {
     );
 
     // zdrestartctl loglevel restore: back to info for the master and every worker.
+    let mark = m.mark();
     let v = ctl(&sock, &["loglevel", "restore"]);
     assert_eq!((v.code, v.out.as_str()), (0, "log level restored to logLevel of the config\n"), "{:?}", v);
     m.wait_for("the master's log level restored record", T, |recs| {
-        recs.iter()
-            .rev()
+        recs[mark..]
+            .iter()
             .find(|r| r["component"] == "control" && r["msg"].as_str().unwrap_or("").starts_with("log level restored to info"))
             .map(|_| ())
     });
@@ -299,8 +300,8 @@ fn loglevel_changes_the_master_and_new_workers() {
             .map(|_| ())
     });
     assert!(debug_after(&m, mark).is_empty(), "{:?}", debug_after(&m, mark));
-    std::thread::sleep(Duration::from_millis(1100));
     let before = m.worker_pids();
+    assert!(wait_older_than(&before, Duration::from_secs(1), T));
     let mark = m.mark();
     kill(newp, libc::SIGKILL);
     m.wait_events_after(mark, "worker.ready", 1, T);

@@ -403,8 +403,8 @@ fn every_log_line_is_bunyan() {
 fn fifty_worker_crashes_leak_no_fd_and_no_zombie() {
     let m = Master::for_test().set("shutdownTimeout", 2).start();
     let mut workers = m.wait_worker_count(2, T);
-    // Stable state: let the workers get older than the crash-loop window.
-    std::thread::sleep(Duration::from_millis(1200));
+    // Stable state: the workers older than the crash-loop window (1 s).
+    assert!(wait_older_than(&workers, Duration::from_secs(1), T));
     let fds_before = m.fd_count();
     let targets_before = fd_targets(m.pid());
     for round in 0..25 {
@@ -438,7 +438,7 @@ fn fifty_worker_crashes_leak_no_fd_and_no_zombie() {
             round
         );
         // Past the crash-loop window before the next kill: no backoff.
-        std::thread::sleep(Duration::from_millis(1100));
+        assert!(wait_older_than(&workers, Duration::from_secs(1), T));
     }
     assert_eq!(m.events("worker.exit").len(), 50, "50 worker.exit records");
     let mut last = (0, Vec::new());

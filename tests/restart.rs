@@ -279,11 +279,13 @@ fn check_lockout(m: &mut Master, abort_reason: &str) {
     assert_eq!(m.healthz().status, 200, "the last worker still serves");
 
     // The last one goes: fatal, exit 1, port released.
+    let mark = m.mark();
     kill(old[1], libc::SIGKILL);
     let st = m.wait_exit(T);
     assert_eq!(Master::exit_code(st), 1);
-    let fatal = m.log_records().into_iter().rev().find(|r| r["level"] == 60).expect("a fatal record");
-    assert!(fatal["msg"].as_str().unwrap().contains("no workers left"), "{}", fatal);
+    let fatal: Vec<Value> = m.log_records()[mark..].iter().filter(|r| r["level"] == 60).cloned().collect();
+    assert_eq!(fatal.len(), 1, "one fatal record after the last worker's death: {:?}", fatal);
+    assert!(fatal[0]["msg"].as_str().unwrap().contains("no workers left"), "{}", fatal[0]);
     assert!(wait_until(Duration::from_secs(5), || port_is_free(m.port)), "port still bound");
 }
 
@@ -432,4 +434,58 @@ fn default_shutdown_timeout_is_thirty_seconds() {
     let c = zdrestart::config::Config::parse(std::path::Path::new("/x.json"), "{}").unwrap();
     assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(c.workers, 2, "two or more workers is the default");
+}
+
+/// README, "What a restart costs": old workers drain in parallel while the
+/// rollout goes on, so a restart takes the rollout plus at most one idle
+/// timeout, not N of them. Each of 4 old workers holds an idle keep-alive
+/// connection, which it keeps until its idle timeout (4 s) after its
+/// SIGTERM: the rollout itself waits for none of them (under one idle
+/// timeout), the whole restart for one at most (plus 1.5 s for the exits
+/// and their reaping), where draining one after another would take 16 s.
+#[test]
+fn a_restart_takes_the_rollout_plus_one_idle_timeout_not_n() {
+    let mongo = Mongo::start();
+    let idle_timeout = Duration::from_secs(4);
+    let m = mongo_master(&mongo, json!({"workers": 4, "shutdownTimeout": 30, "params": {"uri": mongo.uri(), "timeout": 2, "idleTimeout": 4}}));
+    let workers = m.wait_worker_count(4, T);
+    // An idle keep-alive connection to each old worker (and when its last
+    // request was sent: its idle deadline is later than that plus 4 s).
+    let mut idle = std::collections::BTreeMap::new();
+    for _ in 0..400 {
+        if idle.len() == workers.len() {
+            break;
+        }
+        let mut c = KeepAlive::one_connection(m.port);
+        let sent = std::time::Instant::now();
+        let r = c.get("/healthz").unwrap();
+        idle.entry(r.worker_pid().unwrap()).or_insert((c, sent));
+    }
+    assert_eq!(idle.len(), 4, "no idle connection to every worker: {:?}", idle.keys());
+    let closers: Vec<_> = idle
+        .into_values()
+        .map(|(mut c, sent)| std::thread::spawn(move || (c.closed_within(Duration::from_secs(60)), sent.elapsed())))
+        .collect();
+    let mark = m.mark();
+    m.signal(libc::SIGUSR2);
+    let (_, done) = m.wait_event_after(mark, "restart.complete", T);
+    let recs = m.log_records();
+    let start = recs[mark..].iter().find(|r| event_of(r) == "restart.start").expect("restart.start");
+    let last_ready = recs[mark..]
+        .iter()
+        .filter(|r| event_of(r) == "worker.ready" && r["generation"] == 2)
+        .map(time_ms_of)
+        .max()
+        .expect("new workers ready");
+    let rollout = last_ready - time_ms_of(start);
+    let total = time_ms_of(&done) - time_ms_of(start);
+    eprintln!("restart of 4 workers with an idle connection each: rollout {} ms, complete after {} ms", rollout, total);
+    for c in closers {
+        let (closed, after) = c.join().unwrap();
+        assert!(closed, "an idle connection to an old worker was never closed");
+        assert!(after >= idle_timeout, "an idle connection was closed {:?} after its request, before its idle timeout", after);
+    }
+    let idle_ms = idle_timeout.as_millis() as i64;
+    assert!(rollout < idle_ms, "the rollout ({} ms) waited for an old worker's idle connection", rollout);
+    assert!(total <= rollout + idle_ms + 1500, "the restart took {} ms: more than the rollout ({} ms) plus one idle timeout", total, rollout);
 }

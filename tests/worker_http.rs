@@ -186,12 +186,8 @@ fn healthz_and_keep_alive() {
 #[test]
 fn generation_from_environment() {
     let dir = TestDir::for_test();
-    let port = free_port();
-    let cfg = dir.join("c.json");
-    std::fs::write(&cfg, format!(r#"{{"port": {}}}"#, port)).unwrap();
-    let _p = spawn_worker(&cfg, &dir.join("w.log"), &[("ZDRESTART_GENERATION", "7")]);
-    assert!(wait_until(Duration::from_secs(10), || port_accepts(port)));
-    assert_eq!(worker_request(port, "GET", "/healthz", None).json()["generation"], 7);
+    let w = start_worker_with_env(&dir, "w", json!({}), &[("ZDRESTART_GENERATION", "7")]);
+    assert_eq!(worker_request(w.port, "GET", "/healthz", None).json()["generation"], 7);
 }
 
 #[test]

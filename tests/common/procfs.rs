@@ -32,6 +32,24 @@ pub fn proc_stat(pid: i32) -> Option<ProcStat> {
     })
 }
 
+/// How long ago process `pid` started (from its start time in
+/// /proc/<pid>/stat, in clock ticks since boot, and /proc/uptime: both
+/// CLOCK_BOOTTIME). None when there is no such process.
+pub fn age_of(pid: i32) -> Option<std::time::Duration> {
+    let start = proc_stat(pid)?.starttime as f64 / crate::sys::clock_ticks_per_second() as f64;
+    let up: f64 = fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    Some(std::time::Duration::from_secs_f64((up - start).max(0.0)))
+}
+
+/// Wait (`timeout` at most) until every process of `pids` is older than
+/// `age` (or gone); false on timeout. E.g. past the master's crash window
+/// (1 s): a worker killed after it is respawned at once, without backoff.
+pub fn wait_older_than(pids: &[i32], age: std::time::Duration, timeout: std::time::Duration) -> bool {
+    // /proc's start time is in ticks (rounded down): allow one more.
+    let age = age + std::time::Duration::from_millis(20);
+    crate::wait::wait_until(timeout, || pids.iter().all(|&p| age_of(p).is_none_or(|a| a >= age)))
+}
+
 /// The resident set of a process in kB (`VmRSS` of /proc/<pid>/status);
 /// panics when it cannot be read (the process is gone, or a zombie).
 pub fn rss_kb(pid: i32) -> u64 {
