@@ -6,6 +6,7 @@
 //!
 //! Run: `cargo bench --bench restart` (after `scripts/test` set up the venv),
 //! or `scripts/bench`. Figures depend on the machine; nothing is asserted.
+#![deny(unsafe_code)]
 
 use zdrestart_testkit::load::{self, Load, Sample, Spec};
 use zdrestart_testkit::*;

@@ -202,7 +202,7 @@ fn programs_written_while_other_threads_fork_always_run() {
     let dir = TestDir::for_test();
     let stop = Arc::new(AtomicBool::new(false));
     let forks = Arc::new(AtomicUsize::new(0));
-    let forkers: Vec<_> = (0..3)
+    let forkers: Vec<_> = (0..2)
         .map(|_| {
             let (stop, forks) = (stop.clone(), forks.clone());
             std::thread::spawn(move || {
@@ -214,7 +214,7 @@ fn programs_written_while_other_threads_fork_always_run() {
             })
         })
         .collect();
-    let runs = 300;
+    let runs = 150;
     for i in 0..runs {
         let prog = dir.join(format!("prog-{}", i % 3));
         install_script(&prog, &format!("#!/bin/sh\necho ran {}\n", i));
