@@ -636,7 +636,9 @@ fn a_client_that_never_reads_stays_bounded() {
     let mut sent = 0usize;
     let req = b"STATUS\n".repeat(512);
     let write_error = loop {
-        assert!(Instant::now() < deadline, "the hog was neither dropped nor stalled after sending {} bytes", sent);
+        let queued = h.stats.max_queued.load(Ordering::SeqCst);
+        assert!(queued <= control::MAX_OUTPUT, "{} answer bytes queued, over the bound of {}", queued, control::MAX_OUTPUT);
+        assert!(Instant::now() < deadline, "the hog was not dropped within 30 s (it sent {} bytes)", sent);
         match (&hog).write(&req) {
             Ok(n) => sent += n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),

@@ -214,10 +214,13 @@ fn programs_written_while_other_threads_fork_always_run() {
             })
         })
         .collect();
-    let runs = 150;
+    // 2 MB of comment: writing it takes long enough for forks to happen
+    // meanwhile (as with the 20 MB master the upgrade tests copy).
+    let padding = format!("# {}\n", "x".repeat(2 * 1024 * 1024));
+    let runs = 80;
     for i in 0..runs {
         let prog = dir.join(format!("prog-{}", i % 3));
-        install_script(&prog, &format!("#!/bin/sh\necho ran {}\n", i));
+        install_script(&prog, &format!("#!/bin/sh\necho ran {}\nexit 0\n{}", i, padding));
         let (st, out, err) = run_cmd(&mut Command::new(&prog), T);
         assert!(st.success() && out == format!("ran {}\n", i), "run {} of {}: {:?} {:?} {}", i, prog.display(), st, out, err);
     }
