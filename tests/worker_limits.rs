@@ -54,14 +54,18 @@ fn answer_then_close(s: &mut TcpStream) -> Response {
 
 /// A request head that is not complete within `headerTimeout` (1 s here),
 /// however its bytes trickle in, is answered 408 with a JSON error, and the
-/// connection closed; not before the deadline.
+/// connection closed: not before the deadline (client's clock), and before
+/// a `/delay/2000` asked after the head began (the worker's own order), so
+/// the trickle did not move the deadline.
 #[test]
 fn a_head_that_misses_the_header_timeout_gets_408() {
     let dir = TestDir::for_test();
-    let w = start_worker(&dir, "w", json!({"params": {"headerTimeout": 1}}));
+    let w = start_worker(&dir, "w", json!({"logLevel": "debug", "params": {"headerTimeout": 1}}));
     let mut s = connect(w.port);
     let t0 = Instant::now();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n").unwrap();
+    let mut reference = KeepAlive::new(w.port);
+    reference.send("GET", "/delay/2000", None).unwrap();
     // One more header byte every 100 ms: progress does not move the deadline.
     let trickler = {
         let s = s.try_clone().unwrap();
@@ -82,6 +86,11 @@ fn a_head_that_misses_the_header_timeout_gets_408() {
     assert!(r.json()["error"].as_str().is_some_and(|e| e.contains("head")), "{}", r.text());
     assert!(took >= Duration::from_secs(1), "408 after {:?}, before headerTimeout", took);
     eprintln!("408 after {:?}", took);
+    assert_eq!(reference.read().unwrap().status, 200);
+    let order: Vec<String> = answered(&w).iter().map(|r| format!("{} {}", r["status"], r["path"].as_str().unwrap_or(""))).collect();
+    let at_408 = order.iter().position(|o| o.starts_with("408")).expect("the 408's record");
+    let at_delay = order.iter().position(|o| o == "200 /delay/2000").expect("the reference's record");
+    assert!(at_408 < at_delay, "the 408 came after a 2 s delay asked after the head began: {:?}", order);
 }
 
 /// A body must arrive within `headerTimeout` plus its size at `minBodyRate`
