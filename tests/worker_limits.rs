@@ -253,11 +253,13 @@ fn memory_bodies_over_16_kib_run_on_the_pool() {
 }
 
 /// An idle worker does not wake up: no timer ticks in its loop, nothing
-/// polls. Over 3 s without requests (more than the 2 s after which
-/// `/healthz` would want a ping), none of its own threads (the loop, the
-/// pool, the health thread) switches once.
+/// polls. The deadlines of the connections it just served (idle timeout and
+/// linger, 1 s each here) pass first (3 s); then over 3 s without requests
+/// (more than the 2 s after which `/healthz` would want a ping), none of its
+/// own threads (the loop, the pool, the health thread) switches once.
 fn assert_no_wake_up(w: &HandWorker) {
     let pid = w.proc.pid();
+    std::thread::sleep(Duration::from_secs(3));
     let before = own_thread_switches(pid);
     std::thread::sleep(Duration::from_secs(3));
     let after = own_thread_switches(pid);
@@ -278,7 +280,11 @@ fn healthz_knows_nothing_until_news_and_pings_only_when_its_news_is_old() {
     // A server that accepts and never answers: the start-up ping waits
     // (params.timeout 3 s).
     assert!(kill(-db_pid, libc::SIGSTOP));
-    let w = start_worker(&dir, "w", json!({"driver": "mongodb", "params": {"uri": db.uri(), "dbname": "news", "timeout": 3}}));
+    let w = start_worker(
+        &dir,
+        "w",
+        json!({"driver": "mongodb", "params": {"uri": db.uri(), "dbname": "news", "timeout": 3, "idleTimeout": 1}}),
+    );
     let health = || worker_request(w.port, "GET", "/healthz", None).json()["database"].as_str().unwrap_or("").to_string();
     assert_eq!(health(), "unknown", "before any news of the database");
     assert!(kill(-db_pid, libc::SIGCONT));
