@@ -130,6 +130,13 @@ pub fn thread_switches(pid: i32) -> Vec<(i32, String, u64)> {
     v
 }
 
+/// The state letter of thread `tid` of `pid` (`R` running, `S` asleep, ...),
+/// None when it is gone.
+pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
+    let s = fs::read_to_string(format!("/proc/{}/task/{}/stat", pid, tid)).ok()?;
+    s[s.rfind(')')? + 2..].chars().next()
+}
+
 /// Number of open fds of pid (entries of /proc/<pid>/fd).
 pub fn fd_count(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{}/fd", pid)).map(|d| d.count()).unwrap_or(0)
