@@ -153,6 +153,16 @@ impl Load {
         Load { stop, threads, stats }
     }
 
+    /// Requests answered so far.
+    fn ok(&self) -> u64 {
+        self.stats.lock().unwrap().ok
+    }
+
+    /// Wait until `n` more requests than `since` were answered (60 s at most).
+    fn wait_ok_after(&self, since: u64, n: u64) {
+        assert!(wait_until(T, || self.ok() >= since + n), "only {} requests answered in {:?}", self.ok() - since, T);
+    }
+
     fn finish(self) -> Stats {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
@@ -171,7 +181,7 @@ fn percentile(v: &mut [Duration], p: f64) -> f64 {
 /// the figures.
 fn roll_over_under_load(name: &str, m: &Master) {
     let load = Load::start(m.port);
-    std::thread::sleep(Duration::from_millis(500));
+    load.wait_ok_after(0, 20);
     let mut durations = Vec::new();
     for i in 0..RESTARTS {
         let mark = m.mark();
@@ -179,7 +189,8 @@ fn roll_over_under_load(name: &str, m: &Master) {
         let (_, done) = m.wait_event_after(mark, "restart.complete", T);
         assert_eq!(done["generation"], i + 2);
         durations.push(done["duration_ms"].as_u64().unwrap());
-        std::thread::sleep(Duration::from_millis(300));
+        // The new servers answer before the next swap.
+        load.wait_ok_after(load.ok(), 20);
     }
     let mut s = load.finish();
     let quick = s.latencies.clone();
@@ -240,7 +251,8 @@ fn a_server_that_fails_at_start_aborts_the_restart_and_locks_out() {
     m.signal(libc::SIGUSR2);
     let (_, r) = m.wait_event_after(mark, "restart.refused", T);
     assert_eq!(r["reason"], "aborted restart");
-    std::thread::sleep(Duration::from_millis(500));
+    // The old servers go on answering after the abort.
+    load.wait_ok_after(load.ok(), 20);
     let s = load.finish();
     eprintln!("broken gunicorn deploy: {} requests ok, {} failed", s.ok, s.failures.len());
     assert!(s.failures.is_empty(), "{:?}", &s.failures[..s.failures.len().min(10)]);
