@@ -304,11 +304,20 @@ fn sigkill_of_master_ends_workers_and_frees_port() {
     assert!(!port_accepts(m.port), "something still accepts on the port");
 }
 
+/// A start that fails does so before anything slow: exit 1 (within 30 s: it
+/// does not hang), the error named, no probe run, no worker, no pidfile.
+/// (How many seconds a loaded machine takes to start a process is not
+/// asserted: the order of what happened is.)
 fn assert_fails_fast(b: MasterBuilder, key_words: &[&str]) -> Master {
     let t0 = Instant::now();
-    let (st, stderr, m) = b.run_to_exit(secs(10.0));
+    let (st, stderr, m) = b.run_to_exit(secs(30.0));
     assert_eq!(st.code(), Some(1), "exit status {:?}; stderr:\n{}", st, stderr);
-    assert!(t0.elapsed() < secs(5.0), "took {:?} to fail", t0.elapsed());
+    eprintln!("failed after {:?}", t0.elapsed());
+    assert!(
+        m.log_records().iter().all(|r| r["component"] != "probe"),
+        "a probe ran before the start failed:\n{}",
+        m.log_text()
+    );
     let all = format!("{}\n{}\n{}", stderr, m.stdout_text(), m.log_text());
     for w in key_words {
         assert!(all.contains(w), "the error names {:?}; stderr:\n{}\nlog:\n{}", w, stderr, m.log_text());

@@ -279,7 +279,8 @@ fn helper_pids(dir: &std::path::Path, file: &str, n: usize) -> Vec<i32> {
 fn a_stop_signals_each_workers_group_and_kills_what_is_left() {
     let b = Master::for_test().set("worker", fault_worker_json("group-term.sh")).set("shutdownTimeout", 5);
     let dir = b.dir().path().to_path_buf();
-    let mut m = b.start();
+    let mut m = b.spawn();
+    m.wait_events_after(0, "worker.ready", 2, T);
     let workers = m.wait_worker_count(2, T);
     let graceful = helper_pids(&dir, "graceful-helpers", 2);
     let stubborn = helper_pids(&dir, "stubborn-helpers", 2);
@@ -304,6 +305,7 @@ fn a_stop_signals_each_workers_group_and_kills_what_is_left() {
     assert!(pid_alive(m.pid()), "the master runs on");
     m.wait_event_after(mark, "worker.ready", T);
     let workers = m.wait_worker_count(2, T);
+    assert!(!workers.contains(&victim));
     let graceful: Vec<i32> = helper_pids(&dir, "graceful-helpers", 3).into_iter().filter(|&p| pid_alive(p)).collect();
     let stubborn: Vec<i32> = helper_pids(&dir, "stubborn-helpers", 3).into_iter().filter(|&p| pid_alive(p)).collect();
     assert_eq!((graceful.len(), stubborn.len()), (2, 2), "helpers of the 2 live workers");

@@ -66,8 +66,9 @@ pub struct Mongo {
 }
 
 impl Mongo {
-    /// Start a server and wait until it accepts TCP connections (20 s at most;
-    /// panics with its output otherwise).
+    /// Start a server and wait until it accepts TCP connections (60 s at most:
+    /// its Python start-up takes seconds on a loaded machine; panics with its
+    /// output otherwise).
     pub fn start() -> Mongo {
         let mut m = Mongo::down();
         m.spawn();
@@ -111,7 +112,7 @@ impl Mongo {
             .stderr(log)
             .process_group(0);
         self.child = Some(spawn(&mut cmd));
-        let end = Instant::now() + Duration::from_secs(20);
+        let end = Instant::now() + Duration::from_secs(60);
         loop {
             // The port is reserved: whoever accepts on it is this server.
             if port_accepts(self.port) {
@@ -130,7 +131,7 @@ impl Mongo {
             if Instant::now() >= end {
                 self.stop();
                 panic!(
-                    "secantusd-py did not accept TCP on 127.0.0.1:{} within 20 s; output:\n{}",
+                    "secantusd-py did not accept TCP on 127.0.0.1:{} within 60 s; output:\n{}",
                     self.port,
                     fs::read_to_string(&logpath).unwrap_or_default()
                 );

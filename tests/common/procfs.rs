@@ -217,27 +217,36 @@ pub fn request_taken_by(pid: i32, client: &std::net::TcpStream) -> bool {
 /// [`request_taken_by`] for many connections at once (one read of the
 /// tables): how many of `clients` are in `pid`'s hands.
 pub fn requests_taken_by(pid: i32, clients: &[&std::net::TcpStream]) -> usize {
+    which_requests_taken_by(pid, clients).into_iter().filter(|&t| t).count()
+}
+
+/// [`request_taken_by`] for each of `clients`, from one read of the tables
+/// (reading /proc/net/tcp takes long on a machine with many sockets).
+pub fn which_requests_taken_by(pid: i32, clients: &[&std::net::TcpStream]) -> Vec<bool> {
     // The server end: local = the client's peer, remote = the client's local.
     let key = |a: std::net::SocketAddr| match a {
         std::net::SocketAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port()),
         std::net::SocketAddr::V6(_) => String::new(),
     };
-    let wanted: std::collections::HashSet<(String, String)> = clients
-        .iter()
-        .filter_map(|c| Some((key(c.peer_addr().ok()?), key(c.local_addr().ok()?))))
-        .collect();
-    let Ok(table) = fs::read_to_string("/proc/net/tcp") else { return 0 };
+    let wanted: Vec<Option<(String, String)>> =
+        clients.iter().map(|c| Some((key(c.peer_addr().ok()?), key(c.local_addr().ok()?)))).collect();
+    let mut taken = vec![false; clients.len()];
+    let Ok(table) = fs::read_to_string("/proc/net/tcp") else { return taken };
     let inodes = socket_inodes(pid);
-    table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local rem st tx_queue:rx_queue tr:when retrnsmt uid timeout inode
-            f.len() > 9
-                && wanted.contains(&(f[1].to_string(), f[2].to_string()))
-                && f[4].split(':').nth(1).is_some_and(|rx| u64::from_str_radix(rx, 16) == Ok(0))
-                && f[9].parse::<u64>().is_ok_and(|ino| inodes.contains(&ino))
-        })
-        .count()
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local rem st tx_queue:rx_queue tr:when retrnsmt uid timeout inode
+        if f.len() <= 9
+            || !f[4].split(':').nth(1).is_some_and(|rx| u64::from_str_radix(rx, 16) == Ok(0))
+            || !f[9].parse::<u64>().is_ok_and(|ino| inodes.contains(&ino))
+        {
+            continue;
+        }
+        for (i, w) in wanted.iter().enumerate() {
+            if w.as_ref().is_some_and(|(l, r)| l == f[1] && r == f[2]) {
+                taken[i] = true;
+            }
+        }
+    }
+    taken
 }
