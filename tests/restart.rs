@@ -441,8 +441,9 @@ fn default_shutdown_timeout_is_thirty_seconds() {
 /// timeout, not N of them. Each of 4 old workers holds an idle keep-alive
 /// connection, which it keeps until its idle timeout (4 s) after its
 /// SIGTERM: the rollout itself waits for none of them (under one idle
-/// timeout), the whole restart for one at most (plus 1.5 s for the exits
-/// and their reaping), where draining one after another would take 16 s.
+/// timeout), the whole restart for one at most (plus 2.5 s for the exits
+/// and their reaping on a loaded machine), where draining one after another
+/// would take 16 s.
 #[test]
 fn a_restart_takes_the_rollout_plus_one_idle_timeout_not_n() {
     let mongo = Mongo::start();
@@ -487,5 +488,5 @@ fn a_restart_takes_the_rollout_plus_one_idle_timeout_not_n() {
     }
     let idle_ms = idle_timeout.as_millis() as i64;
     assert!(rollout < idle_ms, "the rollout ({} ms) waited for an old worker's idle connection", rollout);
-    assert!(total <= rollout + idle_ms + 1500, "the restart took {} ms: more than the rollout ({} ms) plus one idle timeout", total, rollout);
+    assert!(total <= rollout + idle_ms + 2500, "the restart took {} ms: more than the rollout ({} ms) plus one idle timeout", total, rollout);
 }
