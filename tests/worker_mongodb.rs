@@ -117,10 +117,12 @@ fn database_down_gives_503_and_recovers() {
     // Concurrent requests while down all get their 503 in time too: every
     // one by params.timeout + 0.5 s, before a /delay of params.timeout +
     // 0.6 s asked after them, in the worker's own order.
+    let pid = w.proc.pid();
+    let base = fd_count(pid);
     let t = Instant::now();
     let hs: Vec<_> = (0..8).map(|i| std::thread::spawn(move || worker_request(p, "GET", &format!("/objects/d/{}", i), None).status)).collect();
-    let pid = w.proc.pid();
-    assert!(wait_until(Duration::from_secs(30), || established_on(pid, p) >= 8), "the 8 requests did not reach the worker");
+    // The 8 connections are in the worker's hands (an fd each) before the reference is asked.
+    assert!(wait_until(Duration::from_secs(30), || fd_count(pid) >= base + 8), "the 8 requests did not reach the worker");
     let reference = std::thread::spawn(move || worker_request(p, "GET", &format!("/delay/{}", DB_TIMEOUT * 1000 + 600), None).status);
     for h in hs {
         assert_eq!(h.join().unwrap(), 503);
