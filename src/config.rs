@@ -5,8 +5,14 @@
 //! what was expected. It must not open sockets, spawn, or log: callers decide
 //! whether an error is fatal (start) or a refusal (`bad config` on restart), and
 //! log the unknown-key warnings it collects.
+//!
+//! Every key is declared once, in [`Config::parse`]: one line gives its name,
+//! its default and what it accepts (a [`Keys`] reader), and fills the field.
+//! A key is known because it is read there: whatever the file has beside is
+//! warned about. Adding a key: a field of [`Config`], its line in `parse`.
 
 use serde_json::{Map, Value};
+use std::cell::RefCell;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,32 +27,12 @@ pub const DEFAULT_MONGO_DBNAME: &str = "zdrestart";
 /// How long a built-in worker waits for MongoDB before answering 503.
 pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(3);
 
-const KNOWN_KEYS: &[&str] = &[
-    "workers",
-    "address",
-    "port",
-    "driver",
-    "params",
-    "logfile",
-    "logLevel",
-    "pidfile",
-    "controlSocket",
-    "serverUser",
-    "worker",
-    "shutdownTimeout",
-    "readyTimeout",
-    "probeTimeout",
-    "threads",
-    "notify",
-    "probe",
-    "magic",
-    "version",
-];
-
 /// The Databank driver the workers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
     Memory,
+    /// One SQLite database file shared by every worker of this host.
+    Sqlite,
     Mongodb,
 }
 
@@ -54,6 +40,7 @@ impl Driver {
     pub fn as_str(self) -> &'static str {
         match self {
             Driver::Memory => "memory",
+            Driver::Sqlite => "sqlite",
             Driver::Mongodb => "mongodb",
         }
     }
@@ -106,8 +93,10 @@ pub struct Config {
     pub mongo_uri: String,
     /// `params.dbname` (mongodb).
     pub mongo_dbname: String,
-    /// `params.timeout` (mongodb): seconds before a request answers 503.
+    /// `params.timeout` (sqlite, mongodb): seconds before a request answers 503.
     pub db_timeout: Duration,
+    /// `params.path` (sqlite, required with it): the database file, absolute.
+    pub sqlite_path: Option<PathBuf>,
     pub logfile: Option<PathBuf>,
     pub log_level: log::LevelFilter,
     pub pidfile: Option<PathBuf>,
@@ -129,6 +118,10 @@ pub struct Config {
     pub magic: Option<u64>,
     /// `version`: the version declared for a worker without a probe.
     pub version: Option<String>,
+    /// `sharedState`: whether every worker of every generation serves the
+    /// same data, declared for a worker without a probe (always `Some`
+    /// when `probe` is false).
+    pub shared_state: Option<bool>,
     /// Non-fatal findings (unknown keys), for the caller to log.
     pub warnings: Vec<String>,
 }
@@ -167,191 +160,85 @@ impl Config {
 
     /// Validate the text of a config file; `path` is only used in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let err = |key: Option<&str>, message: String| ConfigError {
-            path: path.to_path_buf(),
-            key: key.map(str::to_string),
-            message,
-        };
-        let value: Value = serde_json::from_str(text).map_err(|e| {
-            err(None, format!("invalid JSON at line {} column {}: {}", e.line(), e.column(), e))
-        })?;
+        let err = |message: String| ConfigError { path: path.to_path_buf(), key: None, message };
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| err(format!("invalid JSON at line {} column {}: {}", e.line(), e.column(), e)))?;
         let obj = match value {
             Value::Object(o) => o,
-            other => {
-                return Err(err(None, format!("expected a JSON object, found {}", kind(&other))))
-            }
+            other => return Err(err(format!("expected a JSON object, found {}", kind(&other)))),
         };
-        let mut warnings = Vec::new();
-        for k in obj.keys() {
-            if !KNOWN_KEYS.contains(&k.as_str()) {
-                warnings.push(format!("{}: unknown key \"{}\" ignored", path.display(), k));
-            }
-        }
-        let r = Reader { obj: &obj, path };
+        let k = Keys::new(&obj, path, "");
+        let params = k.object("params")?;
+        // `params`: the keys the master knows; others are the worker's (no warning).
+        let p = Keys::new(&params, path, "params.");
+        let drivers = [("memory", Driver::Memory), ("sqlite", Driver::Sqlite), ("mongodb", Driver::Mongodb)];
+        let driver = k.choice("driver", &drivers, Driver::Memory)?;
+        // Only the sqlite driver's: other workers may give params.path a meaning of their own.
+        let sqlite_path = if driver == Driver::Sqlite { p.path("path")? } else { None };
+        let mut c = Config {
+            path: path.to_path_buf(),
+            workers: k.int("workers", 2, 1, 1024)? as u32,
+            address: k.text("address", "127.0.0.1", "an IP address or host name")?,
+            port: k.int("port", 8080, 0, 65535)? as u16,
+            driver,
+            mongo_uri: p.string("uri")?.unwrap_or_else(|| DEFAULT_MONGO_URI.into()),
+            mongo_dbname: p.dbname("dbname", DEFAULT_MONGO_DBNAME)?,
+            db_timeout: p.seconds("timeout", DEFAULT_DB_TIMEOUT)?,
+            sqlite_path,
+            params,
+            logfile: k.path("logfile")?,
+            log_level: k.level("logLevel", log::LevelFilter::Info)?,
+            pidfile: k.path("pidfile")?,
+            control_socket: k.path("controlSocket")?,
+            server_user: k.name("serverUser", "a user name")?,
+            worker: k.argv("worker")?,
+            shutdown_timeout: k.seconds("shutdownTimeout", Duration::from_secs(30))?,
+            ready_timeout: k.seconds("readyTimeout", Duration::from_secs(30))?,
+            probe_timeout: k.seconds("probeTimeout", Duration::from_secs(10))?,
+            threads: k.int("threads", 4, 1, 1024)? as u32,
+            notify: k.choice("notify", &[("zdrestart", Notify::Zdrestart), ("systemd", Notify::Systemd), ("both", Notify::Both)], Notify::Zdrestart)?,
+            probe: k.boolean("probe", true)?,
+            magic: k.magic("magic")?,
+            version: k.string("version")?,
+            shared_state: k.flag("sharedState")?,
+            warnings: Vec::new(),
+        };
+        c.warnings = k.unknown();
+        c.check_together()?;
+        Ok(c)
+    }
 
-        let workers = r.int("workers", 2, 1, 1024)? as u32;
-        let address = r.string("address")?.unwrap_or_else(|| "127.0.0.1".into());
-        if address.is_empty() {
-            return Err(err(Some("address"), "expected an IP address or host name, found \"\"".into()));
+    /// The rules between keys, once each is valid on its own.
+    fn check_together(&mut self) -> Result<(), ConfigError> {
+        let fail = |key: &str, message: String| ConfigError { path: self.path.clone(), key: Some(key.into()), message };
+        if self.driver == Driver::Mongodb && !(self.mongo_uri.starts_with("mongodb://") || self.mongo_uri.starts_with("mongodb+srv://")) {
+            return Err(fail("params.uri", format!("expected a mongodb:// connection string, found \"{}\"", self.mongo_uri)));
         }
-        let port = r.int("port", 8080, 0, 65535)? as u16;
-        let driver = match r.string("driver")?.as_deref() {
-            None | Some("memory") => Driver::Memory,
-            Some("mongodb") => Driver::Mongodb,
-            Some(other) => {
-                return Err(err(
-                    Some("driver"),
-                    format!("expected \"memory\" or \"mongodb\", found \"{}\"", other),
-                ))
-            }
-        };
-        let params = match obj.get("params") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m.clone(),
-            Some(other) => {
-                return Err(err(Some("params"), format!("expected an object, found {}", kind(other))))
-            }
-        };
-        let pr = Reader { obj: &params, path };
-        let mongo_uri = pr.string_as("uri", "params.uri")?.unwrap_or_else(|| DEFAULT_MONGO_URI.into());
-        if driver == Driver::Mongodb
-            && !(mongo_uri.starts_with("mongodb://") || mongo_uri.starts_with("mongodb+srv://"))
-        {
-            return Err(err(
-                Some("params.uri"),
-                format!("expected a mongodb:// connection string, found \"{}\"", mongo_uri),
-            ));
+        if self.driver == Driver::Sqlite && self.sqlite_path.is_none() {
+            return Err(fail("params.path", "required with driver \"sqlite\": the database file every worker shares".into()));
         }
-        let mongo_dbname =
-            pr.string_as("dbname", "params.dbname")?.unwrap_or_else(|| DEFAULT_MONGO_DBNAME.into());
-        if mongo_dbname.is_empty()
-            || mongo_dbname.len() > 63
-            || mongo_dbname.contains(|c: char| "/\\. \"$\0".contains(c))
-        {
-            return Err(err(
-                Some("params.dbname"),
-                format!(
-                    "expected a database name (1-63 characters, none of /\\. \"$), found \"{}\"",
-                    mongo_dbname
-                ),
-            ));
-        }
-        let db_timeout = pr.seconds_as("timeout", "params.timeout", DEFAULT_DB_TIMEOUT)?;
-
-        let logfile = r.path("logfile")?;
-        let log_level = match r.string("logLevel")? {
-            None => log::LevelFilter::Info,
-            Some(s) => parse_level(&s).ok_or_else(|| {
-                err(
-                    Some("logLevel"),
-                    format!("expected one of trace, debug, info, warn, error, fatal, found \"{}\"", s),
-                )
-            })?,
-        };
-        let pidfile = r.path("pidfile")?;
-        let control_socket = r.path("controlSocket")?;
-        let server_user = r.string("serverUser")?;
-        if server_user.as_deref() == Some("") {
-            return Err(err(Some("serverUser"), "expected a user name, found \"\"".into()));
-        }
-        let worker = match obj.get("worker") {
-            None | Some(Value::Null) => None,
-            Some(Value::Array(a)) if !a.is_empty() => {
-                let mut argv = Vec::new();
-                for v in a {
-                    match v {
-                        Value::String(s) if !s.is_empty() && !s.contains('\0') => argv.push(s.clone()),
-                        other => {
-                            return Err(err(
-                                Some("worker"),
-                                format!("expected an array of non-empty strings (argv), found element {}", other),
-                            ))
-                        }
-                    }
-                }
-                Some(argv)
-            }
-            Some(other) => {
-                return Err(err(
-                    Some("worker"),
-                    format!("expected a non-empty array of strings (argv), found {}", other),
-                ))
-            }
-        };
-        let shutdown_timeout = r.seconds("shutdownTimeout", Duration::from_secs(30))?;
-        let ready_timeout = r.seconds("readyTimeout", Duration::from_secs(30))?;
-        let probe_timeout = r.seconds("probeTimeout", Duration::from_secs(10))?;
-        let threads = r.int("threads", 4, 1, 1024)? as u32;
-        let notify = match r.string("notify")?.as_deref() {
-            None | Some("zdrestart") => Notify::Zdrestart,
-            Some("systemd") => Notify::Systemd,
-            Some("both") => Notify::Both,
-            Some(other) => {
-                return Err(err(
-                    Some("notify"),
-                    format!("expected \"zdrestart\", \"systemd\" or \"both\", found \"{}\"", other),
-                ))
-            }
-        };
-        let probe = match obj.get("probe") {
-            None | Some(Value::Null) => true,
-            Some(Value::Bool(b)) => *b,
-            Some(other) => return Err(err(Some("probe"), format!("expected true or false, found {}", kind(other)))),
-        };
-        let magic = match obj.get("magic") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
-            Some(other) => {
-                return Err(err(
-                    Some("magic"),
-                    format!("expected an integer from 0 to {}, found {}", u64::MAX, kind(other)),
-                ))
-            }
-        };
-        let version = r.string("version")?;
-        if probe {
-            for (key, set) in [("magic", magic.is_some()), ("version", version.is_some())] {
+        if self.probe {
+            let declared = [("magic", self.magic.is_some()), ("version", self.version.is_some()), ("sharedState", self.shared_state.is_some())];
+            for (key, set) in declared {
                 if set {
-                    warnings.push(format!(
+                    self.warnings.push(format!(
                         "{}: key \"{}\" ignored: it is used only when \"probe\" is false (the probe reports it)",
-                        path.display(),
+                        self.path.display(),
                         key
                     ));
                 }
             }
-        } else if magic.is_none() {
-            return Err(err(
-                Some("magic"),
-                "required when \"probe\" is false: the magic number the probe would have reported".into(),
+        } else if self.magic.is_none() {
+            return Err(fail("magic", "required when \"probe\" is false: the magic number the probe would have reported".into()));
+        } else if self.shared_state.is_none() {
+            return Err(fail(
+                "sharedState",
+                "required when \"probe\" is false: true if every worker of every generation serves the same data \
+                 (a store they share: zero-downtime restarts need it), false if each worker keeps state of its own"
+                    .into(),
             ));
         }
-
-        Ok(Config {
-            path: path.to_path_buf(),
-            workers,
-            address,
-            port,
-            driver,
-            params,
-            mongo_uri,
-            mongo_dbname,
-            db_timeout,
-            logfile,
-            log_level,
-            pidfile,
-            control_socket,
-            server_user,
-            worker,
-            shutdown_timeout,
-            ready_timeout,
-            probe_timeout,
-            threads,
-            notify,
-            probe,
-            magic,
-            version,
-            warnings,
-        })
+        Ok(())
     }
 
     /// `address:port` as written in logs and errors (IPv6 in brackets).
@@ -396,74 +283,176 @@ fn kind(v: &Value) -> String {
     }
 }
 
-struct Reader<'a> {
+/// Reads the keys of one JSON object, each under its name in messages
+/// (`prefix` + key), and remembers which it read: the others are unknown.
+struct Keys<'a> {
     obj: &'a Map<String, Value>,
     path: &'a Path,
+    prefix: &'static str,
+    read: RefCell<Vec<&'static str>>,
 }
 
-impl Reader<'_> {
-    fn fail(&self, key: &str, message: String) -> ConfigError {
-        ConfigError { path: self.path.to_path_buf(), key: Some(key.into()), message }
+impl<'a> Keys<'a> {
+    fn new(obj: &'a Map<String, Value>, path: &'a Path, prefix: &'static str) -> Keys<'a> {
+        Keys { obj, path, prefix, read: RefCell::new(Vec::new()) }
     }
 
-    fn int(&self, key: &str, default: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
-        match self.obj.get(key) {
-            None | Some(Value::Null) => Ok(default),
+    /// The value of `key` (absent and null are the same: the default).
+    fn get(&self, key: &'static str) -> Option<&'a Value> {
+        self.read.borrow_mut().push(key);
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    fn fail(&self, key: &str, message: String) -> ConfigError {
+        ConfigError { path: self.path.to_path_buf(), key: Some(format!("{}{}", self.prefix, key)), message }
+    }
+
+    /// Warnings for the keys of the object that were never read.
+    fn unknown(&self) -> Vec<String> {
+        let read = self.read.borrow();
+        let unknown = self.obj.keys().filter(|k| !read.contains(&k.as_str()));
+        unknown.map(|k| format!("{}: unknown key \"{}\" ignored", self.path.display(), k)).collect()
+    }
+
+    fn int(&self, key: &'static str, default: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
+        let expected = |found: String| self.fail(key, format!("expected an integer from {} to {}, found {}", min, max, found));
+        match self.get(key) {
+            None => Ok(default),
             Some(Value::Number(n)) if n.as_i64().is_some() => {
-                let v = n.as_i64().unwrap();
+                let v = n.as_i64().unwrap_or_default();
                 if v < min || v > max {
-                    Err(self.fail(key, format!("expected an integer from {} to {}, found {}", min, max, v)))
+                    Err(expected(v.to_string()))
                 } else {
                     Ok(v)
                 }
             }
-            Some(other) => Err(self.fail(
-                key,
-                format!("expected an integer from {} to {}, found {}", min, max, kind(other)),
-            )),
+            Some(other) => Err(expected(kind(other))),
         }
     }
 
-    fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
-        self.string_as(key, key)
-    }
-
-    fn string_as(&self, key: &str, name: &str) -> Result<Option<String>, ConfigError> {
-        match self.obj.get(key) {
-            None | Some(Value::Null) => Ok(None),
+    fn string(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(self.fail(name, format!("expected a string, found {}", kind(other)))),
+            Some(other) => Err(self.fail(key, format!("expected a string, found {}", kind(other)))),
         }
     }
 
-    fn path(&self, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+    /// A non-empty string, `what` it must be.
+    fn name(&self, key: &'static str, what: &str) -> Result<Option<String>, ConfigError> {
+        match self.string(key)? {
+            Some(s) if s.is_empty() => Err(self.fail(key, format!("expected {}, found \"\"", what))),
+            other => Ok(other),
+        }
+    }
+
+    /// A non-empty string with a default.
+    fn text(&self, key: &'static str, default: &str, what: &str) -> Result<String, ConfigError> {
+        Ok(self.name(key, what)?.unwrap_or_else(|| default.into()))
+    }
+
+    /// One of `choices` (its words, as the file spells them).
+    fn choice<T: Copy>(&self, key: &'static str, choices: &[(&str, T)], default: T) -> Result<T, ConfigError> {
+        let Some(word) = self.string(key)? else { return Ok(default) };
+        if let Some(&(_, v)) = choices.iter().find(|(w, _)| *w == word) {
+            return Ok(v);
+        }
+        let quoted: Vec<String> = choices.iter().map(|(w, _)| format!("\"{}\"", w)).collect();
+        let expected = match quoted.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {}", rest.join(", "), last),
+            None => String::new(),
+        };
+        Err(self.fail(key, format!("expected {}, found \"{}\"", expected, word)))
+    }
+
+    fn boolean(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(self.fail(key, format!("expected true or false, found {}", kind(other)))),
+        }
+    }
+
+    /// A boolean without a default: absent is `None`.
+    fn flag(&self, key: &'static str) -> Result<Option<bool>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(self.fail(key, format!("expected true or false, found {}", kind(other)))),
+        }
+    }
+
+    fn object(&self, key: &'static str) -> Result<Map<String, Value>, ConfigError> {
+        match self.get(key) {
+            None => Ok(Map::new()),
+            Some(Value::Object(m)) => Ok(m.clone()),
+            Some(other) => Err(self.fail(key, format!("expected an object, found {}", kind(other)))),
+        }
+    }
+
+    fn path(&self, key: &'static str) -> Result<Option<PathBuf>, ConfigError> {
         match self.string(key)? {
             None => Ok(None),
-            Some(s) if s.is_empty() || s.contains('\0') => {
-                Err(self.fail(key, format!("expected a file path, found \"{}\"", s)))
-            }
+            Some(s) if s.is_empty() || s.contains('\0') => Err(self.fail(key, format!("expected a file path, found \"{}\"", s))),
             Some(s) => Ok(Some(absolute(Path::new(&s)))),
         }
     }
 
-    fn seconds(&self, key: &str, default: Duration) -> Result<Duration, ConfigError> {
-        self.seconds_as(key, key, default)
-    }
-
-    fn seconds_as(&self, key: &str, name: &str, default: Duration) -> Result<Duration, ConfigError> {
-        match self.obj.get(key) {
-            None | Some(Value::Null) => Ok(default),
+    fn seconds(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
             Some(Value::Number(n)) => match n.as_f64() {
                 Some(v) if v > 0.0 && v <= 86400.0 => Ok(Duration::from_secs_f64(v)),
-                _ => Err(self.fail(
-                    name,
-                    format!("expected a number of seconds greater than 0 and at most 86400, found {}", n),
-                )),
+                _ => Err(self.fail(key, format!("expected a number of seconds greater than 0 and at most 86400, found {}", n))),
             },
-            Some(other) => Err(self.fail(
-                name,
-                format!("expected a number of seconds greater than 0, found {}", kind(other)),
-            )),
+            Some(other) => Err(self.fail(key, format!("expected a number of seconds greater than 0, found {}", kind(other)))),
+        }
+    }
+
+    fn level(&self, key: &'static str, default: log::LevelFilter) -> Result<log::LevelFilter, ConfigError> {
+        match self.string(key)? {
+            None => Ok(default),
+            Some(s) => parse_level(&s)
+                .ok_or_else(|| self.fail(key, format!("expected one of trace, debug, info, warn, error, fatal, found \"{}\"", s))),
+        }
+    }
+
+    /// The worker's argv: a non-empty array of non-empty strings.
+    fn argv(&self, key: &'static str) -> Result<Option<Vec<String>>, ConfigError> {
+        let a = match self.get(key) {
+            None => return Ok(None),
+            Some(Value::Array(a)) if !a.is_empty() => a,
+            Some(other) => return Err(self.fail(key, format!("expected a non-empty array of strings (argv), found {}", other))),
+        };
+        let mut argv = Vec::new();
+        for v in a {
+            match v {
+                Value::String(s) if !s.is_empty() && !s.contains('\0') => argv.push(s.clone()),
+                other => {
+                    return Err(self.fail(key, format!("expected an array of non-empty strings (argv), found element {}", other)))
+                }
+            }
+        }
+        Ok(Some(argv))
+    }
+
+    /// A MongoDB database name.
+    fn dbname(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
+        let name = self.string(key)?.unwrap_or_else(|| default.into());
+        if name.is_empty() || name.len() > 63 || name.contains(|c: char| "/\\. \"$\0".contains(c)) {
+            let message = format!("expected a database name (1-63 characters, none of /\\. \"$), found \"{}\"", name);
+            return Err(self.fail(key, message));
+        }
+        Ok(name)
+    }
+
+    /// A magic number: an integer from 0 to 2^64-1.
+    fn magic(&self, key: &'static str) -> Result<Option<u64>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+            Some(other) => Err(self.fail(key, format!("expected an integer from 0 to {}, found {}", u64::MAX, kind(other)))),
         }
     }
 }
@@ -506,6 +495,13 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("logLevel"));
         let e = parse(r#"{"worker": []}"#).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("worker"));
+        let e = parse(r#"{"driver":"sqlite"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "/etc/z.json: key \"params.path\": required with driver \"sqlite\": the database file every worker shares");
+        let e = parse(r#"{"driver":"sqlite","params":{"path":""}}"#).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("params.path"));
+        let c = parse(r#"{"driver":"sqlite","params":{"path":"rel/z.db"}}"#).unwrap();
+        assert_eq!(c.driver, Driver::Sqlite);
+        assert!(c.sqlite_path.unwrap().is_absolute());
         let e = parse(r#"{"driver":"mongodb","params":{"uri":"http://x"}}"#).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("params.uri"));
         let e = parse(r#"{"params":{"dbname":"a.b"}}"#).unwrap_err();
@@ -538,8 +534,13 @@ mod tests {
     fn notify_and_declared_probe() {
         let c = parse("{}").unwrap();
         assert_eq!((c.notify, c.probe, c.magic), (Notify::Zdrestart, true, None));
-        let c = parse(r#"{"notify": "systemd", "probe": false, "magic": 18446744073709551615, "version": "g1"}"#).unwrap();
+        let c = parse(r#"{"notify": "systemd", "probe": false, "magic": 18446744073709551615, "version": "g1", "sharedState": true}"#).unwrap();
         assert_eq!((c.notify, c.probe, c.magic, c.version.as_deref()), (Notify::Systemd, false, Some(u64::MAX), Some("g1")));
+        assert_eq!(c.shared_state, Some(true));
+        let e = parse(r#"{"probe": false, "magic": 1}"#).unwrap_err();
+        assert_eq!(e.to_string(), "/etc/z.json: key \"sharedState\": required when \"probe\" is false: true if every worker of every generation serves the same data (a store they share: zero-downtime restarts need it), false if each worker keeps state of its own");
+        let e = parse(r#"{"probe": false, "magic": 1, "sharedState": "yes"}"#).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sharedState"));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert_eq!(parse(r#"{"notify": "both"}"#).unwrap().notify, Notify::Both);
         let e = parse(r#"{"notify": "sd"}"#).unwrap_err();
@@ -549,10 +550,10 @@ mod tests {
         let e = parse(r#"{"probe": false}"#).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("magic"), "{}", e);
         for bad in [r#"-1"#, r#"1.5"#, r#""7""#] {
-            let e = parse(&format!(r#"{{"probe": false, "magic": {}}}"#, bad)).unwrap_err();
+            let e = parse(&format!(r#"{{"probe": false, "magic": {}, "sharedState": true}}"#, bad)).unwrap_err();
             assert_eq!(e.key.as_deref(), Some("magic"), "{}", e);
         }
-        let e = parse(r#"{"probe": false, "magic": 1, "version": 2}"#).unwrap_err();
+        let e = parse(r#"{"probe": false, "magic": 1, "version": 2, "sharedState": true}"#).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("version"));
         // With the probe on, a declared magic number is not used: say so.
         let c = parse(r#"{"magic": 3}"#).unwrap();

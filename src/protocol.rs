@@ -48,6 +48,10 @@ pub enum Report {
     Status(String),
     Magic(u64),
     Version(String),
+    /// Probe: `SHARED=1` (every worker of every generation serves the same
+    /// data: a zero-downtime restart may run old and new side by side) or
+    /// `SHARED=0` (each worker has state of its own).
+    Shared(bool),
     /// A `MAGIC=` whose value is not a u64.
     BadMagic(String),
     /// Any other line, kept for the log.
@@ -63,6 +67,8 @@ impl Report {
             Some(("ERROR", v)) => Report::Error(v.to_string()),
             Some(("STATUS", v)) => Report::Status(v.to_string()),
             Some(("VERSION", v)) => Report::Version(v.to_string()),
+            Some(("SHARED", "1")) => Report::Shared(true),
+            Some(("SHARED", "0")) => Report::Shared(false),
             Some(("MAGIC", v)) => match v.trim().parse::<u64>() {
                 Ok(n) => Report::Magic(n),
                 Err(_) => Report::BadMagic(v.to_string()),
@@ -130,6 +136,9 @@ mod tests {
         assert_eq!(Report::parse("VERSION=1.0"), Report::Version("1.0".into()));
         assert_eq!(Report::parse("FOO=bar"), Report::Unknown("FOO=bar".into()));
         assert_eq!(Report::parse("READY=0"), Report::Unknown("READY=0".into()));
+        assert_eq!(Report::parse("SHARED=1"), Report::Shared(true));
+        assert_eq!(Report::parse("SHARED=0\n"), Report::Shared(false));
+        assert_eq!(Report::parse("SHARED=yes"), Report::Unknown("SHARED=yes".into()));
     }
 
     #[test]

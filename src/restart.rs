@@ -1,17 +1,19 @@
-//! The restart vocabulary: every reason a zero-downtime restart is refused or
-//! aborted, with its wire text, its description and its advice in one table,
-//! and the typed answers the state machine gives a control client.
+//! The restart vocabulary: every reason a zero-downtime restart or an
+//! in-place upgrade of the master is refused or aborted, with its wire text,
+//! its description and its advice in one table, and the typed answers the
+//! state machine gives a control client.
 //!
 //! Owns the words, not the decisions: which reason applies is decided by
 //! [`crate::master::admission`] and the state machine; how an answer becomes a
 //! line on the control socket is [`crate::control::render`]. Pure data, no I/O.
 //! The reasons are stable strings (ARCHITECTURE.md, "Restart vocabulary";
-//! zdrestartctl(8)); adding one means adding a variant here and a line in the
-//! man pages.
+//! zdrestartctl(8)); adding one means adding a variant here, its row in
+//! `WORDS`, and a line in the man pages.
 
-/// Why a restart was refused or did not complete. On the wire: `NACK <wire>`
-/// or `NACK <wire>: <detail>`; in the `restart.refused` log record and in
-/// STATUS `last_restart.reason`.
+/// Why a restart (or an upgrade of the master) was refused or did not
+/// complete. On the wire: `NACK <wire>` or `NACK <wire>: <detail>`; in the
+/// `restart.refused` (`upgrade.refused`) log record and in STATUS
+/// `last_restart.reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// A restart is being probed or rolled out.
@@ -24,12 +26,13 @@ pub enum Reason {
     ListenChanged,
     /// Fewer than 2 workers.
     NoWorkers,
-    /// The driver is not `mongodb`.
-    BadDriver,
     /// The new code reports another magic number.
     Incompatibility,
     /// The probe of the new code failed.
     ProbeFailed,
+    /// The workers' state is not shared by every worker (the `memory`
+    /// driver; a probe without `SHARED=1`; `sharedState` false).
+    BadDriver,
     /// The master is stopping (a refusal, or the end of a restart it ran).
     Stopping,
     /// A started restart was aborted (answer to `RESTART WAIT`; the detail
@@ -39,6 +42,13 @@ pub enum Reason {
     /// generation: config, pidfile, listeners, probe): only
     /// in the `restart.refused` record, the control socket is not open yet.
     Starting,
+    /// `UPGRADE`: the hand-over state could not be gathered (a worker or a
+    /// control client that cannot be handed over, no executable).
+    UpgradeNotPossible,
+    /// `UPGRADE`: the executable on disk refused the hand-over in its check.
+    UpgradeCheckFailed,
+    /// `UPGRADE`: the exec itself failed; the master carries on.
+    ExecFailed,
 }
 
 /// One row of the table: wire text, description, advice.
@@ -48,98 +58,134 @@ struct Words {
     advice: &'static str,
 }
 
+/// The words of each reason, in the order of [`Reason::ALL`] (a unit test
+/// checks the order).
+const WORDS: [Words; 14] = [
+    Words {
+        wire: "restart in flight",
+        describe: "a zero-downtime restart is already in progress",
+        advice: "Wait for it to end (`zdrestartctl restart --wait` reports the outcome, \
+                 `zdrestartctl status` shows it), then retry if it is still needed.",
+    },
+    Words {
+        wire: "aborted restart",
+        describe: "an earlier zero-downtime restart was aborted: the master refuses restarts and respawns no workers",
+        advice: "Workers still serving keep serving, but none that dies is replaced. Fix the cause \
+                 (see the `restart.abort` record in the master's log), then restart the master as \
+                 soon as possible: `zdrestartctl upgrade --wait` does it without downtime (the master \
+                 re-executes itself in place with a fresh state and rolls every worker over), or a \
+                 normal restart (stop and start the service).",
+    },
+    Words {
+        wire: "bad config",
+        describe: "the config file on disk is unreadable, not JSON, or invalid",
+        advice: "Fix the config file (`zdrestart --check` names the key and the problem), then retry. \
+                 Nothing was changed.",
+    },
+    Words {
+        wire: "listen address changed",
+        describe: "`address` or `port` changed in the config",
+        advice: "The listeners cannot move without downtime: restore the old `address`/`port`, or do \
+                 a normal restart of the master (stop and start the service) to apply them.",
+    },
+    Words {
+        wire: "no workers",
+        describe: "fewer than 2 workers are configured",
+        advice: "Zero-downtime restarts need `workers` of 2 or more, so that one can serve while \
+                 another is replaced: raise it, or do a normal restart.",
+    },
+    Words {
+        wire: "incompatibility",
+        describe: "the new code reports another magic number than the code the master started with",
+        advice: "Old and new code must not serve side by side (their magic numbers differ): do a \
+                 normal restart of the master (stop and start the service) to switch to the new code.",
+    },
+    Words {
+        wire: "probe failed",
+        describe: "the probe of the new code failed, timed out, or reported an error",
+        advice: "See the `restart.refused` record in the master's log for the probe's error (often \
+                 a config the new worker cannot use, or an unreachable database), fix it, then retry. \
+                 Nothing was changed.",
+    },
+    Words {
+        wire: "bad driver",
+        describe: "the workers' state is not shared by every worker (the `memory` driver, or a worker \
+                   that does not say its state is shared)",
+        advice: "Old and new workers serve side by side during a zero-downtime restart, so they must \
+                 see the same data: use `\"driver\": \"sqlite\"` (one host: a database file every \
+                 worker shares) or `\"driver\": \"mongodb\"` (several hosts); a worker program of \
+                 your own says so with `SHARED=1` from its probe, or `\"sharedState\": true` without \
+                 one. Or do a normal restart.",
+    },
+    Words {
+        wire: "stopping",
+        describe: "the master is stopping; the restart did not complete",
+        advice: "Start the master again if it should be running.",
+    },
+    Words {
+        wire: "aborted",
+        describe: "the zero-downtime restart was aborted: a new worker failed before the restart completed",
+        advice: "The master now refuses restarts and respawns no workers; workers still serving keep \
+                 serving. See the `restart.abort` record in the master's log, fix the cause, then \
+                 restart the master as soon as possible (normal restart: stop and start the service).",
+    },
+    Words {
+        wire: "starting",
+        describe: "the master is starting: it has not started its first generation of workers yet",
+        advice: "Wait until the master has started (`master.start` in its log), then retry.",
+    },
+    Words {
+        wire: "upgrade not possible",
+        describe: "the master could not prepare the hand-over",
+        advice: "Nothing changed. See the detail and the master's log; retry once the master is idle.",
+    },
+    Words {
+        wire: "upgrade check failed",
+        describe: "the master's executable on disk refused to take the running master over (its check of the hand-over state failed)",
+        advice: "Nothing changed. Read the detail: an incompatible hand-over version or a broken binary needs a normal \
+                 restart of the master; a bad config must be fixed first.",
+    },
+    Words {
+        wire: "exec failed",
+        describe: "the master could not execute its executable on disk",
+        advice: "Nothing changed; the master carries on. Check the file named in the detail (present, executable).",
+    },
+];
+
 impl Reason {
     /// Every reason: the refusals of a restart request first, in the order
-    /// they are checked, then the ends of a restart that did not complete.
-    pub const ALL: [Reason; 11] = [
+    /// they are checked, then the ends of a restart that did not complete,
+    /// then the refusals of an upgrade of the master.
+    pub const ALL: [Reason; 14] = [
         Reason::InFlight,
         Reason::AbortedRestart,
         Reason::BadConfig,
         Reason::ListenChanged,
         Reason::NoWorkers,
-        Reason::BadDriver,
         Reason::Incompatibility,
         Reason::ProbeFailed,
+        Reason::BadDriver,
         Reason::Stopping,
         Reason::Aborted,
         Reason::Starting,
+        Reason::UpgradeNotPossible,
+        Reason::UpgradeCheckFailed,
+        Reason::ExecFailed,
     ];
 
     /// The refusals of a restart request, in the order they are checked.
     pub const REFUSALS: &'static [Reason] = Reason::ALL.split_at(8).0;
 
-    const fn words(self) -> Words {
-        match self {
-            Reason::InFlight => Words {
-                wire: "restart in flight",
-                describe: "a zero-downtime restart is already in progress",
-                advice: "Wait for it to end (`zdrestartctl restart --wait` reports the outcome, \
-                         `zdrestartctl status` shows it), then retry if it is still needed.",
-            },
-            Reason::AbortedRestart => Words {
-                wire: "aborted restart",
-                describe: "an earlier zero-downtime restart was aborted: the master refuses restarts and respawns no workers",
-                advice: "Workers still serving keep serving, but none that dies is replaced. Fix the cause \
-                         (see the `restart.abort` record in the master's log), then restart the master as \
-                         soon as possible: `zdrestartctl upgrade --wait` does it without downtime (the master \
-                         re-executes itself in place with a fresh state and rolls every worker over), or a \
-                         normal restart (stop and start the service).",
-            },
-            Reason::BadConfig => Words {
-                wire: "bad config",
-                describe: "the config file on disk is unreadable, not JSON, or invalid",
-                advice: "Fix the config file (`zdrestart --check` names the key and the problem), then retry. \
-                         Nothing was changed.",
-            },
-            Reason::ListenChanged => Words {
-                wire: "listen address changed",
-                describe: "`address` or `port` changed in the config",
-                advice: "The listeners cannot move without downtime: restore the old `address`/`port`, or do \
-                         a normal restart of the master (stop and start the service) to apply them.",
-            },
-            Reason::NoWorkers => Words {
-                wire: "no workers",
-                describe: "fewer than 2 workers are configured",
-                advice: "Zero-downtime restarts need `workers` of 2 or more, so that one can serve while \
-                         another is replaced: raise it, or do a normal restart.",
-            },
-            Reason::BadDriver => Words {
-                wire: "bad driver",
-                describe: "the configured driver is not `mongodb`",
-                advice: "With the `memory` driver every worker has its own data, so old and new workers \
-                         cannot serve side by side: use `\"driver\": \"mongodb\"`, or do a normal restart.",
-            },
-            Reason::Incompatibility => Words {
-                wire: "incompatibility",
-                describe: "the new code reports another magic number than the code the master started with",
-                advice: "Old and new code must not serve side by side (their magic numbers differ): do a \
-                         normal restart of the master (stop and start the service) to switch to the new code.",
-            },
-            Reason::ProbeFailed => Words {
-                wire: "probe failed",
-                describe: "the probe of the new code failed, timed out, or reported an error",
-                advice: "See the `restart.refused` record in the master's log for the probe's error (often \
-                         a config the new worker cannot use, or an unreachable database), fix it, then retry. \
-                         Nothing was changed.",
-            },
-            Reason::Stopping => Words {
-                wire: "stopping",
-                describe: "the master is stopping; the restart did not complete",
-                advice: "Start the master again if it should be running.",
-            },
-            Reason::Starting => Words {
-                wire: "starting",
-                describe: "the master is starting: it has not started its first generation of workers yet",
-                advice: "Wait until the master has started (`master.start` in its log), then retry.",
-            },
-            Reason::Aborted => Words {
-                wire: "aborted",
-                describe: "the zero-downtime restart was aborted: a new worker failed before the restart completed",
-                advice: "The master now refuses restarts and respawns no workers; workers still serving keep \
-                         serving. See the `restart.abort` record in the master's log, fix the cause, then \
-                         restart the master as soon as possible (normal restart: stop and start the service).",
-            },
-        }
+    /// The answers of the old image to an `UPGRADE` it refused, before any
+    /// exec: nothing changed. (Any other answer comes from the new image:
+    /// the master was upgraded, and the roll-over that followed was refused
+    /// or aborted. The roll-over is the first event the new image handles,
+    /// so it cannot meet `restart in flight`.)
+    pub const UPGRADE_REFUSALS: [Reason; 5] =
+        [Reason::InFlight, Reason::Stopping, Reason::UpgradeNotPossible, Reason::UpgradeCheckFailed, Reason::ExecFailed];
+
+    const fn words(self) -> &'static Words {
+        &WORDS[self as usize]
     }
 
     /// The stable text on the wire and in logs.
@@ -211,6 +257,21 @@ impl Refused {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Refused {
         Refused { reason, detail: detail.into() }
     }
+
+    /// A restart asked for while one is being probed or rolled out.
+    pub fn in_flight() -> Refused {
+        Refused::new(Reason::InFlight, "")
+    }
+
+    /// A restart asked for in lockout.
+    pub fn aborted_restart() -> Refused {
+        Refused::new(Reason::AbortedRestart, "restart the master as soon as possible")
+    }
+
+    /// A restart asked for while the master stops.
+    pub fn stopping() -> Refused {
+        Refused::new(Reason::Stopping, "the master is stopping")
+    }
 }
 
 impl std::fmt::Display for Refused {
@@ -224,11 +285,15 @@ impl std::fmt::Display for Refused {
     }
 }
 
-/// The master's answer to a `RESTART` or `RESTART WAIT` of a control client.
+/// The master's answer to a control client's `RESTART`, `RESTART WAIT` or
+/// `UPGRADE`: the commands whose answer the state machine gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RestartAnswer {
     /// `ACK`: the probe passed and the rollout started (`RESTART`).
     Started,
+    /// `ACK upgraded <version>`: this image took the master over (`UPGRADE`
+    /// without `WAIT`, or with `NORESTART`).
+    Upgraded,
     /// `ACK complete`: every new worker is ready, every old one gone (`RESTART WAIT`).
     Complete,
     /// `NACK <reason>[: <detail>]`.
@@ -241,7 +306,8 @@ mod tests {
 
     #[test]
     fn wire_texts_are_distinct_and_round_trip() {
-        for r in Reason::ALL {
+        for (i, r) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i, "WORDS is in the order of ALL");
             assert_eq!(Reason::from_wire(r.wire()), Some(r));
             assert!(!r.wire().contains(':') && !r.describe().contains('\n'), "{:?}", r);
         }

@@ -7,7 +7,7 @@
 //! when `$NOTIFY_SOCKET` starts with `@`, as sd_notify(3) says). Each
 //! notification is one datagram of newline-separated `KEY=VALUE`
 //! assignments. It decides nothing: the state machine says what to send
-//! ([`crate::master::state::Notify`]). A full or absent receiver loses a
+//! ([`crate::master::state::Announce`]). A full or absent receiver loses a
 //! notification, never stalls the master. It does not pass `NOTIFY_SOCKET`
 //! on: the master removes it from the workers' environment.
 

@@ -119,3 +119,33 @@ fn check_is_not_killed_by_the_masters_restart_and_reopen_signals() {
     assert_eq!(st.code(), Some(1), "{}", c.output());
     assert!(c.output().contains("refused: bad driver"), "{}", c.output());
 }
+
+/// The shared state is the probe's word (SHARED=1 for sqlite and mongodb,
+/// SHARED=0 for memory), or the config's `sharedState` without a probe.
+#[test]
+fn check_reports_whether_the_state_is_shared() {
+    let dir = TestDir::for_test();
+    let db = dir.join("objects.db").display().to_string();
+    let (code, text) = check(&write(&dir, json!({"port": free_port(), "driver": "sqlite", "params": {"path": db}})));
+    assert_eq!(code, 0, "{}", text);
+    assert!(text.contains("state shared by every worker: yes (SHARED=1)"), "{}", text);
+    assert!(text.contains("would be accepted"), "{}", text);
+    let (code, text) = check(&write(&dir, json!({"port": free_port()})));
+    assert_eq!(code, 1, "{}", text);
+    assert!(text.contains("state shared by every worker: no (SHARED=0)"), "{}", text);
+    assert!(text.contains("refused: bad driver: driver is \"memory\", zero-downtime restarts need a store every worker shares"), "{}", text);
+    // A worker of its own whose probe says nothing of it (no program
+    // written: a shell command line, so no exec races a write).
+    let probe = "printf 'MAGIC=%s\\nVERSION=q\\n' \"$1\" >&\"$ZDRESTART_NOTIFY_FD\"";
+    let worker = json!(["/bin/sh", "-c", probe, "sh", zdrestart::MAGIC.to_string()]);
+    let (code, text) = check(&write(&dir, json!({"port": free_port(), "worker": worker})));
+    assert_eq!(code, 1, "{}", text);
+    assert!(text.contains("not said (no SHARED= line)") && text.contains("did not report SHARED=1 or SHARED=0"), "{}", text);
+    // Without a probe: sharedState is required, and its word is taken.
+    let (code, text) = check(&write(&dir, json!({"port": free_port(), "probe": false, "magic": 1})));
+    assert_eq!(code, 1, "{}", text);
+    assert!(text.contains("key \"sharedState\": required when \"probe\" is false"), "{}", text);
+    let (code, text) = check(&write(&dir, json!({"port": free_port(), "probe": false, "magic": 1, "sharedState": false})));
+    assert_eq!(code, 1, "{}", text);
+    assert!(text.contains("refused: bad driver: \"sharedState\" is false"), "{}", text);
+}

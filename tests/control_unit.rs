@@ -101,7 +101,6 @@ fn run(mut server: ControlServer, stop: Arc<AtomicBool>, stats: Arc<Stats>, wait
                     }
                     Command::Restart { wait: true } => {
                         stats.restarts.fetch_add(1, Ordering::SeqCst);
-                        server.set_waiting(client, true);
                         waits.push((client, now + wait_delay));
                     }
                     Command::LogLevel(_) | Command::LogLevelRestore => server.reply(client, "ACK"),
@@ -419,7 +418,7 @@ fn restart_wait_clients_are_never_evicted_and_a_full_table_of_them_nacks() {
     let limits = Limits { max_clients: 4, idle_timeout: Duration::from_secs(60), ..Limits::default() };
     // The restarts are held until the test releases them (no delay to race).
     let h = Harness::start(&dir.join("ctl.sock"), limits, Duration::from_secs(3600));
-    // Four clients wait for RESTART WAIT (set_waiting: true): nothing evictable.
+    // Four clients wait for RESTART WAIT (a deferred answer): nothing evictable.
     let mut waiting: Vec<BufReader<UnixStream>> = (0..4)
         .map(|_| {
             let s = control_connect(&h.path);
@@ -520,14 +519,13 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
     let cmds = pump(&mut server, step);
     assert_eq!(cmds.len(), 1);
     let a_id = cmds[0].0;
-    // b: RESTART WAIT, marked waiting like the master does.
+    // b: RESTART WAIT, marked waiting by the server (a deferred answer).
     let b = control_connect(&dir.join("ctl.sock"));
     (&b).write_all(b"RESTART WAIT\n").unwrap();
     let cmds = pump(&mut server, step);
     assert_eq!(cmds.len(), 1);
     assert_eq!(cmds[0].1, Command::Restart { wait: true });
     let b_id = cmds[0].0;
-    server.set_waiting(b_id, true);
     // c: connected, never sent anything; the only evictable one.
     let c = control_connect(&dir.join("ctl.sock"));
     pump(&mut server, step);

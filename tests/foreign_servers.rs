@@ -63,7 +63,7 @@ fn start(worker: Value) -> Master {
     let m = Master::for_test()
         .merge(json!({
             "notify": "systemd", "probe": false, "magic": 1, "version": "hello-1",
-            "driver": "mongodb", "worker": worker, "readyTimeout": 30, "shutdownTimeout": 30,
+            "sharedState": true, "worker": worker, "readyTimeout": 30, "shutdownTimeout": 30,
         }))
         .spawn();
     m.wait_events_after(0, "worker.ready", 2, T);

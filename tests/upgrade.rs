@@ -1,5 +1,5 @@
-//! The in-place upgrade of the master (zdrestart(8), "Upgrading the master
-//! itself"; ARCHITECTURE.md, "Upgrading the master"): `UPGRADE` re-execs the
+//! The in-place upgrade of the master (ARCHITECTURE.md, "Upgrading the
+//! master"; zdrestart(8), "Upgrading the master"): `UPGRADE` re-execs the
 //! master's executable on disk with the same pid, keeping the listeners, the
 //! workers and the control clients, then rolls the workers over. Each test
 //! starts its master from a copy of the built `zdrestart` in its own

@@ -30,7 +30,7 @@ fn master(mode: &str, extra: Value) -> (Master, PathBuf) {
     let m = b
         .merge(json!({
             "notify": "systemd", "probe": false, "magic": 5, "version": "sd-1",
-            "driver": "mongodb", "worker": sd_worker(mode),
+            "sharedState": true, "worker": sd_worker(mode),
             "controlSocket": sock.display().to_string(),
         }))
         .merge(extra)
@@ -108,7 +108,7 @@ fn the_masters_own_notify_socket_is_not_passed_on() {
     let b = Master::for_test().env("NOTIFY_SOCKET", "/nonexistent/systemd-notify");
     let sock = b.dir().join("ctl.sock");
     let m = b
-        .merge(json!({"notify": "systemd", "probe": false, "magic": 5, "worker": sd_worker("ready"),
+        .merge(json!({"notify": "systemd", "probe": false, "magic": 5, "sharedState": true, "worker": sd_worker("ready"),
             "controlSocket": sock.display().to_string()}))
         .spawn();
     m.wait_events_after(0, "worker.ready", 2, T);
@@ -158,7 +158,7 @@ fn bad_datagrams_never_hurt_the_master() {
     let b = b.env("SD_NOTIFY_TEST_GO", &go.display().to_string());
     let sock = b.dir().join("ctl.sock");
     let m = b
-        .merge(json!({"notify": "systemd", "probe": false, "magic": 5, "workers": 1, "readyTimeout": 60,
+        .merge(json!({"notify": "systemd", "probe": false, "magic": 5, "sharedState": true, "workers": 1, "readyTimeout": 60,
             "worker": sd_worker("junk"), "controlSocket": sock.display().to_string()}))
         .spawn();
     // Each bad datagram held READY=1; the marker came after all of them.
@@ -296,12 +296,12 @@ fn notify_both_offers_the_pipe_and_the_socket() {
 fn check_without_a_master_does_not_compare_a_declared_magic_number() {
     let dir = TestDir::for_test();
     let cfg = dir.join("z.json");
-    let text = json!({"workers": 2, "driver": "mongodb", "notify": "systemd", "probe": false, "magic": 99,
-        "version": "v9", "worker": sd_worker("ready")});
+    let text = json!({"workers": 2, "notify": "systemd", "probe": false, "magic": 99,
+        "version": "v9", "sharedState": true, "worker": sd_worker("ready")});
     std::fs::write(&cfg, text.to_string()).unwrap();
     let (st, out, err) = run_cmd(std::process::Command::new(master_bin()).args(["--check", "-c"]).arg(&cfg), T);
     assert_eq!(st.code(), Some(0), "{}{}", out, err);
-    assert!(out.contains("probe: off; the config declares magic 99, version v9"), "{}", out);
+    assert!(out.contains("probe: off; the config declares magic 99, version v9, sharedState true"), "{}", out);
     assert!(out.contains("the declared magic 99 is not compared"), "{}", out);
     assert!(out.contains("would be accepted"), "{}", out);
 }

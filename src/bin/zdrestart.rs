@@ -1,16 +1,20 @@
-//! `zdrestart`: the master daemon. Parses the command line, loads the config,
-//! sets up logging and hands over to the event loop. Never daemonizes.
+//! `zdrestart`: the master daemon. Parses the command line into one run mode
+//! ([`Mode`]: the master, `-t`, `--check`, the two internal modes of an
+//! upgrade), loads the config, sets up logging and hands over to the event
+//! loop. Never daemonizes.
 #![deny(unsafe_code)]
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use zdrestart::config::{Config, DEFAULT_PATH};
 use zdrestart::control;
-use zdrestart::master::admission::{self, Running};
+use zdrestart::master::admission::{self, ProbeFailure, ProbeInfo, Running};
 use zdrestart::master::event_loop::{self, Options};
 use zdrestart::master::probe::probe_blocking;
 use zdrestart::master::upgrade;
+use zdrestart::signals::SignalPipe;
 use zdrestart::status::{MasterState, StatusReport};
 
 const HELP: &str = "\
@@ -26,9 +30,10 @@ Options:
                      exists) and exit 0 (valid) or 1 (the error names the
                      file and the key); starts nothing, contacts nothing
       --check        validate the configuration, run the probe of the worker
-                     program (with \"probe\": false, take the declared \"magic\"
-                     and \"version\" instead), say whether a zero-downtime
-                     restart would be accepted, and exit 0 (yes) or 1 (no)
+                     program (with \"probe\": false, take the declared \"magic\",
+                     \"version\" and \"sharedState\" instead), say whether its
+                     state is shared and whether a zero-downtime restart would
+                     be accepted, and exit 0 (yes) or 1 (no)
   -h, --help         print this help
   -V, --version      print the version and the magic number
 
@@ -56,83 +61,118 @@ fn usage_error(msg: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// What this run of `zdrestart` is, from its command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mode {
+    Help,
+    Version,
+    /// The master: run until stopped.
+    Master { config: PathBuf },
+    /// `-t`: the configuration alone.
+    TestConfig { config: PathBuf },
+    /// `--check`: would a zero-downtime restart be accepted?
+    Check { config: PathBuf },
+    /// `--handover FD`: the new image of an upgrade (internal; zdrestart(8)).
+    Resume { fd: String },
+    /// `--handover-check FD`: the new binary's check of an upgrade's state
+    /// (internal).
+    HandoverCheck { fd: String },
+}
+
+/// The command line (without argv[0]) as a run mode. `--help`,
+/// `--version` and `--handover-check` take effect where they stand.
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Mode, String> {
+    let mut config = PathBuf::from(DEFAULT_PATH);
+    let (mut check, mut test_config, mut handover) = (false, false, None);
+    let mut args = args.into_iter();
+    let fd = |args: &mut dyn Iterator<Item = OsString>, opt: &str| {
+        args.next().map(|f| f.to_string_lossy().into_owned()).ok_or_else(|| format!("option {} needs an FD", opt))
+    };
+    while let Some(a) = args.next() {
+        match a.to_str() {
+            Some("-h") | Some("--help") => return Ok(Mode::Help),
+            Some("-V") | Some("--version") => return Ok(Mode::Version),
+            Some("--check") => check = true,
+            Some(upgrade::ARG_CHECK) => return Ok(Mode::HandoverCheck { fd: fd(&mut args, upgrade::ARG_CHECK)? }),
+            Some(upgrade::ARG_HANDOVER) => handover = Some(fd(&mut args, upgrade::ARG_HANDOVER)?),
+            Some("-t") | Some("--test-config") => test_config = true,
+            Some("-c") | Some("--config") => config = PathBuf::from(args.next().ok_or("option -c needs a FILE")?),
+            Some(s) if s.starts_with("--config=") => config = PathBuf::from(&s["--config=".len()..]),
+            _ => return Err(format!("unknown argument '{}'", a.to_string_lossy())),
+        }
+    }
+    Ok(match (test_config, check, handover) {
+        (true, true, _) => return Err("-t and --check exclude each other".into()),
+        (true, false, _) => Mode::TestConfig { config },
+        (false, true, _) => Mode::Check { config },
+        (false, false, Some(fd)) => Mode::Resume { fd },
+        (false, false, None) => Mode::Master { config },
+    })
+}
+
 fn main() -> ExitCode {
     if let Err(e) = zdrestart::sys::ensure_std_fds() {
         return usage_error(&format!("open /dev/null: {}", e));
     }
-    let mut config_path = PathBuf::from(DEFAULT_PATH);
-    let mut check = false;
-    let mut handover: Option<String> = None;
-    let mut test_config = false;
-    let mut args = std::env::args_os().skip(1);
-    while let Some(a) = args.next() {
-        match a.to_str() {
-            Some("-h") | Some("--help") => {
-                print!("{}", HELP);
-                return ExitCode::SUCCESS;
-            }
-            Some("-V") | Some("--version") => {
-                println!("zdrestart {} (magic {})", zdrestart::VERSION, zdrestart::MAGIC);
-                return ExitCode::SUCCESS;
-            }
-            Some("--check") => check = true,
-            // The new binary's check of an upgrade's state (internal).
-            Some(upgrade::ARG_CHECK) => match args.next() {
-                Some(fd) => return ExitCode::from(upgrade::check_main(&fd.to_string_lossy()) as u8),
-                None => return usage_error("option --handover-check needs an FD"),
-            },
-            // The new image of an upgrade (internal; zdrestart(8)).
-            Some(upgrade::ARG_HANDOVER) => match args.next() {
-                Some(fd) => handover = Some(fd.to_string_lossy().into_owned()),
-                None => return usage_error("option --handover needs an FD"),
-            },
-            Some("-t") | Some("--test-config") => test_config = true,
-            Some("-c") | Some("--config") => match args.next() {
-                Some(p) => config_path = PathBuf::from(p),
-                None => return usage_error("option -c needs a FILE"),
-            },
-            Some(s) if s.starts_with("--config=") => config_path = PathBuf::from(&s["--config=".len()..]),
-            _ => return usage_error(&format!("unknown argument '{}'", a.to_string_lossy())),
+    let mode = match parse_args(std::env::args_os().skip(1)) {
+        Ok(m) => m,
+        Err(e) => return usage_error(&e),
+    };
+    match mode {
+        Mode::Help => {
+            print!("{}", HELP);
+            ExitCode::SUCCESS
+        }
+        Mode::Version => {
+            println!("zdrestart {} (magic {})", zdrestart::VERSION, zdrestart::MAGIC);
+            ExitCode::SUCCESS
+        }
+        Mode::HandoverCheck { fd } => ExitCode::from(upgrade::check_main(&fd) as u8),
+        Mode::TestConfig { config } => offline(&config, |cfg| run_config_test(&cfg)),
+        Mode::Check { config } => offline(&config, run_check),
+        // The master's very first action: from here no signal it uses can
+        // kill it with the default action (zdrestart(8), SIGNALS).
+        Mode::Resume { fd } => with_signals(|signals| resume(&fd, signals)),
+        Mode::Master { config } => with_signals(|signals| run_master(&config, signals)),
+    }
+}
+
+/// `-t` and `--check` only shrug off the master's restart and reopen signals
+/// (an operator's `killall -USR2 zdrestart` must not kill them; Ctrl-C still
+/// ends them); then `run` gets the config.
+fn offline(path: &Path, run: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    if let Err(e) = zdrestart::signals::shrug_off(&[libc::SIGUSR2, libc::SIGHUP]) {
+        eprintln!("zdrestart: install signal handlers: {}", e);
+        return ExitCode::from(1);
+    }
+    match Config::load(path) {
+        Ok(c) => run(c),
+        Err(e) => {
+            eprintln!("zdrestart: {}", e);
+            ExitCode::from(1)
         }
     }
-    if check && test_config {
-        return usage_error("-t and --check exclude each other");
+}
+
+/// The master's signal handlers first, then `run`.
+fn with_signals(run: impl FnOnce(SignalPipe) -> ExitCode) -> ExitCode {
+    match event_loop::install_signals() {
+        Ok(s) => run(s),
+        Err(e) => {
+            eprintln!("zdrestart: {}", e);
+            ExitCode::from(1)
+        }
     }
-    // The master's very first action: from here no signal it uses can kill
-    // it with the default action (zdrestart(8), SIGNALS). `--check` and `-t`
-    // only shrug off the master's restart and reopen signals (an operator's
-    // `killall -USR2 zdrestart` must not kill them; Ctrl-C still ends them).
-    let signals = if check || test_config {
-        if let Err(e) = zdrestart::signals::shrug_off(&[libc::SIGUSR2, libc::SIGHUP]) {
-            eprintln!("zdrestart: install signal handlers: {}", e);
-            return ExitCode::from(1);
-        }
-        None
-    } else {
-        match event_loop::install_signals() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("zdrestart: {}", e);
-                return ExitCode::from(1);
-            }
-        }
-    };
-    let signals = match (handover, signals) {
-        (Some(fd), Some(signals)) => return resume(&fd, signals),
-        (_, s) => s,
-    };
-    let cfg = match Config::load(&config_path) {
+}
+
+/// The master: config, log, then the event loop until it stops.
+fn run_master(path: &Path, signals: SignalPipe) -> ExitCode {
+    let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("zdrestart: {}", e);
             return ExitCode::from(1);
         }
-    };
-    if test_config {
-        return run_config_test(&cfg);
-    }
-    let Some(signals) = signals else {
-        return run_check(cfg);
     };
     if let Err(e) = init_log(&cfg) {
         eprintln!("zdrestart: {}", e);
@@ -169,7 +209,7 @@ fn init_log(cfg: &Config) -> Result<(), String> {
 /// (`--handover-check`) passed on these very bytes before the old image
 /// exec'd, so a failure here is not expected; if it happens there is no
 /// way back: say why and exit (the workers get their parent-death signal).
-fn resume(fd: &str, signals: zdrestart::signals::SignalPipe) -> ExitCode {
+fn resume(fd: &str, signals: SignalPipe) -> ExitCode {
     let fail = |e: String| {
         log::error!(fatal = true, event = "master.stop"; "upgrade: {}", e);
         eprintln!("zdrestart: upgrade: {}", e);
@@ -200,7 +240,7 @@ fn resume(fd: &str, signals: zdrestart::signals::SignalPipe) -> ExitCode {
 
 /// `-t`: the configuration alone, as the init script's `configtest` and the
 /// unit's reload need it before they touch a running master. Unlike `--check`
-/// it runs no probe and asks no master, so it says "valid" for the shipped
+/// it runs no probe and asks no master, so it says "valid" for a
 /// memory-driver configuration that `--check` must refuse.
 fn run_config_test(cfg: &Config) -> ExitCode {
     for w in &cfg.warnings {
@@ -236,47 +276,8 @@ fn run_check(cfg: Config) -> ExitCode {
         cfg.driver.as_str(),
         cfg.listen_display()
     );
-    let verdict = match admission::declared(&cfg) {
-        Some(info) => {
-            println!("probe: off; the config declares magic {}, version {}", info.magic, info.version);
-            Ok(info)
-        }
-        None => {
-            let outcome = probe_blocking(&cfg, None).unwrap_or_default();
-            for l in &outcome.output {
-                println!("probe output: {}", l);
-            }
-            let verdict = outcome.for_restart(cfg.probe_timeout);
-            match &verdict {
-                Ok(info) => println!("probe: magic {}, version {}", info.magic, info.version),
-                Err(f) => println!("probe: failed: {}", f.error),
-            }
-            verdict
-        }
-    };
-    // The running master, if its control socket answers: its recorded magic
-    // number, state and listen address are what a restart is checked against.
-    let running = match cfg.control_socket.as_deref().and_then(master_status) {
-        Some(st) => {
-            println!("running master: pid {}, state {}, magic {}", st.pid, st.state, st.magic);
-            Running { state: st.state, listen: st.listen, magic: st.magic }
-        }
-        None => {
-            // A worker without a probe declares its own number: there is
-            // nothing to compare it with but a running master's.
-            let magic = match admission::declared(&cfg) {
-                Some(info) => {
-                    println!("running master: not reachable (no controlSocket, or not running): the declared magic {} is not compared", info.magic);
-                    info.magic
-                }
-                None => {
-                    println!("running master: not reachable (no controlSocket, or not running): comparing with this zdrestart's magic {}", zdrestart::MAGIC);
-                    zdrestart::MAGIC
-                }
-            };
-            Running { state: MasterState::Running, listen: cfg.listen_display(), magic }
-        }
-    };
+    let verdict = probe_verdict(&cfg);
+    let running = running_master(&cfg);
     match admission::admit(&running, Ok::<_, String>(&cfg), verdict) {
         Ok(_) => {
             println!("verdict: a zero-downtime restart would be accepted");
@@ -290,6 +291,54 @@ fn run_check(cfg: Config) -> ExitCode {
     }
 }
 
+/// What the new code is: the probe's answer, or the config's declaration.
+fn probe_verdict(cfg: &Config) -> Result<ProbeInfo, ProbeFailure> {
+    if let Some(info) = admission::declared(cfg) {
+        let shared = info.shared.unwrap_or(false);
+        println!("probe: off; the config declares magic {}, version {}, sharedState {}", info.magic, info.version, shared);
+        return Ok(info);
+    }
+    let outcome = probe_blocking(cfg, None).unwrap_or_default();
+    for l in &outcome.output {
+        println!("probe output: {}", l);
+    }
+    let verdict = outcome.for_restart(cfg.probe_timeout);
+    match &verdict {
+        Ok(info) => {
+            let shared = match info.shared {
+                Some(true) => "yes (SHARED=1)",
+                Some(false) => "no (SHARED=0)",
+                None => "not said (no SHARED= line)",
+            };
+            println!("probe: magic {}, version {}, state shared by every worker: {}", info.magic, info.version, shared)
+        }
+        Err(f) => println!("probe: failed: {}", f.error),
+    }
+    verdict
+}
+
+/// The running master, if its control socket answers: its recorded magic
+/// number, state and listen address are what a restart is checked against.
+fn running_master(cfg: &Config) -> Running {
+    if let Some(st) = cfg.control_socket.as_deref().and_then(master_status) {
+        println!("running master: pid {}, state {}, magic {}", st.pid, st.state, st.magic);
+        return Running { state: st.state, listen: st.listen, magic: st.magic };
+    }
+    // A worker without a probe declares its own number: there is nothing to
+    // compare it with but a running master's.
+    let magic = match admission::declared(cfg) {
+        Some(info) => {
+            println!("running master: not reachable (no controlSocket, or not running): the declared magic {} is not compared", info.magic);
+            info.magic
+        }
+        None => {
+            println!("running master: not reachable (no controlSocket, or not running): comparing with this zdrestart's magic {}", zdrestart::MAGIC);
+            zdrestart::MAGIC
+        }
+    };
+    Running { state: MasterState::Running, listen: cfg.listen_display(), magic }
+}
+
 /// STATUS of the master on `sock`, or None when nobody answers (bounded: 2 s).
 fn master_status(sock: &std::path::Path) -> Option<StatusReport> {
     use std::io::{BufRead, BufReader, Write};
@@ -300,4 +349,31 @@ fn master_status(sock: &std::path::Path) -> Option<StatusReport> {
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line).ok()?;
     serde_json::from_str(line.trim_end().strip_prefix("ACK ")?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(args: &[&str]) -> Result<Mode, String> {
+        parse_args(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn the_command_line_is_one_run_mode() {
+        let etc = || PathBuf::from(DEFAULT_PATH);
+        assert_eq!(mode(&[]), Ok(Mode::Master { config: etc() }));
+        assert_eq!(mode(&["-c", "x.json"]), Ok(Mode::Master { config: "x.json".into() }));
+        assert_eq!(mode(&["--config=y.json", "-t"]), Ok(Mode::TestConfig { config: "y.json".into() }));
+        assert_eq!(mode(&["--check"]), Ok(Mode::Check { config: etc() }));
+        assert_eq!(mode(&["--handover", "5"]), Ok(Mode::Resume { fd: "5".into() }));
+        assert_eq!(mode(&["--handover", "5", "--check"]), Ok(Mode::Check { config: etc() }));
+        assert_eq!(mode(&["--handover-check", "0", "--bogus"]), Ok(Mode::HandoverCheck { fd: "0".into() }));
+        assert_eq!(mode(&["-t", "--help"]), Ok(Mode::Help));
+        assert_eq!(mode(&["-V"]), Ok(Mode::Version));
+        assert_eq!(mode(&["-t", "--check"]), Err("-t and --check exclude each other".into()));
+        assert_eq!(mode(&["-c"]), Err("option -c needs a FILE".into()));
+        assert_eq!(mode(&["--handover"]), Err("option --handover needs an FD".into()));
+        assert_eq!(mode(&["--bogus", "--help"]), Err("unknown argument '--bogus'".into()));
+    }
 }

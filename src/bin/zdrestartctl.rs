@@ -120,10 +120,30 @@ enum Parsed {
     Version,
 }
 
+/// The command line: options, then the command and its words.
 fn parse_args(args: &[String]) -> Result<Parsed, String> {
-    let mut socket = None;
-    let mut config = None;
-    let mut timeout = None;
+    let (socket, config, timeout, words) = match parse_options(args)? {
+        Options::Run { socket, config, timeout, words } => (socket, config, timeout, words),
+        Options::Help => return Ok(Parsed::Help),
+        Options::Version => return Ok(Parsed::Version),
+    };
+    let Some((first, rest)) = words.split_first() else {
+        return Err("missing command".into());
+    };
+    let rest: Vec<&str> = rest.iter().map(|s| s.as_str()).collect();
+    let cmd = parse_command(first, &rest)?;
+    Ok(Parsed::Run(Opts { socket, config, timeout, cmd }))
+}
+
+/// The options, apart from the command's words.
+enum Options {
+    Run { socket: Option<PathBuf>, config: Option<PathBuf>, timeout: Option<f64>, words: Vec<String> },
+    Help,
+    Version,
+}
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let (mut socket, mut config, mut timeout) = (None, None, None);
     let mut words: Vec<String> = Vec::new();
     let mut i = 0;
     while i < args.len() {
@@ -140,46 +160,44 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
             args.get(*i).cloned().ok_or_else(|| format!("option {} needs a value", name))
         };
         match name.as_str() {
-            "-h" | "--help" => return Ok(Parsed::Help),
-            "-V" | "--version" => return Ok(Parsed::Version),
+            "-h" | "--help" => return Ok(Options::Help),
+            "-V" | "--version" => return Ok(Options::Version),
             "-s" | "--socket" => socket = Some(PathBuf::from(value(&mut i)?)),
             "-c" | "--config" => config = Some(PathBuf::from(value(&mut i)?)),
-            "-t" | "--timeout" => {
-                let v = value(&mut i)?;
-                match v.parse::<f64>() {
-                    Ok(t) if (0.0..=1e9).contains(&t) => timeout = Some(t),
-                    _ => {
-                        return Err(format!("invalid timeout \"{}\": expected a number of seconds (0: no timeout)", v))
-                    }
-                }
-            }
+            "-t" | "--timeout" => timeout = Some(parse_timeout(&value(&mut i)?)?),
             "--wait" | "-w" | "--json" | "--no-restart" => words.push(a.clone()),
             "--" => {
                 words.extend(args[i + 1..].iter().cloned());
                 break;
             }
-            s if s.starts_with('-') && s.len() > 1 && s.parse::<f64>().is_err() => {
-                return Err(format!("unknown option {}", a))
-            }
+            s if s.starts_with('-') && s.len() > 1 && s.parse::<f64>().is_err() => return Err(format!("unknown option {}", a)),
             _ => words.push(a.clone()),
         }
         i += 1;
     }
-    let Some((first, rest)) = words.split_first() else {
-        return Err("missing command".into());
-    };
-    let rest: Vec<&str> = rest.iter().map(|s| s.as_str()).collect();
+    Ok(Options::Run { socket, config, timeout, words })
+}
+
+fn parse_timeout(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(t) if (0.0..=1e9).contains(&t) => Ok(t),
+        _ => Err(format!("invalid timeout \"{}\": expected a number of seconds (0: no timeout)", v)),
+    }
+}
+
+/// The command and its words.
+fn parse_command(first: &str, rest: &[&str]) -> Result<Cmd, String> {
     let unexpected = |x: &str| format!("{}: unexpected argument \"{}\"", first, x);
-    let extra = |r: &[&str]| -> Result<(), String> { r.first().map_or(Ok(()), |x| Err(unexpected(x))) };
-    let cmd = match first.as_str() {
-        "restart" => match rest.as_slice() {
+    let none = |cmd: Cmd| rest.first().map_or(Ok(cmd), |x| Err(unexpected(x)));
+    Ok(match first {
+        "restart" => match rest {
             [] => Cmd::Restart { wait: false },
             ["--wait" | "-w" | "wait"] => Cmd::Restart { wait: true },
             r => return Err(unexpected(r[r.len() - 1])),
         },
         "upgrade" => {
             let (mut wait, mut restart) = (false, true);
-            for w in &rest {
+            for w in rest {
                 match *w {
                     "--wait" | "-w" | "wait" if !wait => wait = true,
                     "--no-restart" if restart => restart = false,
@@ -188,36 +206,26 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
             }
             Cmd::Upgrade { wait, restart }
         }
-        "status" => match rest.as_slice() {
+        "status" => match rest {
             [] => Cmd::Status { json: false },
             ["--json"] => Cmd::Status { json: true },
             r => return Err(unexpected(r[r.len() - 1])),
         },
-        "version" => {
-            extra(&rest)?;
-            Cmd::Version
-        }
-        "cmds" => {
-            extra(&rest)?;
-            Cmd::Cmds
-        }
-        "loglevel" => match rest.as_slice() {
+        "version" => none(Cmd::Version)?,
+        "cmds" => none(Cmd::Cmds)?,
+        "loglevel" => match rest {
             [] => return Err("loglevel: missing LEVEL (trace, debug, info, warn, error, fatal or restore)".into()),
             [l] => {
                 let l = l.to_ascii_lowercase();
                 if l != "restore" && config::parse_level(&l).is_none() {
-                    return Err(format!(
-                        "loglevel: invalid level \"{}\": expected trace, debug, info, warn, error, fatal or restore",
-                        l
-                    ));
+                    return Err(format!("loglevel: invalid level \"{}\": expected trace, debug, info, warn, error, fatal or restore", l));
                 }
                 Cmd::LogLevel(l)
             }
             [_, r @ ..] => return Err(unexpected(r[0])),
         },
         other => return Err(format!("unknown command \"{}\"", other)),
-    };
-    Ok(Parsed::Run(Opts { socket, config, timeout, cmd }))
+    })
 }
 
 /// An io::Error as text without std's " (os error N)" suffix.
@@ -421,6 +429,12 @@ fn render_status(st: &StatusReport) -> String {
     o
 }
 
+/// Was an `UPGRADE` answered `NACK <reason>` by the old image, before any
+/// exec (nothing changed)? Otherwise the new image answered it.
+fn refused_before_exec(reason: &str) -> bool {
+    Reason::from_wire(control::reason_key(reason)).is_some_and(|r| Reason::UPGRADE_REFUSALS.contains(&r))
+}
+
 /// Print the outcome of one command; returns the exit status.
 fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
     match answer {
@@ -430,9 +444,7 @@ fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
                     "restart failed"
                 }
                 Cmd::Restart { .. } => "restart refused",
-                Cmd::Upgrade { .. } if zdrestart::master::upgrade::refused_before_exec(control::reason_key(&reason)) => {
-                    "upgrade refused"
-                }
+                Cmd::Upgrade { .. } if refused_before_exec(&reason) => "upgrade refused",
                 // The new master answered: upgraded, but its roll-over did not complete.
                 Cmd::Upgrade { .. } => "upgrade done, restart failed",
                 other => other.name(),

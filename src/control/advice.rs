@@ -1,8 +1,9 @@
 //! The words an operator reads about a NACK: what it means and what to do.
 //! Shared by `zdrestartctl` and `zdrestart --check`.
 //!
-//! Owns only the protocol NACKs' wording; the restart reasons carry their own
-//! ([`crate::restart::Reason::describe`], [`Reason::advice`]). Pure.
+//! Owns only the protocol NACKs' wording; the restart and upgrade reasons
+//! carry their own ([`crate::restart::Reason::describe`], [`Reason::advice`]).
+//! Pure.
 
 use super::wire::{NACK_INVALID, NACK_LINE_TOO_LONG, NACK_TOO_MANY_CLIENTS, NACK_UNKNOWN, NACK_UNKNOWN_ARGUMENT};
 use crate::restart::Reason;
@@ -29,19 +30,6 @@ fn protocol_words(key: &str) -> Option<(&'static str, &'static str)> {
             "too many clients are connected to the control socket, all waiting for an answer from the master",
             "Retry in a moment, once some of them are answered (such as a `zdrestartctl restart \
              --wait` that waits for a restart to end); idle connections would have made room.",
-        ),
-        "upgrade check failed" => (
-            "the master's executable on disk refused to take the running master over (its check of the hand-over state failed)",
-            "Nothing changed. Read the detail: an incompatible hand-over version or a broken binary needs a normal \
-             restart of the master; a bad config must be fixed first.",
-        ),
-        "exec failed" => (
-            "the master could not execute its executable on disk",
-            "Nothing changed; the master carries on. Check the file named in the detail (present, executable).",
-        ),
-        "upgrade not possible" => (
-            "the master could not prepare the hand-over",
-            "Nothing changed. See the detail and the master's log; retry once the master is idle.",
         ),
         _ => return None,
     })

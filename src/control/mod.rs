@@ -8,14 +8,18 @@
 //! - [`server`]: the non-blocking server inside the master's poll loop, with
 //!   its bounds and eviction.
 //! - [`bind`]: the race-safe creation and removal of the socket file.
+//! - [`handover`](mod@handover): what an upgrade of the master hands over of
+//!   the server (its fds and the bytes in flight).
 //!
 //! It decides nothing about restarts; the master does.
 
 pub mod advice;
 pub mod bind;
+pub mod handover;
 pub mod server;
 pub mod wire;
 
 pub use advice::{advice, operator_message, reason_key};
+pub use handover::{ClientState, ControlState};
 pub use server::{ClientId, ControlServer, Limits, MAX_CLIENTS, MAX_LINE, MAX_OUTPUT};
 pub use wire::{ack, cmds_answer, nack, parse_answer, render, Answer, Command, ACK_COMPLETE, NACK_UNKNOWN};

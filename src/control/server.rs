@@ -23,8 +23,9 @@
 //!   master also stops reading from a client while an answer to it is still
 //!   unsent, so a client that never reads stalls only itself;
 //! - a client with no activity (nothing read from it, nothing written to it)
-//!   for [`Limits::idle_timeout`] (60 s) is closed, except while the master
-//!   owes it the answer to `RESTART WAIT` ([`ControlServer::set_waiting`]).
+//!   for [`Limits::idle_timeout`] (60 s) is closed, except while it waits
+//!   for the answer to a command the master answers later (`RESTART`,
+//!   `RESTART WAIT`, `UPGRADE`: [`Command::deferred`]).
 //!
 //! Answers come back in the order of the commands: while a client waits for
 //! the answer to `RESTART WAIT`, its further lines are not read (they stay in
@@ -38,9 +39,9 @@
 //! longest (oldest last activity: a byte read from it or written to it; ties:
 //! the oldest connection), logs that at debug level, and accepts the new one.
 //!
-//! A client is evictable when the master owes it nothing: it is not marked
-//! waiting ([`ControlServer::set_waiting`], i.e. `RESTART WAIT`, or `RESTART`
-//! while its probe runs) and every command handed out for it was answered
+//! A client is evictable when the master owes it nothing: it is not waiting
+//! for a deferred answer (`RESTART WAIT`, `RESTART` while its probe runs,
+//! `UPGRADE`) and every command handed out for it was answered
 //! ([`ControlServer::reply`]). Whatever else its state, it is evictable: idle
 //! after its answers, connected without sending anything, in the middle of a
 //! line, or stalled with answers queued that it does not read (its unsent
@@ -56,6 +57,7 @@
 //! can push it to the head of the eviction order.
 
 use super::bind;
+use super::handover::{ClientState, ControlState};
 use super::wire::{nack, parse_command, Command, LINE_END, NACK_LINE_TOO_LONG, NACK_TOO_MANY_CLIENTS};
 use std::collections::BTreeMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -64,7 +66,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Identifies one connected client for the life of the server (never reused).
+/// Identifies one connected client for the life of the server (never reused);
+/// the master's state machine names the clients it answers by it.
 pub type ClientId = u64;
 
 /// Longest command line accepted, in bytes, without its newline.
@@ -109,7 +112,9 @@ struct Client {
     out: Vec<u8>,
     out_pos: usize,
     last_activity: Instant,
-    /// The master said it owes a `RESTART WAIT` answer: no idle timeout.
+    /// A deferred command ([`Command::deferred`]) is owed its answer: no
+    /// idle timeout, not evictable. Set when the command is handed out,
+    /// cleared by the reply that answers it.
     waiting: bool,
     /// Commands handed to the master and not answered yet.
     owed: usize,
@@ -329,10 +334,11 @@ impl ControlServer {
                 // Any RESTART (answered later, after its probe) and UPGRADE
                 // (answered by the new image): the lines after it wait, so
                 // that answers stay in order.
-                let wait = matches!(cmd, Command::Restart { .. } | Command::Upgrade { .. });
+                let deferred = cmd.deferred();
                 c.owed += 1;
                 cmds.push((id, cmd));
-                if wait {
+                if deferred {
+                    c.waiting = true;
                     break;
                 }
             }
@@ -436,17 +442,6 @@ impl ControlServer {
         }
     }
 
-    /// Mark `client` as waiting for a `RESTART WAIT` answer (no idle timeout)
-    /// or not. Cleared by the [`reply`](Self::reply) that answers it.
-    pub fn set_waiting(&mut self, client: ClientId, waiting: bool) {
-        if let Some(c) = self.clients.get_mut(&client) {
-            c.waiting = waiting;
-            if !waiting {
-                c.last_activity = Instant::now();
-            }
-        }
-    }
-
     /// Earliest idle deadline of a client, for the poll timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.clients.values().filter(|c| !c.waiting).map(|c| c.last_activity + self.limits.idle_timeout).min()
@@ -477,7 +472,7 @@ impl ControlServer {
         self.clients.values().map(|c| c.pending()).sum()
     }
 
-    /// Clients the master owes an answer to `RESTART WAIT` (see `set_waiting`).
+    /// Clients waiting for the answer to a deferred command (`RESTART WAIT`, ...).
     pub fn waiting_clients(&self) -> Vec<ClientId> {
         self.clients.iter().filter(|(_, c)| c.waiting).map(|(id, _)| *id).collect()
     }
@@ -486,7 +481,7 @@ impl ControlServer {
     /// identity and each client (fd, unparsed input, unsent answers, EOF
     /// seen). Clients owed an answer are refused here (only the one that
     /// asked for the upgrade, `except`, may be), so that no answer is lost.
-    pub fn handover(&self, except: ClientId) -> Result<crate::master::handover::ControlState, String> {
+    pub fn handover(&self, except: ClientId) -> Result<ControlState, String> {
         let mut clients = Vec::new();
         for (&id, c) in &self.clients {
             if c.closing || c.too_long {
@@ -495,14 +490,14 @@ impl ControlServer {
             if id != except && (c.owed > 0 || c.waiting) {
                 return Err("a control client is owed an answer".into());
             }
-            clients.push(crate::master::handover::ClientState {
+            clients.push(ClientState {
                 fd: c.fd,
                 inbuf: c.inbuf.clone(),
                 out: c.out[c.out_pos..].to_vec(),
                 eof: c.eof,
             });
         }
-        Ok(crate::master::handover::ControlState {
+        Ok(ControlState {
             path: self.path.clone(),
             fd: self.listener.as_raw_fd(),
             ident: self.ident,
@@ -518,9 +513,9 @@ impl ControlServer {
     /// The control server of the new image after an upgrade, from the fds
     /// and bytes of [`handover`](Self::handover). Returns the server and the
     /// client id of each fd. `requester`: the client owed the upgrade's
-    /// answer (one command owed).
+    /// answer (one deferred command owed).
     pub fn adopt(
-        st: &crate::master::handover::ControlState,
+        st: &ControlState,
         requester: Option<RawFd>,
     ) -> io::Result<(ControlServer, Vec<(RawFd, ClientId)>)> {
         let listener = UnixListener::from(crate::sys::adopt_fd(st.fd)?);
@@ -542,6 +537,7 @@ impl ControlServer {
             let id = server.next_id;
             server.next_id += 1;
             let owed = usize::from(requester == Some(cl.fd));
+            let waiting = owed > 0;
             server.clients.insert(
                 id,
                 Client {
@@ -551,7 +547,7 @@ impl ControlServer {
                     out: cl.out.clone(),
                     out_pos: 0,
                     last_activity: now,
-                    waiting: false,
+                    waiting,
                     owed,
                     eof: cl.eof,
                     too_long: false,
@@ -571,21 +567,14 @@ impl ControlServer {
 }
 
 impl Client {
-    /// Stop handing out commands once one is owed for a `RESTART WAIT` (the
-    /// last command pushed for this client in this batch, or from before).
+    /// Stop handing out commands once a deferred one is owed (handed out in
+    /// this batch or before), or one from an earlier batch is unanswered.
     fn owed_allows_more(&self, cmds: &[(ClientId, Command)], id: ClientId) -> bool {
         if self.owed == 0 {
             return true;
         }
-        // Commands of this batch are answered after on_ready returns, in order:
-        // only a RESTART or UPGRADE (now or earlier) stops further parsing.
+        // Commands of this batch are answered after on_ready returns, in order.
         let in_batch = cmds.iter().filter(|(i, _)| *i == id).count();
-        if self.owed > in_batch {
-            return false; // owed from an earlier call: a RESTART or UPGRADE
-        }
-        !matches!(
-            cmds.iter().rev().find(|(i, _)| *i == id),
-            Some((_, Command::Restart { .. } | Command::Upgrade { .. }))
-        )
+        !self.waiting && self.owed <= in_batch
     }
 }

@@ -81,8 +81,7 @@ pub enum Command {
     /// `STATUS`: `ACK <one-line JSON>` ([`crate::status::StatusReport`]).
     Status,
     /// `RESTART` (answer when accepted or refused) or `RESTART WAIT` (answer
-    /// when the restart ends: `ACK complete`, or `NACK <reason>`; call
-    /// [`super::ControlServer::set_waiting`] while it runs).
+    /// when the restart ends: `ACK complete`, or `NACK <reason>`).
     Restart { wait: bool },
     /// `UPGRADE [WAIT] [NORESTART]`: re-exec the master in place (zdrestart's
     /// own). Answered by the new image: `ACK upgraded <version>`, or with
@@ -94,6 +93,15 @@ pub enum Command {
     /// A known command used wrongly: answer `NACK <nack>`; `detail` says
     /// what was wrong, for the log only (the wire text is pump.io's).
     Bad { nack: &'static str, detail: String },
+}
+
+impl Command {
+    /// Answered later, by the state machine (`RESTART` after its probe,
+    /// `RESTART WAIT` when the restart ends, `UPGRADE` by the new image):
+    /// the server marks the client waiting until then.
+    pub fn deferred(&self) -> bool {
+        matches!(self, Command::Restart { .. } | Command::Upgrade { .. })
+    }
 }
 
 /// Parse one line (without or with its line terminator). `None` for a blank
@@ -193,12 +201,12 @@ pub fn parse_answer(line: &str) -> Option<Answer> {
     None
 }
 
-
-/// The line for a restart answer of the state machine: `ACK`, `ACK complete`,
-/// `NACK <reason>` or `NACK <reason>: <detail>`.
+/// The line for an answer of the state machine: `ACK`, `ACK complete`,
+/// `ACK upgraded <version>`, `NACK <reason>` or `NACK <reason>: <detail>`.
 pub fn render(answer: &RestartAnswer) -> String {
     match answer {
         RestartAnswer::Started => ack(""),
+        RestartAnswer::Upgraded => ack(&format!("upgraded {}", crate::VERSION)),
         RestartAnswer::Complete => ack(ACK_COMPLETE),
         RestartAnswer::Refused(r) => nack(&r.to_string()),
     }
@@ -267,6 +275,7 @@ mod tests {
     fn renders_restart_answers() {
         assert_eq!(render(&RestartAnswer::Started), "ACK");
         assert_eq!(render(&RestartAnswer::Complete), "ACK complete");
+        assert_eq!(render(&RestartAnswer::Upgraded), format!("ACK upgraded {}", crate::VERSION));
         assert_eq!(render(&RestartAnswer::Refused(Refused::new(Reason::Stopping, ""))), "NACK stopping");
         let r = Refused::new(Reason::Aborted, "new worker exited: new worker 12 exited (exit status 1)");
         assert_eq!(render(&RestartAnswer::Refused(r)), "NACK aborted: new worker exited: new worker 12 exited (exit status 1)");

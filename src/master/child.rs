@@ -62,7 +62,7 @@ impl LinePipe {
 /// What one read of a child's pipes gave.
 #[derive(Debug, Default)]
 pub struct Lines {
-    /// Report lines (`READY=1`, `ERROR=...`, `MAGIC=...`), from the notify pipe.
+    /// Report lines (`READY=1`, `ERROR=...`, `MAGIC=...`), from the report pipe.
     pub reports: Vec<String>,
     /// Its stdout and stderr.
     pub output: Vec<String>,
@@ -81,7 +81,8 @@ pub struct Child {
     pub pid: u32,
     /// Readable when the child exits; None: rely on SIGCHLD.
     pub pidfd: Option<OwnedFd>,
-    notify: LinePipe,
+    /// The report pipe (`ZDRESTART_NOTIFY_FD`), read end.
+    report_pipe: LinePipe,
     output: LinePipe,
     /// Write end of the child's control pipe (non-blocking).
     control: File,
@@ -102,7 +103,7 @@ impl Child {
         Child {
             pid: sp.pid,
             pidfd,
-            notify: LinePipe::new(sp.notify),
+            report_pipe: LinePipe::new(sp.notify),
             output: LinePipe::new(sp.output),
             control: File::from(sp.control),
             reports: Notify::Zdrestart,
@@ -121,7 +122,7 @@ impl Child {
     pub fn handover_fds(&self) -> crate::master::handover::WorkerFds {
         crate::master::handover::WorkerFds {
             pidfd: self.pidfd.as_ref().map(|f| f.as_raw_fd()),
-            notify: self.notify.fd(),
+            notify: self.report_pipe.fd(),
             output: self.output.fd(),
             control: self.control.as_raw_fd(),
         }
@@ -141,7 +142,7 @@ impl Child {
         Ok(Child {
             pid,
             pidfd: fds.pidfd.map(sys::adopt_fd).transpose()?,
-            notify: pipe(fds.notify)?,
+            report_pipe: pipe(fds.notify)?,
             output: pipe(fds.output)?,
             control: File::from(control),
             // An upgrade is refused while any worker reports with sd_notify
@@ -159,7 +160,7 @@ impl Child {
 
     /// The fds to poll for `POLLIN`: (pidfd, pipes).
     pub fn poll_fds(&self) -> (Option<RawFd>, [Option<RawFd>; 2]) {
-        (self.pidfd.as_ref().map(|f| f.as_raw_fd()), [self.notify.fd(), self.output.fd()])
+        (self.pidfd.as_ref().map(|f| f.as_raw_fd()), [self.report_pipe.fd(), self.output.fd()])
     }
 
     /// The main process's pidfd, when it named one with `MAINPID=`.
@@ -170,7 +171,7 @@ impl Child {
     /// Read both pipes once (or until EAGAIN when `drain`, e.g. after exit).
     pub fn read(&mut self, drain: bool) -> Lines {
         let mut lines = Lines::default();
-        self.notify.read(drain, &mut lines.reports);
+        self.report_pipe.read(drain, &mut lines.reports);
         self.output.read(drain, &mut lines.output);
         lines
     }

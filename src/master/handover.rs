@@ -11,6 +11,8 @@
 //! not touch fds or processes: [`check_fds`] takes the test of an fd as a
 //! function (the new image asks itself, the check child asks /proc).
 
+pub use crate::control::{ClientState, ControlState};
+use super::state::WorkerId;
 use crate::status::{LastRestart, WorkerState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -64,28 +66,6 @@ pub struct FdPath {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControlState {
-    pub path: PathBuf,
-    pub fd: i32,
-    /// (device, inode) of the socket file, so that only ours is removed.
-    pub ident: (u64, u64),
-    pub clients: Vec<ClientState>,
-}
-
-/// A connected control client: its fd and the bytes in flight.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientState {
-    pub fd: i32,
-    /// Read, not yet parsed.
-    pub inbuf: Vec<u8>,
-    /// Answers not yet written.
-    pub out: Vec<u8>,
-    pub eof: bool,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpgradeRequest {
@@ -98,6 +78,11 @@ pub struct UpgradeRequest {
 }
 
 /// The state machine's part ([`super::state::Master::snapshot`]).
+///
+/// Fields added since the first hand-over format are optional (serde
+/// defaults), so that a state written by an older image of the same
+/// hand-over version is read in full; an older image refuses a newer state
+/// in its check (unknown fields), before any exec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MasterSnapshot {
@@ -109,6 +94,10 @@ pub struct MasterSnapshot {
     /// The master was in lockout (it is not after the upgrade: logged only).
     pub lockout: bool,
     pub workers: Vec<WorkerSnapshot>,
+    /// The next worker id the old image would have handed out (0: not
+    /// recorded; [`parse`] fills it in).
+    #[serde(default)]
+    pub next_worker_id: u64,
     pub pending: Vec<PendingSnapshot>,
     pub last_restart: Option<LastRestart>,
     /// Unix time (ms) of `last_restart.started`.
@@ -118,6 +107,10 @@ pub struct MasterSnapshot {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSnapshot {
+    /// The state machine's id of the worker, kept across the upgrade (0:
+    /// not recorded; [`parse`] gives it a fresh one).
+    #[serde(default)]
+    pub id: WorkerId,
     pub pid: u32,
     pub generation: u32,
     pub index: u32,
@@ -129,6 +122,12 @@ pub struct WorkerSnapshot {
     pub kill_left_ms: Option<u64>,
     pub asked_to_stop: bool,
     pub killed: bool,
+    /// The timeouts it was spawned with (None: not recorded, the new
+    /// image's config gives them).
+    #[serde(default)]
+    pub ready_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub shutdown_timeout_ms: Option<u64>,
     pub last_lines: Vec<String>,
     pub fds: WorkerFds,
 }
@@ -189,9 +188,21 @@ pub fn parse(bytes: &[u8], accept: u32) -> Result<Handover, String> {
     if body.last() != Some(&b'\n') {
         return Err("hand-over state truncated: no final newline".into());
     }
-    let h: Handover = serde_json::from_slice(body).map_err(|e| format!("hand-over state: {}", e))?;
+    let mut h: Handover = serde_json::from_slice(body).map_err(|e| format!("hand-over state: {}", e))?;
+    number_workers(&mut h.master);
     validate(&h)?;
     Ok(h)
+}
+
+/// Workers of a state that did not record their ids get fresh ones, above
+/// every id recorded; `next_worker_id` is at least above them all.
+fn number_workers(m: &mut MasterSnapshot) {
+    let mut next = m.workers.iter().map(|w| w.id.0 + 1).max().unwrap_or(1).max(m.next_worker_id).max(1);
+    for w in m.workers.iter_mut().filter(|w| w.id.0 == 0) {
+        w.id = WorkerId(next);
+        next += 1;
+    }
+    m.next_worker_id = next;
 }
 
 /// Every fd the state names, with what it is.
@@ -230,7 +241,11 @@ fn validate(h: &Handover) -> Result<(), String> {
         }
     }
     let mut pids = BTreeSet::new();
+    let mut ids = BTreeSet::new();
     for w in &h.master.workers {
+        if !ids.insert(w.id) {
+            return Err(format!("hand-over state: worker id {} listed twice", w.id.0));
+        }
         if w.pid <= 1 || w.pid > 1 << 22 {
             return Err(format!("hand-over state: bad worker pid {}", w.pid));
         }
@@ -296,7 +311,9 @@ mod tests {
                 version: "0.1.0".into(),
                 notified_ready: true,
                 lockout: false,
+                next_worker_id: 8,
                 workers: vec![WorkerSnapshot {
+                    id: WorkerId(7),
                     pid: 100,
                     generation: 2,
                     index: 0,
@@ -307,6 +324,8 @@ mod tests {
                     kill_left_ms: None,
                     asked_to_stop: false,
                     killed: false,
+                    ready_timeout_ms: Some(30_000),
+                    shutdown_timeout_ms: Some(5_000),
                     last_lines: vec!["x".into()],
                     fds: WorkerFds { pidfd: Some(7), notify: Some(8), output: Some(9), control: 10 },
                 }],
@@ -321,6 +340,26 @@ mod tests {
     fn round_trip() {
         let h = sample();
         assert_eq!(parse(&render(&h), HANDOVER_VERSION).unwrap(), h);
+    }
+
+    /// A state written before workers carried their ids and timeouts (the
+    /// same hand-over version) is read: fresh ids, above the next one.
+    #[test]
+    fn a_state_without_worker_ids_or_timeouts_is_read() {
+        let mut h = sample();
+        h.master.workers.push(WorkerSnapshot { pid: 101, fds: WorkerFds { pidfd: None, notify: None, output: None, control: 11 }, ..h.master.workers[0].clone() });
+        let text = String::from_utf8(render(&h)).unwrap();
+        let old = text.replace("\"id\":7,", "").replace("\"next_worker_id\":8,", "").replace("\"ready_timeout_ms\":30000,", "").replace("\"shutdown_timeout_ms\":5000,", "");
+        assert!(!old.contains("\"id\"") && !old.contains("timeout_ms"), "{}", old);
+        let got = parse(old.as_bytes(), HANDOVER_VERSION).unwrap();
+        let ids: Vec<u64> = got.master.workers.iter().map(|w| w.id.0).collect();
+        assert_eq!(ids, vec![1, 2]);
+        assert_eq!(got.master.next_worker_id, 3);
+        assert_eq!(got.master.workers[0].shutdown_timeout_ms, None);
+        // Recorded ids are kept; a missing one comes after them.
+        let mixed = text.replacen("\"id\":7,", "", 1);
+        let got = parse(mixed.as_bytes(), HANDOVER_VERSION).unwrap();
+        assert_eq!(got.master.workers.iter().map(|w| w.id.0).collect::<Vec<_>>(), vec![8, 7]);
     }
 
     #[test]
@@ -365,6 +404,13 @@ mod tests {
             (|h| h.master.workers[0].generation = 3, "generation 3"),
             (|h| h.requester = Some(UpgradeRequest { fd: 42, wait: false, restart: true }), "not a control client"),
             (|h| h.master.workers.push(h.master.workers[0].clone()), "twice"),
+            (
+                |h| {
+                    let fds = WorkerFds { pidfd: None, notify: None, output: None, control: 11 };
+                    h.master.workers.push(WorkerSnapshot { pid: 101, fds, ..h.master.workers[0].clone() })
+                },
+                "worker id 7 listed twice",
+            ),
         ];
         for (spoil, want) in cases {
             let mut h = sample();

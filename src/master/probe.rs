@@ -10,7 +10,7 @@
 
 use super::admission::{ProbeFailure, ProbeInfo};
 use super::child::Child;
-use super::spawn_spec::build_spec;
+use super::spawn_spec::{build_spec, Role, SpawnRequest};
 use crate::config::Config;
 use crate::protocol::Report;
 use crate::sys::{self, ExitStatus};
@@ -25,6 +25,8 @@ const KEEP_LINES: usize = 10;
 pub struct ProbeOutcome {
     pub magic: Option<u64>,
     pub version: Option<String>,
+    /// `SHARED=1` / `SHARED=0`, if the probe said.
+    pub shared: Option<bool>,
     pub error: Option<String>,
     pub status: Option<ExitStatus>,
     pub timed_out: bool,
@@ -51,7 +53,7 @@ impl ProbeOutcome {
             _ => {}
         }
         match self.magic {
-            Some(m) => Ok(ProbeInfo { magic: m, version: self.version.clone().unwrap_or_default() }),
+            Some(m) => Ok(ProbeInfo { magic: m, version: self.version.clone().unwrap_or_default(), shared: self.shared }),
             None => fail("the probe reported no MAGIC=".into()),
         }
     }
@@ -67,7 +69,7 @@ pub struct ProbeRun {
 
 impl ProbeRun {
     pub fn start(cfg: &Config, no_pidfd: bool, loglevel: Option<&str>, user: Option<&str>) -> Result<ProbeRun, String> {
-        let spec = build_spec(cfg, 0, 0, &[], true, loglevel, user, None)?;
+        let spec = build_spec(&SpawnRequest { config: cfg, role: Role::Probe, loglevel, server_user: user })?;
         let sp = sys::spawn(&spec).map_err(|e| format!("cannot run probe {}: {}", spec.path.to_string_lossy(), e))?;
         log::debug!(component = "probe", worker_pid = sp.pid; "probe {} started", sp.pid);
         let pidfd = if no_pidfd { None } else { sys::pidfd_open(sp.pid).ok() };
@@ -87,6 +89,7 @@ impl ProbeRun {
             match Report::parse(&l) {
                 Report::Magic(m) => self.outcome.magic = Some(m),
                 Report::Version(v) => self.outcome.version = Some(v),
+                Report::Shared(b) => self.outcome.shared = Some(b),
                 Report::Error(e) => self.outcome.error = Some(e),
                 Report::BadMagic(v) => self.outcome.error = Some(format!("MAGIC={} is not a number", v)),
                 other => log::debug!(component = "probe", worker_pid = pid; "probe report {:?}", other),

@@ -45,29 +45,37 @@ fn cstring(s: impl AsRef<[u8]>, what: &str) -> Result<CString, String> {
     CString::new(s.as_ref().to_vec()).map_err(|_| format!("{} contains a NUL byte", what))
 }
 
-/// Everything the child needs, built before fork. `notify_socket`: the
-/// master's `$NOTIFY_SOCKET` for a worker that reports with sd_notify(3)
-/// (`"notify": "systemd"` or `"both"`); the master's own `NOTIFY_SOCKET`
-/// (from its service manager) is never passed on.
-#[allow(clippy::too_many_arguments)]
-pub fn build_spec(
-    cfg: &Config,
-    generation: u32,
-    index: u32,
-    listeners: &[RawFd],
-    probe: bool,
-    loglevel: Option<&str>,
-    server_user: Option<&str>,
-    notify_socket: Option<&str>,
-) -> Result<SpawnSpec, String> {
-    let argv = worker_argv(cfg);
-    let path = resolve_program(&argv[0])?;
+/// What a child is spawned as.
+#[derive(Debug, Clone, Copy)]
+pub enum Role<'a> {
+    /// A worker of `generation`, number `index`, inheriting `listeners`;
+    /// `notify_socket`: the master's `$NOTIFY_SOCKET` for a worker that
+    /// reports with sd_notify(3) (`"notify": "systemd"` or `"both"`).
+    Worker { generation: u32, index: u32, listeners: &'a [RawFd], notify_socket: Option<&'a str> },
+    /// The probe: no listeners, `ZDRESTART_PROBE=1`.
+    Probe,
+}
+
+/// Everything a spawn spec is built from.
+#[derive(Debug, Clone, Copy)]
+pub struct SpawnRequest<'a> {
+    pub config: &'a Config,
+    pub role: Role<'a>,
+    /// `LOGLEVEL` override of the control socket (`ZDRESTART_LOGLEVEL`).
+    pub loglevel: Option<&'a str>,
+    /// `serverUser` of the master's start.
+    pub server_user: Option<&'a str>,
+}
+
+/// The master's environment, less what is the master's own: the worker
+/// protocol's variables of another master (`LISTEN_*`, `ZDRESTART_*`) and
+/// `NOTIFY_SOCKET`, the master's: a worker must not speak for it to the
+/// service manager (a worker that reports with sd_notify gets the master's
+/// own socket for workers instead).
+fn inherited_env() -> Result<Vec<CString>, String> {
     let mut env = Vec::new();
     for (k, v) in std::env::vars_os() {
         let kb = k.as_bytes();
-        // NOTIFY_SOCKET is the master's: a worker must not speak for it to
-        // the service manager (a worker that reports with sd_notify gets
-        // the master's own socket for workers, below).
         if kb.starts_with(b"LISTEN_") || kb.starts_with(b"ZDRESTART_") || kb == protocol::ENV_NOTIFY_SOCKET.as_bytes() {
             continue;
         }
@@ -76,32 +84,52 @@ pub fn build_spec(
         e.extend_from_slice(v.as_bytes());
         env.push(cstring(e, "environment")?);
     }
+    Ok(env)
+}
+
+/// The worker protocol's environment (zdrestart-worker(7)).
+fn protocol_env(req: &SpawnRequest, env: &mut Vec<CString>) -> Result<(), String> {
     let mut set = |k: &str, v: String| -> Result<(), String> {
         env.push(cstring(format!("{}={}", k, v), k)?);
         Ok(())
     };
-    if !probe {
-        set(protocol::ENV_LISTEN_FDS, listeners.len().to_string())?;
-        set(protocol::ENV_LISTEN_FDNAMES, vec!["http"; listeners.len()].join(":"))?;
-        set(protocol::ENV_GENERATION, generation.to_string())?;
-        set(protocol::ENV_WORKER, index.to_string())?;
-    } else {
-        set(protocol::ENV_PROBE, "1".into())?;
-    }
-    // `"notify": "systemd"`: the report pipe stays at its fd (the control
-    // pipe's number does not move) but is not offered.
-    if probe || cfg.notify.pipe() {
-        set(protocol::ENV_NOTIFY_FD, protocol::notify_fd(listeners.len()).to_string())?;
-    }
-    if let (false, Some(name)) = (probe, notify_socket) {
-        set(protocol::ENV_NOTIFY_SOCKET, name.to_string())?;
-    }
-    set(protocol::ENV_CONTROL_FD, protocol::control_fd(listeners.len()).to_string())?;
-    set(protocol::ENV_CONFIG, cfg.path.to_string_lossy().into_owned())?;
-    if let Some(l) = loglevel {
+    let listeners = match req.role {
+        Role::Worker { generation, index, listeners, notify_socket } => {
+            set(protocol::ENV_LISTEN_FDS, listeners.len().to_string())?;
+            set(protocol::ENV_LISTEN_FDNAMES, vec!["http"; listeners.len()].join(":"))?;
+            set(protocol::ENV_GENERATION, generation.to_string())?;
+            set(protocol::ENV_WORKER, index.to_string())?;
+            // `"notify": "systemd"`: the report pipe stays at its fd (the
+            // control pipe's number does not move) but is not offered.
+            if req.config.notify.pipe() {
+                set(protocol::ENV_NOTIFY_FD, protocol::notify_fd(listeners.len()).to_string())?;
+            }
+            if let Some(name) = notify_socket {
+                set(protocol::ENV_NOTIFY_SOCKET, name.to_string())?;
+            }
+            listeners.len()
+        }
+        Role::Probe => {
+            set(protocol::ENV_PROBE, "1".into())?;
+            set(protocol::ENV_NOTIFY_FD, protocol::notify_fd(0).to_string())?;
+            0
+        }
+    };
+    set(protocol::ENV_CONTROL_FD, protocol::control_fd(listeners).to_string())?;
+    set(protocol::ENV_CONFIG, req.config.path.to_string_lossy().into_owned())?;
+    if let Some(l) = req.loglevel {
         set(protocol::ENV_LOGLEVEL, l.to_string())?;
     }
-    let user = match server_user {
+    Ok(())
+}
+
+/// Everything the child needs, built before fork.
+pub fn build_spec(req: &SpawnRequest) -> Result<SpawnSpec, String> {
+    let argv = worker_argv(req.config);
+    let path = resolve_program(&argv[0])?;
+    let mut env = inherited_env()?;
+    protocol_env(req, &mut env)?;
+    let user = match req.server_user {
         None => None,
         Some(name) => match sys::lookup_user(name) {
             Ok(Some(u)) => Some(u),
@@ -109,12 +137,16 @@ pub fn build_spec(
             Err(e) => return Err(format!("serverUser \"{}\": lookup failed: {}", name, sys::strerror(&e))),
         },
     };
+    let (listen_pid, listen_fds) = match req.role {
+        Role::Worker { listeners, .. } => (true, listeners.to_vec()),
+        Role::Probe => (false, Vec::new()),
+    };
     Ok(SpawnSpec {
         path: cstring(path.as_os_str().as_bytes(), "worker path")?,
         argv: argv.iter().map(|a| cstring(a, "worker argv")).collect::<Result<_, _>>()?,
         env,
-        listen_pid: !probe,
-        listen_fds: listeners.to_vec(),
+        listen_pid,
+        listen_fds,
         user,
     })
 }

@@ -25,21 +25,6 @@ use std::time::{Duration, Instant};
 /// How long the new binary may take to check the state.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// NACK reasons of `UPGRADE` (besides `restart in flight` and `stopping`),
-/// each followed by `: <detail>`.
-pub const NACK_CHECK_FAILED: &str = "upgrade check failed";
-pub const NACK_EXEC_FAILED: &str = "exec failed";
-pub const NACK_NOT_POSSIBLE: &str = "upgrade not possible";
-
-/// Was an `UPGRADE` answered `NACK <reason>` by the old image, before any
-/// exec (nothing changed)? Otherwise the new image answered it: the master
-/// was upgraded and the roll-over that followed was refused or aborted.
-/// (The roll-over is the first event the new image handles, so it cannot
-/// meet `restart in flight`.)
-pub fn refused_before_exec(reason_key: &str) -> bool {
-    [NACK_CHECK_FAILED, NACK_EXEC_FAILED, NACK_NOT_POSSIBLE, "restart in flight", "stopping"].contains(&reason_key)
-}
-
 /// The option of the new image: `--handover FD`.
 pub const ARG_HANDOVER: &str = "--handover";
 /// The option of the check mode: `--handover-check FD`.

@@ -14,7 +14,7 @@ use crate::protocol;
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Whether the child closes fds with close_range(2) (else close() in a loop).
@@ -188,22 +188,11 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     let listen_pid_at = listen_pid.len();
     listen_pid.extend_from_slice(&[0u8; 24]);
     let listen_pid_ptr = listen_pid.as_mut_ptr();
-    let argv: Vec<*const libc::c_char> =
-        spec.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let mut envp: Vec<*const libc::c_char> = spec.env.iter().map(|e| e.as_ptr()).collect();
-    if spec.listen_pid {
-        envp.push(listen_pid_ptr as *const libc::c_char);
-    }
-    envp.push(std::ptr::null());
+    let argv = pointers(&spec.argv, None);
+    let envp = pointers(&spec.env, spec.listen_pid.then_some(listen_pid_ptr as *const libc::c_char));
 
-    let mut sources: Vec<RawFd> = spec.listen_fds.clone();
-    sources.extend([0; Fds::EXTRA]);
     let n = spec.listen_fds.len();
-    sources[n + Fds::NOTIFY] = notify_w.as_raw_fd();
-    sources[n + Fds::OUTPUT] = out_w.as_raw_fd();
-    sources[n + Fds::DEVNULL] = devnull.as_raw_fd();
-    sources[n + Fds::ERROR] = err_w.as_raw_fd();
-    sources[n + Fds::CONTROL] = control_r.as_raw_fd();
+    let sources = child_fds(&spec.listen_fds, [notify_w.as_fd(), out_w.as_fd(), devnull.as_fd(), err_w.as_fd(), control_r.as_fd()]);
     let mut moved: Vec<RawFd> = vec![-1; sources.len()];
     let mut child = Child {
         spec,
@@ -239,19 +228,44 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     let _ = super::own_process_group(pid);
     // Our copies of the child's ends must go, or EOF never comes.
     drop((err_w, notify_w, out_w, control_r, devnull));
-    match read_report(err_r)? {
-        None => Ok(Spawned { pid, notify: notify_r, output: out_r, control: control_w }),
-        Some((stage, errno)) => {
-            let _ = wait(pid);
-            let e = io::Error::from_raw_os_error(errno);
-            let what = match stage {
-                Some(Stage::Execve) => format!("execve {}", spec.path.to_string_lossy()),
-                Some(s) => s.name().to_string(),
-                None => "child".to_string(),
-            };
-            Err(io::Error::new(e.kind(), format!("{}: {}", what, strerror(&e))))
-        }
-    }
+    exec_report(pid, err_r, spec)?;
+    Ok(Spawned { pid, notify: notify_r, output: out_r, control: control_w })
+}
+
+/// A NULL-terminated array of pointers to `strings` (and `last`), as
+/// execve takes argv and envp.
+fn pointers(strings: &[CString], last: Option<*const libc::c_char>) -> Vec<*const libc::c_char> {
+    strings.iter().map(|s| s.as_ptr()).chain(last).chain(std::iter::once(std::ptr::null())).collect()
+}
+
+/// The fds the child moves into place, in its order: the listeners, then
+/// (in [`Fds`] order) the report pipe, the output pipe, /dev/null, the exec
+/// report pipe, the control pipe.
+fn child_fds(listeners: &[RawFd], extra: [BorrowedFd; Fds::EXTRA]) -> Vec<RawFd> {
+    let mut sources: Vec<RawFd> = listeners.to_vec();
+    sources.extend([0; Fds::EXTRA]);
+    let n = listeners.len();
+    let [notify, output, devnull, error, control] = extra;
+    sources[n + Fds::NOTIFY] = notify.as_raw_fd();
+    sources[n + Fds::OUTPUT] = output.as_raw_fd();
+    sources[n + Fds::DEVNULL] = devnull.as_raw_fd();
+    sources[n + Fds::ERROR] = error.as_raw_fd();
+    sources[n + Fds::CONTROL] = control.as_raw_fd();
+    sources
+}
+
+/// What the child reported before its exec (nothing: it exec'd); a
+/// failure is an error naming the stage, the child reaped.
+fn exec_report(pid: u32, err_r: OwnedFd, spec: &SpawnSpec) -> io::Result<()> {
+    let Some((stage, errno)) = read_report(err_r)? else { return Ok(()) };
+    let _ = wait(pid);
+    let e = io::Error::from_raw_os_error(errno);
+    let what = match stage {
+        Some(Stage::Execve) => format!("execve {}", spec.path.to_string_lossy()),
+        Some(s) => s.name().to_string(),
+        None => "child".to_string(),
+    };
+    Err(io::Error::new(e.kind(), format!("{}: {}", what, strerror(&e))))
 }
 
 /// The soft RLIMIT_NOFILE, capped (an unlimited one must not make the

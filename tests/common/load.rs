@@ -21,7 +21,7 @@
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -211,8 +211,14 @@ fn call(
     unreachable!()
 }
 
+/// Numbers the loads of a test process: each writes keys of its own, so that
+/// a write lost in one run cannot hide behind the same key and value of an
+/// earlier one.
+static RUN: AtomicU32 = AtomicU32::new(0);
+
 impl Load {
     pub fn start(port: u16, spec: Spec) -> Load {
+        let run = RUN.fetch_add(1, Ordering::Relaxed);
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(Stats::default()));
@@ -232,11 +238,11 @@ impl Load {
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let t0 = Instant::now();
-                    let key = format!("load/t{}-{}", t, n);
+                    let key = format!("load/r{}t{}-{}", run, t, n);
                     let (method, path, body) = match kind {
                         2 => ("GET", format!("/delay/{}", spec.slow_ms), Vec::new()),
                         _ if n % 2 == 1 => ("PUT", format!("/objects/{}", key), format!("{{\"n\":{}}}", n).into_bytes()),
-                        _ => ("GET", format!("/objects/load/t{}-{}", t, n - 1), Vec::new()),
+                        _ => ("GET", format!("/objects/load/r{}t{}-{}", run, t, n - 1), Vec::new()),
                     };
                     let r = call(addr, &mut conn, method, &path, &body, kind == 0, &mut local.retries);
                     let latency = t0.elapsed();

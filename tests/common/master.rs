@@ -128,6 +128,13 @@ impl MasterBuilder {
         self.port
     }
 
+    /// Listen on `port` instead of the free one chosen (e.g. a new master
+    /// where one was killed).
+    pub fn on_port(mut self, port: u16) -> Self {
+        self.port = port;
+        self.set("port", port)
+    }
+
     pub fn dir(&self) -> &TestDir {
         &self.dir
     }

@@ -123,6 +123,8 @@ pub struct Identity {
     pub pid: u32,
     pub generation: u64,
     pub driver: &'static str,
+    /// The database file (`sqlite`), named by `/healthz`.
+    pub file: Option<String>,
 }
 
 /// Whether answering needs the driver (and so runs on a pool thread): an
@@ -149,18 +151,19 @@ pub fn delay_done(who: &Identity, ms: u64) -> Response {
 /// The `/healthz` answer: never waits for the database; `database` is what
 /// the driver last learnt of it.
 pub fn healthz(who: &Identity, db: Health) -> Response {
-    Response::json(
-        200,
-        &json!({
-            "status": "ok",
-            "pid": who.pid,
-            "generation": who.generation,
-            "version": zdrestart::VERSION,
-            "magic": zdrestart::MAGIC,
-            "driver": who.driver,
-            "database": db.as_str(),
-        }),
-    )
+    let mut v = json!({
+        "status": "ok",
+        "pid": who.pid,
+        "generation": who.generation,
+        "version": zdrestart::VERSION,
+        "magic": zdrestart::MAGIC,
+        "driver": who.driver,
+        "database": db.as_str(),
+    });
+    if let Some(f) = &who.file {
+        v["file"] = json!(f);
+    }
+    Response::json(200, &v)
 }
 
 /// Answer a request that is not a delay to be served (see [`delay_of`]).
@@ -223,6 +226,10 @@ fn store_failure(e: &StoreError) -> Response {
         StoreError::Unavailable(_) => Response::error(503, "database unavailable"),
         StoreError::Failed(_) => Response::error(500, "database error"),
         StoreError::Full(why) => Response::error(507, &format!("store full: {}; nothing was changed", why)),
+        StoreError::Unusable { file, fault, detail } => Response::json(
+            503,
+            &json!({ "error": "database unavailable", "file": file, "cause": fault.as_str(), "detail": detail }),
+        ),
     }
 }
 
@@ -284,7 +291,7 @@ mod tests {
     #[test]
     fn handlers() {
         let s = MemoryStore::default();
-        let who = Identity { pid: 1, generation: 2, driver: "memory" };
+        let who = Identity { pid: 1, generation: 2, driver: "memory", file: None };
         let obj = Route::Object { ty: "t", id: "a.b" };
         assert_eq!(handle(&s, &who, "GET", &obj, b"").status, 404);
         let r = handle(&s, &who, "PUT", &obj, br#"{"$x":1}"#);

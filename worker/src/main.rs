@@ -1,5 +1,5 @@
 //! `zdrestart-worker`: the built-in worker (zdrestart-worker(7); ARCHITECTURE.md,
-//! "The tree" and "The worker protocol"), an HTTP/1.1 JSON object store on a Databank driver (`memory` or `mongodb`).
+//! "The tree" and "The worker protocol"), an HTTP/1.1 JSON object store on a Databank driver (`memory`, `sqlite` or `mongodb`).
 //!
 //! This file owns start-up: arguments, config, logging, the listeners
 //! (inherited through `LISTEN_FDS`, or bound by hand), the driver, the probe
@@ -19,6 +19,7 @@ mod probe;
 mod server;
 mod settings;
 mod shared;
+mod sqlite;
 mod store;
 
 use notify::Notifier;
@@ -46,8 +47,9 @@ Options:
 Environment:
   ZDRESTART_CONFIG      config file when -c is not given
   ZDRESTART_LOGLEVEL    overrides logLevel (trace, debug, info, warn, error, fatal)
-  ZDRESTART_PROBE=1     probe mode: print MAGIC= and VERSION=, check the config and
-                        (mongodb) ping the database, then exit 0, or print ERROR= and exit 1
+  ZDRESTART_PROBE=1     probe mode: print MAGIC=, VERSION= and SHARED=, check the config
+                        and the database (sqlite: open, check, write; mongodb: ping),
+                        then exit 0, or print ERROR= and exit 1
   ZDRESTART_GENERATION  generation number reported by /healthz
   LISTEN_FDS, LISTEN_PID  inherited listeners (fds 3..), systemd convention
 
@@ -227,9 +229,20 @@ fn start(config_arg: Option<PathBuf>) -> i32 {
         }
     }
 
-    let store: Arc<dyn store::Store> = match cfg.driver {
-        Driver::Memory => Arc::new(store::MemoryStore::new(set.max_objects, set.max_bytes)),
-        Driver::Mongodb => match mongo::MongoStore::new(&cfg, cfg.db_timeout, cfg.threads) {
+    let mut file = None;
+    let store: Arc<dyn store::Store> = match (cfg.driver, &cfg.sqlite_path) {
+        (Driver::Memory, _) => Arc::new(store::MemoryStore::new(set.max_objects, set.max_bytes)),
+        (Driver::Sqlite, None) => return fail(&notifier, "config: params.path: required with driver \"sqlite\""),
+        (Driver::Sqlite, Some(path)) => {
+            let s = Arc::new(sqlite::SqliteStore::new(path, cfg.db_timeout, set.synchronous));
+            file = Some(s.file().to_string());
+            // As with mongodb: never wait for the database before serving;
+            // requests answer 503 (naming the file and the cause) until it
+            // can be used, and the health thread says so in the log.
+            s.watch_health();
+            s
+        }
+        (Driver::Mongodb, _) => match mongo::MongoStore::new(&cfg, cfg.db_timeout, cfg.threads) {
             Ok(s) => {
                 let s = Arc::new(s);
                 // Never wait for the database before serving: it may be down,
@@ -243,7 +256,7 @@ fn start(config_arg: Option<PathBuf>) -> i32 {
         },
     };
 
-    let who = api::Identity { pid, generation, driver: store.name() };
+    let who = api::Identity { pid, generation, driver: store.name(), file };
     let shared = Arc::new(shared::Shared::new(store, who, cfg.threads as usize));
     match server::run(listeners, shared, &set, signals, &notifier) {
         Ok(()) => 0,

@@ -26,15 +26,14 @@
 //! case; server selection and connect timeouts are set to the same value so the
 //! usual "database is down" case fails with the driver's own message.
 
-use crate::store::{object_key, Health, Store, StoreError};
+use crate::store::{object_key, Health, HealthNews, Store, StoreError};
 use mongodb::bson::{doc, Document};
 use mongodb::error::ErrorKind;
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use zdrestart::config::Config;
 
 /// Collection of the API's objects (zdrestart-worker(7), "The built-in worker").
@@ -64,26 +63,9 @@ pub struct MongoStore {
     /// client is kept. A built client reconnects by itself (its monitor
     /// re-checks the server), so it is kept for the life of the process.
     coll: Mutex<Option<Collection<Document>>>,
-    /// What the last call or ping learnt of the database ([`Health`] as u8),
-    /// for `/healthz`, which must never wait for the database itself.
-    health: AtomicU8,
-    /// When `health` was last learnt (ms since `born`).
-    health_at: AtomicU64,
-    born: Instant,
-    /// Set by `/healthz` when `health` is stale; the health thread pings.
-    ping_wanted: Mutex<bool>,
-    ping_cv: Condvar,
-}
-
-/// How old the news of the database may be before `/healthz` asks for a ping.
-const HEALTH_EVERY: Duration = Duration::from_secs(2);
-
-fn health_to_u8(h: Health) -> u8 {
-    match h {
-        Health::Unknown => 0,
-        Health::Ok => 1,
-        Health::Unreachable => 2,
-    }
+    /// What the last call or ping learnt of the database, for `/healthz`,
+    /// which must never wait for the database itself.
+    news: Arc<HealthNews>,
 }
 
 impl MongoStore {
@@ -107,11 +89,7 @@ impl MongoStore {
             timeout,
             pool,
             coll: Mutex::new(None),
-            health: AtomicU8::new(health_to_u8(Health::Unknown)),
-            health_at: AtomicU64::new(0),
-            born: Instant::now(),
-            ping_wanted: Mutex::new(false),
-            ping_cv: Condvar::new(),
+            news: Arc::new(HealthNews::new()),
         };
         match store.build() {
             Ok(c) => *store.coll.lock().unwrap_or_else(|e| e.into_inner()) = Some(c),
@@ -168,8 +146,7 @@ impl MongoStore {
     }
 
     fn set_health(&self, h: Health) {
-        self.health.store(health_to_u8(h), Ordering::Relaxed);
-        self.health_at.store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.news.set(h);
     }
 
     /// Start the health thread: it pings the database once at start (and
@@ -177,27 +154,15 @@ impl MongoStore {
     /// and the last news of the database is older than [`HEALTH_EVERY`]; so
     /// an idle worker does not wake up, and `/healthz` never waits for it.
     pub fn watch_health(self: &Arc<Self>) {
-        let s = self.clone();
-        let spawned = std::thread::Builder::new().name("db-health".into()).stack_size(256 * 1024).spawn(move || {
-            match s.ping() {
-                Ok(()) => log::info!("Database reachable"),
-                Err(e) => log::warn!(error = e.to_string().as_str();
-                    "Database unreachable at start; requests answer 503 until it is back"),
-            }
-            loop {
-                {
-                    let mut wanted = s.ping_wanted.lock().unwrap_or_else(|e| e.into_inner());
-                    while !*wanted {
-                        wanted = s.ping_cv.wait(wanted).unwrap_or_else(|e| e.into_inner());
-                    }
-                    *wanted = false;
-                }
-                let _ = s.ping();
-            }
+        let (a, b) = (self.clone(), self.clone());
+        let first = move || match a.ping() {
+            Ok(()) => log::info!("Database reachable"),
+            Err(e) => log::warn!(error = e.to_string().as_str();
+                "Database unreachable at start; requests answer 503 until it is back"),
+        };
+        self.news.watch(first, move || {
+            let _ = b.ping();
         });
-        if let Err(e) = spawned {
-            log::warn!("cannot start the database health thread: {}", e);
-        }
     }
 
     /// Run one driver future with the hard bound.
@@ -208,7 +173,7 @@ impl MongoStore {
         let r = self.bounded_inner(what, fut);
         match &r {
             Ok(_) | Err(StoreError::Failed(_)) | Err(StoreError::Full(_)) => self.set_health(Health::Ok),
-            Err(StoreError::Unavailable(_)) => self.set_health(Health::Unreachable),
+            Err(StoreError::Unavailable(_) | StoreError::Unusable { .. }) => self.set_health(Health::Unreachable),
         }
         r
     }
@@ -243,19 +208,7 @@ impl Store for MongoStore {
     }
 
     fn health(&self) -> Health {
-        let age = (self.born.elapsed().as_millis() as u64).saturating_sub(self.health_at.load(Ordering::Relaxed));
-        if age > HEALTH_EVERY.as_millis() as u64 {
-            let mut wanted = self.ping_wanted.lock().unwrap_or_else(|e| e.into_inner());
-            if !*wanted {
-                *wanted = true;
-                self.ping_cv.notify_one();
-            }
-        }
-        match self.health.load(Ordering::Relaxed) {
-            1 => Health::Ok,
-            2 => Health::Unreachable,
-            _ => Health::Unknown,
-        }
+        self.news.get()
     }
 
     fn put(&self, ty: &str, id: &str, json: &str) -> Result<(), StoreError> {

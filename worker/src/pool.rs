@@ -118,6 +118,7 @@ impl Pool {
             if Instant::now() >= job.deadline {
                 continue;
             }
+            crate::store::set_request_deadline(Some(job.deadline));
             let route = api::route(&job.target);
             let run = || api::handle(sh.store.as_ref(), &sh.who, &job.method, &route, &job.body);
             // A bug in a handler or driver must cost one 500, not the worker

@@ -38,6 +38,8 @@ pub struct Settings {
     pub max_bytes: u64,
     /// `params.timeout`: how long a driver request may take before it answers 503.
     pub request_timeout: Duration,
+    /// `params.synchronous` of the sqlite driver: when a commit reaches the disk.
+    pub synchronous: crate::sqlite::Sync,
 }
 
 impl Settings {
@@ -62,6 +64,7 @@ impl Settings {
             max_objects: int(params, "maxObjects", DEFAULT_MAX_OBJECTS, 1, u64::MAX >> 1)?,
             max_bytes: int(params, "maxBytes", DEFAULT_MAX_BYTES, 1, u64::MAX >> 1)?,
             request_timeout,
+            synchronous: synchronous(params)?,
         })
     }
 
@@ -71,6 +74,15 @@ impl Settings {
     pub fn announced_idle(&self) -> Option<u64> {
         let s = self.idle_timeout.as_secs();
         (s >= 2).then(|| s - 1)
+    }
+}
+
+fn synchronous(params: &Map<String, Value>) -> Result<crate::sqlite::Sync, String> {
+    match params.get("synchronous") {
+        None | Some(Value::Null) => Ok(crate::sqlite::Sync::Normal),
+        Some(Value::String(s)) if s == "normal" => Ok(crate::sqlite::Sync::Normal),
+        Some(Value::String(s)) if s == "full" => Ok(crate::sqlite::Sync::Full),
+        Some(other) => Err(format!("params.synchronous: expected \"normal\" or \"full\", found {}", other)),
     }
 }
 
@@ -127,5 +139,9 @@ mod tests {
         assert!(e.starts_with("params.maxObjects: "), "{}", e);
         let e = Settings::from_params(&p(json!({"maxConnections": 0})), 4, Duration::from_secs(3)).unwrap_err();
         assert!(e.starts_with("params.maxConnections: "), "{}", e);
+        let s = Settings::from_params(&p(json!({"synchronous": "full"})), 4, Duration::from_secs(3)).unwrap();
+        assert_eq!(s.synchronous, crate::sqlite::Sync::Full);
+        let e = Settings::from_params(&p(json!({"synchronous": "off"})), 4, Duration::from_secs(3)).unwrap_err();
+        assert_eq!(e, "params.synchronous: expected \"normal\" or \"full\", found \"off\"");
     }
 }

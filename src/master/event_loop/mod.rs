@@ -1,39 +1,40 @@
 //! The master's poll loop: turns fds into events and actions into syscalls.
 //!
-//! Owns the children table, the probe in flight, the control server and the
-//! signal pipe while the master runs, and the start-up sequence ([`run`]).
-//! It decides nothing: every decision is in [`super::state::Master`]. One
-//! thread; the only blocking call is poll(2) with the earliest deadline as
-//! its timeout, so an idle master does not wake up. The pieces it drives
-//! live beside it: [`super::child`] (a child's fds), [`super::probe`],
-//! [`super::spawn_spec`], [`super::listeners`], [`super::pidfile`] and
-//! [`crate::signals`]; two jobs of the loop have files of their own: the
-//! upgrade of the master ([`reexec`]) and the workers' sd_notify socket
-//! ([`workers_notify`]).
+//! Owns the fds of the master's children (keyed by the state machine's
+//! worker ids), the probe in flight, the control server and the signal pipe
+//! while the master runs, and the start-up sequence ([`run`]). It decides
+//! nothing: every decision is in [`super::state::Master`], and what the loop
+//! learns (a child's exit, a report, an upgrade that failed) goes back to it
+//! as an event. One thread; the only blocking call is poll(2) with the
+//! earliest deadline as its timeout, so an idle master does not wake up.
+//! The pieces it drives live beside it: [`super::child`] (a child's fds),
+//! [`super::probe`], [`super::spawn_spec`], [`super::listeners`],
+//! [`super::pidfile`] and [`crate::signals`]. Its jobs have files of their
+//! own: the children (`children.rs`: spawn, signal, read, reap), the
+//! signals and the control socket (`commands.rs`), the upgrade of the master
+//! (`reexec.rs`) and the workers' sd_notify socket (`workers_socket.rs`).
 
+mod children;
+mod commands;
 mod reexec;
-mod workers_notify;
+mod workers_socket;
 
 pub use reexec::resume;
 
 use super::admission;
-use super::child::{Child, MainProcess};
+use super::child::Child;
 use super::listeners::bind_listeners;
-use super::notify_socket::{Delivery, Message, NotifySocket};
-use super::orphans;
+use super::notify_socket::NotifySocket;
 use super::pidfile::Pidfile;
 use super::probe::{probe_blocking, ProbeOutcome, ProbeRun};
-use super::spawn_spec::build_spec;
-use super::handover::{self, Handover, UpgradeRequest};
+use super::state::{Action, Announce, ClientId, Event, Master, ProbeFailure, ProbeInfo, WorkerId};
 use super::upgrade;
-use super::state::{Action, ClientId, Event, Master, Notify, ProbeFailure, ProbeInfo, Requester, WorkerId};
 use crate::config::Config;
-use crate::control::{self, Command, ControlServer};
-use crate::protocol::Report;
+use crate::control::{self, ControlServer};
 use crate::restart::Reason;
 use crate::sdnotify::{self, Notifier};
 use crate::signals::SignalPipe;
-use crate::sys::{self, ExitStatus};
+use crate::sys;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
@@ -72,7 +73,7 @@ enum Slot {
     ProbePipe,
     Control(RawFd),
     /// The workers' `$NOTIFY_SOCKET`.
-    Notify,
+    WorkersSocket,
     /// The pidfd of a worker's main process (`MAINPID=`).
     MainPidfd(WorkerId),
 }
@@ -104,6 +105,7 @@ struct Loop {
     opts: Options,
     sm: Master,
     listeners: Vec<TcpListener>,
+    /// The fds of each worker, by the state machine's id.
     children: BTreeMap<WorkerId, Child>,
     probe: Option<ProbeRun>,
     control: Option<ControlServer>,
@@ -121,16 +123,61 @@ struct Loop {
     /// The log level in force from the config (not a LOGLEVEL override).
     config_level: log::LevelFilter,
     /// sd_notify(3) sender, when `$NOTIFY_SOCKET` is set.
-    notifier: Option<Notifier>,
+    service_manager: Option<Notifier>,
     /// sd_notify(3) for workers, bound when the first worker that uses it
     /// is spawned.
-    notify: Option<NotifySocket>,
+    workers_socket: Option<NotifySocket>,
     /// The executable the master was started from, resolved at start: what
     /// an upgrade runs (`master::upgrade`).
     exe: Result<PathBuf, String>,
     /// An `UPGRADE` the state machine let through, carried out once the
-    /// queue is empty.
+    /// queue is empty (unless it is cancelled meanwhile).
     upgrade: Option<(ClientId, bool, bool)>,
+}
+
+/// What a loop starts from: a fresh start ([`run`]) or the hand-over of an
+/// upgrade ([`resume`]).
+struct Parts {
+    opts: Options,
+    sm: Master,
+    listeners: Vec<TcpListener>,
+    children: BTreeMap<WorkerId, Child>,
+    control: Option<ControlServer>,
+    signals: SignalPipe,
+    started_wall: SystemTime,
+    loglevel: Option<String>,
+    pidfile: Option<Pidfile>,
+    exe: Result<PathBuf, String>,
+}
+
+impl Loop {
+    fn new(p: Parts) -> Loop {
+        let service_manager = Notifier::from_env().unwrap_or_else(|e| {
+            log::warn!("{}; not notifying the service manager", e);
+            None
+        });
+        let cfg = p.sm.config().clone();
+        Loop {
+            opts: p.opts,
+            sm: p.sm,
+            listeners: p.listeners,
+            children: p.children,
+            probe: None,
+            control: p.control,
+            signals: p.signals,
+            queue: VecDeque::new(),
+            exit: None,
+            started_wall: p.started_wall,
+            loglevel: p.loglevel,
+            pidfile: p.pidfile,
+            server_user: cfg.server_user.clone(),
+            config_level: cfg.log_level,
+            service_manager,
+            workers_socket: None,
+            exe: p.exe,
+            upgrade: None,
+        }
+    }
 }
 
 /// Run the master until it stops. `signals` were installed first thing
@@ -159,14 +206,6 @@ pub fn run(cfg: Config, opts: Options, signals: SignalPipe) -> Result<i32, Strin
         }
     };
     let (listeners, info, control) = started;
-    let notifier = match Notifier::from_env() {
-        Ok(n) => n,
-        Err(e) => {
-            log::warn!("{}; not notifying the service manager", e);
-            None
-        }
-    };
-    let cfg = Arc::new(cfg);
     let exe = upgrade::resolve_exe();
     match &exe {
         Ok(p) => log::info!(exe = p.display().to_string(); "executable: {} (what an upgrade runs)", p.display()),
@@ -175,26 +214,10 @@ pub fn run(cfg: Config, opts: Options, signals: SignalPipe) -> Result<i32, Strin
     log::info!(event = "master.start", workers = cfg.workers, listen = cfg.listen_display(), magic = info.magic,
         version = info.version.as_str(), driver = cfg.driver.as_str();
         "zdrestart {} master started on {} with {} workers", crate::VERSION, cfg.listen_display(), cfg.workers);
-    let mut lp = Loop {
-        opts,
-        sm: Master::new(cfg.clone(), info),
-        listeners,
-        children: BTreeMap::new(),
-        probe: None,
-        control,
-        signals,
-        queue: VecDeque::from([Event::Start]),
-        exit: None,
-        started_wall,
-        loglevel: None,
-        pidfile,
-        server_user: cfg.server_user.clone(),
-        config_level: cfg.log_level,
-        notifier,
-        notify: None,
-        exe,
-        upgrade: None,
-    };
+    let sm = Master::new(Arc::new(cfg), info);
+    let parts = Parts { opts, sm, listeners, children: BTreeMap::new(), control, signals, started_wall, loglevel: None, pidfile, exe };
+    let mut lp = Loop::new(parts);
+    lp.queue.push_back(Event::Start);
     let code = lp.run();
     lp.shutdown();
     Ok(code)
@@ -244,7 +267,7 @@ fn prepare(cfg: &Config, signals: &SignalPipe) -> Result<Option<(Vec<TcpListener
 fn start_verdict(cfg: &Config, outcome: &ProbeOutcome) -> Result<ProbeInfo, String> {
     let info = match (&outcome.magic, &outcome.spawn_error) {
         (_, Some(e)) => return Err(format!("probe of the worker program failed: {}", e)),
-        (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default() },
+        (Some(m), None) => ProbeInfo { magic: *m, version: outcome.version.clone().unwrap_or_default(), shared: outcome.shared },
         (None, None) => {
             let why = outcome.for_restart(cfg.probe_timeout).err().map(|f| f.error).unwrap_or_default();
             return Err(format!("probe of the worker program failed: {}", why));
@@ -256,6 +279,12 @@ fn start_verdict(cfg: &Config, outcome: &ProbeOutcome) -> Result<ProbeInfo, Stri
     }
     log::info!(component = "probe", magic = info.magic, version = info.version.as_str();
         "worker program reports magic number {} (version {})", info.magic, info.version);
+    if info.shared != Some(true) {
+        // Not fatal: the service runs; only its zero-downtime restarts are refused.
+        log::warn!(component = "probe";
+            "the workers' state is not shared (probe: {}): zero-downtime restarts will be refused (bad driver)",
+            match info.shared { Some(false) => "SHARED=0", _ => "no SHARED= line" });
+    }
     Ok(info)
 }
 
@@ -300,7 +329,7 @@ impl Loop {
                 return code;
             }
             if let Some((client, wait, restart)) = self.upgrade.take() {
-                // Returns only if the upgrade was refused or failed.
+                // Returns only if it failed (`UpgradeFailed` is queued).
                 self.do_upgrade(client, wait, restart);
                 continue;
             }
@@ -355,8 +384,8 @@ impl Loop {
                 set.add(fd, libc::POLLIN, Slot::MainPidfd(id));
             }
         }
-        if let Some(n) = &self.notify {
-            set.add(n.fd(), libc::POLLIN, Slot::Notify);
+        if let Some(n) = &self.workers_socket {
+            set.add(n.fd(), libc::POLLIN, Slot::WorkersSocket);
         }
         if let Some(p) = &self.probe {
             let (pidfd, pipes) = p.child.poll_fds();
@@ -389,7 +418,7 @@ impl Loop {
                 }
             }
             Slot::Control(fd) => self.on_control(fd, revents, now),
-            Slot::Notify => self.on_notify(now),
+            Slot::WorkersSocket => self.on_workers_socket(now),
             Slot::MainPidfd(id) => self.check_child(id),
         }
     }
@@ -414,314 +443,45 @@ impl Loop {
 
     fn execute(&mut self, action: Action) {
         match action {
-            Action::Spawn { id, generation, index, config } => {
-                let fds: Vec<RawFd> = self.listeners.iter().map(|l| l.as_raw_fd()).collect();
-                let socket = match config.notify.socket() {
-                    false => None,
-                    true => match self.notify_socket() {
-                        Ok(name) => Some(name),
-                        Err(error) => return self.queue.push_back(Event::SpawnFailed { id, error }),
-                    },
-                };
-                let user = self.server_user.as_deref();
-                let level = self.loglevel.as_deref();
-                let spec = match build_spec(&config, generation, index, &fds, false, level, user, socket.as_deref()) {
-                    Ok(s) => s,
-                    Err(error) => return self.queue.push_back(Event::SpawnFailed { id, error }),
-                };
-                match sys::spawn(&spec) {
-                    Ok(sp) => {
-                        let pidfd = if self.opts.no_pidfd {
-                            None
-                        } else {
-                            match sys::pidfd_open(sp.pid) {
-                                Ok(f) => Some(f),
-                                Err(e) => {
-                                    if e.raw_os_error() != Some(libc::ENOSYS) {
-                                        log::warn!("pidfd_open {}: {}; relying on SIGCHLD", sp.pid, sys::strerror(&e));
-                                    }
-                                    None
-                                }
-                            }
-                        };
-                        let pid = sp.pid;
-                        let mut child = Child::new(sp, pidfd);
-                        child.reports = config.notify;
-                        self.children.insert(id, child);
-                        self.queue.push_back(Event::Spawned { id, pid });
-                        // A child that died before we had its pidfd is found here.
-                        self.check_child(id);
-                    }
-                    Err(e) => self.queue.push_back(Event::SpawnFailed {
-                        id,
-                        error: format!("spawn {}: {}", spec.path.to_string_lossy(), e),
-                    }),
+            Action::Spawn { id, generation, index, config } => self.spawn_worker(id, generation, index, &config),
+            Action::Signal { id, signal } => self.signal_worker(id, signal),
+            Action::Probe { config } => {
+                match ProbeRun::start(&config, self.opts.no_pidfd, self.loglevel.as_deref(), self.server_user.as_deref()) {
+                    Ok(p) => self.probe = Some(p),
+                    Err(error) => self.queue.push_back(Event::ProbeDone(Err(ProbeFailure { magic: None, error }))),
                 }
             }
-            Action::Signal { id, pid, signal } => {
-                // Only a child we have not reaped: its pid (and so its
-                // process group's id) cannot have been reused. The whole
-                // group: whatever the worker started gets it too, its main
-                // process (`MAINPID=`, one of the group) included, also once
-                // the spawned process is gone (the group's id stays reserved
-                // while it has members).
-                if self.children.get(&id).is_some_and(|c| c.pid == pid) {
-                    let reaped = self.children.get(&id).is_some_and(|c| c.spawned_status.is_some());
-                    let sent = sys::kill_group(pid, signal).or_else(|e| if reaped { Err(e) } else { sys::kill(pid, signal) });
-                    if let Err(e) = sent {
-                        log::warn!(worker_pid = pid; "kill {} {}: {}", sys::signal_name(signal), pid, sys::strerror(&e));
-                    }
-                }
-            }
-            Action::Probe { config } => match ProbeRun::start(
-                &config,
-                self.opts.no_pidfd,
-                self.loglevel.as_deref(),
-                self.server_user.as_deref(),
-            ) {
-                Ok(p) => self.probe = Some(p),
-                Err(error) => self.queue.push_back(Event::ProbeDone(Err(ProbeFailure { magic: None, error }))),
-            },
             Action::CancelProbe => {
                 if let Some(mut p) = self.probe.take() {
                     p.kill();
                 }
             }
             Action::Reply { client, answer } => self.reply(client, &control::render(&answer)),
-            Action::Notify(n) => self.notify(n),
+            Action::Announce(a) => self.announce(a),
             Action::Exit(code) => self.exit = Some(code),
             Action::Upgrade { client, wait, restart } => self.upgrade = Some((client, wait, restart)),
-            Action::ReplyLine { client, line } => self.reply(client, &line),
+            Action::CancelUpgrade => self.upgrade = None,
         }
     }
 
-    /// One sd_notify(3) datagram; a failure is logged, never fatal.
-    fn notify(&self, n: Notify) {
-        let Some(notifier) = &self.notifier else { return };
-        let text = match n {
-            Notify::Ready(status) => sdnotify::message("READY=1", &status),
-            Notify::Reloading(status) => {
+    /// One sd_notify(3) datagram to the service manager; a failure is
+    /// logged, never fatal.
+    fn announce(&self, a: Announce) {
+        let Some(manager) = &self.service_manager else { return };
+        let text = match a {
+            Announce::Ready(status) => sdnotify::message("READY=1", &status),
+            Announce::Reloading(status) => {
                 let head = format!("RELOADING=1\nMONOTONIC_USEC={}", sys::monotonic_usec());
                 sdnotify::message(&head, &status)
             }
-            Notify::Stopping(status) => sdnotify::message("STOPPING=1", &status),
+            Announce::Stopping(status) => sdnotify::message("STOPPING=1", &status),
         };
-        match notifier.send(&text) {
+        match manager.send(&text) {
             Ok(()) => log::debug!(sd_notify = text.as_str(); "told the service manager: {}", text.replace('\n', " ")),
             Err(e) => log::warn!("{}", e),
         }
     }
 
-    fn reply(&mut self, client: ClientId, line: &str) {
-        if let Some(c) = &mut self.control {
-            c.set_waiting(client, false);
-            c.reply(client, line);
-        }
-    }
-
-    fn on_signals(&mut self) {
-        self.signals.drain();
-        if self.signals.take(libc::SIGCHLD) {
-            let ids: Vec<WorkerId> = self.children.keys().copied().collect();
-            for id in ids {
-                self.check_child(id);
-            }
-            self.check_probe(Instant::now());
-            self.reap_adopted();
-        }
-        if self.signals.take(libc::SIGHUP) {
-            reopen_log();
-        }
-        if self.signals.take(libc::SIGTERM) {
-            self.queue.push_back(Event::Stop { signal: "SIGTERM" });
-        }
-        if self.signals.take(libc::SIGINT) {
-            self.queue.push_back(Event::Stop { signal: "SIGINT" });
-        }
-        if self.signals.take(libc::SIGUSR2) {
-            let config = self.reload_config();
-            self.queue.push_back(Event::Restart { config, by: Requester::Signal });
-        }
-    }
-
-    fn reload_config(&self) -> Result<Config, String> {
-        Config::load(&self.sm.config().path).map_err(|e| e.to_string())
-    }
-
-    /// Read a child's pipes once; lines become events.
-    fn read_child(&mut self, id: WorkerId, drain: bool) {
-        let Some(c) = self.children.get_mut(&id) else { return };
-        let pid = c.pid;
-        let lines = c.read(drain);
-        for l in lines.output {
-            crate::log::worker_line("worker", pid, &l);
-            self.queue.push_back(Event::Output { id, line: l });
-        }
-        if !c.reports.pipe() && !lines.reports.is_empty() {
-            // `"notify": "systemd"`: the pipe is not offered; nothing on it counts.
-            log::debug!(component = "worker", worker_pid = pid; "report pipe ignored (notify is systemd): {:?}", lines.reports);
-            return;
-        }
-        for r in lines.reports {
-            match Report::parse(&r) {
-                Report::Ready => self.queue.push_back(Event::Ready { id }),
-                Report::Error(text) => self.queue.push_back(Event::ReportedError { id, text }),
-                Report::Status(text) => self.queue.push_back(Event::Status { id, text }),
-                other => log::info!(component = "worker", worker_pid = pid; "unknown report ignored: {:?}", other),
-            }
-        }
-    }
-
-    /// The pids whose process groups are the service's: the workers and the probe.
-    fn leaders(&self) -> Vec<u32> {
-        self.children.values().map(|c| c.pid).chain(self.probe.as_ref().map(|p| p.child.pid)).collect()
-    }
-
-    /// The workers' main processes (`MAINPID=`): adopted once the spawned
-    /// process is gone, reaped by [`Self::check_child`] for their status.
-    fn mains(&self) -> Vec<u32> {
-        self.children.values().filter_map(|c| c.main.as_ref().map(|m| m.pid)).collect()
-    }
-
-    /// Reap adopted children that exited, and end the ones a worker left
-    /// behind (zdrestart-worker(7)); our own exited children are handed to
-    /// [`Self::check_child`] / [`Self::check_probe`].
-    fn reap_adopted(&mut self) {
-        for _ in 0..64 {
-            let leaders = self.leaders();
-            let mains = self.mains();
-            let known = orphans::reap_adopted(|pid| leaders.contains(&pid) || mains.contains(&pid));
-            if known.is_empty() {
-                break;
-            }
-            for pid in known {
-                let ours = |c: &Child| c.pid == pid || c.main.as_ref().is_some_and(|m| m.pid == pid);
-                let id = self.children.iter().find(|(_, c)| ours(c)).map(|(&id, _)| id);
-                match id {
-                    Some(id) => self.check_child(id),
-                    None => self.check_probe(Instant::now()),
-                }
-            }
-        }
-        orphans::end_strays(&self.leaders());
-    }
-
-    /// Reap a child if it has exited, after reading what it left in its
-    /// pipes; then end what is left of its process group. A worker whose
-    /// main process (`MAINPID=`) is another one lives as long as that one.
-    fn check_child(&mut self, id: WorkerId) {
-        let Some(c) = self.children.get_mut(&id) else { return };
-        if c.spawned_status.is_none() {
-            let st = match sys::try_wait(c.pid) {
-                Ok(st) => st,
-                Err(e) => {
-                    // ECHILD: someone else reaped it; treat as gone.
-                    log::error!("waitpid {}: {}", c.pid, sys::strerror(&e));
-                    Some(ExitStatus::Code(-1))
-                }
-            };
-            if st.is_some() {
-                c.spawned_status = st;
-                c.pidfd = None;
-                if let Some(m) = &c.main {
-                    log::debug!(worker_pid = c.pid, main_pid = m.pid;
-                        "spawned process {} exited; its main process {} goes on", c.pid, m.pid);
-                }
-            }
-        }
-        let status = match &c.main {
-            None => c.spawned_status,
-            Some(m) if Child::pidfd_exited(&m.pidfd) => {
-                // Adopted once its parent exited (the master is a child
-                // subreaper): its status is ours; else its parent's, unknown.
-                Some(sys::try_wait(m.pid).ok().flatten().unwrap_or(ExitStatus::Code(-1)))
-            }
-            Some(_) => None,
-        };
-        let Some(status) = status else { return };
-        let pid = c.pid;
-        self.read_child(id, true);
-        self.children.remove(&id);
-        // What is left of its group goes: a spawned process that outlived
-        // its main one included (reaped then as any child nobody knows).
-        orphans::end_group(pid);
-        self.queue.push_back(Event::Exited { id, status });
-    }
-
-    fn check_probe(&mut self, now: Instant) {
-        let Some(p) = &mut self.probe else { return };
-        if let Some(verdict) = p.poll_done(now) {
-            self.probe = None;
-            self.queue.push_back(Event::ProbeDone(verdict));
-        }
-    }
-
-    fn on_control(&mut self, fd: RawFd, revents: i16, now: Instant) {
-        let Some(c) = &mut self.control else { return };
-        let cmds = c.on_ready(fd, revents, now);
-        for (client, cmd) in cmds {
-            self.on_command(client, cmd);
-        }
-    }
-
-    fn on_command(&mut self, client: ClientId, cmd: Command) {
-        let answer = match cmd {
-            Command::Cmds => control::cmds_answer(),
-            Command::Version => control::ack(crate::VERSION),
-            Command::Status => {
-                let st = self.sm.status(std::process::id(), self.started_wall);
-                control::ack(&serde_json::to_string(&st).unwrap_or_default())
-            }
-            Command::LogLevel(level) => {
-                crate::log::set_level(level);
-                let name = level.to_string().to_lowercase();
-                log::info!(component = "control", level = name.as_str(); "log level set to {}", name);
-                self.send_all(&format!("LOGLEVEL={}\n", name));
-                self.loglevel = Some(name);
-                control::ack("")
-            }
-            Command::LogLevelRestore => {
-                let level = self.sm.config().log_level;
-                crate::log::set_level(level);
-                self.loglevel = None;
-                let name = level.to_string().to_lowercase();
-                log::info!(component = "control"; "log level restored to {}", name);
-                self.send_all(&format!("LOGLEVEL={}\n", name));
-                control::ack("")
-            }
-            Command::Restart { wait } => {
-                if let Some(c) = &mut self.control {
-                    c.set_waiting(client, true);
-                }
-                let config = self.reload_config();
-                self.queue.push_back(Event::Restart { config, by: Requester::Control { client, wait } });
-                return;
-            }
-            Command::Upgrade { wait, restart } => {
-                if let Some(c) = &mut self.control {
-                    c.set_waiting(client, true);
-                }
-                self.queue.push_back(Event::Upgrade { client, wait, restart });
-                return;
-            }
-            Command::Unknown(_) => control::nack(control::NACK_UNKNOWN),
-            Command::Bad { nack, detail } => {
-                // The wire text is pump.io's; what was wrong goes to the log.
-                log::info!(component = "control", nack = nack; "control command refused: {}", detail);
-                control::nack(nack)
-            }
-        };
-        if let Some(c) = &mut self.control {
-            c.reply(client, &answer);
-        }
-    }
-
-    /// A control line to every running worker.
-    fn send_all(&self, line: &str) {
-        for c in self.children.values() {
-            c.send(line);
-        }
-    }
 
     fn shutdown(&mut self) {
         if let Some(mut p) = self.probe.take() {

@@ -4,16 +4,18 @@
 //! is the state machine's business.
 
 use super::*;
+use crate::master::child::MainProcess;
+use crate::master::notify_socket::{Delivery, Message};
 
 impl Loop {
     /// `$NOTIFY_SOCKET` for workers, bound on first use.
-    pub(super) fn notify_socket(&mut self) -> Result<String, String> {
-        if self.notify.is_none() {
+    pub(super) fn workers_socket_name(&mut self) -> Result<String, String> {
+        if self.workers_socket.is_none() {
             let n = NotifySocket::bind().map_err(|e| format!("bind the workers' notify socket: {}", sys::strerror(&e)))?;
             log::info!(component = "master", notify_socket = n.name(); "workers' sd_notify socket is {}", n.name());
-            self.notify = Some(n);
+            self.workers_socket = Some(n);
         }
-        Ok(self.notify.as_ref().map(|n| n.name().to_string()).unwrap_or_default())
+        Ok(self.workers_socket.as_ref().map(|n| n.name().to_string()).unwrap_or_default())
     }
 
     /// The worker a process belongs to, for sd_notify: the worker's spawned
@@ -34,14 +36,14 @@ impl Loop {
     }
 
     /// Datagrams on the workers' notify socket become events.
-    pub(super) fn on_notify(&mut self, now: Instant) {
-        let Some(n) = &mut self.notify else { return };
+    pub(super) fn on_workers_socket(&mut self, now: Instant) {
+        let Some(n) = &mut self.workers_socket else { return };
         let children = &self.children;
         let deliveries = n.receive(|pid| Self::owner(children, pid));
         for d in deliveries {
             match d {
                 Delivery::Dropped { why, sender } => {
-                    if let Some(n) = &mut self.notify {
+                    if let Some(n) = &mut self.workers_socket {
                         n.log_drop(&why, sender, now);
                     }
                 }
@@ -52,14 +54,14 @@ impl Loop {
                             "sd_notify: ignored {}", parsed.ignored.join(", "));
                     }
                     for m in parsed.messages {
-                        self.on_notify_message(worker, sender, m, now);
+                        self.on_workers_message(worker, sender, m, now);
                     }
                 }
             }
         }
     }
 
-    fn on_notify_message(&mut self, id: WorkerId, sender: u32, m: Message, now: Instant) {
+    fn on_workers_message(&mut self, id: WorkerId, sender: u32, m: Message, now: Instant) {
         let ev = match m {
             Message::Ready => Event::Ready { id },
             Message::Status(text) => Event::Status { id, text },
@@ -72,7 +74,7 @@ impl Loop {
                 // Only one of the worker's own processes may become its main one.
                 if Self::owner(&self.children, main) != Some(id) {
                     let why = format!("MAINPID={} names no process of the worker", main);
-                    if let Some(n) = &mut self.notify {
+                    if let Some(n) = &mut self.workers_socket {
                         n.log_drop(&why, Some(sender), now);
                     }
                     return;

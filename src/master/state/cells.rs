@@ -1,0 +1,352 @@
+//! The cells of a worker's life: its start, its reports, its exit, its
+//! deadlines, and the master's stop. Each handler is one cell (or several
+//! alike) of [`super::table::cell`]; what a rollout makes of an event is its
+//! own step ([`super::rollout`]), carried out by [`Master::apply`].
+
+use super::event::{Action, Announce, Event};
+use super::workers::{Life, Worker, WorkerId};
+use super::{Master, Pending, Phase, Requester, BACKOFF_FIRST, BACKOFF_MAX, CRASH_WINDOW};
+use crate::restart::{Reason, Refused, RestartAnswer};
+use crate::sys::ExitStatus;
+use std::time::{Duration, Instant};
+
+impl Master {
+    /// (Running, Start): generation 1, `workers` workers.
+    pub(super) fn start(&mut self, _: Event, now: Instant, out: &mut Vec<Action>) {
+        self.generation = 1;
+        let cfg = self.config.clone();
+        for index in 0..cfg.workers {
+            self.spawn(1, index, cfg.clone(), now, out);
+        }
+    }
+
+    pub(super) fn spawned(&mut self, ev: Event, _: Instant, _: &mut Vec<Action>) {
+        let Event::Spawned { id, pid } = ev else { return };
+        if let Some(w) = self.workers.get_mut(id) {
+            w.pid = Some(pid);
+            log::info!(event = "worker.spawn", worker_pid = pid, generation = w.generation,
+                worker = w.index; "spawned worker {} (generation {}, index {})", pid, w.generation, w.index);
+        }
+    }
+
+    /// A starting worker becomes ready; `announce`: the last of generation
+    /// 1 tells the service manager. Ok: it just became ready.
+    fn mark_ready(&mut self, id: WorkerId, announce: bool, now: Instant, out: &mut Vec<Action>) -> bool {
+        let Some(w) = self.workers.get_mut(id) else { return false };
+        if !matches!(w.life, Life::Starting { .. }) {
+            return false;
+        }
+        w.life = Life::Ready;
+        let pid = w.pid_or_0();
+        log::info!(event = "worker.ready", worker_pid = pid, generation = w.generation, worker = w.index,
+            ms = now.duration_since(w.started).as_millis() as u64; "worker {} ready", pid);
+        if announce && !self.notified_ready && w.generation == 1 {
+            let ready = self.workers.iter().filter(|w| w.generation == 1 && w.life == Life::Ready).count();
+            if ready as u32 >= self.config.workers {
+                self.notified_ready = true;
+                let text = self.announce_status("");
+                out.push(Action::Announce(Announce::Ready(text)));
+            }
+        }
+        true
+    }
+
+    pub(super) fn ready(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
+        let Event::Ready { id } = ev else { return };
+        self.mark_ready(id, true, now, out);
+    }
+
+    pub(super) fn ready_while_stopping(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
+        let Event::Ready { id } = ev else { return };
+        self.mark_ready(id, false, now, out);
+    }
+
+    pub(super) fn ready_in_rollout(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
+        let Event::Ready { id } = ev else { return };
+        if !self.mark_ready(id, true, now, out) {
+            return;
+        }
+        let Some(r) = &mut self.rollout else { return };
+        let steps = r.ready(id, &self.workers);
+        self.apply(steps, now, out);
+    }
+
+    /// The failure of `ReportedError` or `NotifyFailure` (only before the
+    /// worker is ready; after, it is logged): (worker, what it means, what
+    /// it said).
+    fn failure_of(&self, ev: Event) -> Option<(WorkerId, String, String)> {
+        match ev {
+            Event::ReportedError { id, text } => Some((id, text.clone(), format!("ERROR={}", text))),
+            Event::NotifyFailure { id, text } => match self.workers.get(id) {
+                Some(w) if matches!(w.life, Life::Starting { .. }) => Some((id, text.clone(), text)),
+                Some(w) => {
+                    log::info!(component = "worker", worker_pid = w.pid_or_0(); "worker reports {}", text);
+                    None
+                }
+                None => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The worker that reported a failure, logged.
+    fn failed(&self, id: WorkerId, text: &str) -> Option<Worker> {
+        let w = self.workers.get(id)?;
+        let pid = w.pid_or_0();
+        log::error!(worker_pid = pid, generation = w.generation, error = text; "worker {} reported an error: {}", pid, text);
+        Some(w.clone())
+    }
+
+    pub(super) fn failure(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
+        let Some((id, text, _)) = self.failure_of(ev) else { return };
+        // It exits by protocol; make sure it does.
+        if self.failed(id, &text).is_some() {
+            self.stop_worker(id, now, out);
+        }
+    }
+
+    pub(super) fn failure_in_rollout(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
+        let Some((id, text, report)) = self.failure_of(ev) else { return };
+        let Some(w) = self.failed(id, &text) else { return };
+        match self.rollout.as_ref().and_then(|r| r.error(&w, &report)) {
+            Some(step) => self.apply(vec![step], now, out),
+            None => self.stop_worker(id, now, out),
+        }
+    }
+
+    /// A worker is gone (`Exited`, or `SpawnFailed`: status None): out of
+    /// the table, logged. The worker as it was, and how it ended.
+    fn gone(&mut self, ev: Event) -> Option<(Worker, Option<ExitStatus>)> {
+        let (id, status) = match ev {
+            Event::Exited { id, status } => (id, Some(status)),
+            Event::SpawnFailed { id, error } => {
+                if let Some(w) = self.workers.get_mut(id) {
+                    log::error!(event = "worker.exit", generation = w.generation, worker = w.index, error = error.as_str();
+                        "cannot start worker: {}", error);
+                    w.last_lines.push_back(error);
+                }
+                (id, None)
+            }
+            _ => return None,
+        };
+        let w = self.workers.remove(id)?;
+        if let Some(st) = status {
+            let expected = w.asked_to_stop() && self.phase != Phase::Lockout;
+            let level = if expected { log::Level::Info } else { log::Level::Error };
+            let how = if expected { "exited" } else { "exited unexpectedly" };
+            let pid = w.pid_or_0();
+            // Either `code` or `signal`, never a null placeholder.
+            match st {
+                ExitStatus::Code(c) => log::log!(level, event = "worker.exit", worker_pid = pid,
+                    generation = w.generation, worker = w.index, code = c; "worker {} {} ({})", pid, how, st),
+                ExitStatus::Signal(sig) => log::log!(level, event = "worker.exit", worker_pid = pid,
+                    generation = w.generation, worker = w.index, signal = sig; "worker {} {} ({})", pid, how, st),
+            }
+        }
+        Some((w, status))
+    }
+
+    pub(super) fn gone_respawn(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
+        let Some((w, _)) = self.gone(ev) else { return };
+        if w.generation == self.generation && w.index < self.config.workers {
+            self.schedule_respawn(&w, now.duration_since(w.started), now, out);
+        }
+    }
+
+    pub(super) fn gone_in_rollout(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
+        let Some((w, status)) = self.gone(ev) else { return };
+        let Some(r) = &mut self.rollout else { return };
+        let steps = r.gone(&w, status);
+        self.apply(steps, now, out);
+        self.after_exit_in_lockout(w.pid_or_0(), out);
+    }
+
+    pub(super) fn gone_in_lockout(&mut self, ev: Event, _: Instant, out: &mut Vec<Action>) {
+        let Some((w, _)) = self.gone(ev) else { return };
+        self.after_exit_in_lockout(w.pid_or_0(), out);
+    }
+
+    pub(super) fn gone_while_stopping(&mut self, ev: Event, _: Instant, out: &mut Vec<Action>) {
+        if self.gone(ev).is_some() && self.workers.is_empty() {
+            log::info!(event = "master.stop"; "all workers gone; master exiting");
+            out.push(Action::Exit(0));
+        }
+    }
+
+    /// In lockout nothing is respawned: the last worker gone ends the master.
+    fn after_exit_in_lockout(&mut self, pid: u32, out: &mut Vec<Action>) {
+        if self.phase != Phase::Lockout {
+            return;
+        }
+        log::error!(worker_pid = pid, remaining = self.workers.len() as u64;
+            "worker {} is gone and will not be respawned after the aborted restart ({} left): restart the master as soon as possible",
+            pid, self.workers.len());
+        if self.workers.is_empty() {
+            log::error!(fatal = true, event = "master.stop";
+                "no workers left after the aborted restart; master exiting so the port is released: restart it");
+            out.push(Action::Exit(1));
+        }
+    }
+
+    fn schedule_respawn(&mut self, w: &Worker, lived: Duration, now: Instant, out: &mut Vec<Action>) {
+        let streak = self.streak.entry(w.index).or_insert(0);
+        if lived < CRASH_WINDOW {
+            *streak += 1;
+        } else {
+            *streak = 0;
+        }
+        if *streak == 0 {
+            log::error!(generation = w.generation, worker = w.index; "respawning worker {} now", w.index);
+            let cfg = self.config.clone();
+            self.spawn(w.generation, w.index, cfg, now, out);
+        } else {
+            let delay = BACKOFF_FIRST.saturating_mul(1 << (*streak - 1).min(10)).min(BACKOFF_MAX);
+            log::error!(generation = w.generation, worker = w.index, delay_ms = delay.as_millis() as u64;
+                "worker {} died within {:?} of starting; respawning in {:?}", w.index, CRASH_WINDOW, delay);
+            self.pending.push(Pending { due: now + delay, generation: w.generation, index: w.index });
+        }
+    }
+
+    /// SIGKILL to the workers past their kill deadline; the workers past
+    /// their ready deadline, for the caller.
+    fn expire(&mut self, now: Instant, out: &mut Vec<Action>) -> Vec<WorkerId> {
+        let mut late = Vec::new();
+        for w in self.workers.iter_mut() {
+            match w.life {
+                Life::Stopping { kill_at: Some(d) } if d <= now => {
+                    w.life = Life::Stopping { kill_at: None };
+                    if let Some(pid) = w.pid {
+                        log::warn!(event = "worker.kill", worker_pid = pid, generation = w.generation;
+                            "worker {} did not exit within shutdownTimeout; sending SIGKILL", pid);
+                        out.push(Action::Signal { id: w.id, signal: libc::SIGKILL });
+                    }
+                }
+                Life::Starting { ready_by } if ready_by <= now => late.push(w.id),
+                _ => {}
+            }
+        }
+        late
+    }
+
+    /// A worker not ready in time is stopped.
+    fn stop_late(&mut self, id: WorkerId, now: Instant, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get(id) else { return };
+        log::error!(worker_pid = w.pid_or_0(); "worker {} not ready within readyTimeout; stopping it", w.pid_or_0());
+        self.stop_worker(id, now, out);
+    }
+
+    pub(super) fn tick(&mut self, _: Event, now: Instant, out: &mut Vec<Action>) {
+        for id in self.expire(now, out) {
+            self.stop_late(id, now, out);
+        }
+        // Respawns whose backoff is over.
+        let (due, later): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending).into_iter().partition(|p| p.due <= now);
+        self.pending = later;
+        let generation = self.generation;
+        for p in due.into_iter().filter(|p| p.generation == generation) {
+            let cfg = self.config.clone();
+            self.spawn(p.generation, p.index, cfg, now, out);
+        }
+    }
+
+    pub(super) fn tick_without_respawns(&mut self, _: Event, now: Instant, out: &mut Vec<Action>) {
+        for id in self.expire(now, out) {
+            self.stop_late(id, now, out);
+        }
+        self.pending.retain(|p| p.due > now);
+    }
+
+    pub(super) fn tick_in_rollout(&mut self, _: Event, now: Instant, out: &mut Vec<Action>) {
+        for id in self.expire(now, out) {
+            let step = self.rollout.as_ref().zip(self.workers.get(id)).and_then(|(r, w)| r.tick(w));
+            match step {
+                Some(step) => self.apply(vec![step], now, out),
+                None => self.stop_late(id, now, out),
+            }
+        }
+        self.pending.retain(|p| p.due > now);
+    }
+
+    /// SIGTERM/SIGINT, first: logged, and the service manager told.
+    fn announce_stop(&self, signal: &'static str, out: &mut Vec<Action>) {
+        log::info!(signal = signal; "{} received: stopping {} workers", signal, self.workers.len());
+        out.push(Action::Announce(Announce::Stopping(format!("stopping ({}): {} workers", signal, self.workers.len()))));
+    }
+
+    /// Every worker is asked to exit (with its own `shutdownTimeout`); the
+    /// master exits when the last one is gone.
+    fn stop_all(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.phase = Phase::Stopping;
+        self.rollout = None;
+        self.pending.clear();
+        for id in self.workers.ids() {
+            self.stop_worker(id, now, out);
+        }
+        if self.workers.is_empty() {
+            log::info!(event = "master.stop"; "no workers; master exiting");
+            out.push(Action::Exit(0));
+        }
+    }
+
+    /// `NACK stopping` to who asked for the restart in flight (`all`: also
+    /// a `RESTART` without WAIT, still owed its answer while the probe runs).
+    fn nack_stopping(&self, all: bool, out: &mut Vec<Action>) {
+        if let Some(Requester::Control { client, wait }) = self.rollout.as_ref().map(|r| r.by) {
+            if all || wait {
+                out.push(Action::Reply { client, answer: RestartAnswer::Refused(Refused::new(Reason::Stopping, "")) });
+            }
+        }
+    }
+
+    pub(super) fn stop(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
+        let Event::Stop { signal } = ev else { return };
+        self.announce_stop(signal, out);
+        self.stop_all(now, out);
+    }
+
+    pub(super) fn stop_probing(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
+        let Event::Stop { signal } = ev else { return };
+        self.announce_stop(signal, out);
+        out.push(Action::CancelProbe);
+        self.nack_stopping(true, out);
+        self.stop_all(now, out);
+    }
+
+    pub(super) fn stop_rolling(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
+        let Event::Stop { signal } = ev else { return };
+        self.announce_stop(signal, out);
+        self.nack_stopping(false, out);
+        self.stop_all(now, out);
+    }
+
+    pub(super) fn stop_again(&mut self, ev: Event, _: Instant, _: &mut Vec<Action>) {
+        let Event::Stop { signal } = ev else { return };
+        log::info!("{} received again; already stopping", signal);
+    }
+
+    pub(super) fn output(&mut self, ev: Event, _: Instant, _: &mut Vec<Action>) {
+        let Event::Output { id, line } = ev else { return };
+        if let Some(w) = self.workers.get_mut(id) {
+            w.keep_line(line);
+        }
+    }
+
+    pub(super) fn status_report(&mut self, ev: Event, _: Instant, _: &mut Vec<Action>) {
+        let Event::Status { id, text } = ev else { return };
+        if let Some(w) = self.workers.get_mut(id) {
+            log::debug!(component = "worker", worker_pid = w.pid_or_0(); "status: {}", text);
+            w.status = Some(text);
+        }
+    }
+
+    pub(super) fn main_pid(&mut self, ev: Event, _: Instant, _: &mut Vec<Action>) {
+        let Event::MainPid { id, pid } = ev else { return };
+        if let Some(w) = self.workers.get_mut(id) {
+            if w.main_pid != Some(pid) && w.pid != Some(pid) {
+                log::info!(component = "worker", worker_pid = w.pid_or_0(), main_pid = pid;
+                    "worker {} names {} its main process (MAINPID=)", w.pid_or_0(), pid);
+            }
+            w.main_pid = if w.pid == Some(pid) { None } else { Some(pid) };
+        }
+    }
+}

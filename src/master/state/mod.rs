@@ -1,0 +1,372 @@
+//! The master's decisions: a pure state machine (phase x event -> actions).
+//!
+//! [`Master::handle`] looks up the cell of the current phase and the event
+//! in [`table::cell`] and runs its handler; the table in ARCHITECTURE.md
+//! ("The state machine") is rendered from the same function. The master
+//! owns the worker table ([`workers`]: ids, lifecycles, the timeouts each
+//! worker was spawned with), the phase, at most one restart ([`rollout`]:
+//! everything one restart needs, and its steps), at most one upgrade in
+//! flight, the respawn backoff and the lifecycle log records. The restart
+//! checks are [`super::admission`]'s. It must not touch fds, processes or
+//! the clock: the event loop feeds it events with `now` (monotonic, for
+//! deadlines) and `wall` (for STATUS) and carries out the actions it
+//! returns. Unit tests drive it without processes.
+//!
+//! The handlers live by subject: `cells.rs` (a worker's life: spawn, ready,
+//! failures, exits, deadlines, stop), `requests.rs` (a restart request and
+//! its probe), `upgrades.rs` (an upgrade of the master, the hand-over's
+//! snapshot and the resumed master); `event.rs` holds what goes in and out.
+
+mod cells;
+pub mod event;
+mod requests;
+pub mod rollout;
+pub mod table;
+mod upgrades;
+pub mod workers;
+
+pub use super::admission::{ProbeFailure, ProbeInfo};
+pub use crate::control::ClientId;
+pub use crate::status::WorkerState;
+pub use event::{Action, Announce, Event, Kind, Requester};
+pub use rollout::{Rollout, Step};
+pub use table::Phase;
+pub use workers::{Life, Timeouts, Worker, WorkerId};
+
+use crate::config::Config;
+use crate::restart::{AbortCause, Reason, Refused, RestartAnswer};
+use crate::status::{LastRestart, MasterState, Outcome, StatusReport, WorkerStatus};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use workers::{Birth, Workers};
+
+/// A worker that dies within this long of its start counts as a crash loop.
+const CRASH_WINDOW: Duration = Duration::from_secs(1);
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The last restart, for STATUS.
+#[derive(Debug, Clone)]
+struct RestartRecord {
+    generation: Option<u32>,
+    started_wall: SystemTime,
+    outcome: Outcome,
+    /// `reason: detail` of a refusal or an abort.
+    reason: Option<String>,
+    duration_ms: Option<u64>,
+}
+
+/// A respawn waiting for its backoff.
+#[derive(Debug)]
+struct Pending {
+    due: Instant,
+    generation: u32,
+    index: u32,
+}
+
+/// An `UPGRADE` let through: who asked, how, and the phase it came from
+/// (Running or Lockout), where the master goes back if it fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpgradeAsked {
+    pub client: ClientId,
+    pub wait: bool,
+    pub restart: bool,
+    pub from: Phase,
+}
+
+pub struct Master {
+    /// The current config (the new one once a rollout completes).
+    config: Arc<Config>,
+    magic: u64,
+    version: String,
+    generation: u32,
+    phase: Phase,
+    /// The restart in Probing and Rolling, and only there.
+    rollout: Option<Rollout>,
+    /// The upgrade in Upgrading, and only there.
+    upgrade: Option<UpgradeAsked>,
+    workers: Workers,
+    pending: Vec<Pending>,
+    /// Consecutive quick crashes per worker index.
+    streak: BTreeMap<u32, u32>,
+    last_restart: Option<RestartRecord>,
+    exited: bool,
+    /// `READY=1` was sent for the first generation.
+    notified_ready: bool,
+    /// Wall-clock time of the event being handled (input of `handle`).
+    wall: SystemTime,
+}
+
+impl Master {
+    pub fn new(config: Arc<Config>, probe: ProbeInfo) -> Master {
+        Master {
+            config,
+            magic: probe.magic,
+            version: probe.version,
+            generation: 0,
+            phase: Phase::Running,
+            rollout: None,
+            upgrade: None,
+            workers: Workers::default(),
+            pending: Vec::new(),
+            streak: BTreeMap::new(),
+            last_restart: None,
+            exited: false,
+            notified_ready: false,
+            wall: std::time::UNIX_EPOCH,
+        }
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.iter()
+    }
+
+    /// The state STATUS shows: an upgrade in flight shows the phase it
+    /// came from.
+    pub fn state(&self) -> MasterState {
+        let phase = match (self.phase, self.upgrade) {
+            (Phase::Upgrading, Some(up)) => up.from,
+            (p, _) => p,
+        };
+        match phase {
+            Phase::Running | Phase::Upgrading => MasterState::Running,
+            Phase::Probing | Phase::Rolling => MasterState::Restarting,
+            Phase::Lockout => MasterState::Lockout,
+            Phase::Stopping => MasterState::Stopping,
+        }
+    }
+
+    /// The earliest deadline the loop must wake up for.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let w = self.workers.iter().filter_map(|w| w.life.deadline());
+        w.chain(self.pending.iter().map(|p| p.due)).min()
+    }
+
+    /// Handle one event at `now` (monotonic: deadlines) and `wall` (the same
+    /// instant on the wall clock: STATUS times): the cell of the current
+    /// phase and the event runs, then a rollout that is complete ends.
+    pub fn handle(&mut self, event: Event, now: Instant, wall: SystemTime) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.exited {
+            return out;
+        }
+        self.wall = wall;
+        let cell = table::cell(self.phase, event.kind());
+        (cell.run)(self, event, now, &mut out);
+        if self.phase == Phase::Rolling && self.rollout.as_ref().is_some_and(|r| r.complete(&self.workers)) {
+            self.complete(now, &mut out);
+        }
+        debug_assert_eq!(self.rollout.is_some(), matches!(self.phase, Phase::Probing | Phase::Rolling));
+        debug_assert_eq!(self.upgrade.is_some(), self.phase == Phase::Upgrading);
+        if out.iter().any(|a| matches!(a, Action::Exit(_))) {
+            self.exited = true;
+        }
+        out
+    }
+
+    /// The cell of events that change nothing in this phase.
+    fn ignore(&mut self, _: Event, _: Instant, _: &mut Vec<Action>) {}
+
+    /// The `STATUS=` text for the service manager: state, generation,
+    /// workers, then `tail` (what just happened).
+    fn announce_status(&self, tail: &str) -> String {
+        let state = match self.state() {
+            MasterState::Running => "running",
+            MasterState::Restarting => "restarting",
+            MasterState::Lockout => "LOCKOUT",
+            MasterState::Stopping | MasterState::Unknown => "stopping",
+        };
+        let ready = self.workers.ready();
+        let mut s = format!("{}: generation {}, {} of {} workers ready", state, self.generation, ready, self.config.workers);
+        if !tail.is_empty() {
+            s.push_str("; ");
+            s.push_str(tail);
+        }
+        s
+    }
+
+    /// Start a worker of `generation` with `config` (and its timeouts).
+    fn spawn(&mut self, generation: u32, index: u32, config: Arc<Config>, now: Instant, out: &mut Vec<Action>) -> WorkerId {
+        let id = self.workers.add(Birth { generation, index, config: &config, now, wall: self.wall });
+        out.push(Action::Spawn { id, generation, index, config });
+        id
+    }
+
+    /// Ask a worker to exit: SIGTERM now, SIGKILL after the
+    /// `shutdownTimeout` it was spawned with.
+    fn stop_worker(&mut self, id: WorkerId, now: Instant, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(id) else { return };
+        if w.asked_to_stop() {
+            return;
+        }
+        w.life = Life::Stopping { kill_at: Some(now + w.timeouts.shutdown) };
+        // To the worker's process group (the loop): its main process
+        // (`MAINPID=`) is one of it.
+        if let Some(pid) = w.pid {
+            log::info!(worker_pid = pid, generation = w.generation; "asking worker {} to exit (SIGTERM)", pid);
+            out.push(Action::Signal { id, signal: libc::SIGTERM });
+        }
+    }
+
+    /// Carry out a rollout's steps.
+    fn apply(&mut self, steps: Vec<Step>, now: Instant, out: &mut Vec<Action>) {
+        for step in steps {
+            match step {
+                Step::Spawn { index } => {
+                    let Some(r) = &self.rollout else { return };
+                    let (generation, config) = (r.generation, r.config.clone());
+                    let id = self.spawn(generation, index, config, now, out);
+                    if let Some(r) = &mut self.rollout {
+                        r.started(id);
+                    }
+                }
+                Step::Drain(id) => self.stop_worker(id, now, out),
+                Step::Abort { failed, cause, detail } => self.abort(&failed, cause, detail, now, out),
+            }
+        }
+    }
+
+    /// A refused restart request: logged, answered, recorded.
+    fn refuse(&mut self, by: Requester, refused: Refused, out: &mut Vec<Action>) {
+        let (reason, detail) = (refused.reason.wire(), refused.detail.as_str());
+        log::warn!(event = "restart.refused", reason = reason, detail = detail;
+            "zero-downtime restart refused: {}", refused);
+        // A refusal while a restart runs, or in lockout, must not hide that
+        // restart's record from STATUS.
+        if !matches!(refused.reason, Reason::InFlight | Reason::AbortedRestart | Reason::Stopping) {
+            // The request had been taken up (RELOADING=1): it ends here.
+            let text = self.announce_status(&format!("zero-downtime restart refused: {}", refused.reason));
+            out.push(Action::Announce(Announce::Ready(text)));
+        }
+        if !matches!(refused.reason, Reason::InFlight | Reason::AbortedRestart) {
+            self.last_restart = Some(RestartRecord {
+                generation: None,
+                started_wall: self.wall,
+                outcome: Outcome::Refused,
+                reason: Some(refused.to_string()),
+                duration_ms: None,
+            });
+        }
+        if let Requester::Control { client, wait } = by {
+            // pump.socket(7) defines RESTART's answer for its five reasons
+            // exactly: the detail stays in the record above and in STATUS.
+            // RESTART WAIT is zdrestart's own and carries it.
+            let answer = if !wait && refused.reason.defined_by_pump_io() { Refused::new(refused.reason, "") } else { refused };
+            out.push(Action::Reply { client, answer: RestartAnswer::Refused(answer) });
+        }
+    }
+
+    /// Abort the rollout and lock out; `failed` is the new worker that
+    /// caused it, as it was then. Serving workers stay.
+    fn abort(&mut self, failed: &Worker, cause: AbortCause, detail: String, now: Instant, out: &mut Vec<Action>) {
+        let Some(r) = self.rollout.take() else { return };
+        self.phase = Phase::Lockout;
+        let why = cause.text();
+        let lines = failed.lines();
+        log::error!(event = "restart.abort", reason = why, detail = detail.as_str(), worker_pid = failed.pid_or_0(),
+            generation = r.generation, stderr = lines.as_str();
+            "zero-downtime restart aborted: {}: {}", why, detail);
+        log::error!(event = "master.lockout";
+            "restarts are now refused and no worker will be respawned: restart the master as soon as possible, \
+             without downtime once the cause is fixed: zdrestartctl upgrade --wait");
+        let text = self.announce_status(&format!(
+            "zero-downtime restart to generation {} aborted: {}; restarts refused, restart the master as soon as possible",
+            r.generation, why
+        ));
+        out.push(Action::Announce(Announce::Ready(text)));
+        self.last_restart = Some(RestartRecord {
+            generation: Some(r.generation),
+            started_wall: self.last_restart.as_ref().map_or(self.wall, |l| l.started_wall),
+            outcome: Outcome::Aborted,
+            reason: Some(format!("{}: {}", why, detail)),
+            duration_ms: Some(now.duration_since(r.started).as_millis() as u64),
+        });
+        if let Requester::Control { client, wait: true } = r.by {
+            let refused = Refused::new(Reason::Aborted, format!("{}: {}", why, detail));
+            out.push(Action::Reply { client, answer: RestartAnswer::Refused(refused) });
+        }
+        // The failed worker is not serving: make sure it goes.
+        if self.workers.get(failed.id).is_some_and(|w| w.life != Life::Ready) {
+            self.stop_worker(failed.id, now, out);
+        }
+        self.pending.clear();
+    }
+
+    /// The rollout's end: every new worker ready, every old one gone. The
+    /// new config becomes current.
+    fn complete(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(r) = self.rollout.take() else { return };
+        self.phase = Phase::Running;
+        let ms = now.duration_since(r.started).as_millis() as u64;
+        log::info!(event = "restart.complete", generation = r.generation, duration_ms = ms, workers = r.config.workers;
+            "Zero-downtime restart complete");
+        self.config = r.config;
+        self.version = r.version;
+        self.streak.clear();
+        let text = self.announce_status("zero-downtime restart complete");
+        out.push(Action::Announce(Announce::Ready(text)));
+        if let Some(l) = &mut self.last_restart {
+            l.outcome = Outcome::Complete;
+            l.duration_ms = Some(ms);
+        }
+        if let Requester::Control { client, wait: true } = r.by {
+            out.push(Action::Reply { client, answer: RestartAnswer::Complete });
+        }
+    }
+
+    /// STATUS: the master and every worker (serialized as one JSON line).
+    pub fn status(&self, master_pid: u32, started: SystemTime) -> StatusReport {
+        let iso = |t: SystemTime| {
+            let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            crate::log::iso8601(d.as_secs() as i64, d.subsec_millis())
+        };
+        StatusReport {
+            state: self.state(),
+            generation: self.generation.into(),
+            lockout: self.state() == MasterState::Lockout,
+            magic: self.magic,
+            version: self.version.clone(),
+            pid: master_pid,
+            started: iso(started),
+            workers_configured: self.config.workers,
+            // address/port never change without a normal restart.
+            listen: self.config.listen_display(),
+            last_restart: self.last_restart.as_ref().map(|l| LastRestart {
+                generation: l.generation.map(u64::from),
+                started: iso(l.started_wall),
+                outcome: l.outcome,
+                reason: l.reason.clone(),
+                duration_ms: l.duration_ms,
+            }),
+            workers: self
+                .workers
+                .iter()
+                .map(|w| WorkerStatus {
+                    pid: w.pid,
+                    generation: w.generation.into(),
+                    index: w.index,
+                    state: w.state(),
+                    started: iso(w.started_wall),
+                    status: w.status.clone(),
+                    main_pid: w.main_pid,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
