@@ -168,7 +168,11 @@ impl Trickle {
 fn two_thousand_idle_connections_deny_no_one() {
     let _g = exclusive();
     let dir = TestDir::for_test();
-    let w = start_worker(&dir, "w", json!({"threads": 4}));
+    // The idle connections must stay open for the whole test: opening 2000
+    // of them one after the other takes longer than the default 5 s idle
+    // timeout on a loaded machine, after which the worker rightly closes
+    // the first ones. An hour is longer than any run of this test.
+    let w = start_worker(&dir, "w", json!({"threads": 4, "params": {"idleTimeout": 3600}}));
     let pid = w.proc.pid();
     let (before, threads_before) = (rss_kb(pid), thread_switches(pid).len());
     let idle = open_idle(w.port, 2000, PROMPT).unwrap_or_else(|e| panic!("idle keep-alive clients: {}", e));
@@ -197,7 +201,10 @@ fn two_thousand_idle_connections_deny_no_one() {
 #[test]
 fn over_the_connection_limit_a_client_hears_503_at_once() {
     let dir = TestDir::for_test();
-    let w = start_worker(&dir, "w", json!({"params": {"maxConnections": 40}}));
+    // The 40 must still be open when the 41st comes (an idle timeout far
+    // longer than any run of this test: opening them may take seconds on a
+    // loaded machine).
+    let w = start_worker(&dir, "w", json!({"params": {"maxConnections": 40, "idleTimeout": 3600}}));
     let idle = open_idle(w.port, 40, PROMPT).unwrap();
     let t = Instant::now();
     let r = http_with(w.port, "GET", "/healthz", None, &[], PROMPT).expect("an answer, not a timeout");
