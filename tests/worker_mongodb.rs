@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -118,14 +119,35 @@ fn database_down_gives_503_and_recovers() {
     // one by params.timeout + 0.5 s, before a /delay of params.timeout +
     // 0.6 s asked after them, in the worker's own order.
     let pid = w.proc.pid();
-    let base = fd_count(pid);
     let t = Instant::now();
-    let hs: Vec<_> = (0..8).map(|i| std::thread::spawn(move || worker_request(p, "GET", &format!("/objects/d/{}", i), None).status)).collect();
-    // The 8 connections are in the worker's hands (an fd each) before the reference is asked.
-    assert!(wait_until(Duration::from_secs(30), || fd_count(pid) >= base + 8), "the 8 requests did not reach the worker");
+    let mut clients: Vec<KeepAlive> = (0..8)
+        .map(|i| {
+            let mut c = KeepAlive::with_timeout(p, Duration::from_secs(30));
+            c.send("GET", &format!("/objects/d/{}", i), None).unwrap();
+            c
+        })
+        .collect();
+    // Each of the 8 is in the worker's hands before the reference is asked:
+    // fully read by it (in /proc), or already answered (a byte, or the end,
+    // waits on the client's side). A request answered while /proc was being
+    // read (slow on a loaded machine) counts as read too: its answer cannot
+    // come after a reference not yet sent. Nothing is waited for a fixed time.
+    let mut read = [false; 8];
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let streams: Vec<&std::net::TcpStream> = clients.iter().map(|c| c.stream().unwrap()).collect();
+            for (i, taken) in which_requests_taken_by(pid, &streams).into_iter().enumerate() {
+                read[i] |= taken || common::sys::peek_byte(streams[i].as_raw_fd()).is_ok();
+            }
+            read.iter().all(|&r| r)
+        }),
+        "the 8 requests did not reach the worker: {:?}",
+        read
+    );
     let reference = std::thread::spawn(move || worker_request(p, "GET", &format!("/delay/{}", DB_TIMEOUT * 1000 + 600), None).status);
-    for h in hs {
-        assert_eq!(h.join().unwrap(), 503);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let r = c.read().unwrap_or_else(|e| panic!("request {}: no answer with the database down: {}", i, e));
+        assert_eq!(r.status, 503, "request {}: {}", i, r.text());
     }
     assert_eq!(reference.join().unwrap(), 200);
     let answered: Vec<serde_json::Value> = w
