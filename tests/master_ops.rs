@@ -269,12 +269,37 @@ fn helper_pids(dir: &std::path::Path, file: &str, n: usize) -> Vec<i32> {
     pids
 }
 
+/// A process of the process group `group` that ignores SIGTERM and that the
+/// master did not start: the test's own child, put in the group. The
+/// master's subreaper never adopts it (its parent, the test, lives on), so
+/// only the master's SIGKILL to what is left of the group can end it.
+fn outsider_in_group(dir: &std::path::Path, group: i32, name: &str) -> ChildGuard {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "trap '' TERM; exec sleep 1000"]).process_group(group);
+    let g = ChildGuard::spawn(&mut cmd, dir.join(name));
+    // SIGTERM is ignored once the shell has exec'd sleep (after its trap).
+    assert!(wait_until(T, || proc_stat(g.pid()).is_some_and(|s| s.comm == "sleep")), "the outsider did not start");
+    g
+}
+
+/// The outsider was ended by SIGKILL (it ignores SIGTERM).
+fn assert_killed(outsider: &mut ChildGuard, what: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let st = outsider.wait_timeout(T).unwrap_or_else(|| panic!("{} is still running", what));
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{}: {:?}", what, st);
+}
+
 /// zdrestart(8): what is left of a worker's process group once its main
 /// process is gone is killed (SIGKILL a worker: its helper that ignores
 /// SIGTERM, and holds the listener it inherited, goes too, while the master
 /// runs on); a graceful stop sends SIGTERM to every worker's *process group*
 /// (a helper that ends on SIGTERM gets it and ends by itself), and nothing of
-/// the groups outlives it. Either half alone fails this test.
+/// the groups outlives it. The worker's own helpers, orphaned, come back to
+/// the master (a subreaper), which would end them as strays anyway; so each
+/// group also holds a process the master never adopts (the test's child):
+/// only the kill of what is left of the group ends it. Either half alone
+/// fails this test.
 #[test]
 fn a_stop_signals_each_workers_group_and_kills_what_is_left() {
     let b = Master::for_test().set("worker", fault_worker_json("group-term.sh")).set("shutdownTimeout", 5);
@@ -295,6 +320,7 @@ fn a_stop_signals_each_workers_group_and_kills_what_is_left() {
         stubborn.iter().copied().filter(|&p| group_of(p) == victim).collect(),
     );
     assert_eq!((victim_graceful.len(), victim_stubborn.len()), (1, 1));
+    let mut outsider = outsider_in_group(&dir, victim, "outsider-1.log");
     let mark = m.mark();
     assert!(kill(victim, libc::SIGKILL));
     assert!(
@@ -302,6 +328,7 @@ fn a_stop_signals_each_workers_group_and_kills_what_is_left() {
         "left alive after their worker's main process died: {:?}",
         victim_graceful.iter().chain(&victim_stubborn).filter(|&&p| pid_alive(p)).collect::<Vec<_>>()
     );
+    assert_killed(&mut outsider, "the test's process in the group of the SIGKILLed worker");
     assert!(pid_alive(m.pid()), "the master runs on");
     m.wait_event_after(mark, "worker.ready", T);
     let workers = m.wait_worker_count(2, T);
@@ -312,6 +339,8 @@ fn a_stop_signals_each_workers_group_and_kills_what_is_left() {
     // A graceful stop: SIGTERM reaches each group, the graceful helpers get
     // it (and none had it before).
     assert!(!dir.join("term-received").exists(), "SIGTERM before the stop");
+    let mut outsiders: Vec<ChildGuard> =
+        workers.iter().enumerate().map(|(i, &w)| outsider_in_group(&dir, w, &format!("outsider-stop-{}.log", i))).collect();
     m.signal(libc::SIGTERM);
     assert_eq!(m.wait_exit(T).code(), Some(0), "{}", m.diagnostics());
     let mut got = helper_pids(&dir, "term-received", 2);
@@ -321,6 +350,9 @@ fn a_stop_signals_each_workers_group_and_kills_what_is_left() {
     assert_eq!(got, want, "helpers that got SIGTERM");
     // What was left (SIGTERM ignored) was killed, not left serving.
     assert!(wait_until(T, || stubborn.iter().all(|&p| !pid_alive(p))), "helpers left alive: {:?}", stubborn);
+    for o in outsiders.iter_mut() {
+        assert_killed(o, "the test's process in a worker's group at the stop");
+    }
     assert!(workers.iter().all(|&w| !pid_alive(w)));
     assert!(wait_until(T, || port_is_free(m.port)), "the port is held after the stop");
 }
