@@ -448,13 +448,16 @@ fn keep_fresh_until_sigterm(mut c: KeepAlive, sent: std::time::Instant, pid: i32
     let stopped = || parse_log(&log).iter().any(|r| worker_pid_of(r) == Some(pid) && r["msg"].as_str().unwrap_or("").starts_with(&asked));
     let mut last = sent;
     loop {
-        let due = last + Duration::from_millis(500);
-        while std::time::Instant::now() < due {
-            if stopped() {
-                let closed = c.closed_within(Duration::from_secs(60));
-                return (closed, last.elapsed(), false);
-            }
+        // The master logs its SIGTERM before it sends it: no record read
+        // right before a request means no SIGTERM yet (a request can cross
+        // it only in the moment the request travels).
+        if stopped() {
+            let closed = c.closed_within(Duration::from_secs(60));
+            return (closed, last.elapsed(), false);
+        }
+        if std::time::Instant::now() < last + Duration::from_millis(500) {
             std::thread::sleep(Duration::from_millis(20));
+            continue;
         }
         last = std::time::Instant::now();
         match c.get("/healthz") {
