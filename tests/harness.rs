@@ -196,7 +196,9 @@ fn a_pid_namespace_dies_whole_with_its_unshare() {
 /// A program a test writes and runs while other threads of the binary start
 /// processes all the time: every exec works (execve fails with ETXTBSY while
 /// any process, e.g. a child forked before its exec, holds the file open
-/// for writing).
+/// for writing). The children linger 20 ms between fork and exec, as they
+/// do on a loaded machine, so that a program the test binary itself had
+/// open for writing at a fork would still be held open at its exec.
 #[test]
 fn programs_written_while_other_threads_fork_always_run() {
     let dir = TestDir::for_test();
@@ -207,7 +209,9 @@ fn programs_written_while_other_threads_fork_always_run() {
             let (stop, forks) = (stop.clone(), forks.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    let st = common::spawn::command("true").status().expect("run true");
+                    let mut cmd = common::spawn::command("true");
+                    common::sys::linger_before_exec(&mut cmd, Duration::from_millis(20));
+                    let st = cmd.status().expect("run true");
                     assert!(st.success());
                     forks.fetch_add(1, Ordering::SeqCst);
                 }

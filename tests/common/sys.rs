@@ -192,3 +192,19 @@ pub fn die_with_this_thread(cmd: &mut Command) {
         });
     }
 }
+
+/// Make `cmd`'s child wait `d` between fork and exec, as a child does on a
+/// loaded machine: meanwhile it holds a copy of every fd the test binary had
+/// open at the fork (the harness's own test of "Text file busy").
+pub fn linger_before_exec(cmd: &mut Command, d: std::time::Duration) {
+    let ts = libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long };
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls nanosleep(2) (async-signal-safe) on a value copied before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut left = ts;
+            while libc::nanosleep(&left, &mut left) != 0 {}
+            Ok(())
+        });
+    }
+}
