@@ -26,6 +26,17 @@ pub const DEFAULT_MONGO_URI: &str = "mongodb://127.0.0.1:27017/";
 pub const DEFAULT_MONGO_DBNAME: &str = "zdrestart";
 /// How long a built-in worker waits for MongoDB before answering 503.
 pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(3);
+/// `minReady`: how long a new worker of a zero-downtime restart must live
+/// on after `READY=1` before the next old worker goes. gunicorn without
+/// `--preload` says `READY=1` before its workers import the application and
+/// exits 0.5 to 1 s later when they cannot (measured on a loaded 2-core
+/// machine): 5 s catches that with a margin of five (zdrestart.json(5)).
+pub const DEFAULT_MIN_READY: Duration = Duration::from_secs(5);
+/// `watchdogTimeout` of the built-in worker, whose event loop sends a
+/// heartbeat every half of it: the loop never blocks (driver requests run on
+/// threads), so a heartbeat 30 s late means a hung or stopped loop, and 30 s
+/// is gunicorn's `timeout`. Other workers: off unless configured.
+pub const DEFAULT_BUILTIN_WATCHDOG: Duration = Duration::from_secs(30);
 
 /// The Databank driver the workers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +59,11 @@ impl Driver {
 
 /// Where a worker reports readiness (`notify`): the report pipe of this
 /// project, systemd's `$NOTIFY_SOCKET` (sd_notify(3)), or both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Notify {
     /// `ZDRESTART_NOTIFY_FD` only (the default: today's workers unchanged).
+    #[default]
     Zdrestart,
     /// `$NOTIFY_SOCKET` only: any server that speaks sd_notify(3).
     Systemd,
@@ -75,6 +88,23 @@ impl Notify {
     /// The worker is offered `$NOTIFY_SOCKET`.
     pub fn socket(self) -> bool {
         self != Notify::Zdrestart
+    }
+}
+
+/// What the master does when a canary has stood `canaryTimeout` seconds
+/// without a `promote` or `rollback` (`canaryAction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanaryAction {
+    Promote,
+    Rollback,
+}
+
+impl CanaryAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CanaryAction::Promote => "promote",
+            CanaryAction::Rollback => "rollback",
+        }
     }
 }
 
@@ -122,6 +152,20 @@ pub struct Config {
     /// same data, declared for a worker without a probe (always `Some`
     /// when `probe` is false).
     pub shared_state: Option<bool>,
+    /// `minReady`: a new worker of a restart must stay alive and well this
+    /// long after `READY=1` before an old worker goes (zero: at once).
+    pub min_ready: Duration,
+    /// `maxSurge`: new workers of a restart that may be starting (spawned,
+    /// not ready yet) at once.
+    pub max_surge: u32,
+    /// `watchdogTimeout`: a ready worker must send a heartbeat (`WATCHDOG=1`)
+    /// within this of the last one (None: no watchdog).
+    pub watchdog_timeout: Option<Duration>,
+    /// `canaryTimeout`: a canary that stood this long is promoted or rolled
+    /// back (`canary_action`); None: it waits for the operator.
+    pub canary_timeout: Option<Duration>,
+    /// `canaryAction`.
+    pub canary_action: CanaryAction,
     /// Non-fatal findings (unknown keys), for the caller to log.
     pub warnings: Vec<String>,
 }
@@ -201,8 +245,17 @@ impl Config {
             magic: k.magic("magic")?,
             version: k.string("version")?,
             shared_state: k.flag("sharedState")?,
+            min_ready: k.seconds_or_zero("minReady", DEFAULT_MIN_READY)?,
+            max_surge: k.int("maxSurge", 1, 1, 1024)? as u32,
+            watchdog_timeout: None,
+            canary_timeout: k.optional_seconds("canaryTimeout")?,
+            canary_action: k.choice("canaryAction", &[("rollback", CanaryAction::Rollback), ("promote", CanaryAction::Promote)], CanaryAction::Rollback)?,
             warnings: Vec::new(),
         };
+        // Off for a worker of one's own (it may know nothing of heartbeats),
+        // on for the built-in worker, which sends them from its event loop.
+        let watchdog_default = if c.worker.is_none() { DEFAULT_BUILTIN_WATCHDOG } else { Duration::ZERO };
+        c.watchdog_timeout = Some(k.seconds_or_zero("watchdogTimeout", watchdog_default)?).filter(|d| !d.is_zero());
         c.warnings = k.unknown();
         c.check_together()?;
         Ok(c)
@@ -236,6 +289,12 @@ impl Config {
                 "required when \"probe\" is false: true if every worker of every generation serves the same data \
                  (a store they share: zero-downtime restarts need it), false if each worker keeps state of its own"
                     .into(),
+            ));
+        }
+        if self.canary_timeout.is_none() && self.canary_action != CanaryAction::Rollback {
+            self.warnings.push(format!(
+                "{}: key \"canaryAction\" ignored: it is used only with \"canaryTimeout\"",
+                self.path.display()
             ));
         }
         Ok(())
@@ -410,6 +469,26 @@ impl<'a> Keys<'a> {
         }
     }
 
+    /// Seconds from 0 (off) to 86400.
+    fn seconds_or_zero(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(v) if (0.0..=86400.0).contains(&v) => Ok(Duration::from_secs_f64(v)),
+                _ => Err(self.fail(key, format!("expected a number of seconds from 0 (off) to 86400, found {}", n))),
+            },
+            Some(other) => Err(self.fail(key, format!("expected a number of seconds from 0 (off) to 86400, found {}", kind(other)))),
+        }
+    }
+
+    /// Seconds, or none when the key is absent.
+    fn optional_seconds(&self, key: &'static str) -> Result<Option<Duration>, ConfigError> {
+        if self.get(key).is_none() {
+            return Ok(None);
+        }
+        self.seconds(key, Duration::ZERO).map(Some)
+    }
+
     fn level(&self, key: &'static str, default: log::LevelFilter) -> Result<log::LevelFilter, ConfigError> {
         match self.string(key)? {
             None => Ok(default),
@@ -558,6 +637,32 @@ mod tests {
         // With the probe on, a declared magic number is not used: say so.
         let c = parse(r#"{"magic": 3}"#).unwrap();
         assert!(c.warnings[0].contains("\"magic\" ignored"), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn rollout_keys() {
+        let c = parse("{}").unwrap();
+        assert_eq!((c.min_ready, c.max_surge), (DEFAULT_MIN_READY, 1));
+        assert_eq!(c.watchdog_timeout, Some(DEFAULT_BUILTIN_WATCHDOG), "the built-in worker's");
+        assert_eq!((c.canary_timeout, c.canary_action), (None, CanaryAction::Rollback));
+        // A worker of one's own: no watchdog unless configured.
+        assert_eq!(parse(r#"{"worker": ["/bin/w"]}"#).unwrap().watchdog_timeout, None);
+        let c = parse(r#"{"worker": ["/bin/w"], "watchdogTimeout": 2.5, "minReady": 0, "maxSurge": 4,
+            "canaryTimeout": 60, "canaryAction": "promote"}"#).unwrap();
+        assert_eq!(c.watchdog_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!((c.min_ready, c.max_surge), (Duration::ZERO, 4));
+        assert_eq!((c.canary_timeout, c.canary_action), (Some(Duration::from_secs(60)), CanaryAction::Promote));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(parse(r#"{"watchdogTimeout": 0}"#).unwrap().watchdog_timeout, None, "0 turns it off");
+        for (bad, key) in [(r#"{"minReady": -1}"#, "minReady"), (r#"{"maxSurge": 0}"#, "maxSurge"),
+            (r#"{"watchdogTimeout": "5"}"#, "watchdogTimeout"), (r#"{"canaryTimeout": 0}"#, "canaryTimeout"),
+            (r#"{"canaryAction": "wait"}"#, "canaryAction")] {
+            assert_eq!(parse(bad).unwrap_err().key.as_deref(), Some(key), "{}", bad);
+        }
+        let e = parse(r#"{"minReady": 90000}"#).unwrap_err();
+        assert_eq!(e.to_string(), "/etc/z.json: key \"minReady\": expected a number of seconds from 0 (off) to 86400, found 90000");
+        let c = parse(r#"{"canaryAction": "promote"}"#).unwrap();
+        assert!(c.warnings[0].contains("\"canaryAction\" ignored"), "{:?}", c.warnings);
     }
 
     #[test]

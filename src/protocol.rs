@@ -21,8 +21,16 @@ pub const ENV_LOGLEVEL: &str = "ZDRESTART_LOGLEVEL";
 /// ignores lines it does not know, and may ignore the pipe altogether.
 pub const ENV_CONTROL_FD: &str = "ZDRESTART_CONTROL_FD";
 /// sd_notify(3)'s socket, offered to workers whose config says `"notify":
-/// "systemd"` or `"both"` (an abstract address, `@` for the NUL byte).
+/// "systemd"` or `"both"`: the absolute path of a file system socket.
 pub const ENV_NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// The watchdog (sd_watchdog_enabled(3)'s convention, set only when
+/// `watchdogTimeout` is): a ready worker must send a heartbeat, `WATCHDOG=1`
+/// on the report pipe or with sd_notify(3), within this many microseconds of
+/// the last one (systemd advises every half of it).
+pub const ENV_WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+/// The pid the watchdog is meant for: the worker's own (a process it forks
+/// inherits the variables and must not send heartbeats for it).
+pub const ENV_WATCHDOG_PID: &str = "WATCHDOG_PID";
 /// First inherited listener fd (systemd convention).
 pub const LISTEN_FDS_START: i32 = 3;
 
@@ -46,6 +54,10 @@ pub enum Report {
     Ready,
     Error(String),
     Status(String),
+    /// `WATCHDOG=1`: a heartbeat.
+    Watchdog,
+    /// `WATCHDOG=trigger`: the worker says it is hung.
+    WatchdogTrigger,
     Magic(u64),
     Version(String),
     /// Probe: `SHARED=1` (every worker of every generation serves the same
@@ -66,6 +78,8 @@ impl Report {
             Some(("READY", "1")) => Report::Ready,
             Some(("ERROR", v)) => Report::Error(v.to_string()),
             Some(("STATUS", v)) => Report::Status(v.to_string()),
+            Some(("WATCHDOG", "1")) => Report::Watchdog,
+            Some(("WATCHDOG", "trigger")) => Report::WatchdogTrigger,
             Some(("VERSION", v)) => Report::Version(v.to_string()),
             Some(("SHARED", "1")) => Report::Shared(true),
             Some(("SHARED", "0")) => Report::Shared(false),
@@ -111,6 +125,18 @@ impl LineBuffer {
         out
     }
 
+    /// What it holds between reads: the bytes of the line not terminated
+    /// yet, and whether the rest of an over-long line is being dropped (an
+    /// upgrade hands them over: [`Self::resume`]).
+    pub fn rest(&self) -> (&[u8], bool) {
+        (&self.buf, self.skipping)
+    }
+
+    /// A buffer holding what [`Self::rest`] gave.
+    pub fn resume(bytes: &[u8], skipping: bool) -> LineBuffer {
+        LineBuffer { buf: bytes.to_vec(), skipping }
+    }
+
     /// The unterminated rest, at end of stream.
     pub fn finish(&mut self) -> Option<String> {
         if self.buf.is_empty() {
@@ -139,6 +165,9 @@ mod tests {
         assert_eq!(Report::parse("SHARED=1"), Report::Shared(true));
         assert_eq!(Report::parse("SHARED=0\n"), Report::Shared(false));
         assert_eq!(Report::parse("SHARED=yes"), Report::Unknown("SHARED=yes".into()));
+        assert_eq!(Report::parse("WATCHDOG=1"), Report::Watchdog);
+        assert_eq!(Report::parse("WATCHDOG=trigger"), Report::WatchdogTrigger);
+        assert_eq!(Report::parse("WATCHDOG=2"), Report::Unknown("WATCHDOG=2".into()));
     }
 
     #[test]
@@ -149,5 +178,14 @@ mod tests {
         assert_eq!(lb.push(b"123456789\nx\n", 4), vec!["1234", "x"]);
         lb.push(b"tail", 10);
         assert_eq!(lb.finish().as_deref(), Some("tail"));
+        // Handed over mid-line (an upgrade): the line comes out whole.
+        lb.push(b"li", 10);
+        let (bytes, skipping) = lb.rest();
+        let mut next = LineBuffer::resume(bytes, skipping);
+        assert_eq!(next.push(b"ne\n", 10), vec!["line"]);
+        lb.push(b"0123456789ab", 10);
+        let (bytes, skipping) = lb.rest();
+        assert!(skipping && bytes.is_empty());
+        assert_eq!(LineBuffer::resume(bytes, skipping).push(b"cd\nx\n", 10), vec!["x"]);
     }
 }

@@ -20,6 +20,8 @@ pub enum Reason {
     InFlight,
     /// An earlier restart was aborted: the master is in lockout.
     AbortedRestart,
+    /// Not every worker of the current generation is ready.
+    NotReady,
     /// The config file on disk is unreadable or invalid.
     BadConfig,
     /// `address` or `port` changed.
@@ -38,6 +40,9 @@ pub enum Reason {
     /// A started restart was aborted (answer to `RESTART WAIT`; the detail
     /// starts with the [`AbortCause`]).
     Aborted,
+    /// A canary restart was rolled back (answer to `RESTART CANARY WAIT`
+    /// when it happened before the canary stood).
+    RolledBack,
     /// SIGUSR2 while the master starts (before it spawns its first
     /// generation: config, pidfile, listeners, probe): only
     /// in the `restart.refused` record, the control socket is not open yet.
@@ -49,6 +54,8 @@ pub enum Reason {
     UpgradeCheckFailed,
     /// `UPGRADE`: the exec itself failed; the master carries on.
     ExecFailed,
+    /// `PROMOTE` or `ROLLBACK` without a canary to act on.
+    NoCanary,
 }
 
 /// One row of the table: wire text, description, advice.
@@ -60,7 +67,7 @@ struct Words {
 
 /// The words of each reason, in the order of [`Reason::ALL`] (a unit test
 /// checks the order).
-const WORDS: [Words; 14] = [
+const WORDS: [Words; 17] = [
     Words {
         wire: "restart in flight",
         describe: "a zero-downtime restart is already in progress",
@@ -75,6 +82,13 @@ const WORDS: [Words; 14] = [
                  soon as possible: `zdrestartctl upgrade --wait` does it without downtime (the master \
                  re-executes itself in place with a fresh state and rolls every worker over), or a \
                  normal restart (stop and start the service).",
+    },
+    Words {
+        wire: "not ready",
+        describe: "not every worker of the current generation is ready (one is starting, being respawned, or hung and being replaced)",
+        advice: "Wait until `zdrestartctl status` shows every worker ready, then retry: a restart is judged against a \
+                 generation that serves. Workers that never become ready are not serving: the master's log says why \
+                 they fail; fix that, and restart the master the normal way if nothing serves. Nothing was changed.",
     },
     Words {
         wire: "bad config",
@@ -124,10 +138,18 @@ const WORDS: [Words; 14] = [
     },
     Words {
         wire: "aborted",
-        describe: "the zero-downtime restart was aborted: a new worker failed before the restart completed",
+        describe: "the zero-downtime restart was aborted: a new worker failed (or a worker hung) before the restart completed",
         advice: "The master now refuses restarts and respawns no workers; workers still serving keep \
                  serving. See the `restart.abort` record in the master's log, fix the cause, then \
-                 restart the master as soon as possible (normal restart: stop and start the service).",
+                 restart the master as soon as possible: `zdrestartctl upgrade --wait` does it without \
+                 downtime (a fresh state, every worker rolled over), or a normal restart (stop and start \
+                 the service).",
+    },
+    Words {
+        wire: "rolled back",
+        describe: "the canary restart was rolled back: the canary was stopped and every worker is of the old generation again",
+        advice: "Nothing failed and the master is not locked out: fix the new code or configuration, then try again \
+                 (`zdrestartctl restart --canary`).",
     },
     Words {
         wire: "starting",
@@ -137,7 +159,11 @@ const WORDS: [Words; 14] = [
     Words {
         wire: "upgrade not possible",
         describe: "the master could not prepare the hand-over",
-        advice: "Nothing changed. See the detail and the master's log; retry once the master is idle.",
+        advice: "Nothing changed. The detail says what could not be handed over: a control client owed an \
+                 answer, a worker not started yet, or a state that changed during each check of the new \
+                 binary pass (retry); no executable resolved at start, or another upgrade in progress (wait \
+                 for its answer). A lockout also ends with a normal restart of the master (stop and start \
+                 the service).",
     },
     Words {
         wire: "upgrade check failed",
@@ -150,15 +176,24 @@ const WORDS: [Words; 14] = [
         describe: "the master could not execute its executable on disk",
         advice: "Nothing changed; the master carries on. Check the file named in the detail (present, executable).",
     },
+    Words {
+        wire: "no canary",
+        describe: "no canary to act on: `promote` needs a canary restart whose new worker has passed its soak, `rollback` one in progress",
+        advice: "Nothing changed. `zdrestartctl status` shows the state: `canary` while a canary restart is in progress \
+                 (its worker marked canary; `soaking` or `starting` until it stands); `zdrestartctl restart --canary` \
+                 starts one.",
+    },
 ];
 
 impl Reason {
     /// Every reason: the refusals of a restart request first, in the order
     /// they are checked, then the ends of a restart that did not complete,
-    /// then the refusals of an upgrade of the master.
-    pub const ALL: [Reason; 14] = [
+    /// then the refusals of an upgrade of the master, then that of `PROMOTE`
+    /// and `ROLLBACK`.
+    pub const ALL: [Reason; 17] = [
         Reason::InFlight,
         Reason::AbortedRestart,
+        Reason::NotReady,
         Reason::BadConfig,
         Reason::ListenChanged,
         Reason::NoWorkers,
@@ -167,14 +202,16 @@ impl Reason {
         Reason::BadDriver,
         Reason::Stopping,
         Reason::Aborted,
+        Reason::RolledBack,
         Reason::Starting,
         Reason::UpgradeNotPossible,
         Reason::UpgradeCheckFailed,
         Reason::ExecFailed,
+        Reason::NoCanary,
     ];
 
     /// The refusals of a restart request, in the order they are checked.
-    pub const REFUSALS: &'static [Reason] = Reason::ALL.split_at(8).0;
+    pub const REFUSALS: &'static [Reason] = Reason::ALL.split_at(9).0;
 
     /// The answers of the old image to an `UPGRADE` it refused, before any
     /// exec: nothing changed. (Any other answer comes from the new image:
@@ -234,6 +271,8 @@ pub enum AbortCause {
     ReportedError,
     /// A new worker did not report `READY=1` within readyTimeout.
     NotReady,
+    /// A worker (new or old) missed its watchdog deadline during the restart.
+    Hung,
 }
 
 impl AbortCause {
@@ -242,6 +281,7 @@ impl AbortCause {
             AbortCause::Exited => "new worker exited",
             AbortCause::ReportedError => "new worker reported an error",
             AbortCause::NotReady => "new worker not ready",
+            AbortCause::Hung => "worker hung",
         }
     }
 }
@@ -265,7 +305,12 @@ impl Refused {
 
     /// A restart asked for in lockout.
     pub fn aborted_restart() -> Refused {
-        Refused::new(Reason::AbortedRestart, "restart the master as soon as possible")
+        Refused::new(Reason::AbortedRestart, "restart the master as soon as possible: zdrestartctl upgrade --wait, or a normal restart")
+    }
+
+    /// A restart asked for while the current generation is not all ready.
+    pub fn not_ready() -> Refused {
+        Refused::new(Reason::NotReady, "not every worker of the current generation is ready")
     }
 
     /// A restart asked for while the master stops.
@@ -296,6 +341,11 @@ pub enum RestartAnswer {
     Upgraded,
     /// `ACK complete`: every new worker is ready, every old one gone (`RESTART WAIT`).
     Complete,
+    /// `ACK canary`: the canary passed its soak and stands beside the old
+    /// fleet (`RESTART CANARY WAIT`).
+    CanaryStands,
+    /// `ACK`: `PROMOTE` (without `WAIT`) or `ROLLBACK` done.
+    Accepted,
     /// `NACK <reason>[: <detail>]`.
     Refused(Refused),
 }

@@ -14,11 +14,22 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 pub enum MasterState {
     Running,
+    /// Running, but not every worker of the current generation is ready
+    /// (starting, respawning, or a hung one being replaced): restarts are
+    /// refused (`not ready`).
+    #[serde(rename = "not ready")]
+    NotReady,
     /// A restart is being probed or rolled out.
     Restarting,
+    /// A canary restart stands: one new worker beside the old fleet, until
+    /// `promote` or `rollback`.
+    Canary,
     /// An aborted restart: restarts refused, no respawn.
     Lockout,
     Stopping,
+    /// An upgrade of the master: the new binary checks the hand-over
+    /// (`lockout` says whether it came from a lockout).
+    Upgrading,
     /// Read side only: not reported, or a word this build does not know.
     #[default]
     #[serde(rename = "-", other)]
@@ -34,6 +45,9 @@ pub enum Outcome {
     Complete,
     Refused,
     Aborted,
+    /// A canary restart that was rolled back: the fleet is as it was.
+    #[serde(rename = "rolled back")]
+    RolledBack,
     /// Read side only: not reported, or a word this build does not know.
     #[default]
     #[serde(rename = "-", other)]
@@ -46,7 +60,13 @@ pub enum Outcome {
 pub enum WorkerState {
     /// Spawned, no `READY=1` yet.
     Starting,
+    /// A new worker of a restart that said `READY=1` and serves, within its
+    /// `minReady` window: an exit or an error now still aborts the restart.
+    Soaking,
     Ready,
+    /// Missed its watchdog deadline; replaced (SIGABRT once the replacement
+    /// is ready).
+    Hung,
     /// Asked to exit (SIGTERM sent).
     Stopping,
     /// Read side only: not reported, or a word this build does not know.
@@ -72,12 +92,16 @@ macro_rules! words {
 }
 
 words!(MasterState {
-    Running => "running", Restarting => "restarting", Lockout => "lockout", Stopping => "stopping", Unknown => "-"
+    Running => "running", NotReady => "not ready", Restarting => "restarting", Canary => "canary", Lockout => "lockout",
+    Stopping => "stopping", Upgrading => "upgrading", Unknown => "-"
 });
 words!(Outcome {
-    InProgress => "in progress", Complete => "complete", Refused => "refused", Aborted => "aborted", Unknown => "-"
+    InProgress => "in progress", Complete => "complete", Refused => "refused", Aborted => "aborted",
+    RolledBack => "rolled back", Unknown => "-"
 });
-words!(WorkerState { Starting => "starting", Ready => "ready", Stopping => "stopping", Unknown => "-" });
+words!(WorkerState {
+    Starting => "starting", Soaking => "soaking", Ready => "ready", Hung => "hung", Stopping => "stopping", Unknown => "-"
+});
 
 /// The JSON of `STATUS`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -97,6 +121,8 @@ pub struct StatusReport {
     /// `address:port` the master listens on (bound once, at start).
     pub listen: String,
     pub last_restart: Option<LastRestart>,
+    /// Workers found hung (watchdog) since the master started.
+    pub workers_hung: u64,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -129,6 +155,8 @@ pub struct WorkerStatus {
     /// Its main process when it named another with sd_notify `MAINPID=`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub main_pid: Option<u32>,
+    /// The new worker of a canary restart that stands.
+    pub canary: bool,
 }
 
 #[cfg(test)]
@@ -162,21 +190,24 @@ mod tests {
                 started: "2024-01-01T00:01:00.000Z".into(),
                 status: Some("serving".into()),
                 main_pid: None,
+                canary: true,
             }],
+            workers_hung: 3,
         };
         let j = serde_json::to_string(&s).unwrap();
         assert!(!j.contains('\n'));
         assert!(j.starts_with("{\"state\":\"running\",\"generation\":2,\"lockout\":false,\"magic\":1,"));
         assert!(j.contains("\"outcome\":\"in progress\"") && j.contains("\"state\":\"ready\""), "{}", j);
+        assert!(j.contains("\"workers_hung\":3") && j.contains("\"canary\":true"), "{}", j);
         let back: StatusReport = serde_json::from_str(&j).unwrap();
         assert_eq!(back, s);
-        for o in [Outcome::InProgress, Outcome::Complete, Outcome::Refused, Outcome::Aborted] {
+        for o in [Outcome::InProgress, Outcome::Complete, Outcome::Refused, Outcome::Aborted, Outcome::RolledBack] {
             assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{}\"", o));
         }
-        for m in [MasterState::Running, MasterState::Restarting, MasterState::Lockout, MasterState::Stopping] {
+        for m in [MasterState::Running, MasterState::NotReady, MasterState::Restarting, MasterState::Canary, MasterState::Lockout, MasterState::Stopping, MasterState::Upgrading] {
             assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{}\"", m));
         }
-        for w in [WorkerState::Starting, WorkerState::Ready, WorkerState::Stopping] {
+        for w in [WorkerState::Starting, WorkerState::Soaking, WorkerState::Ready, WorkerState::Hung, WorkerState::Stopping] {
             assert_eq!(serde_json::to_string(&w).unwrap(), format!("\"{}\"", w));
         }
         // A reader is lenient: missing fields and unknown words are "-".

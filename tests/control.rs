@@ -104,7 +104,7 @@ fn informational_commands_raw_and_through_zdrestartctl() {
     // Raw, byte for byte (pump.io answers).
     let mut c = ControlClient::connect(&sock);
     c.send("CMDS\n");
-    assert_eq!(c.line_raw(), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE\n");
+    assert_eq!(c.line_raw(), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE PROMOTE ROLLBACK\n");
     c.send("VERSION\n");
     assert_eq!(c.line_raw(), "ACK 0.1.0\n");
     assert_eq!(c.cmd("LOGLEVEL loud"), "NACK invalid");
@@ -115,7 +115,7 @@ fn informational_commands_raw_and_through_zdrestartctl() {
     // pipelined commands answered in order.
     c.send("\n   \r\nversion\r\ncmds\nNOPE\n");
     assert_eq!(c.line(), "ACK 0.1.0");
-    assert_eq!(c.line(), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE");
+    assert_eq!(c.line(), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE PROMOTE ROLLBACK");
     assert_eq!(c.line(), "NACK unknown");
     // `echo CMD | nc -U`: a last line without newline before EOF is a command.
     let mut s = UnixStream::connect(&sock).unwrap();
@@ -155,7 +155,7 @@ fn informational_commands_raw_and_through_zdrestartctl() {
     let v = ctl(&sock, &["version"]);
     assert_eq!((v.code, v.out.as_str()), (0, "0.1.0\n"), "{:?}", v);
     let v = ctl(&sock, &["cmds"]);
-    assert_eq!((v.code, v.out.as_str()), (0, "CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE\n"), "{:?}", v);
+    assert_eq!((v.code, v.out.as_str()), (0, "CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE PROMOTE ROLLBACK\n"), "{:?}", v);
     let v = ctl(&sock, &["status", "--json"]);
     assert_eq!(v.code, 0, "{:?}", v);
     let j: Value = serde_json::from_str(v.out.trim_end()).unwrap_or_else(|e| panic!("{}: {:?}", e, v));

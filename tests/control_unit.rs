@@ -95,11 +95,11 @@ fn run(mut server: ControlServer, stop: Arc<AtomicBool>, stats: Arc<Stats>, wait
                     Command::Cmds => server.reply(client, &control::cmds_answer()),
                     Command::Version => server.reply(client, "ACK test-version"),
                     Command::Status => server.reply(client, &format!("ACK {{\"pad\":\"{}\"}}", "x".repeat(STATUS_PAD))),
-                    Command::Restart { wait: false } => {
+                    Command::Restart { wait: false, .. } => {
                         stats.restarts.fetch_add(1, Ordering::SeqCst);
                         server.reply(client, &stats.answers().0)
                     }
-                    Command::Restart { wait: true } => {
+                    Command::Restart { wait: true, .. } => {
                         stats.restarts.fetch_add(1, Ordering::SeqCst);
                         waits.push((client, now + wait_delay));
                     }
@@ -107,6 +107,7 @@ fn run(mut server: ControlServer, stop: Arc<AtomicBool>, stats: Arc<Stats>, wait
                     Command::Unknown(_) => server.reply(client, &control::nack(control::NACK_UNKNOWN)),
                     Command::Bad { nack, .. } => server.reply(client, &control::nack(nack)),
                     Command::Upgrade { .. } => server.reply(client, "NACK upgrade not possible: test server"),
+                    Command::Promote { .. } | Command::Rollback => server.reply(client, "NACK no canary: test server"),
                 }
                 stats.max_queued.fetch_max(server.queued_bytes(), Ordering::SeqCst);
             }
@@ -248,7 +249,7 @@ fn not_a_socket_is_refused_and_left_alone() {
 fn pump_io_compatible_answers() {
     let dir = TestDir::new("proto");
     let h = default_harness(&dir);
-    assert_eq!(ask(&h.path, "CMDS"), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE");
+    assert_eq!(ask(&h.path, "CMDS"), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE PROMOTE ROLLBACK");
     assert_eq!(ask(&h.path, "version\r"), "ACK test-version");
     assert_eq!(ask(&h.path, "FROB"), "NACK unknown");
     assert_eq!(ask(&h.path, "LOGLEVEL loud"), "NACK invalid");
@@ -259,7 +260,7 @@ fn pump_io_compatible_answers() {
         let s = control_connect(&h.path);
         (&s).write_all(b"\n  \nCmds\nloglevel debug\nLOGLEVEL restore\nbogus arg\nVERSION\n").unwrap();
         let mut r = BufReader::new(s);
-        assert_eq!(read_line(&mut r), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE\n");
+        assert_eq!(read_line(&mut r), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE PROMOTE ROLLBACK\n");
         assert_eq!(read_line(&mut r), "ACK\n");
         assert_eq!(read_line(&mut r), "ACK\n");
         assert_eq!(read_line(&mut r), "NACK unknown\n");
@@ -524,7 +525,7 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
     (&b).write_all(b"RESTART WAIT\n").unwrap();
     let cmds = pump(&mut server, step);
     assert_eq!(cmds.len(), 1);
-    assert_eq!(cmds[0].1, Command::Restart { wait: true });
+    assert_eq!(cmds[0].1, Command::Restart { wait: true, canary: false });
     let b_id = cmds[0].0;
     // c: connected, never sent anything; the only evictable one.
     let c = control_connect(&dir.join("ctl.sock"));
@@ -681,7 +682,7 @@ fn zdrestartctl_exit_codes_and_messages() {
     let s = sock.as_str();
 
     assert_eq!(ctl_raw(&["-s", s, "version"]).parts(), (0, "test-version\n".into(), String::new()));
-    assert_eq!(ctl_raw(&["-s", s, "cmds"]).out, "CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE\n");
+    assert_eq!(ctl_raw(&["-s", s, "cmds"]).out, "CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE PROMOTE ROLLBACK\n");
     assert_eq!(ctl_raw(&["-s", s, "loglevel", "debug"]).code, 0);
 
     let (code, out, err) = ctl_raw(&["-s", s, "restart", "--wait"]).parts();

@@ -4,9 +4,13 @@
 //! `READY=1` with sd_notify(3) on `$NOTIFY_SOCKET`; neither answers the
 //! probe, so the config says `"notify": "systemd"`, `"probe": false` and
 //! declares `"magic"`. Each is rolled over under load with no failed
-//! request; a gunicorn whose application cannot be loaded fails at start-up:
-//! the restart is aborted, the master locks out and the old generation keeps
-//! serving. `bash scripts/test` installs the servers; a test fails (never
+//! request; a gunicorn whose application cannot be loaded fails, at start-up
+//! with `--preload`, or after `READY=1` without it (the README's recipe as
+//! published, caught by the default soak, `minReady`): either way the
+//! restart is aborted, the master locks out and the old generation keeps
+//! serving with no failed request. The master is upgraded in place under
+//! load with gunicorn workers (their sd_notify socket and main processes
+//! handed over), and an upgrade ends a lockout of gunicorn workers. `bash scripts/test` installs the servers; a test fails (never
 //! skips) when one is missing. The application they serve is
 //! tests/servers/hello.py. Figures are printed, never asserted on.
 #![deny(unsafe_code)]
@@ -60,7 +64,20 @@ fn uwsgi() -> Value {
 
 /// A master running `worker` as a systemd-style server, serving.
 fn start(worker: Value) -> Master {
-    let m = Master::for_test()
+    start_with(Master::for_test(), worker)
+}
+
+/// The same with a control socket (for upgrades of the master): the master
+/// and the socket's path.
+fn start_with_control(worker: Value) -> (Master, PathBuf) {
+    let b = Master::for_test();
+    let sock = b.dir().join("ctl.sock");
+    let m = start_with(b.set("controlSocket", sock.display().to_string()), worker);
+    (m, sock)
+}
+
+fn start_with(b: MasterBuilder, worker: Value) -> Master {
+    let m = b
         .merge(json!({
             "notify": "systemd", "probe": false, "magic": 1, "version": "hello-1",
             "sharedState": true, "worker": worker, "readyTimeout": 30, "shutdownTimeout": 30,
@@ -269,5 +286,110 @@ fn a_server_that_fails_at_start_aborts_the_restart_and_locks_out() {
     eprintln!("broken gunicorn deploy: {} requests ok, {} failed", s.ok, s.failures.len());
     assert!(s.failures.is_empty(), "{:?}", &s.failures[..s.failures.len().min(10)]);
     assert!(old.iter().all(|&p| pid_alive(p)), "the old servers still run");
+    assert!(get_ok(m.port, "/").is_ok());
+}
+
+/// UPGRADE WAIT three times under load with gunicorn workers: every upgrade
+/// hands their notify socket over and rolls them over (their READY=1
+/// counted by the new image), no request fails; a restart after the
+/// upgrades completes too.
+#[test]
+fn gunicorn_workers_are_upgraded_under_load_with_no_failed_request() {
+    let _g = exclusive();
+    let (m, sock) = start_with_control(gunicorn("hello:app", &[]));
+    let pid = m.pid();
+    let load = Load::start(m.port);
+    load.wait_processes(PROCESSES);
+    let mut took = Vec::new();
+    for i in 0..3 {
+        let t = Instant::now();
+        let a = ask(&sock, "UPGRADE WAIT");
+        took.push(t.elapsed().as_millis() as u64);
+        assert_eq!(a, "ACK complete", "upgrade {}\n{}", i, m.diagnostics());
+        // Each upgrade rolls the servers over: all of the new ones answer
+        // before the next swap (see roll_over_under_load).
+        load.wait_processes(PROCESSES * (i + 2));
+    }
+    let mark = m.mark();
+    m.signal(libc::SIGUSR2);
+    let (_, done) = m.wait_event_after(mark, "restart.complete", T);
+    assert_eq!(done["generation"], 5);
+    let s = load.finish();
+    eprintln!("gunicorn: 3 upgrades (each with its roll-over) in {:?} ms, then a restart; {} requests ok, {} failed", took, s.ok, s.failures.len());
+    assert!(s.failures.is_empty(), "{} failed requests: {:?}", s.failures.len(), &s.failures[..s.failures.len().min(10)]);
+    assert!(s.ok > 50, "too little load to mean anything: {}", s.ok);
+    assert_eq!(m.events("master.upgrade").len(), 3);
+    assert_eq!(m.pid(), pid);
+    assert!(m.events("restart.abort").is_empty() && m.events("worker.kill").is_empty());
+}
+
+/// A broken deploy of gunicorn workers locks the master out; once it is
+/// fixed, an upgrade ends the lockout without a failed request.
+#[test]
+fn an_upgrade_ends_a_lockout_of_gunicorn_workers() {
+    let _g = exclusive();
+    let (mut m, sock) = start_with_control(gunicorn("hello:app", &[]));
+    let load = Load::start(m.port);
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), gunicorn("no_such_module:app", &["--preload"]));
+    });
+    let mark = m.mark();
+    m.signal(libc::SIGUSR2);
+    m.wait_event_after(mark, "master.lockout", T);
+    assert_eq!(status(&sock)["state"], "lockout");
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), gunicorn("hello:app", &[]));
+    });
+    let a = ask(&sock, "UPGRADE WAIT");
+    assert_eq!(a, "ACK complete", "{}", m.diagnostics());
+    let up = m.wait_for_event("master.upgrade", T);
+    assert_eq!(up["lockout_cleared"], true);
+    let st = status(&sock);
+    assert_eq!((&st["state"], &st["lockout"]), (&json!("running"), &json!(false)), "{}", st);
+    load.wait_ok_after(load.ok(), 20);
+    let s = load.finish();
+    eprintln!("gunicorn lockout ended by an upgrade: {} requests ok, {} failed", s.ok, s.failures.len());
+    assert!(s.failures.is_empty(), "{:?}", &s.failures[..s.failures.len().min(10)]);
+}
+
+/// The README's gunicorn recipe as published (no `--preload`, the default
+/// `minReady`) and a deploy whose application cannot be imported: gunicorn
+/// says `READY=1` before its workers import the application, then its
+/// arbiter exits (status 3, "Worker failed to boot"). Without the soak
+/// this stopped the old generation and took the service down; with it the
+/// restart is aborted, the old servers keep serving, no request fails.
+#[test]
+fn the_readme_gunicorn_recipe_without_preload_and_a_broken_app_aborts_the_restart() {
+    let _g = exclusive();
+    let recipe = |app: &str| json!([server("gunicorn", "gunicorn"), "--workers", "2", "--chdir", app_dir().display().to_string(), app]);
+    let mut m = start(recipe("hello:app"));
+    let load = Load::start(m.port);
+    let old = m.events("worker.ready").iter().map(|r| worker_pid_of(r).unwrap()).collect::<Vec<_>>();
+    load.wait_processes(PROCESSES);
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), recipe("no_such_module:app"));
+        // The recipe sets no minReady: the default soak is what is tested.
+        c.remove("minReady");
+    });
+    let mark = m.mark();
+    m.signal(libc::SIGUSR2);
+    let (at, abort) = m.wait_event_after(mark, "restart.abort", T);
+    // No old server was stopped for a new one that had not passed its soak.
+    let recs = m.log_records();
+    let drained: Vec<&Value> = recs[mark..at].iter().filter(|r| r["generation"] == 1 && r["msg"].as_str().is_some_and(|s| s.starts_with("asking worker"))).collect();
+    assert!(drained.is_empty(), "old servers stopped for a deploy that then failed: {:?}", drained);
+    assert_eq!(abort["reason"], "new worker exited", "{}", abort);
+    assert!(abort["detail"].as_str().unwrap().contains("after READY=1"), "it said READY=1 first: {}", abort);
+    assert!(abort["stderr"].as_str().unwrap().contains("Worker failed to boot"), "{}", abort);
+    let (_, soak) = m.wait_event_after(mark, "worker.soak", T);
+    assert_eq!(soak["min_ready_ms"], 5000, "the default: {}", soak);
+    m.wait_event_after(mark, "master.lockout", T);
+    load.wait_ok_after(load.ok(), 20);
+    let s = load.finish();
+    eprintln!("broken gunicorn deploy without --preload: {} requests ok, {} failed", s.ok, s.failures.len());
+    assert!(s.failures.is_empty(), "{:?}", &s.failures[..s.failures.len().min(10)]);
+    assert!(s.ok > 20, "too little load to mean anything: {}", s.ok);
+    assert!(old.iter().all(|&p| pid_alive(p)), "the old servers still run");
+    assert!(m.events("restart.complete").is_empty());
     assert!(get_ok(m.port, "/").is_ok());
 }

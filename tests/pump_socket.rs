@@ -32,7 +32,7 @@ fn every_answer_without_a_restart_is_pump_io_text() {
 
     // CMDS and VERSION: ACK with data; they never NACK, arguments or not.
     for line in ["CMDS", "cmds", "CMDS extra words"] {
-        assert_eq!(c.cmd_raw(line), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE\n", "{}", line);
+        assert_eq!(c.cmd_raw(line), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE PROMOTE ROLLBACK\n", "{}", line);
     }
     for line in ["VERSION", "Version", "VERSION extra"] {
         assert_eq!(c.cmd_raw(line), format!("ACK {}\n", env!("CARGO_PKG_VERSION")), "{}", line);

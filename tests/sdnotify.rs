@@ -135,7 +135,7 @@ fn start_restart_refusal_abort_and_stop_in_sequence() {
         rx.next(),
         [
             "READY=1",
-            "STATUS=LOCKOUT: generation 3, 2 of 2 workers ready; zero-downtime restart to generation 3 aborted: new worker exited; restarts refused, restart the master as soon as possible"
+            "STATUS=LOCKOUT: generation 3, 2 of 2 workers ready; zero-downtime restart to generation 3 aborted: new worker exited; restarts refused, restart the master as soon as possible (zdrestartctl upgrade --wait, or a normal restart)"
         ]
     );
     // In lockout a restart is refused without being taken up: nothing is

@@ -10,8 +10,8 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram, UnixStream};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -73,12 +73,12 @@ fn drops(m: &Master) -> Vec<Value> {
         .collect()
 }
 
-/// `$NOTIFY_SOCKET` as a socket address (from a worker's environment).
-fn notify_addr(pid: i32) -> SocketAddr {
+/// `$NOTIFY_SOCKET` of a worker (from its environment): a file system path.
+fn notify_addr(pid: i32) -> PathBuf {
     let env = proc_environ(pid);
     let name = env.iter().find(|(k, _)| k == "NOTIFY_SOCKET").map(|(_, v)| v.clone()).expect("NOTIFY_SOCKET");
-    assert!(name.starts_with('@'), "an abstract socket: {}", name);
-    SocketAddr::from_abstract_name(&name.as_bytes()[1..]).unwrap()
+    assert!(name.starts_with('/'), "a file system socket: {}", name);
+    PathBuf::from(name)
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn the_masters_own_notify_socket_is_not_passed_on() {
         let env = proc_environ(w["pid"].as_i64().unwrap() as i32);
         let v: Vec<_> = env.iter().filter(|(k, _)| k == "NOTIFY_SOCKET").collect();
         assert_eq!(v.len(), 1);
-        assert!(v[0].1.starts_with('@'), "{:?}", v);
+        assert!(v[0].1.starts_with('/') && v[0].1.ends_with("/notify"), "{:?}", v);
     }
 }
 
@@ -128,7 +128,7 @@ fn nobody_else_can_report_for_a_worker() {
     let w = wait_worker_status(&m, &sock, "marker:stranger");
     let pid = w["pid"].as_i64().unwrap() as i32;
     // And this test process, no worker's, sends READY=1 too.
-    UnixDatagram::unbound().unwrap().send_to_addr(b"READY=1\nSTATUS=forged", &notify_addr(pid)).unwrap();
+    UnixDatagram::unbound().unwrap().send_to(b"READY=1\nSTATUS=forged", notify_addr(pid)).unwrap();
     let me = std::process::id().to_string();
     m.wait_for("the test's datagram dropped", T, |_| drops(&m).iter().find(|r| r["sender_pid"] == me.as_str()).cloned());
     let d = drops(&m);
@@ -169,7 +169,9 @@ fn bad_datagrams_never_hurt_the_master() {
         assert!(d.iter().any(|s| s.ends_with(why)), "no drop for {:?}: {:?}", why, d);
     }
     let ignored = m.log_records().into_iter().find(|r| r["msg"].as_str().is_some_and(|s| s.starts_with("sd_notify: ignored")));
-    assert_eq!(ignored.expect("unknown keys logged")["msg"], "sd_notify: ignored FOO, WATCHDOG, X_NOT_KNOWN");
+    assert_eq!(ignored.expect("unknown keys logged")["msg"], "sd_notify: ignored FOO, X_NOT_KNOWN");
+    // WATCHDOG=1 is known (a heartbeat), and counts for nothing before READY=1.
+    assert!(m.log_records().iter().any(|r| r["msg"] == "heartbeat ignored (no watchdog running for it)"));
     // The pipe that came with a datagram is not open in the master.
     let passed = m.wait_for("the passed pipe's inode", T, |recs| {
         recs.iter().find_map(|r| r["msg"].as_str()?.strip_prefix("sd-notify.py: passing ").map(str::to_string))
@@ -180,7 +182,7 @@ fn bad_datagrams_never_hurt_the_master() {
     let w = status(&sock)["workers"][0]["pid"].as_i64().unwrap() as i32;
     let tx = UnixDatagram::unbound().unwrap();
     for _ in 0..200 {
-        tx.send_to_addr(b"READY=1", &notify_addr(w)).unwrap();
+        tx.send_to(b"READY=1", notify_addr(w)).unwrap();
     }
     // The worker's READY=1 comes after the flood in the socket's queue.
     std::fs::write(&go, "").unwrap();
@@ -287,7 +289,7 @@ fn notify_both_offers_the_pipe_and_the_socket() {
     let m = Master::for_test().set("notify", "both").start();
     for pid in m.worker_pids() {
         let env = proc_environ(pid);
-        assert!(env.iter().any(|(k, v)| k == "NOTIFY_SOCKET" && v.starts_with('@')), "{:?}", env);
+        assert!(env.iter().any(|(k, v)| k == "NOTIFY_SOCKET" && v.starts_with('/')), "{:?}", env);
         assert!(env.iter().any(|(k, _)| k == "ZDRESTART_NOTIFY_FD"));
     }
 }
@@ -306,18 +308,141 @@ fn check_without_a_master_does_not_compare_a_declared_magic_number() {
     assert!(out.contains("would be accepted"), "{}", out);
 }
 
+/// The workers' pids, their main processes and their last STATUS=.
+fn table(sock: &Path) -> Vec<(Value, Value, Value)> {
+    let st = status(sock);
+    st["workers"].as_array().unwrap().iter().map(|w| (w["pid"].clone(), w["main_pid"].clone(), w["status"].clone())).collect()
+}
+
+/// Was: "an upgrade is refused while workers report with sd_notify". The
+/// workers' notify socket and the main processes they named are part of the
+/// hand-over now: the new image keeps the socket (same path), watches and
+/// signals the same main processes, and counts the reports of the new
+/// workers of the roll-over on that socket.
 #[test]
-fn an_upgrade_is_refused_while_workers_report_with_sd_notify() {
-    // The workers' notify socket and the main processes they name are not
-    // part of the master's hand-over (zdrestart(8), Upgrading the master):
-    // the upgrade is refused before anything changes.
-    let (m, sock) = master("ready", json!({}));
+fn an_upgrade_keeps_the_notify_socket_and_the_main_processes() {
+    let (m, sock) = master("mainpid", json!({}));
     m.wait_events_after(0, "worker.ready", 2, T);
-    let before: Vec<i64> = status(&sock)["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_i64().unwrap()).collect();
-    let answer = common::ask(&sock, "UPGRADE");
-    assert!(answer.starts_with("NACK upgrade not possible: workers report with sd_notify(3)"), "{}", answer);
-    // Nothing changed: the same master answers, with the same workers.
-    let after: Vec<i64> = status(&sock)["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_i64().unwrap()).collect();
-    assert_eq!(before, after);
-    assert!(m.log_records().iter().all(|r| r["event"] != "master.upgrade" && r["event"] != "upgrade.exec"));
+    let mut before = Vec::new();
+    assert!(wait_until(T, || {
+        before = table(&sock);
+        before.iter().all(|(_, main, _)| main.is_u64())
+    }));
+    let mains: Vec<i32> = before.iter().map(|(_, m, _)| m.as_i64().unwrap() as i32).collect();
+    let path = notify_addr(mains[0]);
+    assert_eq!(common::ask(&sock, "UPGRADE NORESTART"), format!("ACK upgraded {}", env!("CARGO_PKG_VERSION")), "{}", m.diagnostics());
+    assert_eq!(table(&sock), before, "same workers, main processes and statuses");
+    assert_eq!(m.events("worker.exit").len(), 0);
+    assert!(path.exists(), "the socket is kept: {}", path.display());
+    // The roll-over: new workers report MAINPID= and READY=1 on the same socket.
+    let mark = m.mark();
+    assert_eq!(common::ask(&sock, "UPGRADE WAIT"), "ACK complete", "{}", m.diagnostics());
+    let ready = m.wait_events_after(mark, "worker.ready", 2, T);
+    let st = status(&sock);
+    assert_eq!(st["generation"], 2);
+    for w in st["workers"].as_array().unwrap() {
+        assert!(w["main_pid"].is_u64() && !mains.contains(&(w["main_pid"].as_i64().unwrap() as i32)), "{}", w);
+        assert_eq!(notify_addr(w["main_pid"].as_i64().unwrap() as i32), path);
+    }
+    assert_eq!(ready.len(), 2);
+    // The old main processes were stopped through the new image (SIGTERM to their groups).
+    assert!(mains.iter().all(|&p| wait_until(T, || !pid_alive(p))));
+    assert!(m.events("worker.kill").is_empty());
+}
+
+/// An aborted restart of sd_notify workers (ERRNO= before READY=1) locks
+/// the master out; an upgrade ends the lockout and rolls the workers over.
+#[test]
+fn an_upgrade_ends_a_lockout_of_sd_notify_workers() {
+    let (mut m, sock) = master("ready", json!({}));
+    m.wait_events_after(0, "worker.ready", 2, T);
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), sd_worker("errno"));
+    });
+    let mark = m.mark();
+    m.signal(libc::SIGUSR2);
+    m.wait_event_after(mark, "master.lockout", T);
+    assert_eq!(status(&sock)["state"], "lockout");
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), sd_worker("ready"));
+    });
+    let c = ctl(&sock, &["upgrade", "--wait"]);
+    assert_eq!((c.code, c.out.as_str()), (0, "master upgraded; zero-downtime restart complete\n"), "{:?}\n{}", c, m.diagnostics());
+    let up = m.wait_for_event("master.upgrade", T);
+    assert_eq!(up["lockout_cleared"], true);
+    let st = status(&sock);
+    assert_eq!((&st["state"], &st["lockout"], &st["generation"]), (&json!("running"), &json!(false), &json!(3)), "{}", st);
+    assert!(st["workers"].as_array().unwrap().iter().all(|w| w["state"] == "ready" && w["generation"] == 3));
+}
+
+/// The workers' socket is a file in a directory of its own in
+/// `$RUNTIME_DIRECTORY`: with `serverUser`, the directory is the master's,
+/// of serverUser's group, mode 0710, the socket mode 0660; another user
+/// cannot send to it; both are gone after the master stops.
+#[test]
+fn the_notify_socket_is_private_to_the_workers_user_and_removed_at_stop() {
+    // A short path: a socket's path has at most 107 bytes (sun_path).
+    let run_dir = TestDir::new("rt");
+    let run = run_dir.path().to_path_buf();
+    let b = Master::for_test().env("RUNTIME_DIRECTORY", &run.display().to_string());
+    let sock = b.dir().join("ctl.sock");
+    let mut m = b
+        .merge(json!({"notify": "systemd", "probe": false, "magic": 5, "sharedState": true, "worker": sd_worker("ready"), "serverUser": "nobody",
+            "controlSocket": sock.display().to_string()}))
+        .spawn();
+    m.wait_events_after(0, "worker.ready", 2, T);
+    let w = status(&sock)["workers"][0]["pid"].as_i64().unwrap() as i32;
+    let path = notify_addr(w);
+    let dir = path.parent().unwrap().to_path_buf();
+    assert_eq!(dir.parent(), Some(run.as_path()), "{}", path.display());
+    assert!(dir.file_name().unwrap().to_str().unwrap().starts_with("zdrestart-notify."), "{}", dir.display());
+    let nobody_gid = 65534;
+    let (d, f) = (std::fs::symlink_metadata(&dir).unwrap(), std::fs::symlink_metadata(&path).unwrap());
+    assert_eq!((d.uid(), d.gid(), d.mode() & 0o7777), (0, nobody_gid, 0o710), "directory {}", dir.display());
+    assert_eq!((f.uid(), f.gid(), f.mode() & 0o7777), (0, nobody_gid, 0o660), "socket {}", path.display());
+    // Another user cannot even reach it.
+    let send = "import socket, sys\ntry:\n    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', sys.argv[1])\nexcept PermissionError:\n    print('denied')\n";
+    let (st, out, err) = run_cmd(
+        std::process::Command::new("setpriv").args(["--reuid=12345", "--regid=12345", "--clear-groups", "/usr/bin/python3", "-c", send]).arg(&path),
+        T,
+    );
+    assert_eq!((st.code(), out.trim()), (Some(0), "denied"), "{}", err);
+    m.signal(libc::SIGTERM);
+    assert_eq!(Master::exit_code(m.wait_exit(T)), 0);
+    assert!(!path.exists() && !dir.exists(), "{} left behind", dir.display());
+    assert_eq!(std::fs::read_dir(&run).unwrap().count(), 0);
+}
+
+/// The python3 of the test venv (scripts/test installs the PyPI sd-notify
+/// client into it).
+fn venv_python() -> String {
+    secantusd_bin().parent().unwrap().join("python").display().to_string()
+}
+
+/// sd_notify clients that take `$NOTIFY_SOCKET` only as a path (they pass
+/// it to connect(2) or sendto(2) as it is): the Ruby library of Debian's
+/// ruby-sd-notify and the PyPI package sd-notify. Their workers report
+/// ready with their STATUS=, and are rolled over by an upgrade (the new
+/// image keeps the socket at its path).
+#[test]
+fn clients_that_take_only_a_path_report_and_survive_an_upgrade() {
+    let servers = repo_root().join("tests/servers");
+    let ruby = json!(["ruby", servers.join("ruby-sd-notify.rb").display().to_string()]);
+    let python = json!([venv_python(), servers.join("py-sd-notify.py").display().to_string()]);
+    for (name, worker) in [("ruby sd_notify", ruby), ("python sd_notify", python)] {
+        let b = Master::for_test();
+        let sock = b.dir().join("ctl.sock");
+        let m = b
+            .merge(json!({"notify": "systemd", "probe": false, "magic": 5, "sharedState": true, "worker": worker,
+                "controlSocket": sock.display().to_string()}))
+            .spawn();
+        m.wait_events_after(0, "worker.ready", 2, T);
+        for w in status(&sock)["workers"].as_array().unwrap() {
+            assert_eq!(w["status"], format!("{} {}", name, w["pid"]), "{}", w);
+        }
+        assert_eq!(common::ask(&sock, "UPGRADE WAIT"), "ACK complete", "{}: {}", name, m.diagnostics());
+        let st = status(&sock);
+        assert_eq!(st["generation"], 2);
+        assert!(st["workers"].as_array().unwrap().iter().all(|w| w["state"] == "ready" && w["generation"] == 2), "{}", st);
+    }
 }

@@ -39,11 +39,15 @@ Options:
 
 Signals (handled from the first instant, before the config is read):
   SIGUSR2            zero-downtime restart (killall -USR2 zdrestart); refused
-                     (reason starting) while the master starts
+                     (reason starting) while the master starts, and (restart
+                     in flight) while a restart or a canary is in progress
   SIGTERM, SIGINT    graceful stop: SIGTERM to every worker's process group,
                      SIGKILL after shutdownTimeout, pidfile and control socket
                      removed, exit 0 (also while starting)
   SIGHUP             reopen the log file (logrotate)
+
+Canary restarts (one new worker beside the old ones, then promote or
+rollback) and the watchdog of hung workers: zdrestartctl(8), zdrestart(8).
 
 Upgrading the master itself without downtime: `zdrestartctl upgrade` (the
 master re-executes its executable on disk in place, same pid, listeners and
@@ -322,7 +326,9 @@ fn probe_verdict(cfg: &Config) -> Result<ProbeInfo, ProbeFailure> {
 fn running_master(cfg: &Config) -> Running {
     if let Some(st) = cfg.control_socket.as_deref().and_then(master_status) {
         println!("running master: pid {}, state {}, magic {}", st.pid, st.state, st.magic);
-        return Running { state: st.state, listen: st.listen, magic: st.magic };
+        // An upgrade from a lockout: a restart meets the lockout.
+        let state = if st.state == MasterState::Upgrading && st.lockout { MasterState::Lockout } else { st.state };
+        return Running { state, listen: st.listen, magic: st.magic };
     }
     // A worker without a probe declares its own number: there is nothing to
     // compare it with but a running master's.

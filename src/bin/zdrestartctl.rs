@@ -15,7 +15,7 @@ use std::time::Duration;
 use zdrestart::config::{self, Config};
 use zdrestart::control::{self, Answer};
 use zdrestart::restart::Reason;
-use zdrestart::status::StatusReport;
+use zdrestart::status::{MasterState, StatusReport};
 
 const EXIT_ACK: u8 = 0;
 const EXIT_NACK: u8 = 1;
@@ -36,6 +36,15 @@ Commands:
                        returns once the master accepted or refused it. With
                        --wait: returns when the restart is complete (exit 0),
                        or refused or aborted (exit 1, reason and advice on stderr)
+  restart --canary [--wait]
+                       canary restart: one new worker starts beside the whole
+                       old fleet and the restart stops there; both generations
+                       serve. With --wait: returns once the canary passed its
+                       soak and stands (exit 0), or failed (exit 1)
+  promote [--wait]     carry a standing canary's restart on to every worker
+                       (--wait: until it is complete)
+  rollback             stop the canary: every worker is of the old generation
+                       again, no lockout
   upgrade [--wait] [--no-restart]
                        upgrade the master itself with zero downtime: it re-execs
                        its executable on disk in place (same pid, listeners and
@@ -59,9 +68,10 @@ Options:
                        (default: /etc/zdrestart.json)
   -t, --timeout SECS   give up after SECS seconds without an answer (exit 2);
                        0 waits forever. Default: 30, except restart --wait,
-                       which waits forever: the master bounds every step of a
-                       restart (readyTimeout, shutdownTimeout) and answers when
-                       it ends, or closes the connection if it exits
+                       and promote --wait, which wait forever: the master
+                       bounds every step of a restart (readyTimeout, minReady,
+                       shutdownTimeout) and answers when it ends, or closes
+                       the connection if it exits
   -h, --help           this help
   -V, --version        version of zdrestartctl
 
@@ -71,7 +81,9 @@ connection, timeout or protocol error.
 
 #[derive(Debug, Clone, PartialEq)]
 enum Cmd {
-    Restart { wait: bool },
+    Restart { wait: bool, canary: bool },
+    Promote { wait: bool },
+    Rollback,
     Upgrade { wait: bool, restart: bool },
     Status { json: bool },
     Version,
@@ -82,8 +94,12 @@ enum Cmd {
 impl Cmd {
     fn line(&self) -> String {
         match self {
-            Cmd::Restart { wait: false } => "RESTART".into(),
-            Cmd::Restart { wait: true } => "RESTART WAIT".into(),
+            Cmd::Restart { wait, canary } => {
+                format!("RESTART{}{}", if *canary { " CANARY" } else { "" }, if *wait { " WAIT" } else { "" })
+            }
+            Cmd::Promote { wait: false } => "PROMOTE".into(),
+            Cmd::Promote { wait: true } => "PROMOTE WAIT".into(),
+            Cmd::Rollback => "ROLLBACK".into(),
             Cmd::Upgrade { wait, restart } => {
                 format!("UPGRADE{}{}", if *wait { " WAIT" } else { "" }, if *restart { "" } else { " NORESTART" })
             }
@@ -97,6 +113,8 @@ impl Cmd {
     fn name(&self) -> &'static str {
         match self {
             Cmd::Restart { .. } => "restart",
+            Cmd::Promote { .. } => "promote",
+            Cmd::Rollback => "rollback",
             Cmd::Upgrade { .. } => "upgrade",
             Cmd::Status { .. } => "status",
             Cmd::Version => "version",
@@ -165,7 +183,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "-s" | "--socket" => socket = Some(PathBuf::from(value(&mut i)?)),
             "-c" | "--config" => config = Some(PathBuf::from(value(&mut i)?)),
             "-t" | "--timeout" => timeout = Some(parse_timeout(&value(&mut i)?)?),
-            "--wait" | "-w" | "--json" | "--no-restart" => words.push(a.clone()),
+            "--wait" | "-w" | "--json" | "--no-restart" | "--canary" => words.push(a.clone()),
             "--" => {
                 words.extend(args[i + 1..].iter().cloned());
                 break;
@@ -190,11 +208,23 @@ fn parse_command(first: &str, rest: &[&str]) -> Result<Cmd, String> {
     let unexpected = |x: &str| format!("{}: unexpected argument \"{}\"", first, x);
     let none = |cmd: Cmd| rest.first().map_or(Ok(cmd), |x| Err(unexpected(x)));
     Ok(match first {
-        "restart" => match rest {
-            [] => Cmd::Restart { wait: false },
-            ["--wait" | "-w" | "wait"] => Cmd::Restart { wait: true },
+        "restart" => {
+            let (mut wait, mut canary) = (false, false);
+            for w in rest {
+                match *w {
+                    "--wait" | "-w" | "wait" if !wait => wait = true,
+                    "--canary" if !canary => canary = true,
+                    x => return Err(unexpected(x)),
+                }
+            }
+            Cmd::Restart { wait, canary }
+        }
+        "promote" => match rest {
+            [] => Cmd::Promote { wait: false },
+            ["--wait" | "-w" | "wait"] => Cmd::Promote { wait: true },
             r => return Err(unexpected(r[r.len() - 1])),
         },
+        "rollback" => none(Cmd::Rollback)?,
         "upgrade" => {
             let (mut wait, mut restart) = (false, true);
             for w in rest {
@@ -403,15 +433,19 @@ fn render_status(st: &StatusReport) -> String {
         None => o += "last restart:  none\n",
     }
     o += &format!("workers:       {}\n", st.workers.len());
+    if st.workers_hung > 0 {
+        o += &format!("hung workers:  {} since the master started (watchdog)\n", st.workers_hung);
+    }
     if !st.workers.is_empty() {
-        o += &format!("  {:>8}  {:>4}  {:>5}  {:<9} {}\n", "PID", "GEN", "INDEX", "STATE", "STARTED");
+        o += &format!("  {:>8}  {:>4}  {:>5}  {:<16} {}\n", "PID", "GEN", "INDEX", "STATE", "STARTED");
         for w in &st.workers {
+            let state = if w.canary { format!("{} (canary)", w.state) } else { w.state.to_string() };
             o += &format!(
-                "  {:>8}  {:>4}  {:>5}  {:<9} {}\n",
+                "  {:>8}  {:>4}  {:>5}  {:<16} {}\n",
                 opt(w.pid),
                 w.generation,
                 w.index,
-                w.state.as_str(),
+                state,
                 w.started
             );
             if let Some(m) = w.main_pid {
@@ -425,6 +459,14 @@ fn render_status(st: &StatusReport) -> String {
     if st.lockout {
         let r = Reason::AbortedRestart;
         o += &format!("\nLockout: {}.\n{}\n", r.describe(), r.advice());
+    }
+    if st.state == MasterState::Canary {
+        o += "\nA canary restart is in progress: `zdrestartctl promote` carries it on to every worker once the canary \
+              stands, `zdrestartctl rollback` stops the canary.\n";
+    }
+    if st.state == MasterState::NotReady {
+        let r = Reason::NotReady;
+        o += &format!("\nNot ready: {}; restarts are refused until it is.\n", r.describe());
     }
     o
 }
@@ -440,10 +482,17 @@ fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
     match answer {
         Answer::Nack(reason) => {
             let verb = match cmd {
-                Cmd::Restart { .. } if Reason::from_wire(control::reason_key(&reason)) == Some(Reason::Aborted) => {
+                Cmd::Restart { .. } | Cmd::Promote { .. }
+                    if Reason::from_wire(control::reason_key(&reason)) == Some(Reason::Aborted) =>
+                {
                     "restart failed"
                 }
+                Cmd::Restart { canary: true, .. } if Reason::from_wire(control::reason_key(&reason)) == Some(Reason::RolledBack) => {
+                    "canary rolled back"
+                }
                 Cmd::Restart { .. } => "restart refused",
+                Cmd::Promote { .. } => "promote refused",
+                Cmd::Rollback => "rollback refused",
                 Cmd::Upgrade { .. } if refused_before_exec(&reason) => "upgrade refused",
                 // The new master answered: upgraded, but its roll-over did not complete.
                 Cmd::Upgrade { .. } => "upgrade done, restart failed",
@@ -454,16 +503,24 @@ fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
         }
         Answer::Ack(data) => {
             match cmd {
-                Cmd::Restart { wait: false } => {
+                Cmd::Restart { wait: false, canary: false } => {
                     println!("zero-downtime restart started (`zdrestartctl status` follows it)")
                 }
-                Cmd::Restart { wait: true } => {
+                Cmd::Restart { wait: false, canary: true } => {
+                    println!("canary restart started: one new worker beside the old fleet (`zdrestartctl status` follows it)")
+                }
+                Cmd::Restart { wait: true, canary: true } => {
+                    println!("canary stands beside the old fleet: `zdrestartctl promote` or `zdrestartctl rollback`")
+                }
+                Cmd::Restart { wait: true, canary: false } | Cmd::Promote { wait: true } => {
                     if data.is_empty() || data == control::ACK_COMPLETE {
                         println!("zero-downtime restart complete");
                     } else {
                         println!("zero-downtime restart complete: {}", data);
                     }
                 }
+                Cmd::Promote { wait: false } => println!("canary promoted: rolling every worker over (`zdrestartctl status` follows it)"),
+                Cmd::Rollback => println!("canary rolled back: the old generation serves on"),
                 Cmd::Upgrade { wait: true, restart: true } => println!("master upgraded; zero-downtime restart complete"),
                 Cmd::Upgrade { .. } => println!("master {}", data),
                 Cmd::Status { json: true } => println!("{}", data),
@@ -504,7 +561,7 @@ fn run(args: &[String]) -> u8 {
             return EXIT_ERROR;
         }
     };
-    let wait = matches!(opts.cmd, Cmd::Restart { wait: true } | Cmd::Upgrade { wait: true, .. });
+    let wait = matches!(opts.cmd, Cmd::Restart { wait: true, .. } | Cmd::Upgrade { wait: true, .. } | Cmd::Promote { wait: true });
     let secs = opts.timeout.unwrap_or(if wait { 0.0 } else { DEFAULT_TIMEOUT_SECS });
     let timeout = if secs > 0.0 { Some(Duration::from_secs_f64(secs)) } else { None };
     let line = match exchange(&sock, &opts.cmd.line(), timeout, wait) {
@@ -553,8 +610,13 @@ mod tests {
 
     #[test]
     fn parses_commands_and_options() {
-        assert_eq!(cmd(&["restart"]).cmd, Cmd::Restart { wait: false });
-        assert_eq!(cmd(&["restart", "--wait"]).cmd, Cmd::Restart { wait: true });
+        assert_eq!(cmd(&["restart"]).cmd, Cmd::Restart { wait: false, canary: false });
+        assert_eq!(cmd(&["restart", "--wait"]).cmd, Cmd::Restart { wait: true, canary: false });
+        assert_eq!(cmd(&["restart", "--canary", "--wait"]).cmd, Cmd::Restart { wait: true, canary: true });
+        assert_eq!(Cmd::Restart { wait: true, canary: true }.line(), "RESTART CANARY WAIT");
+        assert_eq!(cmd(&["promote", "--wait"]).cmd, Cmd::Promote { wait: true });
+        assert_eq!(Cmd::Promote { wait: true }.line(), "PROMOTE WAIT");
+        assert_eq!(cmd(&["rollback"]).cmd, Cmd::Rollback);
         assert_eq!(cmd(&["upgrade"]).cmd, Cmd::Upgrade { wait: false, restart: true });
         assert_eq!(cmd(&["upgrade", "--no-restart", "--wait"]).cmd, Cmd::Upgrade { wait: true, restart: false });
         assert_eq!(Cmd::Upgrade { wait: true, restart: false }.line(), "UPGRADE WAIT NORESTART");
@@ -581,6 +643,9 @@ mod tests {
             &[][..],
             &["frob"][..],
             &["restart", "now"][..],
+            &["restart", "--canary", "--canary"][..],
+            &["rollback", "--wait"][..],
+            &["promote", "now"][..],
             &["status", "--yaml"][..],
             &["loglevel"][..],
             &["loglevel", "loud"][..],
@@ -596,7 +661,8 @@ mod tests {
 
     #[test]
     fn command_lines() {
-        assert_eq!(Cmd::Restart { wait: true }.line(), "RESTART WAIT");
+        assert_eq!(Cmd::Restart { wait: true, canary: false }.line(), "RESTART WAIT");
+        assert_eq!(Cmd::Restart { wait: false, canary: true }.line(), "RESTART CANARY");
         assert_eq!(Cmd::LogLevel("warn".into()).line(), "LOGLEVEL warn");
         assert_eq!(Cmd::Status { json: true }.line(), "STATUS");
     }
@@ -615,9 +681,18 @@ mod tests {
         assert!(s.contains("state:         lockout"), "{}", s);
         assert!(s.contains("lockout:       YES"), "{}", s);
         assert!(s.contains("aborted in 1.500 s (new worker 12 exited with status 1)"), "{}", s);
-        assert!(s.contains("      11     2      0  ready"), "{}", s);
+        assert!(s.contains("      11     2      0  ready  "), "{}", s);
         assert!(s.contains("\n            main process 12\n            status: Gunicorn arbiter booted\n"), "{}", s);
         assert!(s.contains("restart the master as soon as possible"), "{}", s);
+        let v: StatusReport = serde_json::from_str(
+            r#"{"state":"canary","generation":1,"workers_hung":2,"workers":[{"pid":11,"generation":1,"state":"ready"},
+            {"pid":12,"generation":2,"state":"soaking","canary":true}]}"#,
+        )
+        .unwrap();
+        let s = render_status(&v);
+        assert!(s.contains("state:         canary") && s.contains("hung workers:  2 since"), "{}", s);
+        assert!(s.contains("      12     2      0  soaking (canary)"), "{}", s);
+        assert!(s.contains("zdrestartctl promote") && s.contains("zdrestartctl rollback"), "{}", s);
         let v: StatusReport = serde_json::from_str(r#"{"state":"running","last_restart":null,"workers":[]}"#).unwrap();
         let s = render_status(&v);
         assert!(s.contains("last restart:  none") && s.contains("workers:       0"), "{}", s);

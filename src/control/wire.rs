@@ -43,8 +43,10 @@
 //! `NACK <reason>` (the detail is in the `restart.refused` record and in
 //! STATUS `last_restart`; [`crate::restart::Reason::defined_by_pump_io`]).
 //!
-//! zdrestart adds `STATUS`, `RESTART WAIT` and the reasons `bad config`,
-//! `listen address changed`, `probe failed` ([`crate::restart::Reason`]).
+//! zdrestart adds `STATUS`, `RESTART WAIT`, `RESTART CANARY`, `PROMOTE`,
+//! `ROLLBACK`, `UPGRADE` and the reasons `bad config`, `listen address
+//! changed`, `probe failed`, ... ([`crate::restart::Reason`]). A `RESTART`
+//! with no argument is answered exactly as pump.socket(7) says.
 
 use crate::restart::RestartAnswer;
 
@@ -53,7 +55,7 @@ pub const LINE_END: &str = "\n";
 
 /// Commands the master understands, as `CMDS` lists them (pump.io: uppercase,
 /// separated by one space).
-pub const COMMANDS: &[&str] = &["CMDS", "VERSION", "LOGLEVEL", "STATUS", "RESTART", "UPGRADE"];
+pub const COMMANDS: &[&str] = &["CMDS", "VERSION", "LOGLEVEL", "STATUS", "RESTART", "UPGRADE", "PROMOTE", "ROLLBACK"];
 
 /// NACK reasons of the protocol itself (stable strings). The restart
 /// reasons are [`crate::restart::Reason`].
@@ -66,6 +68,9 @@ pub const NACK_LINE_TOO_LONG: &str = "line too long";
 pub const NACK_TOO_MANY_CLIENTS: &str = "too many clients";
 /// Data of the `ACK` that answers `RESTART WAIT` when the restart completed.
 pub const ACK_COMPLETE: &str = "complete";
+/// Data of the `ACK` that answers `RESTART CANARY WAIT` once the canary
+/// stands (passed its soak, beside the old fleet).
+pub const ACK_CANARY: &str = "canary";
 
 /// One command read from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,8 +86,15 @@ pub enum Command {
     /// `STATUS`: `ACK <one-line JSON>` ([`crate::status::StatusReport`]).
     Status,
     /// `RESTART` (answer when accepted or refused) or `RESTART WAIT` (answer
-    /// when the restart ends: `ACK complete`, or `NACK <reason>`).
-    Restart { wait: bool },
+    /// when the restart ends: `ACK complete`, or `NACK <reason>`); with
+    /// `CANARY` (zdrestart's own): start one new worker beside the old fleet
+    /// and stop there (`WAIT`: answer `ACK canary` once it stands).
+    Restart { wait: bool, canary: bool },
+    /// `PROMOTE [WAIT]`: carry a canary restart on (`WAIT`: answer when it
+    /// ends, as `RESTART WAIT`).
+    Promote { wait: bool },
+    /// `ROLLBACK`: stop the canary, the old fleet serves on.
+    Rollback,
     /// `UPGRADE [WAIT] [NORESTART]`: re-exec the master in place (zdrestart's
     /// own). Answered by the new image: `ACK upgraded <version>`, or with
     /// `WAIT` when the roll-over that follows ends (`ACK complete` or `NACK
@@ -100,7 +112,7 @@ impl Command {
     /// `RESTART WAIT` when the restart ends, `UPGRADE` by the new image):
     /// the server marks the client waiting until then.
     pub fn deferred(&self) -> bool {
-        matches!(self, Command::Restart { .. } | Command::Upgrade { .. })
+        matches!(self, Command::Restart { .. } | Command::Upgrade { .. } | Command::Promote { .. } | Command::Rollback)
     }
 }
 
@@ -134,24 +146,38 @@ pub fn parse_command(line: &str) -> Option<Command> {
             },
             _ => bad(NACK_INVALID, format!("LOGLEVEL: one level expected, got \"{}\"", rest.join(" "))),
         },
-        "RESTART" => match rest.as_slice() {
-            [] => Some(Command::Restart { wait: false }),
-            [w] if w.eq_ignore_ascii_case("wait") => Some(Command::Restart { wait: true }),
-            _ => bad(NACK_UNKNOWN_ARGUMENT, format!("RESTART: unknown argument \"{}\"", rest.join(" "))),
+        "RESTART" => match flags(&rest, ["WAIT", "CANARY"]) {
+            Some([wait, canary]) => Some(Command::Restart { wait, canary }),
+            None => bad(NACK_UNKNOWN_ARGUMENT, format!("RESTART: unknown argument \"{}\"", rest.join(" "))),
         },
-        "UPGRADE" => {
-            let (mut wait, mut restart) = (false, true);
-            for w in &rest {
-                match w.to_ascii_uppercase().as_str() {
-                    "WAIT" if !wait => wait = true,
-                    "NORESTART" if restart => restart = false,
-                    _ => return bad(NACK_UNKNOWN_ARGUMENT, format!("UPGRADE: unknown argument \"{}\"", w)),
-                }
-            }
-            Some(Command::Upgrade { wait, restart })
-        }
+        "PROMOTE" => match rest.as_slice() {
+            [] => Some(Command::Promote { wait: false }),
+            [w] if w.eq_ignore_ascii_case("wait") => Some(Command::Promote { wait: true }),
+            _ => bad(NACK_UNKNOWN_ARGUMENT, format!("PROMOTE: unknown argument \"{}\"", rest.join(" "))),
+        },
+        "ROLLBACK" => match rest.as_slice() {
+            [] => Some(Command::Rollback),
+            _ => bad(NACK_UNKNOWN_ARGUMENT, format!("ROLLBACK takes no argument, got \"{}\"", rest.join(" "))),
+        },
+        "UPGRADE" => match flags(&rest, ["WAIT", "NORESTART"]) {
+            Some([wait, norestart]) => Some(Command::Upgrade { wait, restart: !norestart }),
+            None => bad(NACK_UNKNOWN_ARGUMENT, format!("UPGRADE: unknown argument \"{}\"", rest.join(" "))),
+        },
         _ => Some(Command::Unknown(first.to_string())),
     }
+}
+
+/// Which of the words `known` are among `words` (case-insensitive, any
+/// order); None when a word is unknown or given twice.
+fn flags<const N: usize>(words: &[&str], known: [&str; N]) -> Option<[bool; N]> {
+    let mut set = [false; N];
+    for w in words {
+        let i = known.iter().position(|k| k.eq_ignore_ascii_case(w))?;
+        if std::mem::replace(&mut set[i], true) {
+            return None;
+        }
+    }
+    Some(set)
 }
 
 /// `ACK` alone (empty `data`) or `ACK <data>`.
@@ -168,7 +194,8 @@ pub fn nack(reason: &str) -> String {
     format!("NACK {}", reason)
 }
 
-/// The answer to `CMDS`: `ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE`.
+/// The answer to `CMDS`: `ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE
+/// PROMOTE ROLLBACK`.
 pub fn cmds_answer() -> String {
     ack(&COMMANDS.join(" "))
 }
@@ -202,10 +229,12 @@ pub fn parse_answer(line: &str) -> Option<Answer> {
 }
 
 /// The line for an answer of the state machine: `ACK`, `ACK complete`,
-/// `ACK upgraded <version>`, `NACK <reason>` or `NACK <reason>: <detail>`.
+/// `ACK canary`, `ACK upgraded <version>`, `NACK <reason>` or `NACK
+/// <reason>: <detail>`.
 pub fn render(answer: &RestartAnswer) -> String {
     match answer {
-        RestartAnswer::Started => ack(""),
+        RestartAnswer::Started | RestartAnswer::Accepted => ack(""),
+        RestartAnswer::CanaryStands => ack(ACK_CANARY),
         RestartAnswer::Upgraded => ack(&format!("upgraded {}", crate::VERSION)),
         RestartAnswer::Complete => ack(ACK_COMPLETE),
         RestartAnswer::Refused(r) => nack(&r.to_string()),
@@ -224,9 +253,14 @@ mod tests {
         assert_eq!(parse_command("cmds\n"), Some(Command::Cmds));
         assert_eq!(parse_command("Version\r\n"), Some(Command::Version));
         assert_eq!(parse_command("  status  "), Some(Command::Status));
-        assert_eq!(parse_command("RESTART"), Some(Command::Restart { wait: false }));
-        assert_eq!(parse_command("restart wait"), Some(Command::Restart { wait: true }));
-        assert_eq!(parse_command("RESTART\tWait"), Some(Command::Restart { wait: true }));
+        assert_eq!(parse_command("RESTART"), Some(Command::Restart { wait: false, canary: false }));
+        assert_eq!(parse_command("restart wait"), Some(Command::Restart { wait: true, canary: false }));
+        assert_eq!(parse_command("RESTART\tWait"), Some(Command::Restart { wait: true, canary: false }));
+        assert_eq!(parse_command("RESTART canary"), Some(Command::Restart { wait: false, canary: true }));
+        assert_eq!(parse_command("restart WAIT Canary"), Some(Command::Restart { wait: true, canary: true }));
+        assert_eq!(parse_command("PROMOTE"), Some(Command::Promote { wait: false }));
+        assert_eq!(parse_command("promote wait"), Some(Command::Promote { wait: true }));
+        assert_eq!(parse_command("Rollback"), Some(Command::Rollback));
     }
 
     #[test]
@@ -239,6 +273,9 @@ mod tests {
             other => panic!("{:?}: {:?}", l, other),
         };
         assert_eq!(nack_of("RESTART NOW"), NACK_UNKNOWN_ARGUMENT);
+        assert_eq!(nack_of("RESTART CANARY CANARY"), NACK_UNKNOWN_ARGUMENT);
+        assert_eq!(nack_of("PROMOTE NOW"), NACK_UNKNOWN_ARGUMENT);
+        assert_eq!(nack_of("ROLLBACK WAIT"), NACK_UNKNOWN_ARGUMENT);
         assert_eq!(nack_of("STATUS x"), NACK_UNKNOWN_ARGUMENT);
         // pump.socket(7): CMDS and VERSION do not return NACK.
         assert_eq!(parse_command("CMDS x"), Some(Command::Cmds));
@@ -263,7 +300,7 @@ mod tests {
         assert_eq!(ack(""), "ACK");
         assert_eq!(ack("0.1.0"), "ACK 0.1.0");
         assert_eq!(nack("unknown"), "NACK unknown");
-        assert_eq!(cmds_answer(), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE");
+        assert_eq!(cmds_answer(), "ACK CMDS VERSION LOGLEVEL STATUS RESTART UPGRADE PROMOTE ROLLBACK");
         assert_eq!(parse_answer("ACK\n"), Some(Answer::Ack(String::new())));
         assert_eq!(parse_answer("ACK complete\r\n"), Some(Answer::Ack("complete".into())));
         assert_eq!(parse_answer("NACK bad driver\n"), Some(Answer::Nack("bad driver".into())));
@@ -275,6 +312,8 @@ mod tests {
     fn renders_restart_answers() {
         assert_eq!(render(&RestartAnswer::Started), "ACK");
         assert_eq!(render(&RestartAnswer::Complete), "ACK complete");
+        assert_eq!(render(&RestartAnswer::CanaryStands), "ACK canary");
+        assert_eq!(render(&RestartAnswer::Accepted), "ACK");
         assert_eq!(render(&RestartAnswer::Upgraded), format!("ACK upgraded {}", crate::VERSION));
         assert_eq!(render(&RestartAnswer::Refused(Refused::new(Reason::Stopping, ""))), "NACK stopping");
         let r = Refused::new(Reason::Aborted, "new worker exited: new worker 12 exited (exit status 1)");

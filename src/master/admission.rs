@@ -2,7 +2,8 @@
 //! restart may go ahead, and which [`Reason`] refuses it.
 //!
 //! The state machine refuses by its phase in its table (`master::state::table`:
-//! `restart in flight`, `aborted restart`, `stopping`), then calls
+//! `restart in flight`, `aborted restart`, `stopping`), and in Running by
+//! [`check_state`] (`not ready`), then calls
 //! [`check_config`] when it takes a request up and [`check_probe`] when the
 //! probe of the new code has answered; `zdrestart --check` calls [`admit`],
 //! which is [`check_state`] (the same refusals, from the running master's
@@ -62,9 +63,15 @@ pub fn declared(cfg: &Config) -> Option<ProbeInfo> {
 /// STATUS word): what the state machine's table answers in that phase.
 pub fn check_state(state: MasterState) -> Result<(), Refused> {
     match state {
-        MasterState::Restarting => Err(Refused::in_flight()),
+        MasterState::Restarting | MasterState::Canary => Err(Refused::in_flight()),
         MasterState::Lockout => Err(Refused::aborted_restart()),
         MasterState::Stopping => Err(Refused::stopping()),
+        // A restart asked for while the new binary of an upgrade checks the
+        // hand-over is taken up as in the phase the upgrade came from (it
+        // refuses the upgrade); from a lockout, the STATUS flag `lockout`
+        // makes the caller ask about `Lockout` instead.
+        MasterState::Upgrading => Ok(()),
+        MasterState::NotReady => Err(Refused::not_ready()),
         // Unknown: a STATUS word this build does not know (`--check` against
         // another version); the running master makes its own decision.
         MasterState::Running | MasterState::Unknown => Ok(()),

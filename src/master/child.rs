@@ -6,6 +6,7 @@
 //! the loop turns worker reports into events, the probe runner into a verdict.
 
 use crate::config::Notify;
+use crate::master::handover::{PipeRest, WorkerFds};
 use crate::protocol::{self, LineBuffer};
 use crate::sys;
 use std::fs::File;
@@ -56,6 +57,22 @@ impl LinePipe {
 
     fn fd(&self) -> Option<RawFd> {
         self.file.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    /// What it read and holds (an upgrade hands it over).
+    fn rest(&self) -> PipeRest {
+        let (bytes, skipping) = self.buf.rest();
+        PipeRest { bytes: bytes.to_vec(), skipping }
+    }
+
+    /// A pipe of an older image, with what that image held of it.
+    fn adopt(fd: Option<RawFd>, rest: &PipeRest) -> io::Result<LinePipe> {
+        let mut pipe = match fd {
+            Some(fd) => LinePipe::new(sys::adopt_fd(fd)?),
+            None => LinePipe { file: None, buf: LineBuffer::default() },
+        };
+        pipe.buf = LineBuffer::resume(&rest.bytes, rest.skipping);
+        Ok(pipe)
     }
 }
 
@@ -118,38 +135,40 @@ impl Child {
         matches!(sys::poll(&mut fds, Some(std::time::Duration::ZERO)), Ok(n) if n > 0)
     }
 
-    /// The fds an upgrade hands over (`master::handover`).
-    pub fn handover_fds(&self) -> crate::master::handover::WorkerFds {
-        crate::master::handover::WorkerFds {
+    /// What an upgrade hands over of this child (`master::handover`): its
+    /// fds, and what was read of its pipes and is not a line yet.
+    pub fn handover_fds(&self) -> WorkerFds {
+        WorkerFds {
             pidfd: self.pidfd.as_ref().map(|f| f.as_raw_fd()),
             notify: self.report_pipe.fd(),
             output: self.output.fd(),
             control: self.control.as_raw_fd(),
+            main_pidfd: self.main_pidfd(),
+            spawned_status: self.spawned_status,
+            report_rest: self.report_pipe.rest(),
+            output_rest: self.output.rest(),
         }
     }
 
     /// A worker of the old image after an upgrade, from its fds (each
-    /// checked open and made close-on-exec again).
-    pub fn adopt(pid: u32, fds: &crate::master::handover::WorkerFds) -> io::Result<Child> {
-        let pipe = |fd: Option<RawFd>| -> io::Result<LinePipe> {
-            Ok(match fd {
-                Some(fd) => LinePipe::new(sys::adopt_fd(fd)?),
-                None => LinePipe { file: None, buf: LineBuffer::default() },
-            })
-        };
+    /// checked open and made close-on-exec again), where its reports count
+    /// and its main process (`main_pid` with its pidfd).
+    pub fn adopt(pid: u32, fds: &WorkerFds, reports: Notify, main_pid: Option<u32>) -> io::Result<Child> {
         let control = sys::adopt_fd(fds.control)?;
         let _ = sys::set_nonblocking(control.as_fd(), true);
+        let main = match (main_pid, fds.main_pidfd) {
+            (Some(pid), Some(fd)) => Some(MainProcess { pid, pidfd: sys::adopt_fd(fd)? }),
+            _ => None,
+        };
         Ok(Child {
             pid,
             pidfd: fds.pidfd.map(sys::adopt_fd).transpose()?,
-            report_pipe: pipe(fds.notify)?,
-            output: pipe(fds.output)?,
+            report_pipe: LinePipe::adopt(fds.notify, &fds.report_rest)?,
+            output: LinePipe::adopt(fds.output, &fds.output_rest)?,
             control: File::from(control),
-            // An upgrade is refused while any worker reports with sd_notify
-            // (its socket is not handed over), so adopted workers use the pipe.
-            reports: Notify::Zdrestart,
-            main: None,
-            spawned_status: None,
+            reports,
+            main,
+            spawned_status: fds.spawned_status,
         })
     }
 

@@ -7,12 +7,16 @@
 //! take as a whole (truncated, another hand-over version, garbage, fds that
 //! cannot be ours, pids that cannot be workers): the old master runs the new
 //! binary on these very bytes in check mode (`--handover-check`) before it
-//! execs, so every refusal must happen here, never after the exec. It must
-//! not touch fds or processes: [`check_fds`] takes the test of an fd as a
-//! function (the new image asks itself, the check child asks /proc).
+//! execs, so every refusal must happen here, never after the exec. Also
+//! what the check answers about a state ([`digest`]) and what its verdict
+//! depends on ([`shape`]). It must not touch fds or processes: [`check_fds`]
+//! takes the test of an fd as a function (the master asks itself at the
+//! exec, and so does the new image).
 
 pub use crate::control::{ClientState, ControlState};
 use super::state::WorkerId;
+use crate::config::Notify;
+use crate::sys::ExitStatus;
 use crate::status::{LastRestart, WorkerState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -56,6 +60,10 @@ pub struct Handover {
     pub control: Option<ControlState>,
     /// The control client that asked for the upgrade (its fd), if any.
     pub requester: Option<UpgradeRequest>,
+    /// The workers' sd_notify socket, once one was bound (its fd and path;
+    /// its directory is the path's).
+    #[serde(default)]
+    pub workers_socket: Option<FdPath>,
     pub master: MasterSnapshot,
 }
 
@@ -128,18 +136,58 @@ pub struct WorkerSnapshot {
     pub ready_timeout_ms: Option<u64>,
     #[serde(default)]
     pub shutdown_timeout_ms: Option<u64>,
+    /// The `watchdogTimeout` it was started with (its `WATCHDOG_USEC`);
+    /// absent: no watchdog (left out when None, so that an image without
+    /// the field still reads a state without a watchdog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog_timeout_ms: Option<u64>,
     pub last_lines: Vec<String>,
+    /// Where its reports count (`notify` of its config; older states:
+    /// the report pipe).
+    #[serde(default)]
+    pub reports: Notify,
+    /// Its last `STATUS=`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Its main process, when it named another one with `MAINPID=`.
+    #[serde(default)]
+    pub main_pid: Option<u32>,
     pub fds: WorkerFds,
 }
 
-/// The loop's fds of one worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The loop's part of one worker: its fds, and what it read of the
+/// worker's pipes and has not passed on yet (fields after `control` are
+/// optional: older states have none).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerFds {
     pub pidfd: Option<i32>,
     pub notify: Option<i32>,
     pub output: Option<i32>,
     pub control: i32,
+    /// The pidfd of its main process (`MAINPID=`).
+    #[serde(default)]
+    pub main_pidfd: Option<i32>,
+    /// How its spawned process ended, when it was reaped while its main
+    /// process goes on.
+    #[serde(default)]
+    pub spawned_status: Option<ExitStatus>,
+    /// The unterminated rest of the report pipe and of the output pipe:
+    /// read, not yet a line (carried so that no line is lost or cut).
+    #[serde(default)]
+    pub report_rest: PipeRest,
+    #[serde(default)]
+    pub output_rest: PipeRest,
+}
+
+/// What a line reader holds between reads (`protocol::LineBuffer`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipeRest {
+    /// Bytes of a line not terminated yet.
+    pub bytes: Vec<u8>,
+    /// The rest of an over-long line is being dropped.
+    pub skipping: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,14 +263,81 @@ pub fn fds(h: &Handover) -> Vec<(i32, String)> {
         v.push((c.fd, "control socket".into()));
         v.extend(c.clients.iter().map(|cl| (cl.fd, "control client".to_string())));
     }
+    if let Some(n) = &h.workers_socket {
+        v.push((n.fd, "workers' notify socket".into()));
+    }
     for w in &h.master.workers {
         let what = |k: &str| format!("worker {} {}", w.pid, k);
         v.extend(w.fds.pidfd.map(|fd| (fd, what("pidfd"))));
         v.extend(w.fds.notify.map(|fd| (fd, what("report pipe"))));
         v.extend(w.fds.output.map(|fd| (fd, what("output pipe"))));
         v.push((w.fds.control, what("control pipe")));
+        v.extend(w.fds.main_pidfd.map(|fd| (fd, what("main process pidfd"))));
     }
     v
+}
+
+/// The digest of a hand-over state's bytes, as the new binary's check
+/// answers it (FNV-1a, 64 bits): proof that it read and parsed these very
+/// bytes, not a word it prints whatever it is given. Not a defence against
+/// an attacker: whoever can replace the master's executable needs none.
+pub fn digest(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("fnv1a64:{:016x}", h)
+}
+
+/// What the new binary's verdict depends on: the state without what is
+/// taken as it is at exec time (time left on deadlines, output lines and
+/// bytes read, statuses, the control clients and the bytes in flight to
+/// them, the respawns pending, the last restart). Two states of the same
+/// shape are accepted or refused alike: the master execs a state whose
+/// shape is that of the state the new binary checked, else it checks again.
+/// Control clients are connections that come and go while a check runs;
+/// the check of one is that its fd is open, which the master makes sure of
+/// itself at the exec (clearing FD_CLOEXEC fails on a closed fd: `exec
+/// failed`, nothing changed).
+pub fn shape(h: &Handover) -> Handover {
+    let mut s = h.clone();
+    s.loglevel = None;
+    s.requester = None;
+    if let Some(c) = &mut s.control {
+        c.clients.clear();
+    }
+    let m = &mut s.master;
+    m.notified_ready = false;
+    m.pending.clear();
+    m.last_restart = None;
+    m.last_restart_ms = None;
+    for w in &mut m.workers {
+        w.state = WorkerState::Starting;
+        (w.age_ms, w.ready_left_ms, w.kill_left_ms, w.asked_to_stop, w.killed) = (0, None, None, false, false);
+        (w.last_lines, w.status) = (Vec::new(), None);
+        (w.fds.report_rest, w.fds.output_rest) = (PipeRest::default(), PipeRest::default());
+    }
+    s
+}
+
+/// Which parts of two states' shapes differ (for the log), empty if none.
+pub fn shape_changes(a: &Handover, b: &Handover) -> Vec<&'static str> {
+    let (a, b) = (shape(a), shape(b));
+    let workers = |h: &Handover| h.master.workers.iter().map(|w| (w.id, w.pid)).collect::<Vec<_>>();
+    let mut out = Vec::new();
+    if workers(&a) != workers(&b) {
+        out.push("the workers");
+    } else if a.master.workers != b.master.workers {
+        out.push("a worker's fds or main process");
+    }
+    if a.workers_socket != b.workers_socket {
+        out.push("the workers' notify socket");
+    }
+    if a != b && out.is_empty() {
+        out.push("the master's state");
+    }
+    out
 }
 
 /// The structure: fds above stdio and distinct, pids of distinct workers,
@@ -305,6 +420,7 @@ mod tests {
                 clients: vec![ClientState { fd: 6, inbuf: vec![], out: vec![], eof: false }],
             }),
             requester: Some(UpgradeRequest { fd: 6, wait: true, restart: true }),
+            workers_socket: None,
             master: MasterSnapshot {
                 generation: 2,
                 magic: 1,
@@ -326,8 +442,12 @@ mod tests {
                     killed: false,
                     ready_timeout_ms: Some(30_000),
                     shutdown_timeout_ms: Some(5_000),
+                    watchdog_timeout_ms: Some(30_000),
                     last_lines: vec!["x".into()],
-                    fds: WorkerFds { pidfd: Some(7), notify: Some(8), output: Some(9), control: 10 },
+                    reports: Notify::Zdrestart,
+                    status: None,
+                    main_pid: None,
+                    fds: WorkerFds { pidfd: Some(7), notify: Some(8), output: Some(9), control: 10, ..Default::default() },
                 }],
                 pending: vec![],
                 last_restart: None,
@@ -347,9 +467,9 @@ mod tests {
     #[test]
     fn a_state_without_worker_ids_or_timeouts_is_read() {
         let mut h = sample();
-        h.master.workers.push(WorkerSnapshot { pid: 101, fds: WorkerFds { pidfd: None, notify: None, output: None, control: 11 }, ..h.master.workers[0].clone() });
+        h.master.workers.push(WorkerSnapshot { pid: 101, fds: WorkerFds { pidfd: None, notify: None, output: None, control: 11, ..Default::default() }, ..h.master.workers[0].clone() });
         let text = String::from_utf8(render(&h)).unwrap();
-        let old = text.replace("\"id\":7,", "").replace("\"next_worker_id\":8,", "").replace("\"ready_timeout_ms\":30000,", "").replace("\"shutdown_timeout_ms\":5000,", "");
+        let old = text.replace("\"id\":7,", "").replace("\"next_worker_id\":8,", "").replace("\"ready_timeout_ms\":30000,", "").replace("\"shutdown_timeout_ms\":5000,", "").replace("\"watchdog_timeout_ms\":30000,", "");
         assert!(!old.contains("\"id\"") && !old.contains("timeout_ms"), "{}", old);
         let got = parse(old.as_bytes(), HANDOVER_VERSION).unwrap();
         let ids: Vec<u64> = got.master.workers.iter().map(|w| w.id.0).collect();
@@ -360,6 +480,71 @@ mod tests {
         let mixed = text.replacen("\"id\":7,", "", 1);
         let got = parse(mixed.as_bytes(), HANDOVER_VERSION).unwrap();
         assert_eq!(got.master.workers.iter().map(|w| w.id.0).collect::<Vec<_>>(), vec![8, 7]);
+    }
+
+    /// What this version adds (sd_notify workers, their socket and main
+    /// processes, the unread rests of the pipes) is read back whole; a state
+    /// of the previous release, without any of it, is read too.
+    #[test]
+    fn sd_notify_workers_and_unread_rests_round_trip() {
+        let mut h = sample();
+        h.workers_socket = Some(FdPath { fd: 12, path: "/run/zdrestart/zdrestart-notify.0badcafe/notify".into() });
+        let w = &mut h.master.workers[0];
+        (w.reports, w.status, w.main_pid) = (Notify::Systemd, Some("serving".into()), Some(4242));
+        w.fds.main_pidfd = Some(11);
+        w.fds.spawned_status = Some(ExitStatus::Code(0));
+        w.fds.output_rest = PipeRest { bytes: b"line 0000042 \xe2\x82".to_vec(), skipping: false };
+        w.fds.report_rest = PipeRest { bytes: b"REA".to_vec(), skipping: true };
+        assert_eq!(parse(&render(&h), HANDOVER_VERSION).unwrap(), h);
+        assert!(fds(&h).contains(&(11, "worker 100 main process pidfd".to_string())));
+        assert!(fds(&h).contains(&(12, "workers' notify socket".to_string())));
+        let text = String::from_utf8(render(&sample())).unwrap();
+        let mut old = text.clone();
+        for key in ["\"workers_socket\":null,", "\"reports\":\"zdrestart\",", "\"status\":null,", "\"main_pid\":null,",
+            ",\"main_pidfd\":null", ",\"spawned_status\":null", ",\"report_rest\":{\"bytes\":[],\"skipping\":false}",
+            ",\"output_rest\":{\"bytes\":[],\"skipping\":false}"] {
+            assert!(old.contains(key), "{} not in {}", key, old);
+            old = old.replace(key, "");
+        }
+        assert_eq!(parse(old.as_bytes(), HANDOVER_VERSION).unwrap(), sample());
+    }
+
+    /// The shape leaves out what changes while a check runs and keeps what
+    /// the check judged.
+    #[test]
+    fn the_shape_keeps_what_the_check_judged() {
+        let h = sample();
+        let mut later = h.clone();
+        let w = &mut later.master.workers[0];
+        (w.age_ms, w.state, w.last_lines) = (99, WorkerState::Stopping, vec!["y".into()]);
+        w.fds.output_rest.bytes = b"abc".to_vec();
+        later.control.as_mut().unwrap().clients.push(ClientState { fd: 20, inbuf: vec![], out: b"ACK\n".to_vec(), eof: false });
+        later.loglevel = Some("warn".into());
+        assert_eq!(shape(&h), shape(&later));
+        assert!(shape_changes(&h, &later).is_empty());
+        let mut respawned = h.clone();
+        respawned.master.workers[0].pid = 101;
+        assert_eq!(shape_changes(&h, &respawned), vec!["the workers"]);
+        let mut main = h.clone();
+        main.master.workers[0].fds.main_pidfd = Some(30);
+        assert_eq!(shape_changes(&h, &main), vec!["a worker's fds or main process"]);
+        let mut moved = h.clone();
+        moved.listeners = vec![40];
+        assert_eq!(shape_changes(&h, &moved), vec!["the master's state"]);
+    }
+
+    #[test]
+    fn the_digest_is_fnv1a_64() {
+        assert_eq!(digest(b""), "fnv1a64:cbf29ce484222325");
+        assert_eq!(digest(b"a"), "fnv1a64:af63dc4c8601ec8c");
+        assert_ne!(digest(&render(&sample())), digest(&render(&UpgradeRequest::tweak(sample()))));
+    }
+
+    impl UpgradeRequest {
+        fn tweak(mut h: Handover) -> Handover {
+            h.requested_usec += 1;
+            h
+        }
     }
 
     #[test]
@@ -406,7 +591,7 @@ mod tests {
             (|h| h.master.workers.push(h.master.workers[0].clone()), "twice"),
             (
                 |h| {
-                    let fds = WorkerFds { pidfd: None, notify: None, output: None, control: 11 };
+                    let fds = WorkerFds { pidfd: None, notify: None, output: None, control: 11, ..Default::default() };
                     h.master.workers.push(WorkerSnapshot { pid: 101, fds, ..h.master.workers[0].clone() })
                 },
                 "worker id 7 listed twice",

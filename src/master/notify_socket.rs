@@ -2,8 +2,9 @@
 //! to workers whose config says `"notify": "systemd"` or `"both"`
 //! (zdrestart-worker(7), "systemd's readiness protocol").
 //!
-//! Owns the socket (one for all workers, autobound in the abstract
-//! namespace, `SO_PASSCRED`), the parsing of datagrams into [`Message`]s and
+//! Owns the socket (one for all workers, `SO_PASSCRED`) and its private
+//! directory ([`NotifySocket::bind`]: where it lives, its owner and modes,
+//! its removal at stop), the parsing of datagrams into [`Message`]s and
 //! the rate-limited debug log of what is dropped. Who a datagram is from is
 //! the kernel's word (`SCM_CREDENTIALS`), never the datagram's: the caller
 //! maps the sender's pid to a worker, and a datagram nobody owns is dropped.
@@ -14,6 +15,8 @@
 use crate::sys;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Longest datagram accepted (systemd's own limit for a notification
@@ -34,6 +37,10 @@ pub enum Message {
     Status(String),
     /// `STOPPING=1`.
     Stopping,
+    /// `WATCHDOG=1`: a heartbeat.
+    Watchdog,
+    /// `WATCHDOG=trigger`: the sender says it is hung.
+    WatchdogTrigger,
     /// `ERRNO=<n>`.
     Errno(i32),
     /// `MAINPID=<pid>`.
@@ -60,6 +67,8 @@ pub fn parse(data: &[u8]) -> Result<Parsed, &'static str> {
             ("READY", "1") => Some(Message::Ready),
             ("STATUS", v) => Some(Message::Status(v.to_string())),
             ("STOPPING", "1") => Some(Message::Stopping),
+            ("WATCHDOG", "1") => Some(Message::Watchdog),
+            ("WATCHDOG", "trigger") => Some(Message::WatchdogTrigger),
             ("ERRNO", v) => v.parse::<i32>().ok().filter(|n| *n >= 0).map(Message::Errno),
             ("MAINPID", v) => v.parse::<u32>().ok().filter(|p| *p > 0 && *p <= i32::MAX as u32).map(Message::MainPid),
             _ => None,
@@ -113,31 +122,95 @@ impl RateLimit {
 /// The socket workers report on.
 pub struct NotifySocket {
     fd: OwnedFd,
-    /// `$NOTIFY_SOCKET` as given to workers (`@name`).
-    name: String,
+    /// `$NOTIFY_SOCKET` as given to workers: the socket's absolute path.
+    path: PathBuf,
     buf: Vec<u8>,
     limit: RateLimit,
 }
 
+/// The name of the socket in its directory.
+const SOCKET_NAME: &str = "notify";
+
+/// Where the directory of the socket is made: the first directory of
+/// `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`: the packaged unit's
+/// /run/zdrestart, which the init script sets too), else the system's
+/// temporary directory (`$TMPDIR`, else /tmp): a master started by hand
+/// without any runtime directory, as in the quick start.
+pub fn base_dir(runtime_directory: Option<&std::ffi::OsStr>, temp: PathBuf) -> PathBuf {
+    let first = runtime_directory.and_then(|v| std::env::split_paths(v).next()).filter(|p| p.is_absolute());
+    first.unwrap_or(temp)
+}
+
+/// A name nobody can guess ahead (against a directory planted in /tmp;
+/// mkdir refusing an existing one is what makes creation safe).
+fn random_suffix(attempt: u32) -> String {
+    use std::hash::BuildHasher;
+    let h = std::collections::hash_map::RandomState::new().hash_one((std::process::id(), attempt, std::time::SystemTime::now()));
+    format!("{:08x}", h as u32)
+}
+
+/// The modes of the directory and the socket: only the master's user, and
+/// with `serverUser` its group (the workers' only group: they run with it
+/// and no supplementary one), may enter the directory and send.
+pub fn modes(group: Option<u32>) -> (u32, u32) {
+    match group {
+        Some(_) => (0o710, 0o660),
+        None => (0o700, 0o600),
+    }
+}
+
 impl NotifySocket {
-    pub fn bind() -> io::Result<NotifySocket> {
-        let (fd, name) = sys::bind_notify_socket()?;
-        Ok(NotifySocket {
+    /// Make a private directory `zdrestart-notify.XXXXXXXX` in `base` and
+    /// bind the socket `notify` in it. Race-free: the directory is created
+    /// mode 0700 (mkdir fails rather than take an existing one) and gets its
+    /// group (`group`: serverUser's, through the file system gid, no chown)
+    /// and its final mode only once the socket in it has its own; until then
+    /// nobody but the master can reach either.
+    pub fn bind(base: &Path, group: Option<u32>) -> Result<NotifySocket, String> {
+        let dir = sys::with_fsgid(group, || make_dir(base))?;
+        let path = dir.join(SOCKET_NAME);
+        let made = sys::with_fsgid(group, || sys::bind_notify_socket(&path))
+            .map_err(|e| format!("bind {}: {}", path.display(), sys::strerror(&e)))
+            .and_then(|fd| set_modes(&dir, &path, group).map(|()| fd));
+        match made {
+            Ok(fd) => Ok(NotifySocket::adopt(fd, path)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// The socket of an older image after an upgrade (its fd and path).
+    pub fn adopt(fd: OwnedFd, path: PathBuf) -> NotifySocket {
+        NotifySocket {
             fd,
-            name,
+            path,
             // One byte more than the limit: a datagram that fills it is too long.
             buf: vec![0; MAX_DATAGRAM + 1],
             limit: RateLimit { window_start: None, logged: 0, suppressed: 0 },
-        })
+        }
     }
 
     /// The value of `$NOTIFY_SOCKET` for workers.
-    pub fn name(&self) -> &str {
-        &self.name
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// Remove the socket and its directory (at stop; not at an upgrade:
+    /// the new image takes them over).
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(dir) = self.path.parent() {
+            if let Err(e) = std::fs::remove_dir(dir) {
+                log::warn!("remove {}: {}", dir.display(), e);
+            }
+        }
     }
 
     /// Read what is waiting (at most [`PER_WAKEUP`] datagrams). `owner`
@@ -193,6 +266,53 @@ impl NotifySocket {
     }
 }
 
+/// The first directory above the socket's own that a process of user
+/// `uid`, group `gid` cannot pass (no search permission for it by mode; ACLs
+/// are not read): it could not reach the socket. None: every one lets it.
+pub fn out_of_reach(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
+    dir.ancestors().skip(1).find_map(|a| {
+        let m = std::fs::metadata(a).ok()?;
+        let mode = m.mode();
+        let passes = if m.uid() == uid {
+            mode & 0o100 != 0
+        } else if m.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        (!passes).then(|| a.to_path_buf())
+    })
+}
+
+/// A new directory `zdrestart-notify.XXXXXXXX` in `base`, mode 0700.
+fn make_dir(base: &Path) -> Result<PathBuf, String> {
+    let mut last = None;
+    for attempt in 0..16 {
+        let dir = base.join(format!("zdrestart-notify.{}", random_suffix(attempt)));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(dir),
+            Err(e) => return Err(format!("create {}: {}", dir.display(), e)),
+        }
+    }
+    Err(format!("create a directory in {}: 16 names taken (the last {})", base.display(), last.unwrap_or_default().display()))
+}
+
+/// The final modes (socket first, then the directory that lets others in),
+/// and a check that the directory has the group the workers need.
+fn set_modes(dir: &Path, path: &Path, group: Option<u32>) -> Result<(), String> {
+    let (dir_mode, sock_mode) = modes(group);
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("chmod {:o} {}: {}", mode, p.display(), e))
+    };
+    chmod(path, sock_mode)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("stat {}: {}", dir.display(), e))?;
+    if let Some(gid) = group.filter(|&g| g != meta.gid()) {
+        return Err(format!("{} has group {}, not serverUser's group {} (setfsgid needs CAP_SETGID: is the master root?)", dir.display(), meta.gid(), gid));
+    }
+    chmod(dir, dir_mode)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,11 +324,48 @@ mod tests {
         let p = parse(b"STOPPING=1\nERRNO=98\nMAINPID=4242\n").unwrap();
         assert_eq!(p.messages, vec![Message::Stopping, Message::Errno(98), Message::MainPid(4242)]);
         // Unknown keys and bad values are ignored, the rest still counts.
-        let p = parse(b"WATCHDOG=1\nREADY=0\nERRNO=x\nMAINPID=0\nnoequals\nREADY=1").unwrap();
-        assert_eq!(p.messages, vec![Message::Ready]);
-        assert_eq!(p.ignored, vec!["WATCHDOG", "READY", "ERRNO", "MAINPID", "noequals"]);
+        let p = parse(b"WATCHDOG=1\nREADY=0\nERRNO=x\nMAINPID=0\nnoequals\nWATCHDOG=0\nREADY=1\nWATCHDOG=trigger").unwrap();
+        assert_eq!(p.messages, vec![Message::Watchdog, Message::Ready, Message::WatchdogTrigger]);
+        assert_eq!(p.ignored, vec!["READY", "ERRNO", "MAINPID", "noequals", "WATCHDOG"]);
         assert_eq!(parse(b"STATUS=\xff\nREADY=1"), Err("not UTF-8"));
         assert_eq!(parse(b"").unwrap(), Parsed::default());
+    }
+
+    #[test]
+    fn the_socket_lives_in_the_runtime_directory_or_the_temporary_one() {
+        let tmp = PathBuf::from("/tmp");
+        assert_eq!(base_dir(Some("/run/zdrestart".as_ref()), tmp.clone()), PathBuf::from("/run/zdrestart"));
+        assert_eq!(base_dir(Some("/run/a:/run/b".as_ref()), tmp.clone()), PathBuf::from("/run/a"));
+        assert_eq!(base_dir(Some("relative".as_ref()), tmp.clone()), tmp);
+        assert_eq!(base_dir(Some("".as_ref()), tmp.clone()), tmp);
+        assert_eq!(base_dir(None, tmp.clone()), tmp);
+    }
+
+    #[test]
+    fn a_private_directory_is_made_and_removed() {
+        let base = std::env::temp_dir().join(format!("zdrestart-notify-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        let s = NotifySocket::bind(&base, None).unwrap();
+        let dir = s.path().parent().unwrap().to_path_buf();
+        assert_eq!(dir.parent(), Some(base.as_path()));
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!((mode(&dir), mode(s.path())), (0o700, 0o600));
+        s.remove();
+        assert!(!dir.exists());
+        std::fs::remove_dir(&base).unwrap();
+    }
+
+    #[test]
+    fn a_directory_out_of_reach_is_named() {
+        let base = std::env::temp_dir().join(format!("zdrestart-notify-reach-{}", std::process::id()));
+        let inner = base.join("a/b");
+        std::fs::create_dir_all(&inner).unwrap();
+        let chmod = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        chmod(&base.join("a"), 0o755);
+        assert_eq!(out_of_reach(&inner.join("sock-dir"), 12345, 12345), None);
+        chmod(&base.join("a"), 0o700);
+        assert_eq!(out_of_reach(&inner.join("sock-dir"), 12345, 12345), Some(base.join("a")));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

@@ -69,14 +69,16 @@ pub struct SpawnRequest<'a> {
 
 /// The master's environment, less what is the master's own: the worker
 /// protocol's variables of another master (`LISTEN_*`, `ZDRESTART_*`) and
-/// `NOTIFY_SOCKET`, the master's: a worker must not speak for it to the
-/// service manager (a worker that reports with sd_notify gets the master's
-/// own socket for workers instead).
+/// those of its service manager (`NOTIFY_SOCKET`, `WATCHDOG_USEC`,
+/// `WATCHDOG_PID`): a worker must not speak for the master to the service
+/// manager (a worker that reports with sd_notify gets the master's own
+/// socket for workers instead, and the master's watchdog if configured).
 fn inherited_env() -> Result<Vec<CString>, String> {
     let mut env = Vec::new();
     for (k, v) in std::env::vars_os() {
         let kb = k.as_bytes();
-        if kb.starts_with(b"LISTEN_") || kb.starts_with(b"ZDRESTART_") || kb == protocol::ENV_NOTIFY_SOCKET.as_bytes() {
+        let managers = [protocol::ENV_NOTIFY_SOCKET, protocol::ENV_WATCHDOG_USEC, protocol::ENV_WATCHDOG_PID];
+        if kb.starts_with(b"LISTEN_") || kb.starts_with(b"ZDRESTART_") || managers.iter().any(|m| kb == m.as_bytes()) {
             continue;
         }
         let mut e = kb.to_vec();
@@ -106,6 +108,11 @@ fn protocol_env(req: &SpawnRequest, env: &mut Vec<CString>) -> Result<(), String
             }
             if let Some(name) = notify_socket {
                 set(protocol::ENV_NOTIFY_SOCKET, name.to_string())?;
+            }
+            // sd_watchdog_enabled(3)'s convention; WATCHDOG_PID is the
+            // child's own pid (filled in by the child, as LISTEN_PID).
+            if let Some(t) = req.config.watchdog_timeout {
+                set(protocol::ENV_WATCHDOG_USEC, t.as_micros().max(1).to_string())?;
             }
             listeners.len()
         }
@@ -137,15 +144,21 @@ pub fn build_spec(req: &SpawnRequest) -> Result<SpawnSpec, String> {
             Err(e) => return Err(format!("serverUser \"{}\": lookup failed: {}", name, sys::strerror(&e))),
         },
     };
-    let (listen_pid, listen_fds) = match req.role {
-        Role::Worker { listeners, .. } => (true, listeners.to_vec()),
-        Role::Probe => (false, Vec::new()),
+    let (pid_vars, listen_fds) = match req.role {
+        Role::Worker { listeners, .. } => {
+            let mut vars = vec![protocol::ENV_LISTEN_PID];
+            if req.config.watchdog_timeout.is_some() {
+                vars.push(protocol::ENV_WATCHDOG_PID);
+            }
+            (vars, listeners.to_vec())
+        }
+        Role::Probe => (Vec::new(), Vec::new()),
     };
     Ok(SpawnSpec {
         path: cstring(path.as_os_str().as_bytes(), "worker path")?,
         argv: argv.iter().map(|a| cstring(a, "worker argv")).collect::<Result<_, _>>()?,
         env,
-        listen_pid,
+        pid_vars,
         listen_fds,
         user,
     })

@@ -83,9 +83,3 @@ pub fn execv(path: &std::path::Path, args: &[&std::ffi::OsStr]) -> io::Error {
     unsafe { libc::execv(cpath.as_ptr(), argv.as_ptr()) };
     io::Error::last_os_error()
 }
-
-/// The parent's pid (the check child uses it to look at the master's fds).
-pub fn parent_pid() -> u32 {
-    // SAFETY: getppid cannot fail.
-    unsafe { libc::getppid() as u32 }
-}

@@ -11,8 +11,8 @@ mod notify_socket;
 mod procs;
 mod spawn;
 
-pub use exec::{execv, fd_is_open, mask_signals, memfd_create, parent_pid, set_cloexec};
-pub use notify_socket::{bind_notify_socket, process_group_of, recv_datagram, Credentials, Datagram};
+pub use exec::{execv, fd_is_open, mask_signals, memfd_create, set_cloexec};
+pub use notify_socket::{bind_notify_socket, process_group_of, recv_datagram, with_fsgid, Credentials, Datagram};
 pub use procs::*;
 pub use spawn::{disable_close_range, spawn, SpawnSpec, Spawned};
 
@@ -100,8 +100,10 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
-/// How a child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a child ended (in the hand-over of an upgrade too: a worker's
+/// spawned process reaped while its main process goes on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ExitStatus {
     Code(i32),
     Signal(i32),

@@ -1,5 +1,6 @@
 //! The receiving side of sd_notify(3) for the master's workers: an
-//! autobound abstract `AF_UNIX` datagram socket with `SO_PASSCRED`, and
+//! `AF_UNIX` datagram socket bound at a path with `SO_PASSCRED`, the file
+//! system group id to create it with (`setfsgid`), and
 //! `recvmsg` that hands back each datagram with the kernel's credentials of
 //! its sender (`SCM_CREDENTIALS`).
 //!
@@ -11,52 +12,42 @@
 use super::cvt;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
-/// Bind a new datagram socket at a unique abstract address chosen by the
-/// kernel (autobind), with `SO_PASSCRED` on; non-blocking and
-/// close-on-exec. Returns the socket and its name as `$NOTIFY_SOCKET`
-/// spells it (`@` for the leading NUL byte).
-pub fn bind_notify_socket() -> io::Result<(OwnedFd, String)> {
-    // SAFETY: socket takes integers and returns a new fd or -1.
-    let fd = cvt(unsafe {
-        libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0)
-    })?;
-    // SAFETY: a new fd owned by nobody else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+/// Bind a datagram socket at `path` (a file system socket: sd_notify(3)
+/// clients that only take a path can reach it), with `SO_PASSCRED` on;
+/// non-blocking and close-on-exec. The socket file gets the process's file
+/// system ids (see [`with_fsgid`]) and a mode from the umask: the caller
+/// binds it where nobody else can reach it yet and sets its mode after.
+pub fn bind_notify_socket(path: &Path) -> io::Result<OwnedFd> {
+    let sock = std::os::unix::net::UnixDatagram::bind(path)?;
+    sock.set_nonblocking(true)?;
+    let fd = OwnedFd::from(sock);
     let one: libc::c_int = 1;
     // SAFETY: the option value points at a local int of the stated size.
     cvt(unsafe {
         libc::setsockopt(
-            fd,
+            fd.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_PASSCRED,
             &one as *const libc::c_int as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     })?;
-    // SAFETY: an all-zero sockaddr_un is a valid value of this C struct.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    // Only the family: the kernel picks a unique abstract name (unix(7), "Autobind").
-    let len = std::mem::size_of::<libc::sa_family_t>() as libc::socklen_t;
-    // SAFETY: addr is a valid sockaddr_un and len does not exceed its size.
-    cvt(unsafe { libc::bind(fd, &addr as *const libc::sockaddr_un as *const libc::sockaddr, len) })?;
-    let mut got: libc::sockaddr_un = zeroed_sockaddr();
-    let mut got_len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: got and got_len describe writable local storage of the stated size.
-    cvt(unsafe { libc::getsockname(fd, &mut got as *mut libc::sockaddr_un as *mut libc::sockaddr, &mut got_len) })?;
-    let family = std::mem::size_of::<libc::sa_family_t>();
-    let n = (got_len as usize).saturating_sub(family).min(got.sun_path.len());
-    let path: Vec<u8> = got.sun_path[..n].iter().map(|&c| c as u8).collect();
-    match path.split_first() {
-        Some((0, name)) if !name.is_empty() => Ok((sock, format!("@{}", String::from_utf8_lossy(name)))),
-        _ => Err(io::Error::other("autobind gave no abstract address")),
-    }
+    Ok(fd)
 }
 
-fn zeroed_sockaddr() -> libc::sockaddr_un {
-    // SAFETY: an all-zero sockaddr_un is a valid value of this C struct.
-    unsafe { std::mem::zeroed() }
+/// Run `f` with the file system group id `gid` (setfsgid(2), needs
+/// CAP_SETGID): what it creates belongs to that group, without CAP_CHOWN
+/// (which the packaged unit does not have). The old id is restored after.
+pub fn with_fsgid<T>(gid: Option<u32>, f: impl FnOnce() -> T) -> T {
+    let Some(gid) = gid else { return f() };
+    // SAFETY: setfsgid takes an integer and returns the previous fsgid.
+    let old = unsafe { libc::setfsgid(gid) };
+    let out = f();
+    // SAFETY: as above.
+    unsafe { libc::setfsgid(old as libc::gid_t) };
+    out
 }
 
 /// The sender of a datagram as the kernel saw it.
@@ -159,27 +150,29 @@ pub fn process_group_of(pid: u32) -> io::Result<u32> {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    use std::os::unix::net::UnixDatagram;
 
     #[test]
     fn receives_with_credentials_and_flags_truncation() {
-        let (sock, name) = bind_notify_socket().unwrap();
-        assert!(name.starts_with('@') && name.len() > 1, "{}", name);
-        let addr = SocketAddr::from_abstract_name(&name.as_bytes()[1..]).unwrap();
+        let dir = std::env::temp_dir().join(format!("zdrestart-sys-notify-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("notify");
+        let sock = bind_notify_socket(&path).unwrap();
         let tx = UnixDatagram::unbound().unwrap();
         let mut buf = [0u8; 8];
         assert_eq!(recv_datagram(sock.as_fd(), &mut buf).unwrap(), None);
-        tx.send_to_addr(b"READY=1", &addr).unwrap();
+        tx.send_to(b"READY=1", &path).unwrap();
         let d = recv_datagram(sock.as_fd(), &mut buf).unwrap().unwrap();
         assert_eq!((&buf[..d.len], d.truncated), (&b"READY=1"[..], false));
         let c = d.creds.unwrap();
         assert_eq!(c.pid, std::process::id());
-        tx.send_to_addr(b"STATUS=0123456789", &addr).unwrap();
+        tx.send_to(b"STATUS=0123456789", &path).unwrap();
         let d = recv_datagram(sock.as_fd(), &mut buf).unwrap().unwrap();
         assert!(d.truncated);
         assert_eq!(d.len, 8);
         assert_eq!(process_group_of(std::process::id()).unwrap() as i32, unsafe_getpgrp());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn unsafe_getpgrp() -> i32 {

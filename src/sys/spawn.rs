@@ -32,10 +32,11 @@ pub struct SpawnSpec {
     /// Absolute path of the program.
     pub path: CString,
     pub argv: Vec<CString>,
-    /// `KEY=VALUE` entries, without LISTEN_PID (filled in by the child).
+    /// `KEY=VALUE` entries, without those of `pid_vars`.
     pub env: Vec<CString>,
-    /// Add `LISTEN_PID=<child pid>` to the environment.
-    pub listen_pid: bool,
+    /// Variables whose value is the child's own pid, filled in by the child
+    /// (`LISTEN_PID`, `WATCHDOG_PID`).
+    pub pid_vars: Vec<&'static str>,
     /// Passed as fds 3, 4, ... in this order.
     pub listen_fds: Vec<RawFd>,
     /// Switch to this (uid, gid) before exec.
@@ -137,10 +138,10 @@ struct Child<'a> {
     fds: Fds<'a>,
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
-    /// Where the digits of `LISTEN_PID=` go: the buffer that `envp` points
-    /// into (one raw pointer for both, so that writing does not invalidate
-    /// the pointer execve reads), with room for 24 bytes.
-    listen_pid_digits: *mut u8,
+    /// Where the digits of each `<pid var>=` go: the buffers that `envp`
+    /// points into (one raw pointer for both, so that writing does not
+    /// invalidate the pointer execve reads), each with room for 24 bytes.
+    pid_digits: &'a [*mut u8],
     master_pid: libc::pid_t,
     /// Where a failure is reported: the exec-error pipe (moved with the rest).
     report_fd: RawFd,
@@ -182,14 +183,15 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
     let (control_r, control_w) = pipe()?;
     let devnull = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
 
-    // argv/envp pointer arrays; the LISTEN_PID entry is a buffer the child
-    // fills in without allocating.
-    let mut listen_pid: Vec<u8> = b"LISTEN_PID=".to_vec();
-    let listen_pid_at = listen_pid.len();
-    listen_pid.extend_from_slice(&[0u8; 24]);
-    let listen_pid_ptr = listen_pid.as_mut_ptr();
-    let argv = pointers(&spec.argv, None);
-    let envp = pointers(&spec.env, spec.listen_pid.then_some(listen_pid_ptr as *const libc::c_char));
+    // argv/envp pointer arrays; each pid variable's entry is a buffer the
+    // child fills in without allocating.
+    let mut pid_vars: Vec<Vec<u8>> = spec.pid_vars.iter().map(|v| [v.as_bytes(), b"=", &[0u8; 24]].concat()).collect();
+    let entries: Vec<*mut u8> = pid_vars.iter_mut().map(|b| b.as_mut_ptr()).collect();
+    // SAFETY: each buffer is the name, '=' and 24 bytes: the digits start
+    // within it.
+    let pid_digits: Vec<*mut u8> = entries.iter().zip(&spec.pid_vars).map(|(&p, v)| unsafe { p.add(v.len() + 1) }).collect();
+    let argv = pointers(&spec.argv, &[]);
+    let envp = pointers(&spec.env, &entries);
 
     let n = spec.listen_fds.len();
     let sources = child_fds(&spec.listen_fds, [notify_w.as_fd(), out_w.as_fd(), devnull.as_fd(), err_w.as_fd(), control_r.as_fd()]);
@@ -199,8 +201,7 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         fds: Fds { sources: &sources, moved: &mut moved, nlisten: n },
         argv: &argv,
         envp: &envp,
-        // SAFETY: listen_pid_at + 24 is the length of the buffer.
-        listen_pid_digits: unsafe { listen_pid_ptr.add(listen_pid_at) },
+        pid_digits: &pid_digits,
         master_pid: std::process::id() as libc::pid_t,
         report_fd: err_w.as_raw_fd(),
         fd_limit: fd_limit(),
@@ -234,7 +235,8 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
 
 /// A NULL-terminated array of pointers to `strings` (and `last`), as
 /// execve takes argv and envp.
-fn pointers(strings: &[CString], last: Option<*const libc::c_char>) -> Vec<*const libc::c_char> {
+fn pointers(strings: &[CString], last: &[*mut u8]) -> Vec<*const libc::c_char> {
+    let last = last.iter().map(|&p| p as *const libc::c_char);
     strings.iter().map(|s| s.as_ptr()).chain(last).chain(std::iter::once(std::ptr::null())).collect()
 }
 
@@ -366,9 +368,7 @@ impl Child<'_> {
         if let Some((uid, gid)) = self.spec.user {
             switch_user(uid, gid)?;
         }
-        if self.spec.listen_pid {
-            self.write_listen_pid();
-        }
+        self.write_pid_vars();
         // SAFETY: an all-zero sigset_t is the empty set; execve gets
         // NUL-terminated arrays of pointers to CStrings that outlive it.
         unsafe {
@@ -440,9 +440,9 @@ impl Child<'_> {
         Ok(())
     }
 
-    /// Decimal digits of our pid, written into the reserved slot of the
-    /// `LISTEN_PID=` entry (no allocation).
-    fn write_listen_pid(&mut self) {
+    /// Decimal digits of our pid, written into the reserved slot of each
+    /// pid variable's entry (no allocation).
+    fn write_pid_vars(&mut self) {
         // SAFETY: getpid is async-signal-safe.
         let mut p = unsafe { libc::getpid() } as u64;
         let mut digits = [0u8; 20];
@@ -455,12 +455,14 @@ impl Child<'_> {
                 break;
             }
         }
-        for j in 0..k {
-            // SAFETY: k <= 20 < 24, the room reserved at listen_pid_digits.
-            unsafe { *self.listen_pid_digits.add(j) = digits[k - 1 - j] };
+        for &slot in self.pid_digits {
+            for j in 0..k {
+                // SAFETY: k <= 20 < 24, the room reserved at each slot.
+                unsafe { *slot.add(j) = digits[k - 1 - j] };
+            }
+            // SAFETY: as above.
+            unsafe { *slot.add(k) = 0 };
         }
-        // SAFETY: as above.
-        unsafe { *self.listen_pid_digits.add(k) = 0 };
     }
 }
 
@@ -506,7 +508,7 @@ mod tests {
             path: CString::new(path).unwrap(),
             argv: argv.iter().map(|a| CString::new(*a).unwrap()).collect(),
             env: vec![CString::new("PATH=/usr/bin:/bin").unwrap()],
-            listen_pid: true,
+            pid_vars: vec!["LISTEN_PID", "WATCHDOG_PID"],
             listen_fds: Vec::new(),
             user: None,
         }
@@ -520,14 +522,15 @@ mod tests {
 
     #[test]
     fn child_gets_its_pid_and_the_protocol_fds() {
-        // Prints LISTEN_PID, then writes to the report pipe at fd 3 (no listeners).
-        let script = "echo $LISTEN_PID; echo READY=1 >&3; test -e /proc/self/fd/4 && echo control";
+        // Prints LISTEN_PID and WATCHDOG_PID, then writes to the report pipe
+        // at fd 3 (no listeners).
+        let script = "echo $LISTEN_PID $WATCHDOG_PID; echo READY=1 >&3; test -e /proc/self/fd/4 && echo control";
         let sp = spawn(&spec("/bin/sh", &["sh", "-c", script])).unwrap();
         let status = wait(sp.pid).unwrap();
         assert!(status.success(), "{}", status);
         let mut out = String::new();
         std::fs::File::from(sp.output).read_to_string(&mut out).unwrap();
-        assert_eq!(out, format!("{}\ncontrol\n", sp.pid));
+        assert_eq!(out, format!("{} {}\ncontrol\n", sp.pid, sp.pid));
         let mut report = String::new();
         std::fs::File::from(sp.notify).read_to_string(&mut report).unwrap();
         assert_eq!(report, "READY=1\n");

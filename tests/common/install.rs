@@ -42,10 +42,16 @@ pub fn install_copy(from: &Path, dest: &Path) {
 /// Install a program made of `text` (a script) as `dest` (mode 0755),
 /// replacing `dest` atomically if it exists. Panics naming the file.
 pub fn install_script(dest: &Path, text: &str) {
+    install_bytes(dest, text.as_bytes());
+}
+
+/// Install a program made of `bytes` as `dest` (mode 0755), replacing
+/// `dest` atomically if it exists. Panics naming the file.
+pub fn install_bytes(dest: &Path, bytes: &[u8]) {
     // Data only: this file is never executed, so a child holding it open
     // for writing is harmless.
     let src = temp_beside(dest, "src");
-    fs::write(&src, text).unwrap_or_else(|e| panic!("install {}: write {}: {}", dest.display(), src.display(), e));
+    fs::write(&src, bytes).unwrap_or_else(|e| panic!("install {}: write {}: {}", dest.display(), src.display(), e));
     install_copy(&src, dest);
     let _ = fs::remove_file(&src);
 }

@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 const BIND_RETRIES: u32 = 5;
 
 /// The config a test master gets unless overridden: a free port, log file and
-/// pidfile in the test dir, 2 workers, memory driver, short timeouts.
+/// pidfile in the test dir, 2 workers, memory driver, short timeouts, and no
+/// soak (`minReady` 0: a test about the soak sets it, or removes the key for
+/// the default).
 pub fn default_config(dir: &TestDir, port: u16) -> Map<String, Value> {
     let v = json!({
         "workers": 2,
@@ -46,6 +48,7 @@ pub fn default_config(dir: &TestDir, port: u16) -> Map<String, Value> {
         "readyTimeout": 10,
         "probeTimeout": 10,
         "threads": 4,
+        "minReady": 0,
     });
     match v {
         Value::Object(m) => m,

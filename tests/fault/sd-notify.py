@@ -13,6 +13,10 @@ probe: its config says "probe": false. MODE:
             keys; then STATUS=marker:junk; READY=1 once the file
             $SD_NOTIFY_TEST_GO exists
   errno     ERRNO=98 before READY=1, then stays
+  ready-errno  READY=1, then ERRNO=5 a second later (inside a soak), then
+            stays
+  ready-exit   READY=1, then exits 1 a second later (the arbiter of a
+            gunicorn whose workers cannot import the application)
   stopping  STOPPING=1 before READY=1, then stays
   mainpid   leads its own process group, forks a child, sends
             MAINPID=<child> and READY=1, exits 0; the child is the main
@@ -104,6 +108,15 @@ elif MODE == "junk":
     send(b"READY=1")
 elif MODE == "errno":
     send(b"STATUS=failing\nERRNO=98")
+elif MODE == "ready-errno":
+    send(b"READY=1")
+    time.sleep(1)
+    send(b"STATUS=failing after READY=1\nERRNO=5")
+elif MODE == "ready-exit":
+    send(b"READY=1")
+    time.sleep(1)
+    sys.stderr.write("sd-notify.py: exiting 1 after READY=1\n")
+    sys.exit(1)
 elif MODE == "stopping":
     send(b"STOPPING=1")
 elif MODE == "mainpid":

@@ -28,6 +28,9 @@
 //! `EAGAIN` as "someone else took it"). A listener is only ever closed by this
 //! process, never `shutdown(2)`: that would stop it for every process sharing it.
 //!
+//! With `WATCHDOG_USEC` (the master's `watchdogTimeout`) the loop itself
+//! sends `WATCHDOG=1` every half of it ([`Watchdog`]), also while draining.
+//!
 //! Graceful exit (zdrestart-worker(7), "Graceful exit"): on SIGTERM or SIGINT
 //! the listeners are closed at once; requests in flight finish; the next answer
 //! on each connection says `Connection: close`; an idle connection stays open
@@ -41,7 +44,7 @@ mod requests;
 
 use crate::api::{self, Response, Route};
 use crate::http::{self, Chunked, ChunkError, Framing, Head, Persist};
-use crate::notify::Notifier;
+use crate::notify::{Notifier, Watchdog};
 use crate::pool::{Done, Job, Pool};
 use crate::settings::Settings;
 use crate::shared::Shared;
@@ -278,7 +281,12 @@ pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, set: &Settings, sig: Si
     let mut pending = vec![true; listeners.len()];
     let mut events = Events::with_capacity(1024);
     let mut drain_started = None;
+    // Heartbeats come from this loop: a loop that hangs or spins stops them.
+    let mut watchdog = Watchdog::from_env(Instant::now());
     loop {
+        if let Some(w) = &mut watchdog {
+            w.beat(Instant::now(), notifier);
+        }
         if !lp.draining && sig.stopping() {
             // Stop accepting first: close our copies of the listeners (never
             // shutdown(2)); pending connections stay in the shared backlog
@@ -311,6 +319,9 @@ pub fn run(listeners: Vec<TcpListener>, sh: Arc<Shared>, set: &Settings, sig: Si
         let mut timeout = lp.timers.peek().map(|Reverse((t, _, _))| t.saturating_duration_since(now));
         if retry_accept {
             timeout = Some(timeout.map_or(Duration::from_millis(100), |t| t.min(Duration::from_millis(100))));
+        }
+        if let Some(w) = &watchdog {
+            timeout = Some(timeout.map_or(w.wait(now), |t| t.min(w.wait(now))));
         }
         match lp.poll.poll(&mut events, timeout) {
             Ok(()) => {}

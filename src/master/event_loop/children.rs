@@ -16,8 +16,8 @@ impl Loop {
         let listeners: Vec<RawFd> = self.listeners.iter().map(|l| l.as_raw_fd()).collect();
         let socket = match config.notify.socket() {
             false => None,
-            true => match self.workers_socket_name() {
-                Ok(name) => Some(name),
+            true => match self.workers_socket_path() {
+                Ok(path) => Some(path),
                 Err(error) => return self.queue.push_back(Event::SpawnFailed { id, error }),
             },
         };
@@ -91,15 +91,19 @@ impl Loop {
                 Report::Ready => self.queue.push_back(Event::Ready { id }),
                 Report::Error(text) => self.queue.push_back(Event::ReportedError { id, text }),
                 Report::Status(text) => self.queue.push_back(Event::Status { id, text }),
+                Report::Watchdog => self.queue.push_back(Event::Heartbeat { id, trigger: false }),
+                Report::WatchdogTrigger => self.queue.push_back(Event::Heartbeat { id, trigger: true }),
                 other => log::info!(component = "worker", worker_pid = pid; "unknown report ignored: {:?}", other),
             }
         }
     }
 
 
-    /// The pids whose process groups are the service's: the workers and the probe.
+    /// The pids whose process groups are the service's: the workers, the
+    /// probe and the check of an upgrade.
     pub(super) fn leaders(&self) -> Vec<u32> {
-        self.children.values().map(|c| c.pid).chain(self.probe.as_ref().map(|p| p.child.pid)).collect()
+        let check = self.upgrade.as_ref().and_then(|u| u.check()).map(|c| c.pid());
+        self.children.values().map(|c| c.pid).chain(self.probe.as_ref().map(|p| p.child.pid)).chain(check).collect()
     }
 
 
@@ -124,8 +128,10 @@ impl Loop {
             for pid in known {
                 let ours = |c: &Child| c.pid == pid || c.main.as_ref().is_some_and(|m| m.pid == pid);
                 let id = self.children.iter().find(|(_, c)| ours(c)).map(|(&id, _)| id);
+                let check = self.upgrade.as_ref().and_then(|u| u.check()).map(|c| c.pid());
                 match id {
                     Some(id) => self.check_child(id),
+                    None if check == Some(pid) => self.on_check(Instant::now()),
                     None => self.check_probe(Instant::now()),
                 }
             }

@@ -1,7 +1,8 @@
 //! What comes to the loop from outside: signals (through the signal pipe)
 //! and control-socket commands. `LOGLEVEL`, `STATUS`, `VERSION` and `CMDS`
-//! are answered here; a restart or an upgrade becomes an event for the state
-//! machine, whose answer comes back as an action.
+//! are answered here; a restart, a canary's promotion or rollback, or an
+//! upgrade becomes an event for the state machine, whose answer comes back
+//! as an action.
 
 use super::*;
 use super::super::state::Requester;
@@ -18,6 +19,7 @@ impl Loop {
                 self.check_child(id);
             }
             self.check_probe(Instant::now());
+            self.on_check(Instant::now());
             self.reap_adopted();
         }
         if self.signals.take(libc::SIGHUP) {
@@ -31,7 +33,7 @@ impl Loop {
         }
         if self.signals.take(libc::SIGUSR2) {
             let config = self.reload_config();
-            self.queue.push_back(Event::Restart { config, by: Requester::Signal });
+            self.queue.push_back(Event::Restart { config, by: Requester::Signal, canary: false });
         }
     }
 
@@ -77,9 +79,17 @@ impl Loop {
                 self.send_all(&format!("LOGLEVEL={}\n", name));
                 control::ack("")
             }
-            Command::Restart { wait } => {
+            Command::Restart { wait, canary } => {
                 let config = self.reload_config();
-                self.queue.push_back(Event::Restart { config, by: Requester::Control { client, wait } });
+                self.queue.push_back(Event::Restart { config, by: Requester::Control { client, wait }, canary });
+                return;
+            }
+            Command::Promote { wait } => {
+                self.queue.push_back(Event::Promote { client, wait });
+                return;
+            }
+            Command::Rollback => {
+                self.queue.push_back(Event::Rollback { client });
                 return;
             }
             Command::Upgrade { wait, restart } => {

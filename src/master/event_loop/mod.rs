@@ -20,6 +20,7 @@ mod reexec;
 mod workers_socket;
 
 pub use reexec::resume;
+use reexec::UpgradeRun;
 
 use super::admission;
 use super::child::Child;
@@ -76,6 +77,9 @@ enum Slot {
     WorkersSocket,
     /// The pidfd of a worker's main process (`MAINPID=`).
     MainPidfd(WorkerId),
+    /// The new binary's check of an upgrade: its pidfd, its output.
+    CheckPidfd,
+    CheckPipe,
 }
 
 /// The pollfd array of one round and what each entry stands for (reused
@@ -130,9 +134,10 @@ struct Loop {
     /// The executable the master was started from, resolved at start: what
     /// an upgrade runs (`master::upgrade`).
     exe: Result<PathBuf, String>,
-    /// An `UPGRADE` the state machine let through, carried out once the
-    /// queue is empty (unless it is cancelled meanwhile).
-    upgrade: Option<(ClientId, bool, bool)>,
+    /// An `UPGRADE` the state machine let through: its check runs beside
+    /// the loop; it is carried out once the queue is empty (unless it is
+    /// cancelled meanwhile).
+    upgrade: Option<UpgradeRun>,
 }
 
 /// What a loop starts from: a fresh start ([`run`]) or the hand-over of an
@@ -148,6 +153,8 @@ struct Parts {
     loglevel: Option<String>,
     pidfile: Option<Pidfile>,
     exe: Result<PathBuf, String>,
+    /// The workers' sd_notify socket of an older image.
+    workers_socket: Option<NotifySocket>,
 }
 
 impl Loop {
@@ -173,7 +180,7 @@ impl Loop {
             server_user: cfg.server_user.clone(),
             config_level: cfg.log_level,
             service_manager,
-            workers_socket: None,
+            workers_socket: p.workers_socket,
             exe: p.exe,
             upgrade: None,
         }
@@ -215,7 +222,8 @@ pub fn run(cfg: Config, opts: Options, signals: SignalPipe) -> Result<i32, Strin
         version = info.version.as_str(), driver = cfg.driver.as_str();
         "zdrestart {} master started on {} with {} workers", crate::VERSION, cfg.listen_display(), cfg.workers);
     let sm = Master::new(Arc::new(cfg), info);
-    let parts = Parts { opts, sm, listeners, children: BTreeMap::new(), control, signals, started_wall, loglevel: None, pidfile, exe };
+    let parts =
+        Parts { opts, sm, listeners, children: BTreeMap::new(), control, signals, started_wall, loglevel: None, pidfile, exe, workers_socket: None };
     let mut lp = Loop::new(parts);
     lp.queue.push_back(Event::Start);
     let code = lp.run();
@@ -328,9 +336,10 @@ impl Loop {
             if let Some(code) = self.exit {
                 return code;
             }
-            if let Some((client, wait, restart)) = self.upgrade.take() {
-                // Returns only if it failed (`UpgradeFailed` is queued).
-                self.do_upgrade(client, wait, restart);
+            // Start the check or exec (it returns only if it failed, with
+            // `UpgradeFailed` queued).
+            self.advance_upgrade();
+            if !self.queue.is_empty() {
                 continue;
             }
             self.fill(&mut set);
@@ -338,6 +347,7 @@ impl Loop {
                 self.sm.next_deadline(),
                 self.probe.as_ref().map(|p| p.deadline),
                 self.control.as_ref().and_then(|c| c.next_deadline()),
+                self.upgrade.as_ref().and_then(|u| u.check()).map(|c| c.deadline),
             ]
             .into_iter()
             .flatten()
@@ -359,6 +369,11 @@ impl Loop {
                     self.check_probe(now);
                 }
             }
+            if let Some(c) = self.upgrade.as_ref().and_then(|u| u.check()) {
+                if c.deadline <= now || c.poll_fds().0.is_none() {
+                    self.on_check(now);
+                }
+            }
             if let Some(c) = &mut self.control {
                 c.expire(now);
             }
@@ -371,7 +386,19 @@ impl Loop {
     /// The fds to poll this round: signals, children, probe, control socket.
     fn fill(&self, set: &mut PollSet) {
         set.clear();
+        // The workers' sd_notify socket first: a worker's datagrams
+        // (`MAINPID=` above all) sent before its process exited are handled
+        // before that exit is, whether a pidfd or SIGCHLD tells it.
+        if let Some(n) = &self.workers_socket {
+            set.add(n.fd(), libc::POLLIN, Slot::WorkersSocket);
+        }
         set.add(self.signals.as_raw_fd(), libc::POLLIN, Slot::Signals);
+        // Before the children's pidfds: what a worker sent just before it
+        // exited (MAINPID=, READY=1) is read before its exit is handled, as
+        // systemd reads its notify socket before SIGCHLD.
+        if let Some(n) = &self.workers_socket {
+            set.add(n.fd(), libc::POLLIN, Slot::WorkersSocket);
+        }
         for (&id, c) in &self.children {
             let (pidfd, pipes) = c.poll_fds();
             if let Some(fd) = pidfd {
@@ -384,9 +411,6 @@ impl Loop {
                 set.add(fd, libc::POLLIN, Slot::MainPidfd(id));
             }
         }
-        if let Some(n) = &self.workers_socket {
-            set.add(n.fd(), libc::POLLIN, Slot::WorkersSocket);
-        }
         if let Some(p) = &self.probe {
             let (pidfd, pipes) = p.child.poll_fds();
             if let Some(fd) = pidfd {
@@ -394,6 +418,15 @@ impl Loop {
             }
             for fd in pipes.into_iter().flatten() {
                 set.add(fd, libc::POLLIN, Slot::ProbePipe);
+            }
+        }
+        if let Some(c) = self.upgrade.as_ref().and_then(|u| u.check()) {
+            let (pidfd, pipes) = c.poll_fds();
+            if let Some(fd) = pidfd {
+                set.add(fd, libc::POLLIN, Slot::CheckPidfd);
+            }
+            for fd in pipes.into_iter().flatten() {
+                set.add(fd, libc::POLLIN, Slot::CheckPipe);
             }
         }
         if let Some(c) = &self.control {
@@ -420,6 +453,12 @@ impl Loop {
             Slot::Control(fd) => self.on_control(fd, revents, now),
             Slot::WorkersSocket => self.on_workers_socket(now),
             Slot::MainPidfd(id) => self.check_child(id),
+            Slot::CheckPidfd => self.on_check(now),
+            Slot::CheckPipe => {
+                if let Some(c) = self.upgrade.as_mut().and_then(|u| u.check_mut()) {
+                    c.absorb();
+                }
+            }
         }
     }
 
@@ -459,8 +498,15 @@ impl Loop {
             Action::Reply { client, answer } => self.reply(client, &control::render(&answer)),
             Action::Announce(a) => self.announce(a),
             Action::Exit(code) => self.exit = Some(code),
-            Action::Upgrade { client, wait, restart } => self.upgrade = Some((client, wait, restart)),
-            Action::CancelUpgrade => self.upgrade = None,
+            Action::Upgrade { client, wait, restart } => self.upgrade = Some(UpgradeRun::new(client, wait, restart)),
+            Action::CancelUpgrade => {
+                if let Some(up) = self.upgrade.take() {
+                    up.cancel();
+                }
+            }
+            // Logged by the state machine; streamed progress and metrics
+            // hook in here.
+            Action::Progress(_) => {}
         }
     }
 
@@ -487,6 +533,9 @@ impl Loop {
         if let Some(mut p) = self.probe.take() {
             p.kill();
         }
+        if let Some(up) = self.upgrade.take() {
+            up.cancel();
+        }
         // Workers still running when the master exits (fatal paths) get
         // PDEATHSIG; say so rather than leave it implicit.
         for c in self.children.values() {
@@ -499,6 +548,9 @@ impl Loop {
         }
         if let Some(p) = self.pidfile.take() {
             p.remove();
+        }
+        if let Some(n) = self.workers_socket.take() {
+            n.remove();
         }
         log::logger().flush();
     }

@@ -5,17 +5,36 @@
 
 use super::*;
 use crate::master::child::MainProcess;
-use crate::master::notify_socket::{Delivery, Message};
+use crate::master::notify_socket::{self, Delivery, Message};
 
 impl Loop {
-    /// `$NOTIFY_SOCKET` for workers, bound on first use.
-    pub(super) fn workers_socket_name(&mut self) -> Result<String, String> {
+    /// `$NOTIFY_SOCKET` for workers, bound on first use: a file system
+    /// socket in a private directory ([`NotifySocket::bind`]) in
+    /// `$RUNTIME_DIRECTORY`, else the temporary directory; with
+    /// `serverUser`, its group may enter and send.
+    pub(super) fn workers_socket_path(&mut self) -> Result<String, String> {
         if self.workers_socket.is_none() {
-            let n = NotifySocket::bind().map_err(|e| format!("bind the workers' notify socket: {}", sys::strerror(&e)))?;
-            log::info!(component = "master", notify_socket = n.name(); "workers' sd_notify socket is {}", n.name());
+            let user = match self.server_user.as_deref().map(sys::lookup_user) {
+                Some(Ok(Some(ids))) => Some(ids),
+                // The spawn itself says what is wrong with serverUser.
+                _ => None,
+            };
+            let base = notify_socket::base_dir(std::env::var_os("RUNTIME_DIRECTORY").as_deref(), std::env::temp_dir());
+            let n = NotifySocket::bind(&base, user.map(|(_, gid)| gid)).map_err(|e| format!("the workers' notify socket: {}", e))?;
+            let group = user.map(|(_, gid)| gid);
+            let blocked = user.and_then(|(uid, gid)| n.path().parent().and_then(|d| notify_socket::out_of_reach(d, uid, gid)));
+            if let Some(dir) = blocked {
+                log::warn!(component = "master", path = dir.display().to_string();
+                    "{} does not let serverUser {} pass: its workers cannot reach their notify socket {} (set RUNTIME_DIRECTORY or TMPDIR to a directory they can reach)",
+                    dir.display(), self.server_user.as_deref().unwrap_or(""), n.path().display());
+            }
+            let (dir_mode, sock_mode) = notify_socket::modes(group);
+            let shown = n.path().display().to_string();
+            log::info!(component = "master", notify_socket = shown.as_str();
+                "workers' sd_notify socket is {} (mode {:o}, in a directory of mode {:o})", shown, sock_mode, dir_mode);
             self.workers_socket = Some(n);
         }
-        Ok(self.workers_socket.as_ref().map(|n| n.name().to_string()).unwrap_or_default())
+        Ok(self.workers_socket.as_ref().map(|n| n.path().display().to_string()).unwrap_or_default())
     }
 
     /// The worker a process belongs to, for sd_notify: the worker's spawned
@@ -65,6 +84,8 @@ impl Loop {
         let ev = match m {
             Message::Ready => Event::Ready { id },
             Message::Status(text) => Event::Status { id, text },
+            Message::Watchdog => Event::Heartbeat { id, trigger: false },
+            Message::WatchdogTrigger => Event::Heartbeat { id, trigger: true },
             Message::Stopping => Event::NotifyFailure { id, text: "STOPPING=1".into() },
             Message::Errno(n) => {
                 let e = std::io::Error::from_raw_os_error(n);

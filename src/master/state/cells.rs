@@ -4,11 +4,23 @@
 //! own step ([`super::rollout`]), carried out by [`Master::apply`].
 
 use super::event::{Action, Announce, Event};
+use super::progress::Progress;
 use super::workers::{Life, Worker, WorkerId};
 use super::{Master, Pending, Phase, Requester, BACKOFF_FIRST, BACKOFF_MAX, CRASH_WINDOW};
 use crate::restart::{Reason, Refused, RestartAnswer};
 use crate::sys::ExitStatus;
 use std::time::{Duration, Instant};
+
+/// What a deadline brought ([`Master::expire`]).
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    /// Not ready within its `readyTimeout`.
+    Late(WorkerId),
+    /// Its soak (`minReady`) is over.
+    Passed(WorkerId),
+    /// No heartbeat within its `watchdogTimeout`.
+    Hung(WorkerId),
+}
 
 impl Master {
     /// (Running, Start): generation 1, `workers` workers.
@@ -29,18 +41,24 @@ impl Master {
         }
     }
 
-    /// A starting worker becomes ready; `announce`: the last of generation
-    /// 1 tells the service manager. Ok: it just became ready.
-    fn mark_ready(&mut self, id: WorkerId, announce: bool, now: Instant, out: &mut Vec<Action>) -> bool {
+    /// A starting worker becomes ready, or (`soak` not zero: a new worker
+    /// of a restart) soaks; its watchdog starts. `announce`: the last of
+    /// generation 1 tells the service manager. Ok: it just became ready.
+    fn mark_ready(&mut self, id: WorkerId, announce: bool, soak: Duration, now: Instant, out: &mut Vec<Action>) -> bool {
         let Some(w) = self.workers.get_mut(id) else { return false };
         if !matches!(w.life, Life::Starting { .. }) {
             return false;
         }
-        w.life = Life::Ready;
-        let pid = w.pid_or_0();
-        log::info!(event = "worker.ready", worker_pid = pid, generation = w.generation, worker = w.index,
+        w.life = if soak.is_zero() { Life::Ready } else { Life::Soaking { passes_at: now + soak } };
+        w.watchdog_at = w.timeouts.watchdog.map(|t| now + t);
+        let (pid, generation) = (w.pid_or_0(), w.generation);
+        log::info!(event = "worker.ready", worker_pid = pid, generation = generation, worker = w.index,
             ms = now.duration_since(w.started).as_millis() as u64; "worker {} ready", pid);
-        if announce && !self.notified_ready && w.generation == 1 {
+        if !soak.is_zero() {
+            self.note(Progress::SoakStarted { id, pid, generation, min_ready: soak }, out);
+        }
+        self.retire_hung(id, now, out);
+        if announce && !self.notified_ready && generation == 1 {
             let ready = self.workers.iter().filter(|w| w.generation == 1 && w.life == Life::Ready).count();
             if ready as u32 >= self.config.workers {
                 self.notified_ready = true;
@@ -53,22 +71,50 @@ impl Master {
 
     pub(super) fn ready(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
         let Event::Ready { id } = ev else { return };
-        self.mark_ready(id, true, now, out);
+        self.mark_ready(id, true, Duration::ZERO, now, out);
     }
 
     pub(super) fn ready_while_stopping(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
         let Event::Ready { id } = ev else { return };
-        self.mark_ready(id, false, now, out);
+        self.mark_ready(id, false, Duration::ZERO, now, out);
     }
 
+    /// (Rolling or Canary, Ready): a new worker soaks (`minReady`) or, with
+    /// no soak, passes at once; then the rollout moves on.
     pub(super) fn ready_in_rollout(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
         let Event::Ready { id } = ev else { return };
-        if !self.mark_ready(id, true, now, out) {
+        let soak = self.rollout.as_ref().filter(|r| r.owns(id)).map_or(Duration::ZERO, |r| r.soak());
+        if self.mark_ready(id, true, soak, now, out) {
+            self.rollout_moves(now, out);
+        }
+    }
+
+    /// A new worker is ready or passed: a canary that now stands says so;
+    /// any other rollout advances (old workers drain, new ones start).
+    pub(super) fn rollout_moves(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.phase == Phase::Canary {
+            if self.rollout.as_ref().is_some_and(|r| r.stands(&self.workers) && !r.stood) {
+                self.canary_stands(now, out);
+            }
             return;
         }
         let Some(r) = &mut self.rollout else { return };
-        let steps = r.ready(id, &self.workers);
+        let steps = r.advance(&self.workers);
         self.apply(steps, now, out);
+    }
+
+    /// A soaking worker's `minReady` is over: it passes.
+    fn passed(&mut self, id: WorkerId, now: Instant, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(id) else { return };
+        if !matches!(w.life, Life::Soaking { .. }) {
+            return;
+        }
+        w.life = Life::Ready;
+        let (pid, generation) = (w.pid_or_0(), w.generation);
+        self.note(Progress::SoakPassed { id, pid, generation }, out);
+        if matches!(self.phase, Phase::Rolling | Phase::Canary) {
+            self.rollout_moves(now, out);
+        }
     }
 
     /// The failure of `ReportedError` or `NotifyFailure` (only before the
@@ -78,7 +124,7 @@ impl Master {
         match ev {
             Event::ReportedError { id, text } => Some((id, text.clone(), format!("ERROR={}", text))),
             Event::NotifyFailure { id, text } => match self.workers.get(id) {
-                Some(w) if matches!(w.life, Life::Starting { .. }) => Some((id, text.clone(), text)),
+                Some(w) if matches!(w.life, Life::Starting { .. } | Life::Soaking { .. }) => Some((id, text.clone(), text)),
                 Some(w) => {
                     log::info!(component = "worker", worker_pid = w.pid_or_0(); "worker reports {}", text);
                     None
@@ -148,8 +194,23 @@ impl Master {
 
     pub(super) fn gone_respawn(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
         let Some((w, _)) = self.gone(ev) else { return };
-        if w.generation == self.generation && w.index < self.config.workers {
+        // A hung worker that was replaced has its successor already.
+        if w.generation == self.generation && w.index < self.config.workers && !w.replaced {
             self.schedule_respawn(&w, now.duration_since(w.started), now, out);
+        }
+    }
+
+    /// (Canary, Exited): the canary gone fails the restart; an old worker
+    /// is respawned as in Running, so that a rollback finds the fleet whole.
+    pub(super) fn gone_in_canary(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
+        let id = match ev {
+            Event::Exited { id, .. } | Event::SpawnFailed { id, .. } => id,
+            _ => return,
+        };
+        if self.rollout.as_ref().is_some_and(|r| r.owns(id)) {
+            self.gone_in_rollout(ev, now, out);
+        } else {
+            self.gone_respawn(ev, now, out);
         }
     }
 
@@ -179,7 +240,7 @@ impl Master {
             return;
         }
         log::error!(worker_pid = pid, remaining = self.workers.len() as u64;
-            "worker {} is gone and will not be respawned after the aborted restart ({} left): restart the master as soon as possible",
+            "worker {} is gone and will not be respawned after the aborted restart ({} left): restart the master as soon as possible (zdrestartctl upgrade --wait, or a normal restart)",
             pid, self.workers.len());
         if self.workers.is_empty() {
             log::error!(fatal = true, event = "master.stop";
@@ -207,10 +268,11 @@ impl Master {
         }
     }
 
-    /// SIGKILL to the workers past their kill deadline; the workers past
-    /// their ready deadline, for the caller.
-    fn expire(&mut self, now: Instant, out: &mut Vec<Action>) -> Vec<WorkerId> {
-        let mut late = Vec::new();
+    /// SIGKILL to the workers past their kill deadline; what else is due,
+    /// for the caller: workers past their ready deadline, soaks over,
+    /// workers past their watchdog deadline (hung: before a soak's end).
+    fn expire(&mut self, now: Instant, out: &mut Vec<Action>) -> Vec<Due> {
+        let mut due = Vec::new();
         for w in self.workers.iter_mut() {
             match w.life {
                 Life::Stopping { kill_at: Some(d) } if d <= now => {
@@ -221,11 +283,32 @@ impl Master {
                         out.push(Action::Signal { id: w.id, signal: libc::SIGKILL });
                     }
                 }
-                Life::Starting { ready_by } if ready_by <= now => late.push(w.id),
+                Life::Starting { ready_by } if ready_by <= now => due.push(Due::Late(w.id)),
+                l if l.serving() && w.watchdog_at.is_some_and(|d| d <= now) => due.push(Due::Hung(w.id)),
+                Life::Soaking { passes_at } if passes_at <= now => due.push(Due::Passed(w.id)),
                 _ => {}
             }
         }
-        late
+        due
+    }
+
+    /// One thing due, as the phase the master is in now (an abort earlier
+    /// in the same tick moves it to Lockout).
+    fn on_due(&mut self, due: Due, now: Instant, out: &mut Vec<Action>) {
+        match due {
+            Due::Hung(id) => self.hung(id, now, out),
+            Due::Passed(id) => self.passed(id, now, out),
+            Due::Late(id) => {
+                let step = match self.phase {
+                    Phase::Rolling | Phase::Canary => self.rollout.as_ref().zip(self.workers.get(id)).and_then(|(r, w)| r.tick(w)),
+                    _ => None,
+                };
+                match step {
+                    Some(step) => self.apply(vec![step], now, out),
+                    None => self.stop_late(id, now, out),
+                }
+            }
+        }
     }
 
     /// A worker not ready in time is stopped.
@@ -235,11 +318,8 @@ impl Master {
         self.stop_worker(id, now, out);
     }
 
-    pub(super) fn tick(&mut self, _: Event, now: Instant, out: &mut Vec<Action>) {
-        for id in self.expire(now, out) {
-            self.stop_late(id, now, out);
-        }
-        // Respawns whose backoff is over.
+    /// Respawns whose backoff is over (of the serving generation).
+    pub(super) fn due_respawns(&mut self, now: Instant, out: &mut Vec<Action>) {
         let (due, later): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending).into_iter().partition(|p| p.due <= now);
         self.pending = later;
         let generation = self.generation;
@@ -249,21 +329,20 @@ impl Master {
         }
     }
 
-    pub(super) fn tick_without_respawns(&mut self, _: Event, now: Instant, out: &mut Vec<Action>) {
-        for id in self.expire(now, out) {
-            self.stop_late(id, now, out);
+    /// Whatever is due now, handled.
+    pub(super) fn expire_all(&mut self, now: Instant, out: &mut Vec<Action>) {
+        for due in self.expire(now, out) {
+            self.on_due(due, now, out);
         }
-        self.pending.retain(|p| p.due > now);
     }
 
-    pub(super) fn tick_in_rollout(&mut self, _: Event, now: Instant, out: &mut Vec<Action>) {
-        for id in self.expire(now, out) {
-            let step = self.rollout.as_ref().zip(self.workers.get(id)).and_then(|(r, w)| r.tick(w));
-            match step {
-                Some(step) => self.apply(vec![step], now, out),
-                None => self.stop_late(id, now, out),
-            }
-        }
+    pub(super) fn tick(&mut self, _: Event, now: Instant, out: &mut Vec<Action>) {
+        self.expire_all(now, out);
+        self.due_respawns(now, out);
+    }
+
+    pub(super) fn tick_without_respawns(&mut self, _: Event, now: Instant, out: &mut Vec<Action>) {
+        self.expire_all(now, out);
         self.pending.retain(|p| p.due > now);
     }
 
@@ -288,14 +367,17 @@ impl Master {
         }
     }
 
-    /// `NACK stopping` to who asked for the restart in flight (`all`: also
-    /// a `RESTART` without WAIT, still owed its answer while the probe runs).
-    fn nack_stopping(&self, all: bool, out: &mut Vec<Action>) {
-        if let Some(Requester::Control { client, wait }) = self.rollout.as_ref().map(|r| r.by) {
-            if all || wait {
-                out.push(Action::Reply { client, answer: RestartAnswer::Refused(Refused::new(Reason::Stopping, "")) });
-            }
-        }
+    /// `NACK stopping` to who is owed an answer by the restart in flight
+    /// (`probing`: also a `RESTART` without WAIT, still owed its answer
+    /// while the probe runs).
+    fn nack_stopping(&self, probing: bool, out: &mut Vec<Action>) {
+        let Some(r) = &self.rollout else { return };
+        let client = match (r.by, r.waiter) {
+            (_, Some(client)) => client,
+            (Requester::Control { client, .. }, None) if probing => client,
+            _ => return,
+        };
+        out.push(Action::Reply { client, answer: RestartAnswer::Refused(Refused::new(Reason::Stopping, "")) });
     }
 
     pub(super) fn stop(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
@@ -312,6 +394,7 @@ impl Master {
         self.stop_all(now, out);
     }
 
+    /// (Rolling or Canary, Stop).
     pub(super) fn stop_rolling(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
         let Event::Stop { signal } = ev else { return };
         self.announce_stop(signal, out);

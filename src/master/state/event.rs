@@ -1,6 +1,7 @@
 //! What the state machine is told (events) and what it answers (actions):
 //! the vocabulary between [`super::Master`] and the poll loop. Pure data.
 
+use super::progress::Progress;
 use super::workers::WorkerId;
 use crate::config::Config;
 use crate::control::ClientId;
@@ -38,8 +39,13 @@ impl Requester {
 pub enum Event {
     /// Spawn the first generation.
     Start,
-    /// SIGUSR2 or RESTART: `config` is the file as re-read now.
-    Restart { config: Result<Config, String>, by: Requester },
+    /// SIGUSR2 or RESTART: `config` is the file as re-read now; `canary`:
+    /// `RESTART CANARY`, one new worker beside the old fleet, then hold.
+    Restart { config: Result<Config, String>, by: Requester, canary: bool },
+    /// `PROMOTE [WAIT]`: carry a standing canary's rollout on.
+    Promote { client: ClientId, wait: bool },
+    /// `ROLLBACK`: stop the canary; the old fleet serves on.
+    Rollback { client: ClientId },
     /// SIGTERM/SIGINT.
     Stop { signal: &'static str },
     ProbeDone(Result<ProbeInfo, ProbeFailure>),
@@ -61,6 +67,9 @@ pub enum Event {
     Exited { id: WorkerId, status: ExitStatus },
     /// A deadline may have passed.
     Tick,
+    /// `WATCHDOG=1` (report pipe or sd_notify): the worker's event loop is
+    /// alive. `trigger`: `WATCHDOG=trigger`, the worker says it is hung.
+    Heartbeat { id: WorkerId, trigger: bool },
     /// `UPGRADE` on the control socket: re-exec the master in place.
     Upgrade { client: ClientId, wait: bool, restart: bool },
     /// The loop could not carry out the upgrade the state machine let
@@ -79,6 +88,8 @@ pub enum Kind {
     Start,
     Restart,
     ProbeDone,
+    Promote,
+    Rollback,
     Spawned,
     Ready,
     ReportedError,
@@ -87,6 +98,7 @@ pub enum Kind {
     SpawnFailed,
     Stop,
     Tick,
+    Heartbeat,
     Output,
     Status,
     MainPid,
@@ -97,10 +109,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order of the table's rows.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 20] = [
         Kind::Start,
         Kind::Restart,
         Kind::ProbeDone,
+        Kind::Promote,
+        Kind::Rollback,
         Kind::Spawned,
         Kind::Ready,
         Kind::ReportedError,
@@ -109,6 +123,7 @@ impl Kind {
         Kind::SpawnFailed,
         Kind::Stop,
         Kind::Tick,
+        Kind::Heartbeat,
         Kind::Output,
         Kind::Status,
         Kind::MainPid,
@@ -123,6 +138,9 @@ impl Event {
         match self {
             Event::Start => Kind::Start,
             Event::Restart { .. } => Kind::Restart,
+            Event::Promote { .. } => Kind::Promote,
+            Event::Rollback { .. } => Kind::Rollback,
+            Event::Heartbeat { .. } => Kind::Heartbeat,
             Event::Stop { .. } => Kind::Stop,
             Event::ProbeDone(_) => Kind::ProbeDone,
             Event::Spawned { .. } => Kind::Spawned,
@@ -150,8 +168,13 @@ pub enum Action {
     Signal { id: WorkerId, signal: i32 },
     Probe { config: Arc<Config> },
     CancelProbe,
-    /// Answer a control client's `RESTART`, `RESTART WAIT` or `UPGRADE`.
+    /// Answer a control client's `RESTART`, `RESTART WAIT`, `PROMOTE`,
+    /// `ROLLBACK` or `UPGRADE`.
     Reply { client: ClientId, answer: RestartAnswer },
+    /// A fact of a rollout's progress or of a worker's health, typed (it is
+    /// also logged, with its `event`, by the state machine): nothing for the
+    /// loop to do yet; the place where streamed progress and metrics hook in.
+    Progress(Progress),
     /// Tell the service manager (sd_notify(3), when `NOTIFY_SOCKET` is set).
     Announce(Announce),
     /// Exit the master with this status (after cleanup).

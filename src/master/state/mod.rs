@@ -13,22 +13,29 @@
 //! returns. Unit tests drive it without processes.
 //!
 //! The handlers live by subject: `cells.rs` (a worker's life: spawn, ready,
-//! failures, exits, deadlines, stop), `requests.rs` (a restart request and
-//! its probe), `upgrades.rs` (an upgrade of the master, the hand-over's
-//! snapshot and the resumed master); `event.rs` holds what goes in and out.
+//! soak, failures, exits, deadlines, stop), `watchdog.rs` (heartbeats and
+//! hung workers), `requests.rs` (a restart request and its probe),
+//! `canary.rs` (a canary restart: it stands, is promoted or rolled back),
+//! `upgrades.rs` (an upgrade of the master, the hand-over's snapshot and the
+//! resumed master); `event.rs` holds what goes in and out, `progress.rs` the
+//! typed facts of a rollout's progress and the workers' health.
 
+mod canary;
 mod cells;
 pub mod event;
+pub mod progress;
 mod requests;
 pub mod rollout;
 pub mod table;
 mod upgrades;
+mod watchdog;
 pub mod workers;
 
 pub use super::admission::{ProbeFailure, ProbeInfo};
 pub use crate::control::ClientId;
 pub use crate::status::WorkerState;
 pub use event::{Action, Announce, Event, Kind, Requester};
+pub use progress::{CanaryBy, HungThen, Progress};
 pub use rollout::{Rollout, Step};
 pub use table::Phase;
 pub use workers::{Life, Timeouts, Worker, WorkerId};
@@ -80,9 +87,14 @@ pub struct Master {
     config: Arc<Config>,
     magic: u64,
     version: String,
+    /// The generation that serves (during a rollout, the one it rolls to;
+    /// while a canary stands, still the old one).
     generation: u32,
+    /// The highest generation handed out: a rolled-back canary's number is
+    /// not given again.
+    highest_generation: u32,
     phase: Phase,
-    /// The restart in Probing and Rolling, and only there.
+    /// The restart in Probing, Rolling and Canary, and only there.
     rollout: Option<Rollout>,
     /// The upgrade in Upgrading, and only there.
     upgrade: Option<UpgradeAsked>,
@@ -94,6 +106,8 @@ pub struct Master {
     exited: bool,
     /// `READY=1` was sent for the first generation.
     notified_ready: bool,
+    /// Workers found hung since the master started (STATUS).
+    hung_total: u64,
     /// Wall-clock time of the event being handled (input of `handle`).
     wall: SystemTime,
 }
@@ -105,6 +119,7 @@ impl Master {
             magic: probe.magic,
             version: probe.version,
             generation: 0,
+            highest_generation: 0,
             phase: Phase::Running,
             rollout: None,
             upgrade: None,
@@ -114,6 +129,7 @@ impl Master {
             last_restart: None,
             exited: false,
             notified_ready: false,
+            hung_total: 0,
             wall: std::time::UNIX_EPOCH,
         }
     }
@@ -134,25 +150,52 @@ impl Master {
         self.workers.iter()
     }
 
-    /// The state STATUS shows: an upgrade in flight shows the phase it
-    /// came from.
+    /// The state STATUS shows.
     pub fn state(&self) -> MasterState {
-        let phase = match (self.phase, self.upgrade) {
-            (Phase::Upgrading, Some(up)) => up.from,
-            (p, _) => p,
-        };
-        match phase {
-            Phase::Running | Phase::Upgrading => MasterState::Running,
+        match self.phase {
+            Phase::Running if !self.generation_ready() => MasterState::NotReady,
+            Phase::Running => MasterState::Running,
             Phase::Probing | Phase::Rolling => MasterState::Restarting,
+            Phase::Canary => MasterState::Canary,
             Phase::Lockout => MasterState::Lockout,
             Phase::Stopping => MasterState::Stopping,
+            Phase::Upgrading => MasterState::Upgrading,
         }
     }
 
-    /// The earliest deadline the loop must wake up for.
+    /// In lockout, or upgrading from one (STATUS `lockout`).
+    pub fn locked_out(&self) -> bool {
+        match (self.phase, self.upgrade) {
+            (Phase::Upgrading, Some(up)) => up.from == Phase::Lockout,
+            (p, _) => p == Phase::Lockout,
+        }
+    }
+
+    /// The serving fleet is settled: every worker is ready but those on
+    /// their way out for good (a hung one replaced, a rolled-back canary);
+    /// none is starting, hung, waiting for its respawn or stopping to be
+    /// respawned. Counted from the workers, not from `workers` of the
+    /// config: after an upgrade out of a lockout the fleet may be smaller,
+    /// and its roll-over must not be refused for that.
+    fn generation_ready(&self) -> bool {
+        let gone_for_good = |w: &Worker| w.asked_to_stop() && (w.generation != self.generation || w.replaced);
+        self.pending.is_empty()
+            && self.workers.iter().any(|w| w.life == Life::Ready)
+            && self.workers.iter().all(|w| w.life == Life::Ready || gone_for_good(w))
+    }
+
+    /// The earliest deadline the loop must wake up for: a worker's (ready,
+    /// soak, watchdog, kill), a respawn's, a standing canary's.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let w = self.workers.iter().filter_map(|w| w.life.deadline());
-        w.chain(self.pending.iter().map(|p| p.due)).min()
+        let w = self.workers.iter().filter_map(|w| w.deadline());
+        let canary = self.rollout.as_ref().and_then(|r| r.canary_due);
+        w.chain(self.pending.iter().map(|p| p.due)).chain(canary).min()
+    }
+
+    /// A fact of progress: logged, and handed to the loop.
+    fn note(&mut self, fact: Progress, out: &mut Vec<Action>) {
+        fact.log();
+        out.push(Action::Progress(fact));
     }
 
     /// Handle one event at `now` (monotonic: deadlines) and `wall` (the same
@@ -169,7 +212,7 @@ impl Master {
         if self.phase == Phase::Rolling && self.rollout.as_ref().is_some_and(|r| r.complete(&self.workers)) {
             self.complete(now, &mut out);
         }
-        debug_assert_eq!(self.rollout.is_some(), matches!(self.phase, Phase::Probing | Phase::Rolling));
+        debug_assert_eq!(self.rollout.is_some(), matches!(self.phase, Phase::Probing | Phase::Rolling | Phase::Canary));
         debug_assert_eq!(self.upgrade.is_some(), self.phase == Phase::Upgrading);
         if out.iter().any(|a| matches!(a, Action::Exit(_))) {
             self.exited = true;
@@ -185,8 +228,12 @@ impl Master {
     fn announce_status(&self, tail: &str) -> String {
         let state = match self.state() {
             MasterState::Running => "running",
+            MasterState::NotReady => "not ready",
             MasterState::Restarting => "restarting",
+            MasterState::Canary => "canary",
             MasterState::Lockout => "LOCKOUT",
+            MasterState::Upgrading if self.locked_out() => "LOCKOUT, upgrading",
+            MasterState::Upgrading => "upgrading",
             MasterState::Stopping | MasterState::Unknown => "stopping",
         };
         let ready = self.workers.ready();
@@ -213,11 +260,24 @@ impl Master {
             return;
         }
         w.life = Life::Stopping { kill_at: Some(now + w.timeouts.shutdown) };
+        w.watchdog_at = None;
         // To the worker's process group (the loop): its main process
         // (`MAINPID=`) is one of it.
         if let Some(pid) = w.pid {
             log::info!(worker_pid = pid, generation = w.generation; "asking worker {} to exit (SIGTERM)", pid);
             out.push(Action::Signal { id, signal: libc::SIGTERM });
+        }
+    }
+
+    /// End a hung worker: SIGABRT now (a stopped process gets it once it
+    /// runs again), SIGKILL after its `shutdownTimeout`.
+    fn abort_worker(&mut self, id: WorkerId, now: Instant, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(id) else { return };
+        w.life = Life::Stopping { kill_at: Some(now + w.timeouts.shutdown) };
+        w.watchdog_at = None;
+        if let Some(pid) = w.pid {
+            log::warn!(worker_pid = pid, generation = w.generation; "sending SIGABRT to hung worker {}", pid);
+            out.push(Action::Signal { id, signal: libc::SIGABRT });
         }
     }
 
@@ -246,7 +306,7 @@ impl Master {
             "zero-downtime restart refused: {}", refused);
         // A refusal while a restart runs, or in lockout, must not hide that
         // restart's record from STATUS.
-        if !matches!(refused.reason, Reason::InFlight | Reason::AbortedRestart | Reason::Stopping) {
+        if !matches!(refused.reason, Reason::InFlight | Reason::AbortedRestart | Reason::Stopping | Reason::NotReady) {
             // The request had been taken up (RELOADING=1): it ends here.
             let text = self.announce_status(&format!("zero-downtime restart refused: {}", refused.reason));
             out.push(Action::Announce(Announce::Ready(text)));
@@ -280,10 +340,11 @@ impl Master {
             generation = r.generation, stderr = lines.as_str();
             "zero-downtime restart aborted: {}: {}", why, detail);
         log::error!(event = "master.lockout";
-            "restarts are now refused and no worker will be respawned: restart the master as soon as possible, \
-             without downtime once the cause is fixed: zdrestartctl upgrade --wait");
+            "restarts are now refused and no worker will be respawned: restart the master as soon as possible: \
+             zdrestartctl upgrade --wait (without downtime, once the cause is fixed), or a normal restart");
         let text = self.announce_status(&format!(
-            "zero-downtime restart to generation {} aborted: {}; restarts refused, restart the master as soon as possible",
+            "zero-downtime restart to generation {} aborted: {}; restarts refused, restart the master as soon as possible \
+             (zdrestartctl upgrade --wait, or a normal restart)",
             r.generation, why
         ));
         out.push(Action::Announce(Announce::Ready(text)));
@@ -294,13 +355,22 @@ impl Master {
             reason: Some(format!("{}: {}", why, detail)),
             duration_ms: Some(now.duration_since(r.started).as_millis() as u64),
         });
-        if let Requester::Control { client, wait: true } = r.by {
+        if let Some(client) = r.waiter {
             let refused = Refused::new(Reason::Aborted, format!("{}: {}", why, detail));
             out.push(Action::Reply { client, answer: RestartAnswer::Refused(refused) });
         }
-        // The failed worker is not serving: make sure it goes.
-        if self.workers.get(failed.id).is_some_and(|w| w.life != Life::Ready) {
-            self.stop_worker(failed.id, now, out);
+        // The failed worker goes (SIGABRT if hung); so do the new workers
+        // that have not passed their soak: unproven code, for which no old
+        // worker went. Those that passed serve on, as do the old ones.
+        match self.workers.get(failed.id).map(|w| w.life) {
+            Some(Life::Hung) => self.abort_worker(failed.id, now, out),
+            Some(l) if l != Life::Ready => self.stop_worker(failed.id, now, out),
+            _ => {}
+        }
+        for &id in r.new_workers() {
+            if self.workers.get(id).is_some_and(|w| matches!(w.life, Life::Starting { .. } | Life::Soaking { .. })) {
+                self.stop_worker(id, now, out);
+            }
         }
         self.pending.clear();
     }
@@ -322,7 +392,7 @@ impl Master {
             l.outcome = Outcome::Complete;
             l.duration_ms = Some(ms);
         }
-        if let Requester::Control { client, wait: true } = r.by {
+        if let Some(client) = r.waiter {
             out.push(Action::Reply { client, answer: RestartAnswer::Complete });
         }
     }
@@ -336,7 +406,7 @@ impl Master {
         StatusReport {
             state: self.state(),
             generation: self.generation.into(),
-            lockout: self.state() == MasterState::Lockout,
+            lockout: self.locked_out(),
             magic: self.magic,
             version: self.version.clone(),
             pid: master_pid,
@@ -351,6 +421,7 @@ impl Master {
                 reason: l.reason.clone(),
                 duration_ms: l.duration_ms,
             }),
+            workers_hung: self.hung_total,
             workers: self
                 .workers
                 .iter()
@@ -362,6 +433,7 @@ impl Master {
                     started: iso(w.started_wall),
                     status: w.status.clone(),
                     main_pid: w.main_pid,
+                    canary: self.phase == Phase::Canary && self.rollout.as_ref().is_some_and(|r| r.owns(w.id)),
                 })
                 .collect(),
         }

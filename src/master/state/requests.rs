@@ -3,6 +3,7 @@
 //! which begins the rollout ([`super::rollout`]) or refuses the request.
 
 use super::event::{Action, Announce, Event, Requester};
+use super::progress::Progress;
 use super::rollout::Rollout;
 use super::{Master, Phase, RestartRecord};
 use crate::config::Config;
@@ -27,34 +28,40 @@ fn changed_master_keys(old: &Config, new: &Config) -> Vec<&'static str> {
 
 impl Master {
     /// A restart request, as every phase logs it first.
-    fn requested(ev: Event) -> Option<(Result<Config, String>, Requester)> {
-        let Event::Restart { config, by } = ev else { return None };
-        log::info!(component = "master"; "zero-downtime restart requested ({})", by.via());
-        Some((config, by))
+    fn requested(ev: Event) -> Option<(Result<Config, String>, Requester, bool)> {
+        let Event::Restart { config, by, canary } = ev else { return None };
+        let kind = if canary { "canary restart" } else { "zero-downtime restart" };
+        log::info!(component = "master", canary = canary; "{} requested ({})", kind, by.via());
+        Some((config, by, canary))
     }
 
     pub(super) fn restart_in_flight(&mut self, ev: Event, _: Instant, out: &mut Vec<Action>) {
-        if let Some((_, by)) = Self::requested(ev) {
+        if let Some((_, by, _)) = Self::requested(ev) {
             self.refuse(by, Refused::in_flight(), out);
         }
     }
 
     pub(super) fn restart_in_lockout(&mut self, ev: Event, _: Instant, out: &mut Vec<Action>) {
-        if let Some((_, by)) = Self::requested(ev) {
+        if let Some((_, by, _)) = Self::requested(ev) {
             self.refuse(by, Refused::aborted_restart(), out);
         }
     }
 
     pub(super) fn restart_while_stopping(&mut self, ev: Event, _: Instant, out: &mut Vec<Action>) {
-        if let Some((_, by)) = Self::requested(ev) {
+        if let Some((_, by, _)) = Self::requested(ev) {
             self.refuse(by, Refused::stopping(), out);
         }
     }
 
-    /// (Running, Restart): taken up; from here every path ends with
-    /// `READY=1` (refused, aborted or complete).
+    /// (Running, Restart): refused while the serving generation is not
+    /// all ready; else taken up, and from here every path ends with
+    /// `READY=1` (refused, aborted, rolled back or complete).
     pub(super) fn take_up(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
-        let Some((config, by)) = Self::requested(ev) else { return };
+        let Some((config, by, canary)) = Self::requested(ev) else { return };
+        // The same refusal as `zdrestart --check` gives from STATUS.
+        if let Err(refused) = admission::check_state(self.state()) {
+            return self.refuse(by, refused, out);
+        }
         if let Ok(new) = &config {
             for w in &new.warnings {
                 log::warn!("{}", w);
@@ -74,7 +81,7 @@ impl Master {
         if declared.is_none() {
             out.push(Action::Probe { config: config.clone() });
         }
-        self.rollout = Some(Rollout::new(by, config, now));
+        self.rollout = Some(Rollout::new(by, config, canary, now));
         self.phase = Phase::Probing;
         // `"probe": false`: the config's answer stands for the probe's.
         if let Some(info) = declared {
@@ -105,18 +112,30 @@ impl Master {
             }
         };
         let Some(r) = &mut self.rollout else { return };
-        self.generation += 1;
-        let generation = self.generation;
-        log::info!(event = "restart.start", generation = generation, workers = r.config.workers, version = info.version.as_str();
-            "zero-downtime restart started: generation {} ({} workers, version {})", generation, r.config.workers, info.version);
+        self.highest_generation = self.highest_generation.max(self.generation) + 1;
+        let generation = self.highest_generation;
+        log::info!(event = "restart.start", generation = generation, workers = r.config.workers, version = info.version.as_str(),
+            canary = r.canary, min_ready_ms = r.config.min_ready.as_millis() as u64, max_surge = r.config.max_surge;
+            "zero-downtime restart started: generation {} ({} workers, version {}{})", generation, r.config.workers, info.version,
+            if r.canary { "; canary: one worker, then hold" } else { "" });
         if let Requester::Control { client, wait: false } = r.by {
             out.push(Action::Reply { client, answer: RestartAnswer::Started });
         }
-        // Pending respawns belong to the old generation: the new one replaces them.
-        self.pending.clear();
         let steps = r.begin(generation, info.version, now, &self.workers);
         self.last_restart =
             Some(RestartRecord { generation: Some(generation), started_wall: self.wall, outcome: Outcome::InProgress, reason: None, duration_ms: None });
+        if r.canary {
+            // The old generation serves on (and is respawned) beside the canary.
+            self.phase = Phase::Canary;
+            self.apply(steps, now, out);
+            if let Some(&id) = self.rollout.as_ref().and_then(|r| r.new_workers().first()) {
+                self.note(Progress::CanaryStarted { id, generation }, out);
+            }
+            return;
+        }
+        self.generation = generation;
+        // Pending respawns belong to the old generation: the new one replaces them.
+        self.pending.clear();
         self.phase = Phase::Rolling;
         self.apply(steps, now, out);
     }

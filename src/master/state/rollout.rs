@@ -1,24 +1,39 @@
 //! One zero-downtime restart: a [`Rollout`] owns everything it needs from
-//! the moment the request is taken up to its end: who asked, the new config
-//! and generation, the spawn cursor, the new workers started, the old ones
-//! still serving and those draining.
+//! the moment the request is taken up to its end: who asked (and who is
+//! owed the answer), the new config and generation, the spawn cursor, the
+//! new workers started, the old ones still serving and those draining, and
+//! whether it is a canary that holds after its first new worker.
 //!
-//! Its steps ([`Rollout::begin`], [`Rollout::ready`], [`Rollout::gone`],
-//! [`Rollout::error`], [`Rollout::tick`], [`Rollout::complete`]) decide what
-//! happens next and say it as typed [`Step`]s, which the master carries out
+//! Its steps ([`Rollout::begin`], [`Rollout::advance`], [`Rollout::promote`],
+//! [`Rollout::gone`], [`Rollout::error`], [`Rollout::tick`],
+//! [`Rollout::hung`], [`Rollout::complete`]) decide what happens next and
+//! say it as typed [`Step`]s, which the master carries out
 //! (`super::Master::apply`); each step is also a fact of the restart's
 //! progress (a new worker started, an old one drained, the abort). The
 //! rollout never touches the worker table: it reads it. How many new
-//! workers start at once, and when an old one goes, is decided here only.
+//! workers start at once, and when an old one goes, is decided here only:
+//!
+//! - a new worker *passes* once it has been ready for `minReady` (its soak;
+//!   the master keeps it `Soaking` until then), and only then does an old
+//!   worker go: one per new worker passed, the oldest first; once every new
+//!   worker has passed, the old ones left go;
+//! - `maxSurge` bounds the new workers *starting* (spawned, no `READY=1`
+//!   yet): one that says `READY=1` makes room for the next while it soaks,
+//!   so soaks overlap and N workers take about N / maxSurge x (start to
+//!   ready) + minReady. Capacity never drops below N; at most N + maxSurge
+//!   + the soaking ones are alive;
+//! - a canary rollout starts its first new worker only and holds there
+//!   until [`Rollout::promote`].
 
 use super::event::Requester;
 use super::workers::{Life, Worker, WorkerId, Workers};
 use crate::config::Config;
+use crate::control::ClientId;
 use crate::restart::AbortCause;
 use crate::sys::ExitStatus;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the master does for the rollout, in order.
 #[derive(Debug, Clone)]
@@ -29,16 +44,19 @@ pub enum Step {
     /// Ask an old worker to exit (SIGTERM, SIGKILL after its own
     /// `shutdownTimeout`): it drains.
     Drain(WorkerId),
-    /// A new worker failed: abort the rollout and lock out. `failed` is
-    /// that worker, as it was when it failed.
+    /// A new worker failed, or a worker hung: abort the rollout and lock
+    /// out. `failed` is that worker, as it was when it failed.
     Abort { failed: Box<Worker>, cause: AbortCause, detail: String },
 }
 
 #[derive(Debug)]
 pub struct Rollout {
-    /// Who asked: answered when the probe passed (`RESTART`) or when the
-    /// rollout ends (`RESTART WAIT`).
+    /// Who asked: answered when the probe passed (`RESTART`).
     pub by: Requester,
+    /// Who is owed the answer when the rollout ends (`RESTART WAIT`,
+    /// `PROMOTE WAIT`), or, for `RESTART CANARY WAIT`, once the canary
+    /// stands.
+    pub waiter: Option<ClientId>,
     /// The config as re-read for this restart: the new generation's.
     pub config: Arc<Config>,
     /// The generation it rolls to (once its probe passed).
@@ -48,46 +66,79 @@ pub struct Rollout {
     /// When it was taken up, then when its probe passed (its duration
     /// counts from there).
     pub started: Instant,
+    /// A canary restart not promoted yet: it holds after its first new
+    /// worker (the canary).
+    pub canary: bool,
+    /// The canary stood (passed its soak) and was announced.
+    pub stood: bool,
+    /// When a standing canary is moved on by itself (`canaryTimeout`).
+    pub canary_due: Option<Instant>,
     /// Spawn cursor: the index of the next new worker.
     next: u32,
     /// The new workers started, in order.
     new: Vec<WorkerId>,
-    /// Old workers still serving, oldest first: one drains per new worker ready.
+    /// Old workers still serving, oldest first: one drains per new worker passed.
     serving: VecDeque<WorkerId>,
     /// Old workers asked to exit and not gone yet.
     draining: BTreeSet<WorkerId>,
+    /// Old workers drained for new workers that passed.
+    drained: u32,
+}
+
+/// Has new worker `id` passed (ready, its soak over)?
+fn passed(workers: &Workers, id: WorkerId) -> bool {
+    workers.get(id).is_some_and(|w| w.life == Life::Ready)
 }
 
 impl Rollout {
     /// A restart request taken up: its probe runs.
-    pub fn new(by: Requester, config: Arc<Config>, now: Instant) -> Rollout {
+    pub fn new(by: Requester, config: Arc<Config>, canary: bool, now: Instant) -> Rollout {
+        let waiter = match by {
+            Requester::Control { client, wait: true } => Some(client),
+            _ => None,
+        };
         Rollout {
             by,
+            waiter,
             config,
             generation: 0,
             version: String::new(),
             started: now,
+            canary,
+            stood: false,
+            canary_due: None,
             next: 0,
             new: Vec::new(),
             serving: VecDeque::new(),
             draining: BTreeSet::new(),
+            drained: 0,
         }
     }
 
-    /// The probe passed: roll to `generation`. Every worker now is old:
-    /// serving, or draining if it was asked to exit before.
+    /// The probe passed: roll to `generation`. A canary starts its one new
+    /// worker; else every worker now is old (serving, or draining if it was
+    /// asked to exit before) and the first new ones start.
     pub fn begin(&mut self, generation: u32, version: String, now: Instant, workers: &Workers) -> Vec<Step> {
         self.generation = generation;
         self.version = version;
         self.started = now;
-        for w in workers.iter() {
+        if self.canary {
+            return vec![self.spawn_next()];
+        }
+        self.take_old(workers);
+        self.advance(workers)
+    }
+
+    /// Every worker that is not new is old: serving, or draining.
+    fn take_old(&mut self, workers: &Workers) {
+        let new = &self.new;
+        for w in workers.iter().filter(|w| !new.contains(&w.id)) {
             if w.asked_to_stop() {
                 self.draining.insert(w.id);
             } else {
                 self.serving.push_back(w.id);
             }
         }
-        vec![self.spawn_next()]
     }
 
     fn spawn_next(&mut self) -> Step {
@@ -105,27 +156,64 @@ impl Rollout {
         self.new.contains(&id)
     }
 
+    /// The new workers started, in order (the canary first).
+    pub fn new_workers(&self) -> &[WorkerId] {
+        &self.new
+    }
+
+    /// How long a new worker soaks after `READY=1` (`minReady`; zero: it
+    /// passes at once).
+    pub fn soak(&self) -> Duration {
+        self.config.min_ready
+    }
+
+    /// A canary rollout whose canary has passed its soak.
+    pub fn stands(&self, workers: &Workers) -> bool {
+        self.canary && self.new.first().is_some_and(|&c| passed(workers, c))
+    }
+
     fn drain(&mut self, id: WorkerId) -> Step {
         self.draining.insert(id);
         Step::Drain(id)
     }
 
-    /// Worker `id` reported ready. A new one: one old worker drains and the
-    /// next new one starts; once every new one is started and ready, the old
-    /// ones left drain.
-    pub fn ready(&mut self, id: WorkerId, workers: &Workers) -> Vec<Step> {
-        if !self.owns(id) {
-            return Vec::new();
+    /// What the state of the new workers allows now: an old worker drains
+    /// for each new one that passed; once all passed, the old ones left
+    /// drain; new workers start while fewer than `maxSurge` are starting.
+    /// Nothing while a canary holds.
+    pub fn advance(&mut self, workers: &Workers) -> Vec<Step> {
+        let mut steps = Vec::new();
+        if self.canary {
+            return steps;
         }
-        let mut steps: Vec<Step> = self.serving.pop_front().map(|old| self.drain(old)).into_iter().collect();
-        if self.next < self.config.workers {
-            steps.push(self.spawn_next());
-        } else if self.new.iter().all(|&n| workers.get(n).is_some_and(|w| w.life == Life::Ready)) {
+        let total = self.config.workers;
+        let passed_now = self.new.iter().filter(|&&n| passed(workers, n)).count() as u32;
+        while self.drained < passed_now {
+            let Some(old) = self.serving.pop_front() else { break };
+            self.drained += 1;
+            steps.push(self.drain(old));
+        }
+        if passed_now == total {
             while let Some(old) = self.serving.pop_front() {
                 steps.push(self.drain(old));
             }
         }
+        let starting = |id: &&WorkerId| workers.get(**id).is_some_and(|w| matches!(w.life, Life::Starting { .. }));
+        let mut starting_now = self.new.iter().filter(starting).count() as u32;
+        while self.next < total && starting_now < self.config.max_surge {
+            steps.push(self.spawn_next());
+            starting_now += 1;
+        }
         steps
+    }
+
+    /// The canary is promoted: the rollout carries on as any other, the
+    /// workers other than the new ones being its old ones.
+    pub fn promote(&mut self, workers: &Workers) -> Vec<Step> {
+        self.canary = false;
+        self.canary_due = None;
+        self.take_old(workers);
+        self.advance(workers)
     }
 
     /// Worker `w` is gone: it exited (`status`) or could not be started
@@ -134,6 +222,9 @@ impl Rollout {
     pub fn gone(&mut self, w: &Worker, status: Option<ExitStatus>) -> Vec<Step> {
         if self.owns(w.id) {
             let detail = match status {
+                Some(st) if w.life.serving() => {
+                    format!("new worker {} exited ({}) after READY=1, before the restart completed", w.pid_or_0(), st)
+                }
                 Some(st) => format!("new worker {} exited ({}) before the restart completed", w.pid_or_0(), st),
                 None => format!("new worker could not be started: {}", w.last_lines.back().cloned().unwrap_or_default()),
             };
@@ -160,11 +251,22 @@ impl Rollout {
         self.owns(w.id).then(|| Step::Abort { failed: Box::new(w.clone()), cause: AbortCause::NotReady, detail })
     }
 
-    /// Every new worker started and ready, every old one gone.
+    /// Worker `w` (new or old) is hung: a restart does not go on beside a
+    /// hung worker, whatever its generation.
+    pub fn hung(&self, w: &Worker, silent: Duration) -> Step {
+        let which = if self.owns(w.id) { "new" } else { "old" };
+        let detail = format!("{} worker {} (generation {}) sent no heartbeat for {:?} (watchdogTimeout {:?})",
+            which, w.pid_or_0(), w.generation, silent, w.timeouts.watchdog.unwrap_or_default());
+        Step::Abort { failed: Box::new(w.clone()), cause: AbortCause::Hung, detail }
+    }
+
+    /// Every new worker started and passed, every old one gone, no canary
+    /// holding.
     pub fn complete(&self, workers: &Workers) -> bool {
-        self.new.len() as u32 == self.config.workers
+        !self.canary
+            && self.new.len() as u32 == self.config.workers
             && self.next == self.config.workers
-            && self.new.iter().all(|&n| workers.get(n).is_some_and(|w| w.life == Life::Ready))
+            && self.new.iter().all(|&n| passed(workers, n))
             && self.serving.is_empty()
             && self.draining.is_empty()
     }

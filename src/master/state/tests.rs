@@ -12,7 +12,7 @@ fn cfg(json: &str) -> Config {
 }
 
 fn mongo(workers: u32) -> Config {
-    cfg(&format!(r#"{{"driver":"mongodb","workers":{},"readyTimeout":5,"shutdownTimeout":3}}"#, workers))
+    cfg(&format!(r#"{{"driver":"mongodb","workers":{},"readyTimeout":5,"shutdownTimeout":3,"minReady":0}}"#, workers))
 }
 
 struct H {
@@ -58,7 +58,7 @@ impl H {
         ids.into_iter().flat_map(|id| self.ev(Event::Ready { id })).collect()
     }
     fn restart(&mut self, c: Config, wait: bool) -> Vec<Action> {
-        self.ev(Event::Restart { config: Ok(c), by: Requester::Control { client: 1, wait } })
+        self.ev(Event::Restart { config: Ok(c), by: Requester::Control { client: 1, wait }, canary: false })
     }
     fn probe_ok(&mut self) -> Vec<Action> {
         self.ev(Event::ProbeDone(Ok(ProbeInfo { magic: 7, version: "v2".into(), shared: Some(true) })))
@@ -132,7 +132,7 @@ fn start_spawns_and_respawns_with_backoff() {
 fn refusals_in_order() {
     let mut h = running(cfg(r#"{"workers":1}"#));
     // bad config comes before everything that needs the new config.
-    let a = h.ev(Event::Restart { config: Err("x: bad".into()), by: Requester::Control { client: 1, wait: false } });
+    let a = h.ev(Event::Restart { config: Err("x: bad".into()), by: Requester::Control { client: 1, wait: false }, canary: false });
     assert_eq!(replies(&a), vec!["NACK bad config: x: bad"]);
     let a = h.restart(cfg(r#"{"port":9,"workers":1}"#), false);
     assert!(replies(&a)[0].starts_with("NACK listen address changed"));
@@ -185,7 +185,7 @@ fn every_refusal_is_the_same_through_both_paths() {
         let checked = admission::admit(&running, new.as_ref().map_err(String::clone), probe.clone()).unwrap_err();
         // RESTART WAIT: its answer carries the detail (RESTART's is
         // pump.socket(7)'s bare text for pump.io's reasons).
-        let mut a = h.ev(Event::Restart { config: new, by: Requester::Control { client: 1, wait: true } });
+        let mut a = h.ev(Event::Restart { config: new, by: Requester::Control { client: 1, wait: true }, canary: false });
         if a.iter().any(|a| matches!(a, Action::Probe { .. })) {
             a = h.ev(Event::ProbeDone(probe));
         }
@@ -212,6 +212,11 @@ fn every_refusal_is_the_same_through_both_paths() {
     case(&mut h, Ok(mongo(2)), Ok(ProbeInfo { magic: 8, version: "v9".into(), shared: Some(true) }));
     case(&mut h, Ok(mongo(2)), Err(ProbeFailure { magic: Some(9), error: "ERROR=x".into() }));
     case(&mut h, Ok(mongo(2)), Err(ProbeFailure { magic: Some(7), error: "ERROR=database unreachable".into() }));
+    // Not ready: a worker of the serving generation waits for its respawn.
+    let mut h = running(mongo(2));
+    h.ev(Event::Exited { id: h.id_of(101), status: ExitStatus::Code(1) });
+    assert_eq!(h.m.state(), MasterState::NotReady);
+    case(&mut h, Ok(mongo(2)), probe_ok());
     // Stopping.
     let mut h = running(mongo(2));
     h.ev(Event::Stop { signal: "SIGTERM" });
@@ -448,8 +453,17 @@ fn service_manager_hears_ready_reloading_and_stopping() {
 
 #[test]
 fn idle_master_has_no_deadline() {
-    let h = running(mongo(2));
+    let h = running(cfg(r#"{"driver":"mongodb","workers":2,"watchdogTimeout":0}"#));
     assert_eq!(h.m.next_deadline(), None);
+    // With a watchdog (the built-in worker's default) the one deadline is
+    // the earliest heartbeat due, and each heartbeat moves it.
+    let mut h = running(mongo(2));
+    assert_eq!(h.m.next_deadline(), Some(h.now + Duration::from_secs(30)));
+    h.now += Duration::from_secs(10);
+    for id in h.m.workers.ids() {
+        h.ev(Event::Heartbeat { id, trigger: false });
+    }
+    assert_eq!(h.m.next_deadline(), Some(h.now + Duration::from_secs(30)));
 }
 
 #[test]
@@ -484,7 +498,7 @@ fn snapshot_and_resume_keep_the_workers_and_clear_the_lockout() {
     let new = h.m.workers().find(|w| w.generation == 2).unwrap().id;
     h.ev(Event::Exited { id: new, status: ExitStatus::Code(1) });
     assert_eq!(h.m.state(), MasterState::Lockout);
-    let fds = |id: WorkerId| Some(WorkerFds { pidfd: None, notify: Some(id.0 as i32), output: None, control: id.0 as i32 + 1000 });
+    let fds = |id: WorkerId| Some(WorkerFds { pidfd: None, notify: Some(id.0 as i32), output: None, control: id.0 as i32 + 1000, ..Default::default() });
     let snap = h.m.snapshot(h.now, fds).unwrap();
     assert!(snap.lockout);
     let r = Master::resume(h.m.config.clone(), &snap, h.now);
@@ -500,12 +514,30 @@ fn snapshot_and_resume_keep_the_workers_and_clear_the_lockout() {
     assert!(h2.m.snapshot(h2.now, fds).is_err());
 }
 
+/// Workers that report with sd_notify(3) are handed over like any other:
+/// where their reports count, their last STATUS= and their main process.
+#[test]
+fn sd_notify_workers_are_handed_over() {
+    let mut h = H::new(cfg(r#"{"driver":"mongodb","workers":2,"notify":"systemd"}"#));
+    h.ev(Event::Start);
+    h.ready_all();
+    let id = h.m.workers().next().unwrap().id;
+    h.ev(Event::Status { id, text: "serving".into() });
+    h.ev(Event::MainPid { id, pid: 4242 });
+    let fds = |id: WorkerId| Some(WorkerFds { control: id.0 as i32 + 100, main_pidfd: Some(id.0 as i32 + 200), ..Default::default() });
+    let snap = h.m.snapshot(h.now, fds).expect("sd_notify workers can be handed over");
+    let r = Master::resume(h.m.config.clone(), &snap, h.now);
+    let table = |m: &Master| m.workers().map(|w| (w.id, w.reports, w.status.clone(), w.main_pid)).collect::<Vec<_>>();
+    assert_eq!(table(&r), table(&h.m));
+    assert_eq!(table(&r)[0], (id, crate::config::Notify::Systemd, Some("serving".to_string()), Some(4242)));
+}
+
 /// Each worker is killed after the `shutdownTimeout` of the config it was
 /// spawned with: old workers drained by a rollout after the old one, a new
 /// worker stopped by an abort or by a stop after the new one.
 #[test]
 fn each_worker_lives_by_the_timeouts_it_was_spawned_with() {
-    let long = || cfg(r#"{"driver":"mongodb","workers":2,"readyTimeout":5,"shutdownTimeout":9}"#);
+    let long = || cfg(r#"{"driver":"mongodb","workers":2,"readyTimeout":5,"shutdownTimeout":9,"minReady":0}"#);
     // The rollout drains the old workers: 3 s (theirs), not 9 s.
     let mut h = running(mongo(2));
     h.restart(long(), false);
@@ -547,10 +579,10 @@ fn each_worker_lives_by_the_timeouts_it_was_spawned_with() {
 #[test]
 fn resume_keeps_the_ids_and_the_timeouts() {
     let mut h = running(mongo(2));
-    h.restart(cfg(r#"{"driver":"mongodb","workers":2,"readyTimeout":7,"shutdownTimeout":11}"#), false);
+    h.restart(cfg(r#"{"driver":"mongodb","workers":2,"readyTimeout":7,"shutdownTimeout":11,"minReady":0}"#), false);
     h.probe_ok();
     h.ready_all();
-    let fds = |id: WorkerId| Some(WorkerFds { pidfd: None, notify: None, output: None, control: id.0 as i32 + 100 });
+    let fds = |id: WorkerId| Some(WorkerFds { pidfd: None, notify: None, output: None, control: id.0 as i32 + 100, ..Default::default() });
     let snap = h.m.snapshot(h.now, fds).unwrap();
     let r = Master::resume(h.m.config.clone(), &snap, h.now);
     let table = |m: &Master| m.workers().map(|w| (w.id, w.pid, w.generation, w.timeouts, w.state())).collect::<Vec<_>>();
@@ -568,7 +600,8 @@ fn an_upgrade_in_flight_yields_to_a_restart_and_to_a_stop() {
     let mut h = running(mongo(2));
     up(&mut h);
     assert_eq!(h.m.phase(), Phase::Upgrading);
-    assert_eq!(h.m.state(), MasterState::Running);
+    assert_eq!(h.m.state(), MasterState::Upgrading);
+    assert!(!h.m.status(1, SystemTime::UNIX_EPOCH).lockout);
     assert_eq!(replies(&up(&mut h)), vec!["NACK upgrade not possible: another upgrade is in progress"]);
     // The loop could not: back to Running, the client answered.
     let a = h.ev(Event::UpgradeFailed(Refused::new(Reason::UpgradeCheckFailed, "broken")));
@@ -592,7 +625,8 @@ fn an_upgrade_in_flight_yields_to_a_restart_and_to_a_stop() {
     let a = h.restart(mongo(2), false);
     assert_eq!(replies(&a), vec!["NACK aborted restart"]);
     assert!(!a.contains(&Action::CancelUpgrade));
-    assert_eq!((h.m.phase(), h.m.state()), (Phase::Upgrading, MasterState::Lockout));
+    assert_eq!((h.m.phase(), h.m.state()), (Phase::Upgrading, MasterState::Upgrading));
+    assert!(h.m.status(1, SystemTime::UNIX_EPOCH).lockout, "upgrading from a lockout");
     // A stop wins too.
     let a = h.ev(Event::Stop { signal: "SIGTERM" });
     assert!(a.contains(&Action::CancelUpgrade));
@@ -627,3 +661,5 @@ fn a_resumed_master_answers_and_rolls_over() {
     }
     assert_eq!(done, vec!["ACK complete"]);
 }
+
+mod safety;

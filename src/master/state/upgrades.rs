@@ -9,12 +9,12 @@ use super::event::{Action, Event, Requester};
 use super::table::{self, Phase};
 use super::workers::{Life, Timeouts, Worker, WorkerId};
 use super::{Master, Pending, RestartRecord, UpgradeAsked};
-use crate::config::{Config, Notify};
+use crate::config::Config;
 use crate::control::ClientId;
 use crate::master::admission::ProbeInfo;
 use crate::master::handover::{MasterSnapshot, PendingSnapshot, WorkerFds, WorkerSnapshot};
 use crate::restart::{Reason, Refused, RestartAnswer};
-use crate::status::{MasterState, WorkerState};
+use crate::status::WorkerState;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -105,7 +105,7 @@ impl Master {
             }
         };
         if let Some(config) = restart {
-            let ev = Event::Restart { config, by };
+            let ev = Event::Restart { config, by, canary: false };
             (table::cell(self.phase, ev.kind()).run)(self, ev, now, out);
         }
     }
@@ -114,10 +114,10 @@ impl Master {
     /// (`master::handover`); `fds(id)` gives the loop's fds of a worker.
     /// Err: what cannot be handed over (`upgrade not possible`).
     pub fn snapshot(&self, now: Instant, fds: impl Fn(WorkerId) -> Option<WorkerFds>) -> Result<MasterSnapshot, String> {
-        // The sd_notify socket of the workers (and the main processes they
-        // named) is not part of the hand-over: refuse rather than lose them.
-        if self.workers.iter().any(|w| w.reports != Notify::Zdrestart || w.main_pid.is_some()) {
-            return Err("workers report with sd_notify(3) (\"notify\": \"systemd\" or \"both\"), whose socket is not handed over".into());
+        // A hung worker waits for its replacement; a rolled-back canary
+        // still stopping is of a generation the state does not serve.
+        if self.workers.iter().any(|w| w.life == Life::Hung || w.generation > self.generation) {
+            return Err("a hung worker is being replaced, or a rolled-back canary is still stopping: retry once it is gone".into());
         }
         let workers = self.workers.iter().map(|w| worker_snapshot(w, now, &fds)).collect::<Result<Vec<_>, _>>()?;
         let status = self.status(0, SystemTime::UNIX_EPOCH);
@@ -126,7 +126,7 @@ impl Master {
             magic: self.magic,
             version: self.version.clone(),
             notified_ready: self.notified_ready,
-            lockout: self.state() == MasterState::Lockout,
+            lockout: self.locked_out(),
             workers,
             next_worker_id: self.workers.next_id(),
             pending: self
@@ -146,6 +146,7 @@ impl Master {
         let wall = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
         let mut m = Master::new(config, ProbeInfo { magic: snap.magic, version: snap.version.clone(), shared: None });
         m.generation = snap.generation;
+        m.highest_generation = snap.generation;
         m.notified_ready = snap.notified_ready;
         for w in &snap.workers {
             m.workers.adopt(adopted(w, &m.config, now));
@@ -191,7 +192,11 @@ fn worker_snapshot(w: &Worker, now: Instant, fds: &impl Fn(WorkerId) -> Option<W
         killed: w.life == Life::Stopping { kill_at: None },
         ready_timeout_ms: Some(ms(w.timeouts.ready)),
         shutdown_timeout_ms: Some(ms(w.timeouts.shutdown)),
+        watchdog_timeout_ms: w.timeouts.watchdog.map(ms),
         last_lines: w.last_lines.iter().cloned().collect(),
+        reports: w.reports,
+        status: w.status.clone(),
+        main_pid: w.main_pid,
         fds,
     })
 }
@@ -205,6 +210,9 @@ fn adopted(w: &WorkerSnapshot, config: &Config, now: Instant) -> Worker {
     let timeouts = Timeouts {
         ready: w.ready_timeout_ms.map_or(current.ready, Duration::from_millis),
         shutdown: w.shutdown_timeout_ms.map_or(current.shutdown, Duration::from_millis),
+        // Its heartbeats follow the WATCHDOG_USEC it was started with: none
+        // recorded (an older image), none expected.
+        watchdog: w.watchdog_timeout_ms.map(Duration::from_millis),
     };
     let life = match (w.asked_to_stop, w.state) {
         (true, _) => Life::Stopping { kill_at: if w.killed { None } else { w.kill_left_ms.map(at) } },
@@ -218,13 +226,16 @@ fn adopted(w: &WorkerSnapshot, config: &Config, now: Instant) -> Worker {
         index: w.index,
         life,
         timeouts,
-        // sd_notify workers are never handed over (the upgrade is refused
-        // while there are any).
-        reports: Notify::Zdrestart,
+        reports: w.reports,
         started: now.checked_sub(Duration::from_millis(w.age_ms)).unwrap_or(now),
         started_wall: std::time::UNIX_EPOCH + Duration::from_millis(w.started_ms),
         last_lines: w.last_lines.iter().cloned().collect(),
-        status: None,
-        main_pid: None,
+        status: w.status.clone(),
+        main_pid: w.main_pid,
+        watchdog_at: match life {
+            Life::Ready => timeouts.watchdog.map(|t| now + t),
+            _ => None,
+        },
+        replaced: false,
     }
 }

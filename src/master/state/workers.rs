@@ -4,8 +4,8 @@
 //! same id; after an upgrade the ids come from the hand-over.
 //!
 //! Each worker carries what it was spawned with and lives by it: its
-//! generation and index, the [`Timeouts`] of its config, where its reports
-//! count. Its lifecycle is a [`Life`]. Pure data and bookkeeping: no
+//! generation and index, the [`Timeouts`] of its config (its watchdog
+//! included), where its reports count. Its lifecycle is a [`Life`]. Pure data and bookkeeping: no
 //! decisions (those are the table's, `super::table`), no clock.
 
 use crate::config::{Config, Notify};
@@ -37,24 +37,34 @@ pub struct Timeouts {
     pub ready: Duration,
     /// `shutdownTimeout`: asked to exit, it is killed after this.
     pub shutdown: Duration,
+    /// `watchdogTimeout` (its `WATCHDOG_USEC`): once ready, a heartbeat at
+    /// least this often, or it is hung. None: no watchdog.
+    pub watchdog: Option<Duration>,
 }
 
 impl Timeouts {
     pub fn of(config: &Config) -> Timeouts {
-        Timeouts { ready: config.ready_timeout, shutdown: config.shutdown_timeout }
+        Timeouts { ready: config.ready_timeout, shutdown: config.shutdown_timeout, watchdog: config.watchdog_timeout }
     }
 }
 
-/// Where a worker is in its life. New states (a soak after `READY=1`, a
-/// hung worker being replaced) are new variants; STATUS shows each as one
-/// of its words ([`Life::shown`]).
+/// Where a worker is in its life; STATUS shows each as one of its words
+/// ([`Life::shown`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Life {
     /// Spawned, not ready yet; not ready by `ready_by`: it failed.
     Starting { ready_by: Instant },
-    /// Reported ready: serving.
+    /// A new worker of a restart that reported ready and serves, on trial
+    /// until `passes_at` (`minReady`): an exit, an error or a hang before
+    /// then fails the restart as if it had never been ready.
+    Soaking { passes_at: Instant },
+    /// Reported ready (and passed its soak, if any): serving.
     Ready,
-    /// Asked to exit (SIGTERM); SIGKILL at `kill_at`, None once sent.
+    /// Missed its watchdog deadline. Not signalled yet: a replacement is
+    /// on its way, and once that one is ready this one gets SIGABRT.
+    Hung,
+    /// Asked to exit (SIGTERM, or SIGABRT when hung); SIGKILL at `kill_at`,
+    /// None once sent.
     Stopping { kill_at: Option<Instant> },
 }
 
@@ -63,18 +73,27 @@ impl Life {
     pub fn shown(self) -> WorkerState {
         match self {
             Life::Starting { .. } => WorkerState::Starting,
+            Life::Soaking { .. } => WorkerState::Soaking,
             Life::Ready => WorkerState::Ready,
+            Life::Hung => WorkerState::Hung,
             Life::Stopping { .. } => WorkerState::Stopping,
         }
     }
 
-    /// The deadline the master must wake up for.
+    /// The deadline of the life itself (the watchdog's is the worker's:
+    /// [`Worker::deadline`]).
     pub fn deadline(self) -> Option<Instant> {
         match self {
             Life::Starting { ready_by } => Some(ready_by),
-            Life::Ready => None,
+            Life::Soaking { passes_at } => Some(passes_at),
+            Life::Ready | Life::Hung => None,
             Life::Stopping { kill_at } => kill_at,
         }
+    }
+
+    /// Said `READY=1` and serves: ready, or soaking.
+    pub fn serving(self) -> bool {
+        matches!(self, Life::Ready | Life::Soaking { .. })
     }
 }
 
@@ -97,9 +116,19 @@ pub struct Worker {
     /// sd_notify `MAINPID=`: the process that is the worker from then on
     /// (one of its process group, which gets its signals; STATUS shows it).
     pub main_pid: Option<u32>,
+    /// Its next heartbeat is due by then (serving workers with a
+    /// watchdog only).
+    pub watchdog_at: Option<Instant>,
+    /// Found hung and replaced: its exit is not answered with a respawn.
+    pub replaced: bool,
 }
 
 impl Worker {
+    /// The earliest deadline of the worker: its life's or its watchdog's.
+    pub fn deadline(&self) -> Option<Instant> {
+        [self.life.deadline(), self.watchdog_at].into_iter().flatten().min()
+    }
+
     pub fn state(&self) -> WorkerState {
         self.life.shown()
     }
@@ -169,6 +198,8 @@ impl Workers {
             last_lines: VecDeque::new(),
             status: None,
             main_pid: None,
+            watchdog_at: None,
+            replaced: false,
         };
         self.map.insert(id, worker);
         id
@@ -223,8 +254,8 @@ impl Workers {
         self.map.is_empty()
     }
 
-    /// Workers ready now.
+    /// Workers serving now (ready or soaking).
     pub fn ready(&self) -> usize {
-        self.map.values().filter(|w| w.life == Life::Ready).count()
+        self.map.values().filter(|w| w.life.serving()).count()
     }
 }
