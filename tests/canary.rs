@@ -3,6 +3,7 @@
 //! both generations serving; `promote` carries the rollout on, `rollback`
 //! stops the canary and leaves the fleet as it was, with no lockout. A
 //! canary that dies is a failed restart. Under load, no request fails.
+#![deny(unsafe_code)]
 
 mod common;
 mod load;

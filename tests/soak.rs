@@ -5,6 +5,7 @@
 //! answers only once every new worker has passed; `maxSurge` lets new
 //! workers start while earlier ones soak; a restart is refused while the
 //! serving generation is not ready. Real master, real workers, real load.
+#![deny(unsafe_code)]
 
 mod common;
 mod load;

@@ -8,6 +8,7 @@
 //! and no line a worker writes is lost or cut at the exec. Each test starts
 //! its master from a copy of the built `zdrestart` and replaces it (or puts
 //! a script in its place) as a package upgrade would.
+#![deny(unsafe_code)]
 
 mod common;
 mod programs;

@@ -15,6 +15,7 @@
 //! which sees the same missing heartbeats whoever spins. That the built-in
 //! worker sends its heartbeats from its event loop is shown by SIGSTOP
 //! (which stops that loop) and by its own unit test.
+#![deny(unsafe_code)]
 
 mod common;
 mod load;
