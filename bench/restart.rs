@@ -14,6 +14,7 @@
 //! Run: `cargo bench --bench restart [-- soak]` (after `scripts/test` set up
 //! the venv), or `scripts/bench [soak]`. Figures depend on the machine;
 //! nothing is asserted.
+#![deny(unsafe_code)]
 
 use zdrestart_testkit::load::{self, Load, Sample, Spec};
 use zdrestart_testkit::*;

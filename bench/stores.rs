@@ -13,10 +13,10 @@
 //! Run: `scripts/bench stores` (installs wrk when missing; secantusd-py from
 //! the venv that scripts/test makes). Nothing is asserted: the figures depend
 //! on the machine and on its load, which is printed.
+#![deny(unsafe_code)]
 
 use serde_json::json;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 use zdrestart_testkit::load::{self, Load, Spec};
 use zdrestart_testkit::*;
@@ -28,7 +28,8 @@ const SPEC: Spec = Spec { keepalive: 8, fresh: 4, slow: 2, slow_ms: 300 };
 
 /// One wrk run: (requests per second, p99 in ms, non-2xx or socket errors).
 fn wrk(port: u16, path: &str, script: Option<&Path>) -> (f64, f64, String) {
-    let mut cmd = Command::new("wrk");
+    // Tagged like every process of the harness: it dies with the benchmark.
+    let mut cmd = spawn::command("wrk");
     cmd.args(["-t2", "-c32", &format!("-d{}s", SECS), "--latency"]);
     if let Some(s) = script {
         cmd.arg("-s").arg(s);
@@ -113,13 +114,16 @@ fn start(name: &str, driver: serde_json::Value) -> (Master, std::path::PathBuf) 
 /// RESTARTS zero-downtime restarts under load: (requests, failed, acknowledged writes lost).
 fn restarts(name: &str, m: &Master, sock: &Path) -> (usize, usize, usize) {
     let l = Load::start(m.port, SPEC);
-    std::thread::sleep(Duration::from_millis(500));
+    // Every generation takes traffic before the next swap (and the first
+    // before the first one).
+    let t = Duration::from_secs(60);
+    l.wait_answered_by(&m.wait_worker_count(2, t), t);
     for _ in 0..RESTARTS {
         let c = ctl(sock, &["restart", "--wait"]);
         if c.code != 0 {
             println!("  {}: restart failed: {:?}", name, c);
         }
-        std::thread::sleep(Duration::from_millis(300));
+        l.wait_answered_by(&m.wait_worker_count(2, t), t);
     }
     let s = l.finish();
     let lost = load::verify_acked(m.port, &s.acked).len();

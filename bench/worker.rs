@@ -17,6 +17,7 @@
 //! nginx-light when missing).
 //! Every load is bounded in time and count and uses loopback only. Nothing is
 //! asserted: the figures depend on the machine and on its load.
+#![deny(unsafe_code)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;

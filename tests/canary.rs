@@ -3,6 +3,7 @@
 //! both generations serving; `promote` carries the rollout on, `rollback`
 //! stops the canary and leaves the fleet as it was, with no lockout. A
 //! canary that dies is a failed restart. Under load, no request fails.
+#![deny(unsafe_code)]
 
 mod common;
 mod load;
@@ -74,12 +75,14 @@ fn a_promoted_canary_rolls_every_worker_over_under_load() {
     assert_eq!(r.code, 1, "{:?}", r);
     assert!(r.err.starts_with("zdrestartctl: promote refused: no canary: no canary restart in progress"), "{:?}", r);
     let load = Load::start(m.port, SPEC);
-    std::thread::sleep(Duration::from_millis(500));
+    load.wait_ok_after(0, 20, T, "before the canary");
     let (old, canary) = canary_stands(&m);
-    std::thread::sleep(Duration::from_secs(1));
+    // The load's own clients reach the canary before it is promoted.
+    load.wait_answered_by(&[canary as i32], T);
     let r = ctl(&s, &["promote", "--wait"]);
     assert_eq!((r.code, r.out.as_str()), (0, "zero-downtime restart complete\n"), "{:?}", r);
-    std::thread::sleep(Duration::from_millis(500));
+    let new: Vec<i32> = pids(&status(&s), |_| true).iter().map(|&p| p as i32).collect();
+    load.wait_answered_by(&new, T);
     let stats = load.finish();
     report("canary promoted under load", &stats);
     assert!(stats.failures.is_empty(), "{} failed requests", stats.failures.len());
@@ -104,7 +107,7 @@ fn a_rolled_back_canary_leaves_the_fleet_as_it_was_under_load() {
     let m = master(&mongo, json!({}));
     let s = sock(&m);
     let load = Load::start(m.port, SPEC);
-    std::thread::sleep(Duration::from_millis(500));
+    load.wait_ok_after(0, 20, T, "before the canary");
     let (old, canary) = canary_stands(&m);
     let r = ctl(&s, &["rollback"]);
     assert_eq!((r.code, r.out.as_str()), (0, "canary rolled back: the old generation serves on\n"), "{:?}", r);
@@ -112,7 +115,7 @@ fn a_rolled_back_canary_leaves_the_fleet_as_it_was_under_load() {
         recs.iter().find(|r| event_of(r) == "worker.exit" && worker_pid_of(r) == Some(canary as i32)).cloned()
     });
     assert_eq!(exit["code"], 0, "a graceful exit: {}", exit);
-    std::thread::sleep(Duration::from_millis(500));
+    load.wait_ok_after(load.ok_count(), 20, T, "after the rollback");
     let stats = load.finish();
     report("canary rolled back under load", &stats);
     assert!(stats.failures.is_empty(), "{} failed requests", stats.failures.len());

@@ -1,6 +1,7 @@
 //! `zdrestart --check`: validate the config, run the probe, and say whether a
 //! zero-downtime restart would be accepted (exit 0) or refused (exit 1, with
 //! the reason and the advice that zdrestartctl gives).
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -19,10 +20,12 @@ fn check(config: &std::path::Path) -> (i32, String) {
     (code, format!("{}{}", out, err))
 }
 
-/// A MongoDB URI on a free loopback port where nothing listens (never the
-/// default 127.0.0.1:27017, where this machine may run a real server).
+/// A MongoDB URI on a loopback port where nothing listens (never the
+/// default 127.0.0.1:27017, where this machine may run a real server): a
+/// port reserved for the test (connections refused), kept while it runs.
 fn nowhere_uri() -> String {
-    format!("mongodb://127.0.0.1:{}/?directConnection=true", free_port())
+    static NOWHERE: std::sync::OnceLock<ReservedPort> = std::sync::OnceLock::new();
+    format!("mongodb://127.0.0.1:{}/?directConnection=true", NOWHERE.get_or_init(ReservedPort::new).port())
 }
 
 fn write(dir: &TestDir, v: serde_json::Value) -> std::path::PathBuf {
@@ -102,7 +105,7 @@ fn check_is_not_killed_by_the_masters_restart_and_reopen_signals() {
     let mut cmd = Command::new(master_bin());
     cmd.args(["--check", "-c"]).arg(&cfg).stdout(out.try_clone().unwrap()).stderr(out);
     scrub_env(&mut cmd);
-    let mut c = ChildGuard::new(cmd.spawn().expect("spawn zdrestart --check"), &log);
+    let mut c = ChildGuard::spawn(&mut cmd, &log);
     // Its probe runs (a child of --check): --check is past its start.
     assert!(wait_until(Duration::from_secs(30), || !descendants_of(c.pid()).is_empty()), "no probe started");
     assert!(kill(c.pid(), libc::SIGUSR2));

@@ -1,5 +1,6 @@
 //! Socket-level tests of `zdrestart::control::ControlServer` alone: a small
 //! poll loop in a thread stands in for the master and answers commands.
+#![deny(unsafe_code)]
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -78,15 +79,18 @@ fn run(mut server: ControlServer, stop: Arc<AtomicBool>, stats: Arc<Stats>, wait
         server.poll_fds(&mut fds);
         let mut pfds: Vec<libc::pollfd> =
             fds.iter().map(|&(fd, ev)| libc::pollfd { fd, events: ev, revents: 0 }).collect();
-        // SAFETY: pfds is a valid, exclusively borrowed array of pollfd of the given length.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 10) };
-        assert!(n >= 0 || std::io::Error::last_os_error().kind() == ErrorKind::Interrupted);
+        if let Err(e) = common::sys::poll(&mut pfds, 10) {
+            assert_eq!(e.kind(), ErrorKind::Interrupted, "poll: {}", e);
+        }
         let now = Instant::now();
         for p in &pfds {
             if p.revents == 0 {
                 continue;
             }
             for (client, cmd) in server.on_ready(p.fd, p.revents, now) {
+                // The queue peaks right after an answer is queued (a client
+                // that overflows it is dropped inside the next reply).
+                stats.max_queued.fetch_max(server.queued_bytes(), Ordering::SeqCst);
                 match cmd {
                     Command::Cmds => server.reply(client, &control::cmds_answer()),
                     Command::Version => server.reply(client, "ACK test-version"),
@@ -105,6 +109,7 @@ fn run(mut server: ControlServer, stop: Arc<AtomicBool>, stats: Arc<Stats>, wait
                     Command::Upgrade { .. } => server.reply(client, "NACK upgrade not possible: test server"),
                     Command::Promote { .. } | Command::Rollback => server.reply(client, "NACK no canary: test server"),
                 }
+                stats.max_queued.fetch_max(server.queued_bytes(), Ordering::SeqCst);
             }
         }
         let now = Instant::now();
@@ -141,6 +146,18 @@ fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         thread::sleep(Duration::from_millis(10));
     }
     panic!("timed out waiting for: {}", what);
+}
+
+/// Wait until the monotonic clock has moved on from now. The stand-in
+/// master runs in this process on the same clock and stamps a client's
+/// activity (a command read, an answer written) before the client can see
+/// its answer; so after this, the next activity of any client is stamped
+/// strictly later than every activity before. No fixed time is waited.
+fn clock_moves_on() {
+    let t = Instant::now();
+    while Instant::now() <= t {
+        std::hint::spin_loop();
+    }
 }
 
 /// Reads until EOF (true) or an error/timeout (false).
@@ -359,13 +376,14 @@ fn a_full_table_evicts_the_longest_idle_client() {
         let mut r = BufReader::new(s);
         assert_eq!(read_line(&mut r), "ACK test-version\n");
         kept.push(r);
-        thread::sleep(Duration::from_millis(20)); // distinct last activities
+        clock_moves_on(); // distinct last activities
     }
     // The second one is active again: the first is now idle longest.
     (kept[1].get_ref()).write_all(b"VERSION\n").unwrap();
     assert_eq!(read_line(&mut kept[1]), "ACK test-version\n");
     // A fifth client is served (not left waiting for an idle timeout: the
     // harness's is 60 s, the read timeout 30 s); the first is evicted (EOF).
+    clock_moves_on();
     let s = control_connect(&h.path);
     (&s).write_all(b"VERSION\n").unwrap();
     let mut fifth = BufReader::new(s);
@@ -375,12 +393,12 @@ fn a_full_table_evicts_the_longest_idle_client() {
     kept.push(fifth);
     // The others are still connected and served, in this order.
     for r in kept.iter_mut() {
-        thread::sleep(Duration::from_millis(20));
+        clock_moves_on();
         r.get_ref().write_all(b"VERSION\n").unwrap();
         assert_eq!(read_line(r), "ACK test-version\n");
     }
     // Next in line: the first of them, once the second is active again.
-    thread::sleep(Duration::from_millis(20));
+    clock_moves_on();
     (kept[0].get_ref()).write_all(b"VERSION\n").unwrap();
     assert_eq!(read_line(&mut kept[0]), "ACK test-version\n");
     let s = control_connect(&h.path);
@@ -445,9 +463,9 @@ fn pump(server: &mut ControlServer, dur: Duration) -> Vec<(control::ClientId, Co
         server.poll_fds(&mut fds);
         let mut pfds: Vec<libc::pollfd> =
             fds.iter().map(|&(fd, ev)| libc::pollfd { fd, events: ev, revents: 0 }).collect();
-        // SAFETY: pfds is a valid, exclusively borrowed array of pollfd of the given length.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 10) };
-        assert!(n >= 0 || std::io::Error::last_os_error().kind() == ErrorKind::Interrupted);
+        if let Err(e) = common::sys::poll(&mut pfds, 10) {
+            assert_eq!(e.kind(), ErrorKind::Interrupted, "poll: {}", e);
+        }
         let now = Instant::now();
         for p in &pfds {
             if p.revents != 0 {
@@ -602,35 +620,55 @@ fn hundreds_of_idle_clients_do_not_lock_out_a_new_client() {
     assert_eq!(ask(&h.path, "VERSION"), "ACK test-version");
 }
 
+/// A client that floods STATUS (4 KiB answers) and never reads: the server
+/// answers until the socket is full, queues answers up to its output bound
+/// (`MAX_OUTPUT`), and drops the client when one more would pass it: the
+/// queue reached the bound (not dropped early, for another reason) and never
+/// passed it (not kept beyond it). Other clients are served throughout.
 #[test]
 fn a_client_that_never_reads_stays_bounded() {
     let dir = TestDir::new("noread");
     let h = default_harness(&dir);
     let hog = control_connect(&h.path);
     hog.set_nonblocking(true).unwrap();
-    // Flood STATUS (4 KiB answers each) for a while, never reading.
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut sent = 0usize;
-    let mut last_check = Instant::now();
     let req = b"STATUS\n".repeat(512);
-    while Instant::now() < deadline {
+    let write_error = loop {
+        let queued = h.stats.max_queued.load(Ordering::SeqCst);
+        assert!(queued <= control::MAX_OUTPUT, "{} answer bytes queued, over the bound of {}", queued, control::MAX_OUTPUT);
+        assert!(Instant::now() < deadline, "the hog was not dropped within 30 s (it sent {} bytes)", sent);
         match (&hog).write(&req) {
             Ok(n) => sent += n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
-            Err(_) => break, // dropped by the server: fine
+            Err(e) => break e,
         }
-        if last_check.elapsed() > Duration::from_millis(300) {
-            // The master still answers others (within the client's read
-            // timeout; how fast is for the benchmark).
-            assert_eq!(ask(&h.path, "VERSION"), "ACK test-version");
-            last_check = Instant::now();
-        }
-    }
-    assert!(sent > 0);
+        // The master still answers others meanwhile.
+        assert_eq!(ask(&h.path, "VERSION"), "ACK test-version");
+    };
+    eprintln!("the hog's writes failed after {} bytes: {}", sent, write_error);
+    // Dropped by the server: what it could still read is complete answers,
+    // then EOF (or a reset: it left commands unread).
+    hog.set_nonblocking(false).unwrap();
+    hog.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = Vec::new();
+    let end = (&hog).read_to_end(&mut got);
+    assert!(
+        end.is_ok() || end.as_ref().is_err_and(|e| e.kind() == ErrorKind::ConnectionReset),
+        "the hog was not closed by the server: {:?}",
+        end
+    );
+    let answers = String::from_utf8_lossy(&got).matches("ACK {\"pad\"").count();
     let max_q = h.stats.max_queued.load(Ordering::SeqCst);
-    assert!(max_q <= control::MAX_OUTPUT, "queued {} bytes", max_q);
+    let answer = format!("ACK {{\"pad\":\"{}\"}}\n", "x".repeat(STATUS_PAD)).len();
+    eprintln!("{} answers reached the hog; the most queued at once: {} bytes (bound {})", answers, max_q, control::MAX_OUTPUT);
+    assert!(answers > 0, "no answer before the drop");
+    assert!(max_q <= control::MAX_OUTPUT, "queued {} bytes, over the bound", max_q);
+    assert!(max_q + answer > control::MAX_OUTPUT, "dropped with {} bytes queued: before the bound ({})", max_q, control::MAX_OUTPUT);
+    assert_eq!(ask(&h.path, "VERSION"), "ACK test-version");
+    eventually(30, "every slot free again (the hog's too)", || h.stats.clients.load(Ordering::SeqCst) == 0);
     let server = h.finish();
-    assert!(server.queued_bytes() <= control::MAX_OUTPUT);
+    assert_eq!(server.queued_bytes(), 0);
     server.close();
 }
 

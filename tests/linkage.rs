@@ -1,17 +1,21 @@
 //! The master and zdrestartctl never link the MongoDB driver or an async
 //! runtime (ARCHITECTURE.md, the processes): checked on the symbols of the binaries
 //! cargo built for this test run, with the worker as the positive control.
+#![deny(unsafe_code)]
 
 use std::path::Path;
 
-fn has_symbol_prefix(bin: &Path, needle: &[u8]) -> bool {
+fn has_symbol_prefix(bin: &Path, needle: &str) -> bool {
     let bytes = std::fs::read(bin).unwrap_or_else(|e| panic!("read {}: {}", bin.display(), e));
-    bytes.windows(needle.len()).any(|w| w == needle)
+    // std's (optimized) substring search: a byte-by-byte loop of this debug
+    // build takes seconds on a 130 MB binary. The needle is ASCII, which the
+    // lossy conversion never touches.
+    String::from_utf8_lossy(&bytes).contains(needle)
 }
 
 // Rust's legacy mangling: `_ZN7mongodb...`, `_ZN5tokio...`.
-const MONGODB: &[u8] = b"_ZN7mongodb";
-const TOKIO: &[u8] = b"_ZN5tokio";
+const MONGODB: &str = "_ZN7mongodb";
+const TOKIO: &str = "_ZN5tokio";
 
 #[test]
 fn worker_links_mongodb() {

@@ -2,6 +2,7 @@
 //! fail fast (zdrestart(8)). Each test starts its own master on its own port
 //! (see tests/common/master.rs); everything it started is killed even when it
 //! fails.
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -303,11 +304,20 @@ fn sigkill_of_master_ends_workers_and_frees_port() {
     assert!(!port_accepts(m.port), "something still accepts on the port");
 }
 
+/// A start that fails does so before anything slow: exit 1 (within 30 s: it
+/// does not hang), the error named, no probe run, no worker, no pidfile.
+/// (How many seconds a loaded machine takes to start a process is not
+/// asserted: the order of what happened is.)
 fn assert_fails_fast(b: MasterBuilder, key_words: &[&str]) -> Master {
     let t0 = Instant::now();
-    let (st, stderr, m) = b.run_to_exit(secs(10.0));
+    let (st, stderr, m) = b.run_to_exit(secs(30.0));
     assert_eq!(st.code(), Some(1), "exit status {:?}; stderr:\n{}", st, stderr);
-    assert!(t0.elapsed() < secs(5.0), "took {:?} to fail", t0.elapsed());
+    eprintln!("failed after {:?}", t0.elapsed());
+    assert!(
+        m.log_records().iter().all(|r| r["component"] != "probe"),
+        "a probe ran before the start failed:\n{}",
+        m.log_text()
+    );
     let all = format!("{}\n{}\n{}", stderr, m.stdout_text(), m.log_text());
     for w in key_words {
         assert!(all.contains(w), "the error names {:?}; stderr:\n{}\nlog:\n{}", w, stderr, m.log_text());
@@ -402,8 +412,8 @@ fn every_log_line_is_bunyan() {
 fn fifty_worker_crashes_leak_no_fd_and_no_zombie() {
     let m = Master::for_test().set("shutdownTimeout", 2).start();
     let mut workers = m.wait_worker_count(2, T);
-    // Stable state: let the workers get older than the crash-loop window.
-    std::thread::sleep(Duration::from_millis(1200));
+    // Stable state: the workers older than the crash-loop window (1 s).
+    assert!(wait_older_than(&workers, Duration::from_secs(1), T));
     let fds_before = m.fd_count();
     let targets_before = fd_targets(m.pid());
     for round in 0..25 {
@@ -437,7 +447,7 @@ fn fifty_worker_crashes_leak_no_fd_and_no_zombie() {
             round
         );
         // Past the crash-loop window before the next kill: no backoff.
-        std::thread::sleep(Duration::from_millis(1100));
+        assert!(wait_older_than(&workers, Duration::from_secs(1), T));
     }
     assert_eq!(m.events("worker.exit").len(), 50, "50 worker.exit records");
     let mut last = (0, Vec::new());

@@ -1,6 +1,7 @@
 //! The master under real operations (zdrestart(8), zdrestart-worker(7)): a worker's record that forges
 //! the master's, the pidfile lock, signals from the first instant, process
 //! groups and orphans, inherited fds. Real master, real workers on loopback.
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -60,8 +61,7 @@ fn flock_says_held(pidfile: &std::path::Path) -> bool {
 fn a_stale_pidfile_naming_a_live_process_does_not_refuse_the_start() {
     // An unrelated live process whose pid a stale pidfile names (a reused pid).
     let dir = TestDir::for_test();
-    let sleeper = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
-    let sleeper = ChildGuard::new(sleeper, dir.join("none"));
+    let sleeper = ChildGuard::spawn(std::process::Command::new("sleep").arg("1000"), dir.join("none"));
     let b = Master::for_test();
     let pidfile = b.dir().join("zdrestart.pid");
     std::fs::write(&pidfile, format!("{}\n", sleeper.pid())).unwrap();
@@ -82,17 +82,21 @@ fn a_live_master_is_never_started_twice_and_a_dead_one_never_blocks() {
     let pidfile = first.pidfile.clone().unwrap();
     // A second master on the same pidfile (own port and log): refused at
     // once, before binding or probing, and the first master's file is intact.
+    // Its port is held by this test meanwhile: a master that bound before
+    // checking the pidfile would fail with "Address already in use" instead.
     let second = Master::builder("second").set("pidfile", pidfile.display().to_string());
     let port2 = second.port();
+    let holder = std::net::TcpListener::bind(("127.0.0.1", port2)).unwrap();
     let (st, err, second) = second.run_to_exit(T);
+    drop(holder);
     assert_eq!(st.code(), Some(1), "{}", err);
     assert!(
         err.contains(&format!("a master is already running as pid {}", first.pid())) && err.contains("lock"),
         "{}",
         err
     );
+    assert!(!err.contains("Address already in use"), "it tried to bind first: {}", err);
     assert!(second.log_records().iter().all(|r| !r["msg"].as_str().unwrap_or("").starts_with("listening on")));
-    assert!(port_is_free(port2));
     assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), format!("{}\n", first.pid()));
     assert!(flock_says_held(&pidfile));
     assert_eq!(first.healthz().status, 200);
@@ -169,14 +173,189 @@ fn sigterm_and_sigint_while_starting_stop_cleanly() {
         assert!(!m.dir.join("ctl.sock").exists(), "no control socket left");
         assert!(wait_until(T, || pids_with_env("FAULT_MARK", &mark).is_empty()), "the probe was ended");
         assert!(m.events("worker.spawn").is_empty());
-        assert!(port_is_free(m.port));
+        assert!(wait_until(T, || port_is_free(m.port)), "the port is held after the stop");
         let stop = m.wait_for_event("master.stop", T);
         assert!(stop["msg"].as_str().unwrap().contains("starting"), "{}", stop);
     }
 }
 
+/// A master whose config file is a FIFO: it waits in the open(2) of its
+/// config until the test writes it. Returns it once it waits there (the FIFO
+/// has a reader), with the FIFO's write end and the config text to write.
+/// The path then names a regular file with the same text (renamed over the
+/// FIFO, which the master holds open already): what its probe and workers
+/// read later.
+fn master_before_its_config(b: MasterBuilder) -> (Master, std::fs::File, String) {
+    let fifo = b.dir().join("config.fifo");
+    mkfifo(&fifo);
+    let text = serde_json::to_string(&Value::Object(b.config().clone())).unwrap();
+    let m = b.args(&["-c", fifo.to_str().unwrap()]).spawn();
+    let w = open_fifo_when_read(&fifo, T);
+    let file = fifo.with_extension("json");
+    std::fs::write(&file, &text).unwrap();
+    std::fs::rename(&file, &fifo).unwrap();
+    (m, w, text)
+}
+
+/// zdrestart(8): the master handles its signals "from its first instant,
+/// before reading its config". SIGUSR2 and SIGHUP (whose default action is
+/// death) sent while it waits for its config file do not kill it: once the
+/// config comes it starts, refuses that restart (`starting`) and reopens
+/// its log.
+#[test]
+fn sigusr2_and_sighup_before_the_config_is_read_are_handled() {
+    let (m, mut w, text) = master_before_its_config(Master::for_test());
+    m.signal(libc::SIGUSR2);
+    m.signal(libc::SIGHUP);
+    {
+        use std::io::Write;
+        w.write_all(text.as_bytes()).unwrap();
+    }
+    drop(w);
+    m.wait_serving(T);
+    let recs = m.log_records();
+    let refused: Vec<&Value> = recs.iter().filter(|r| event_of(r) == "restart.refused").collect();
+    assert_eq!(refused.len(), 1, "{}", m.diagnostics());
+    assert_eq!(refused[0]["reason"], "starting", "{}", refused[0]);
+    assert_eq!(recs.iter().filter(|r| event_of(r) == "log.reopen").count(), 1, "{}", m.diagnostics());
+    let start = recs.iter().position(|r| event_of(r) == "master.start").unwrap();
+    let refusal = recs.iter().position(|r| event_of(r) == "restart.refused").unwrap();
+    assert!(refusal < start, "the signal was handled before the start: {}", m.diagnostics());
+    assert!(m.events("restart.start").is_empty());
+    assert_eq!(m.healthz().status, 200);
+}
+
+/// SIGTERM or SIGINT sent while the master waits for its config file: once
+/// it has read it, it stops at once with status 0 (not killed by the
+/// signal), starting nothing.
+#[test]
+fn sigterm_and_sigint_before_the_config_is_read_stop_cleanly() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let (mut m, mut w, text) = master_before_its_config(Master::for_test());
+        m.signal(sig);
+        {
+            use std::io::Write;
+            w.write_all(text.as_bytes()).unwrap();
+        }
+        drop(w);
+        let st = m.wait_exit(T);
+        assert_eq!(st.code(), Some(0), "signal {}: {:?}\n{}", sig, st, m.diagnostics());
+        let stop = m.wait_for_event("master.stop", T);
+        assert!(stop["msg"].as_str().unwrap().contains("while starting"), "{}", stop);
+        assert!(m.events("worker.spawn").is_empty());
+        assert!(m.log_records().iter().all(|r| !r["msg"].as_str().unwrap_or("").starts_with("listening on")), "it bound its port");
+        assert!(!m.pidfile.as_ref().unwrap().exists(), "pidfile left behind");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Item 2: process groups, a subreaper, no orphan left serving
+
+/// The pids a `group-term.sh` worker wrote to `file` beside the config, once
+/// there are `n`.
+fn helper_pids(dir: &std::path::Path, file: &str, n: usize) -> Vec<i32> {
+    let path = dir.join(file);
+    let mut pids = Vec::new();
+    assert!(
+        wait_until(T, || {
+            pids = std::fs::read_to_string(&path).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect();
+            pids.len() >= n
+        }),
+        "{} of {} expected: {:?}",
+        file,
+        n,
+        pids
+    );
+    pids
+}
+
+/// A process of the process group `group` that ignores SIGTERM and that the
+/// master did not start: the test's own child, put in the group. The
+/// master's subreaper never adopts it (its parent, the test, lives on), so
+/// only the master's SIGKILL to what is left of the group can end it.
+fn outsider_in_group(dir: &std::path::Path, group: i32, name: &str) -> ChildGuard {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "trap '' TERM; exec sleep 1000"]).process_group(group);
+    let g = ChildGuard::spawn(&mut cmd, dir.join(name));
+    // SIGTERM is ignored once the shell has exec'd sleep (after its trap).
+    assert!(wait_until(T, || proc_stat(g.pid()).is_some_and(|s| s.comm == "sleep")), "the outsider did not start");
+    g
+}
+
+/// The outsider was ended by SIGKILL (it ignores SIGTERM).
+fn assert_killed(outsider: &mut ChildGuard, what: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let st = outsider.wait_timeout(T).unwrap_or_else(|| panic!("{} is still running", what));
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{}: {:?}", what, st);
+}
+
+/// zdrestart(8): what is left of a worker's process group once its main
+/// process is gone is killed (SIGKILL a worker: its helper that ignores
+/// SIGTERM, and holds the listener it inherited, goes too, while the master
+/// runs on); a graceful stop sends SIGTERM to every worker's *process group*
+/// (a helper that ends on SIGTERM gets it and ends by itself), and nothing of
+/// the groups outlives it. The worker's own helpers, orphaned, come back to
+/// the master (a subreaper), which would end them as strays anyway; so each
+/// group also holds a process the master never adopts (the test's child):
+/// only the kill of what is left of the group ends it. Either half alone
+/// fails this test.
+#[test]
+fn a_stop_signals_each_workers_group_and_kills_what_is_left() {
+    let b = Master::for_test().set("worker", fault_worker_json("group-term.sh")).set("shutdownTimeout", 5);
+    let dir = b.dir().path().to_path_buf();
+    let mut m = b.spawn();
+    m.wait_events_after(0, "worker.ready", 2, T);
+    let workers = m.wait_worker_count(2, T);
+    let graceful = helper_pids(&dir, "graceful-helpers", 2);
+    let stubborn = helper_pids(&dir, "stubborn-helpers", 2);
+    let group_of = |p: i32| pgid_of(p).unwrap_or_else(|| panic!("helper {} is gone", p));
+    for &p in graceful.iter().chain(&stubborn) {
+        assert!(workers.contains(&group_of(p)), "helper {} is not in a worker's process group", p);
+    }
+    // A worker's main process dies: the rest of its group is killed at once.
+    let victim = workers[0];
+    let (victim_graceful, victim_stubborn): (Vec<i32>, Vec<i32>) = (
+        graceful.iter().copied().filter(|&p| group_of(p) == victim).collect(),
+        stubborn.iter().copied().filter(|&p| group_of(p) == victim).collect(),
+    );
+    assert_eq!((victim_graceful.len(), victim_stubborn.len()), (1, 1));
+    let mut outsider = outsider_in_group(&dir, victim, "outsider-1.log");
+    let mark = m.mark();
+    assert!(kill(victim, libc::SIGKILL));
+    assert!(
+        wait_until(T, || victim_graceful.iter().chain(&victim_stubborn).all(|&p| !pid_alive(p))),
+        "left alive after their worker's main process died: {:?}",
+        victim_graceful.iter().chain(&victim_stubborn).filter(|&&p| pid_alive(p)).collect::<Vec<_>>()
+    );
+    assert_killed(&mut outsider, "the test's process in the group of the SIGKILLed worker");
+    assert!(pid_alive(m.pid()), "the master runs on");
+    m.wait_event_after(mark, "worker.ready", T);
+    let workers = m.wait_worker_count(2, T);
+    assert!(!workers.contains(&victim));
+    let graceful: Vec<i32> = helper_pids(&dir, "graceful-helpers", 3).into_iter().filter(|&p| pid_alive(p)).collect();
+    let stubborn: Vec<i32> = helper_pids(&dir, "stubborn-helpers", 3).into_iter().filter(|&p| pid_alive(p)).collect();
+    assert_eq!((graceful.len(), stubborn.len()), (2, 2), "helpers of the 2 live workers");
+    // A graceful stop: SIGTERM reaches each group, the graceful helpers get
+    // it (and none had it before).
+    assert!(!dir.join("term-received").exists(), "SIGTERM before the stop");
+    let mut outsiders: Vec<ChildGuard> =
+        workers.iter().enumerate().map(|(i, &w)| outsider_in_group(&dir, w, &format!("outsider-stop-{}.log", i))).collect();
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit(T).code(), Some(0), "{}", m.diagnostics());
+    let mut got = helper_pids(&dir, "term-received", 2);
+    got.sort();
+    let mut want = graceful.clone();
+    want.sort();
+    assert_eq!(got, want, "helpers that got SIGTERM");
+    // What was left (SIGTERM ignored) was killed, not left serving.
+    assert!(wait_until(T, || stubborn.iter().all(|&p| !pid_alive(p))), "helpers left alive: {:?}", stubborn);
+    for o in outsiders.iter_mut() {
+        assert_killed(o, "the test's process in a worker's group at the stop");
+    }
+    assert!(workers.iter().all(|&w| !pid_alive(w)));
+    assert!(wait_until(T, || port_is_free(m.port)), "the port is held after the stop");
+}
 
 #[test]
 fn a_wrapper_worker_leaves_no_old_server_after_a_restart_nor_after_a_stop() {
@@ -212,12 +391,15 @@ fn a_wrapper_worker_leaves_no_old_server_after_a_restart_nor_after_a_stop() {
 }
 
 /// SIGTERM: exit 0, no process marked `FAULT_MARK=mark` left (all the
-/// service started), nothing holds the port.
+/// service started), and the port comes free: nothing holds it. Waited for,
+/// not read once: a process being killed loses its environment (what
+/// `pids_with_env` reads) before its fds in the kernel's exit path, so its
+/// listener may still be open for a moment after it leaves that list.
 fn stop_leaves_nothing(m: &mut Master, mark: &str) {
     m.signal(libc::SIGTERM);
     assert_eq!(m.wait_exit(T).code(), Some(0));
     assert!(wait_until(T, || pids_with_env("FAULT_MARK", mark).is_empty()), "left: {:?}", pids_with_env("FAULT_MARK", mark));
-    assert!(port_is_free(m.port), "the port is free after the stop");
+    assert!(wait_until(T, || port_is_free(m.port)), "the port is held after the stop: {:?}", listening_inodes(m.port));
 }
 
 #[test]
@@ -271,7 +453,7 @@ fn sigkill_of_the_master_ends_workers_that_ignore_sigterm() {
     m.signal(libc::SIGKILL);
     m.wait_exit(T);
     assert!(wait_until(T, || workers.iter().all(|&w| !pid_alive(w))), "workers left serving: {:?}", workers);
-    assert!(port_is_free(m.port));
+    assert!(wait_until(T, || port_is_free(m.port)), "the port is held after the master's SIGKILL");
 }
 
 // ---------------------------------------------------------------------------

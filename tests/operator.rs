@@ -4,6 +4,7 @@
 //! the log file cannot be reopened; the whole respawn backoff of a worker
 //! that keeps dying; and a completed restart's `logLevel`, with the warnings
 //! for the keys that only a normal restart applies.
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -36,16 +37,32 @@ fn unopenable_log_file_is_exit_1() {
     let b = Master::for_test();
     let log = b.dir().join("no-such-dir/zdrestart.log").display().to_string();
     let pidfile = b.dir().join("zdrestart.pid");
+    // The port is held by this test meanwhile: the log file is the first
+    // thing the master opens, so it fails on the log, never on the port.
+    let holder = std::net::TcpListener::bind(("127.0.0.1", b.port())).unwrap();
     let m = assert_start_fails(b.set("logfile", log.as_str()), &[&log]);
+    drop(holder);
+    assert!(!m.stderr_text().contains("Address already in use"), "it bound before opening its log: {}", m.stderr_text());
     assert!(!pidfile.exists(), "pidfile left behind");
-    assert!(port_is_free(m.port), "port still bound");
 }
 
 #[test]
 fn probe_without_magic_number_is_exit_1() {
-    let m = assert_start_fails(Master::for_test().set("worker", fault_worker_json("no-magic.sh")), &["MAGIC"]);
+    // The probe leaves a helper in its process group (and its pid in a
+    // file): a failed start leaves nothing behind, not even that.
+    let mark = format!("no-magic-{}", std::process::id());
+    let b = Master::for_test().set("worker", fault_worker_json("no-magic.sh")).env("FAULT_MARK", &mark);
+    let helper_file = b.dir().join("no-magic-helper.pid");
+    let m = assert_start_fails(b, &["MAGIC"]);
     assert!(!m.pidfile.as_ref().unwrap().exists(), "pidfile left behind");
-    assert!(port_is_free(m.port), "port still bound");
+    let helper: i32 = fs::read_to_string(&helper_file)
+        .unwrap_or_else(|e| panic!("the probe did not run ({}: {})\n{}", helper_file.display(), e, m.diagnostics()))
+        .trim()
+        .parse()
+        .unwrap();
+    let left = || common::ops::pids_with_env("FAULT_MARK", &mark);
+    assert!(wait_until(T, || left().is_empty()), "left behind by the failed start: {:?} (the probe's helper: {})", left(), helper);
+    assert!(!pid_alive(helper) || proc_stat(helper).is_some_and(|s| s.comm != "sleep"), "the probe's helper {} survives", helper);
 }
 
 #[test]
@@ -214,8 +231,4 @@ fn a_completed_restart_brings_its_log_level_and_warns_about_keys_it_cannot_apply
     assert_eq!(probe["level"], 20, "{}", probe);
 }
 
-/// The effective uid of this process.
-fn euid() -> u32 {
-    // SAFETY: geteuid(2) cannot fail and has no preconditions.
-    unsafe { libc::geteuid() }
-}
+use common::sys::euid;

@@ -8,6 +8,7 @@
 //! queued or NACK with `no workers`, `bad driver`, `aborted restart`,
 //! `restart in flight` or `incompatibility`. The details zdrestart knows go to
 //! its log, never onto those lines.
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -22,10 +23,6 @@ fn master_with_socket(extra: Value) -> (Master, std::path::PathBuf) {
     let sock = b.dir().join("ctl.sock");
     let m = b.set("controlSocket", sock.display().to_string()).merge(extra).start();
     (m, sock)
-}
-
-fn records_after(m: &Master, mark: usize, f: impl Fn(&Value) -> bool) -> Vec<Value> {
-    m.log_records()[mark..].iter().filter(|r| f(r)).cloned().collect()
 }
 
 #[test]
@@ -107,11 +104,9 @@ fn every_restart_answer_is_pump_io_text() {
     let r = m.wait_event_after(mark, "restart.refused", T).1;
     assert!(r["detail"].as_str().unwrap().contains("999999"), "the detail is logged: {}", r);
 
-    // restart in flight: while a probe hangs, a second RESTART.
-    m.rewrite_config(|c| {
-        c.insert("worker".into(), fault_worker_json("probe-hang.sh"));
-        c.insert("probeTimeout".into(), json!(3));
-    });
+    // restart in flight: while the probe is held (until the test gives its
+    // verdict: no timeout to race), a second RESTART.
+    let gate = m.hold_probes();
     let mark = m.mark();
     let mut first = ControlClient::connect(&sock);
     first.send("RESTART\n");
@@ -122,8 +117,9 @@ fn every_restart_answer_is_pump_io_text() {
             .map(|_| ())
     });
     assert_eq!(ask_raw(&sock, "RESTART"), "NACK restart in flight\n");
+    gate.release("held by the test");
     // (`probe failed` is zdrestart's own reason: pump.socket(7) allows others.)
-    assert!(first.line_raw().starts_with("NACK probe failed"));
+    assert!(first.line_raw().starts_with("NACK probe failed: ERROR=held by the test"));
 
     // aborted restart: a new worker dies at start, the restart aborts; every
     // later RESTART is exactly `NACK aborted restart`.
@@ -138,7 +134,13 @@ fn every_restart_answer_is_pump_io_text() {
     m.rewrite_config(|c| {
         c.remove("worker");
     });
+    let mark = m.mark();
     assert_eq!(ask_raw(&sock, "RESTART"), "NACK aborted restart\n");
-    let refused = records_after(&m, mark, |r| event_of(r) == "restart.refused");
-    assert_eq!(refused.last().unwrap()["reason"], "aborted restart");
+    // That RESTART's own record: the one refusal after the mark.
+    let refused = m.wait_for("the refusal's record", T, |recs| {
+        let v: Vec<Value> = recs[mark..].iter().filter(|r| event_of(r) == "restart.refused").cloned().collect();
+        (!v.is_empty()).then_some(v)
+    });
+    assert_eq!(refused.len(), 1, "{:?}", refused);
+    assert_eq!(refused[0]["reason"], "aborted restart");
 }

@@ -4,6 +4,7 @@
 //! MongoDB-compatible server, and the fault-injection workers of tests/fault/
 //! (a restart is held in flight by the gates of tests/common/fault.rs, never
 //! by a timeout raced against the test).
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -278,11 +279,13 @@ fn check_lockout(m: &mut Master, abort_reason: &str) {
     assert_eq!(m.healthz().status, 200, "the last worker still serves");
 
     // The last one goes: fatal, exit 1, port released.
+    let mark = m.mark();
     kill(old[1], libc::SIGKILL);
     let st = m.wait_exit(T);
     assert_eq!(Master::exit_code(st), 1);
-    let fatal = m.log_records().into_iter().rev().find(|r| r["level"] == 60).expect("a fatal record");
-    assert!(fatal["msg"].as_str().unwrap().contains("no workers left"), "{}", fatal);
+    let fatal: Vec<Value> = m.log_records()[mark..].iter().filter(|r| r["level"] == 60).cloned().collect();
+    assert_eq!(fatal.len(), 1, "one fatal record after the last worker's death: {:?}", fatal);
+    assert!(fatal[0]["msg"].as_str().unwrap().contains("no workers left"), "{}", fatal[0]);
     assert!(wait_until(Duration::from_secs(5), || port_is_free(m.port)), "port still bound");
 }
 
@@ -431,4 +434,100 @@ fn default_shutdown_timeout_is_thirty_seconds() {
     let c = zdrestart::config::Config::parse(std::path::Path::new("/x.json"), "{}").unwrap();
     assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(c.workers, 2, "two or more workers is the default");
+}
+
+/// A client that keeps an idle keep-alive connection to one old worker
+/// fresh: a request every 500 ms (pacing, not a wait for a result) until
+/// the master's log says it asked that worker to exit; then it leaves the
+/// connection idle and waits for the worker to close it. Returns whether
+/// the worker closed it, how long after the client's last request, and
+/// whether that last answer already said `Connection: close` (a request
+/// that crossed the SIGTERM: then the close is not an idle timeout's).
+fn keep_fresh_until_sigterm(mut c: KeepAlive, sent: std::time::Instant, pid: i32, log: PathBuf) -> (bool, Duration, bool) {
+    let asked = format!("asking worker {} to exit", pid);
+    let stopped = || parse_log(&log).iter().any(|r| worker_pid_of(r) == Some(pid) && r["msg"].as_str().unwrap_or("").starts_with(&asked));
+    let mut last = sent;
+    loop {
+        // The master logs its SIGTERM before it sends it: no record read
+        // right before a request means no SIGTERM yet (a request can cross
+        // it only in the moment the request travels).
+        if stopped() {
+            let closed = c.closed_within(Duration::from_secs(60));
+            return (closed, last.elapsed(), false);
+        }
+        if std::time::Instant::now() < last + Duration::from_millis(500) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        last = std::time::Instant::now();
+        match c.get("/healthz") {
+            Ok(r) if r.worker_pid() == Some(pid) && !r.closes() => {}
+            Ok(r) if r.worker_pid() == Some(pid) => return (true, last.elapsed(), true),
+            other => panic!("the fresh connection to worker {} failed: {:?}", pid, other.map(|r| r.status)),
+        }
+    }
+}
+
+/// README, "What a restart costs": old workers drain in parallel while the
+/// rollout goes on, so a restart takes the rollout plus at most one idle
+/// timeout, not N of them. Each of 4 old workers holds a keep-alive
+/// connection kept fresh until its SIGTERM, after which the worker keeps it
+/// until its idle timeout (6 s): each old worker lives about one idle
+/// timeout after its SIGTERM. In parallel, the rollout waits for none of
+/// them and the restart for about one; drained one after another, the
+/// rollout (or the restart after it) would take about 4 idle timeouts.
+/// The bounds leave half an idle timeout (and the rollout a whole one) for
+/// a loaded machine, far from the 3 more idle timeouts of a serial drain.
+#[test]
+fn a_restart_takes_the_rollout_plus_one_idle_timeout_not_n() {
+    let mongo = Mongo::start();
+    let idle_timeout = Duration::from_secs(6);
+    let m = mongo_master(&mongo, json!({"workers": 4, "shutdownTimeout": 60, "params": {"uri": mongo.uri(), "timeout": 2, "idleTimeout": 6}}));
+    let workers = m.wait_worker_count(4, T);
+    let mut idle = std::collections::BTreeMap::new();
+    for _ in 0..400 {
+        if idle.len() == workers.len() {
+            break;
+        }
+        let mut c = KeepAlive::one_connection(m.port);
+        let sent = std::time::Instant::now();
+        let r = c.get("/healthz").unwrap();
+        idle.entry(r.worker_pid().unwrap()).or_insert((c, sent));
+    }
+    assert_eq!(idle.len(), 4, "no connection to every worker: {:?}", idle.keys());
+    let log = m.logfile.clone().unwrap();
+    let clients: Vec<_> = idle
+        .into_iter()
+        .map(|(pid, (c, sent))| {
+            let log = log.clone();
+            std::thread::spawn(move || keep_fresh_until_sigterm(c, sent, pid, log))
+        })
+        .collect();
+    let mark = m.mark();
+    m.signal(libc::SIGUSR2);
+    let (_, done) = m.wait_event_after(mark, "restart.complete", Duration::from_secs(120));
+    let recs = m.log_records();
+    let start = recs[mark..].iter().find(|r| event_of(r) == "restart.start").expect("restart.start");
+    let last_ready = recs[mark..]
+        .iter()
+        .filter(|r| event_of(r) == "worker.ready" && r["generation"] == 2)
+        .map(time_ms_of)
+        .max()
+        .expect("new workers ready");
+    let rollout = last_ready - time_ms_of(start);
+    let total = time_ms_of(&done) - time_ms_of(start);
+    eprintln!("restart of 4 workers with a fresh connection each: rollout {} ms, complete after {} ms", rollout, total);
+    let mut kept = 0;
+    for c in clients {
+        let (closed, after, crossed) = c.join().unwrap();
+        assert!(closed, "a connection to an old worker was never closed");
+        if !crossed {
+            kept += 1;
+            assert!(after >= idle_timeout, "a connection was closed {:?} after its last request, before its idle timeout", after);
+        }
+    }
+    assert!(kept >= 2, "{} of 4 old workers kept their idle connection after their SIGTERM", kept);
+    let idle_ms = idle_timeout.as_millis() as i64;
+    assert!(rollout < 2 * idle_ms, "the rollout ({} ms) waited for old workers' idle connections", rollout);
+    assert!(total <= rollout + idle_ms + idle_ms / 2, "the restart took {} ms: more than the rollout ({} ms) plus one idle timeout", total, rollout);
 }

@@ -10,6 +10,7 @@
 //! `zdrestart-worke` in /proc, is not `zdrestart`, so the master's name alone
 //! would not reach them), so that "kills no worker" is about workers that did
 //! get the signal.
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -31,10 +32,10 @@ fn killall_usr2_gives_exactly_one_restart_and_kills_no_worker() {
         return inside_the_namespace();
     }
     let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc"])
-        .arg(&exe)
-        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+    // On timeout run_cmd kills unshare, and with it the whole namespace
+    // (--kill-child; tests/harness.rs shows it).
+    let mut cmd = common::spawn::in_pid_namespace(&exe);
+    cmd.args(["--exact", NAME, "--nocapture", "--test-threads=1"])
         .env(IN_NAMESPACE, "1");
     let (st, out, err) = run_cmd(&mut cmd, Duration::from_secs(300));
     assert!(st.success(), "the test in its PID namespace failed ({:?}):\n--- stdout:\n{}\n--- stderr:\n{}", st, out, err);

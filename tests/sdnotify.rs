@@ -2,6 +2,7 @@
 //! sd_notify(3) datagrams it sends on `$NOTIFY_SOCKET`, received on a real
 //! `AF_UNIX` datagram socket that the test binds (a path, and an abstract
 //! name), in their exact sequence for start, restart, refusal, abort and stop.
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -33,6 +34,15 @@ impl Receiver {
         text.split('\n').map(str::to_string).collect()
     }
 
+    /// A datagram already waiting, without waiting for one.
+    fn pending(&self) -> Option<Vec<String>> {
+        self.sock.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let r = self.sock.recv(&mut buf).ok().map(|n| String::from_utf8_lossy(&buf[..n]).split('\n').map(str::to_string).collect());
+        self.sock.set_nonblocking(false).unwrap();
+        r
+    }
+
     /// Nothing arrives within `wait`.
     fn nothing_within(&self, wait: Duration) -> Option<Vec<String>> {
         self.sock.set_read_timeout(Some(wait)).unwrap();
@@ -44,11 +54,8 @@ impl Receiver {
 }
 
 fn monotonic_usec_now() -> u64 {
-    // /proc/uptime is CLOCK_BOOTTIME; read CLOCK_MONOTONIC through libc.
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: writes one timespec into a local.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+    // /proc/uptime is CLOCK_BOOTTIME: CLOCK_MONOTONIC comes from the harness.
+    common::sys::monotonic_usec()
 }
 
 /// `RELOADING=1`, `MONOTONIC_USEC=<CLOCK_MONOTONIC in µs, between before and
@@ -67,14 +74,33 @@ fn start_restart_refusal_abort_and_stop_in_sequence() {
     let b = Master::for_test();
     let path = b.dir().join("notify.sock");
     let rx = Receiver::bind(&path);
+    // The first generation's workers wait, reporting nothing, until the gate opens.
+    let gate = ReadyGate::new(b.dir().path());
     let mut m = b
-        .merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri(), "timeout": 2}, "shutdownTimeout": 3}))
+        .merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri(), "timeout": 2}, "shutdownTimeout": 3,
+                      "worker": fault_worker_json("ready-held.sh"), "readyTimeout": 3600}))
         .env("NOTIFY_SOCKET", &path.display().to_string())
-        .start();
+        .spawn();
 
-    // Start: READY=1 once the first generation is ready, never before.
+    // Start: READY=1 once the first generation is ready, never before. Both
+    // workers are spawned and held; after a later marker (the master handled
+    // a SIGHUP sent after the spawns) nothing has been sent.
+    m.wait_events_after(0, "worker.spawn", 2, T);
+    let mark = m.mark();
+    m.signal(libc::SIGHUP);
+    m.wait_event_after(mark, "log.reopen", T);
+    assert_eq!(rx.pending(), None, "the master told the service manager before its workers were ready");
+    gate.open();
     assert_eq!(rx.next(), ["READY=1", "STATUS=running: generation 1, 2 of 2 workers ready"]);
-    assert_eq!(m.events("worker.ready").len(), 2);
+    // In the master's own order (one log, written in the order it acted):
+    // the READY=1 it sent comes after both workers' ready records.
+    let recs = m.wait_for("the master's record of READY=1", T, |recs| {
+        recs.iter().any(|r| r["msg"].as_str().unwrap_or("").starts_with("told the service manager: READY=1")).then(|| recs.to_vec())
+    });
+    let told = recs.iter().position(|r| r["msg"].as_str().unwrap_or("").starts_with("told the service manager: READY=1")).unwrap();
+    let ready: Vec<usize> = (0..recs.len()).filter(|&i| event_of(&recs[i]) == "worker.ready").collect();
+    assert_eq!(ready.len(), 2, "{}", m.diagnostics());
+    assert!(ready.iter().all(|&i| i < told), "READY=1 before both workers were ready\n{}", m.diagnostics());
     // The workers do not get the master's NOTIFY_SOCKET.
     for w in m.wait_worker_count(2, T) {
         assert!(proc_environ(w).iter().all(|(k, _)| k != "NOTIFY_SOCKET"), "worker {} has NOTIFY_SOCKET", w);

@@ -5,6 +5,7 @@
 //! answers only once every new worker has passed; `maxSurge` lets new
 //! workers start while earlier ones soak; a restart is refused while the
 //! serving generation is not ready. Real master, real workers, real load.
+#![deny(unsafe_code)]
 
 mod common;
 mod load;
@@ -58,7 +59,7 @@ fn a_new_worker_that_exits_after_ready_aborts_the_restart() {
     let old = workers(&m, 1, "ready");
     assert_eq!(old.len(), 2);
     let load = Load::start(m.port, SPEC);
-    std::thread::sleep(Duration::from_millis(500));
+    load.wait_answered_by(&old.iter().map(|&p| p as i32).collect::<Vec<_>>(), T);
     m.rewrite_config(|c| {
         c.insert("worker".into(), fault_worker_json("ready-then-exit.sh"));
     });
@@ -73,7 +74,7 @@ fn a_new_worker_that_exits_after_ready_aborts_the_restart() {
     assert!(m.events("restart.complete").is_empty());
     assert!(!m.events("worker.soak").is_empty(), "the new worker was soaking when it died");
     // Clients go on being served by the old workers.
-    std::thread::sleep(Duration::from_millis(1500));
+    load.wait_ok_after(load.ok_count(), 20, T, "after the lockout");
     let stats = load.finish();
     report("ready-then-exit under load", &stats);
     assert!(stats.failures.is_empty(), "{} failed requests", stats.failures.len());

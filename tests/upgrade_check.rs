@@ -8,6 +8,7 @@
 //! and no line a worker writes is lost or cut at the exec. Each test starts
 //! its master from a copy of the built `zdrestart` and replaces it (or puts
 //! a script in its place) as a package upgrade would.
+#![deny(unsafe_code)]
 
 mod common;
 mod programs;
@@ -28,7 +29,7 @@ const T: Duration = Duration::from_secs(60);
 fn spawn(b: MasterBuilder) -> (Master, PathBuf, PathBuf) {
     let exe = b.dir().join("bin/zdrestart");
     std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
-    install_program(&exe, &std::fs::read(master_bin()).unwrap());
+    install_copy(&master_bin(), &exe);
     let sock = b.dir().join("ctl.sock");
     let m = b.bin(&exe).set("controlSocket", sock.display().to_string()).spawn();
     (m, exe, sock)
@@ -224,7 +225,7 @@ fn an_executable_that_only_prints_what_the_check_expects_is_refused() {
     let refused = m.wait_for_event("upgrade.refused", T);
     assert_eq!(refused["reason"], "upgrade check failed");
     // The real binary proves it read the state and is let in.
-    install_program(&exe, &std::fs::read(master_bin()).unwrap());
+    install_copy(&master_bin(), &exe);
     assert_eq!(ask(&sock, "UPGRADE NORESTART"), format!("ACK upgraded {}", env!("CARGO_PKG_VERSION")));
     assert_eq!(m.pid(), pid);
 }

@@ -15,6 +15,7 @@
 //! which sees the same missing heartbeats whoever spins. That the built-in
 //! worker sends its heartbeats from its event loop is shown by SIGSTOP
 //! (which stops that loop) and by its own unit test.
+#![deny(unsafe_code)]
 
 mod common;
 mod load;
@@ -72,7 +73,7 @@ fn a_stopped_worker_is_found_hung_and_replaced_new_before_old() {
     let replaced = stopped.elapsed();
     let exit = event_about(&m, "worker.exit", victim);
     assert_eq!(exit["signal"], 9, "SIGABRT waits while it is stopped; SIGKILL ends it: {}", exit);
-    std::thread::sleep(Duration::from_millis(500));
+    load.wait_answered_by(&[worker_pid_of(&ready).unwrap()], T);
     let stats = load.finish();
     eprintln!(
         "SIGSTOP: hung after {:?}, replaced (replacement {} ready) after {:?}; {} requests, {} failed",
@@ -119,17 +120,20 @@ fn a_spinning_event_loop_is_found_hung_and_ended_with_sigabrt() {
 #[test]
 fn systemd_notify_heartbeats_keep_a_worker_and_a_stopped_one_is_hung() {
     let m = with_socket(Master::for_test())
-        .merge(json!({"worker": [repo_root().join("tests/fault/sd-watchdog.sh").display().to_string()],
-            "notify": "systemd", "probe": false, "magic": 1, "sharedState": false, "workers": 1, "watchdogTimeout": 3, "shutdownTimeout": 1}))
+        .merge(json!({"worker": [repo_root().join("tests/fault/sd-watchdog.sh").display().to_string(), "10"],
+            "notify": "systemd", "probe": false, "magic": 1, "sharedState": false, "workers": 1, "watchdogTimeout": 10, "shutdownTimeout": 1}))
         .spawn();
     // It serves nothing: ready is all there is to wait for.
     let pid = worker_pid_of(&m.wait_for_event("worker.ready", T)).unwrap();
-    // Five heartbeats, one every 1.5 s: two timeouts lived on heartbeats alone.
-    m.wait_for("five heartbeats", T, |recs| {
-        recs.iter().find(|r| r["msg"].as_str() == Some("sd-watchdog: heartbeat 5") && worker_pid_of(r) == Some(pid)).cloned()
+    // A heartbeat every second against a 10 s timeout (each runs
+    // systemd-notify: at a load average of 34, one every 1.5 s against a
+    // 3 s timeout left gaps over 3 s). Twelve heartbeats, a second or more
+    // apart: more than a timeout lived on heartbeats alone.
+    m.wait_for("twelve heartbeats", T, |recs| {
+        recs.iter().find(|r| r["msg"].as_str() == Some("sd-watchdog: heartbeat 12") && worker_pid_of(r) == Some(pid)).cloned()
     });
     assert!(m.events("worker.hung").is_empty(), "{:?}", m.events("worker.hung"));
-    assert_eq!(status(&sock(&m))["workers"][0]["status"], "sd-watchdog: heartbeat every 1.500000 s");
+    assert_eq!(status(&sock(&m))["workers"][0]["status"], "sd-watchdog: heartbeat every 1.000000 s");
     assert!(kill(pid, libc::SIGSTOP));
     event_about(&m, "worker.hung", pid);
     let exit = event_about(&m, "worker.exit", pid);

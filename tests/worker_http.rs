@@ -1,6 +1,7 @@
 //! The built-in worker run by hand (no master, no LISTEN_FDS) with the memory
 //! driver: the HTTP API of zdrestart-worker(7) (The built-in worker), every
 //! error answer, keep-alive, the probe mode and the graceful exit.
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -185,12 +186,8 @@ fn healthz_and_keep_alive() {
 #[test]
 fn generation_from_environment() {
     let dir = TestDir::for_test();
-    let port = free_port();
-    let cfg = dir.join("c.json");
-    std::fs::write(&cfg, format!(r#"{{"port": {}}}"#, port)).unwrap();
-    let _p = spawn_worker(&cfg, &dir.join("w.log"), &[("ZDRESTART_GENERATION", "7")]);
-    assert!(wait_until(Duration::from_secs(10), || port_accepts(port)));
-    assert_eq!(worker_request(port, "GET", "/healthz", None).json()["generation"], 7);
+    let w = start_worker_with_env(&dir, "w", json!({}), &[("ZDRESTART_GENERATION", "7")]);
+    assert_eq!(worker_request(w.port, "GET", "/healthz", None).json()["generation"], 7);
 }
 
 #[test]
@@ -289,12 +286,13 @@ fn start_up_errors_exit_1() {
     assert_eq!(p.wait_timeout(Duration::from_secs(10)).and_then(|s| s.code()), Some(1));
     assert!(p.output().contains("LISTEN_PID"), "{}", p.output());
     // Help and version.
-    let out = std::process::Command::new(worker_bin()).arg("--version").output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(zdrestart::VERSION));
-    let out = std::process::Command::new(worker_bin()).arg("--help").output().unwrap();
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ZDRESTART_PROBE"));
-    let out = std::process::Command::new(worker_bin()).arg("--bogus").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let run = |arg: &str| run_cmd(std::process::Command::new(worker_bin()).arg(arg), Duration::from_secs(30));
+    let (_, out, _) = run("--version");
+    assert!(out.contains(zdrestart::VERSION), "{}", out);
+    let (st, out, _) = run("--help");
+    assert!(st.success() && out.contains("ZDRESTART_PROBE"), "{}", out);
+    let (st, _, _) = run("--bogus");
+    assert_eq!(st.code(), Some(2));
 }
 
 #[test]
@@ -365,8 +363,8 @@ fn spawn_inherited(
     log: &std::path::Path,
 ) -> (ChildGuard, std::process::ChildStdout) {
     let script = r#"exec 3<&0 4>&1 0</dev/null 1>>"$LOG" 2>&1; LISTEN_PID=$$ exec "$W" -c "$CFG""#;
-    let child = std::process::Command::new("sh")
-        .arg("-c")
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
         .arg(script)
         .env("W", worker_bin())
         .env("CFG", cfg)
@@ -376,10 +374,8 @@ fn spawn_inherited(
         .env("ZDRESTART_GENERATION", "3")
         .env_remove("ZDRESTART_PROBE")
         .stdin(listener_fd)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = child;
+        .stdout(std::process::Stdio::piped());
+    let mut child = common::spawn::spawn(&mut cmd);
     let rd = child.stdout.take().unwrap();
     (ChildGuard::new(child, log), rd)
 }

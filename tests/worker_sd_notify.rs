@@ -3,6 +3,7 @@
 //! workers without a probe (`"probe": false`, `"magic"`, `"version"`): what
 //! counts, who may report for a worker, what is dropped, what aborts.
 //! The worker is tests/fault/sd-notify.py (a mode per case).
+#![deny(unsafe_code)]
 
 mod common;
 

@@ -7,6 +7,7 @@
 //! read-only bind mount and a small tmpfs in a private mount namespace
 //! (`unshare -m`, changed later with `nsenter`), a missing directory, a file
 //! of garbage, a file of another schema version or program.
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -72,9 +73,13 @@ fn wait_put_ok(port: u16, path: &str, body: &[u8]) {
 }
 
 /// The worker run in a mount namespace of its own where `setup` (shell,
-/// `$D` = `dir`) has run first; `nsenter` into it later with [`in_ns`].
-fn worker_in_namespace(dir: &TestDir, name: &str, cfg: Value, mounted: &Path, setup: &str) -> (ChildGuard, u16) {
-    let port = free_port();
+/// `$D` = `dir`) has run first; `nsenter` into it later with [`in_ns`]. Its
+/// listener is a socket on a port reserved for it, passed at fd 3 with
+/// `LISTEN_FDS` (unshare without `--fork` execs the shell, which execs the
+/// worker: one pid, `LISTEN_PID`).
+fn worker_in_namespace(dir: &TestDir, name: &str, cfg: Value, mounted: &Path, setup: &str) -> (ChildGuard, u16, ReservedPort) {
+    let reserved = ReservedPort::new();
+    let port = reserved.port();
     let mut c = serde_json::Map::new();
     c.insert("address".into(), json!("127.0.0.1"));
     c.insert("port".into(), json!(port));
@@ -87,25 +92,38 @@ fn worker_in_namespace(dir: &TestDir, name: &str, cfg: Value, mounted: &Path, se
     let out = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!("set -e; D=\"$2\"; {}; exec \"$0\" -c \"$1\"", setup))
+        .arg(format!(
+            "set -e; exec 3<&0 0</dev/null; D=\"$2\"; {}; LISTEN_FDS=1 LISTEN_PID=$$ exec \"$0\" -c \"$1\"",
+            setup
+        ))
         .arg(worker_bin())
         .arg(&config)
         .arg(mounted)
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(reserved.listener()))
         .stdout(out.try_clone().unwrap())
         .stderr(out);
     scrub_env(&mut cmd);
-    let mut g = ChildGuard::new(cmd.spawn().expect("unshare"), log);
-    if !wait_until(Duration::from_secs(15), || port_accepts(port)) {
-        panic!("worker {} not listening (alive: {}):\n{}", name, g.alive(), g.output());
+    let mut g = ChildGuard::spawn(&mut cmd, log);
+    let serving = wait_until(Duration::from_secs(30), || {
+        g.alive() && matches!(http(port, "GET", "/healthz", None), Ok(r) if r.status == 200)
+    });
+    if !serving {
+        panic!("worker {} does not answer on port {} (alive: {}):\n{}", name, port, g.alive(), g.output());
     }
-    (g, port)
+    (g, port, reserved)
 }
 
 /// Run a shell command in the mount namespace of `pid`.
 fn in_ns(pid: i32, script: &str) {
-    let st = Command::new("nsenter").args(["-t", &pid.to_string(), "-m", "sh", "-c", script]).status().unwrap();
-    assert!(st.success(), "nsenter -t {} -m sh -c {:?}: {}", pid, script, st);
+    let (st, out, err) = run_cmd(Command::new("nsenter").args(["-t", &pid.to_string(), "-m", "sh", "-c", script]), HANG);
+    assert!(st.success(), "nsenter -t {} -m sh -c {:?}: {}: {}{}", pid, script, st, out, err);
+}
+
+/// Run a Python 3 script with the arguments `args` (60 s at most); panics
+/// with its output when it fails.
+fn python(script: &str, args: &[&std::ffi::OsStr]) {
+    let (st, out, err) = run_cmd(Command::new("python3").arg("-c").arg(script).args(args), Duration::from_secs(60));
+    assert!(st.success(), "python3 -c {:?}: {}: {}{}", script, st, out, err);
 }
 
 /// Write `n` objects of about `size` bytes; stops at the first refusal.
@@ -179,13 +197,13 @@ fn locked_database_answers_503_and_recovers() {
     assert_eq!(worker_request(p, "PUT", "/objects/l/1", Some(b"{\"v\":1}")).status, 200);
     // Another process takes the write lock (BEGIN IMMEDIATE) and holds it
     // until its stdin closes.
-    let mut holder = Command::new("python3")
-        .args(["-c", "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\nsys.stdin.read()\nc.execute('ROLLBACK')\n"])
-        .arg(&db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
+    let mut holder = common::spawn::spawn(
+        Command::new("python3")
+            .args(["-c", "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\nsys.stdin.read()\nc.execute('ROLLBACK')\n"])
+            .arg(&db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()), &mut line).unwrap();
     assert_eq!(line.trim(), "locked");
@@ -225,7 +243,7 @@ fn read_only_database_answers_503_and_recovers() {
     let w = start_worker(&dir, "first", sqlite_cfg(&db));
     assert_eq!(worker_request(w.port, "PUT", "/objects/f/kept", Some(b"{\"k\":1}")).status, 200);
     drop(w);
-    let (mut g, p) = worker_in_namespace(&dir, "ro", sqlite_cfg(&db), &data, "mount --bind \"$D\" \"$D\"; mount -o remount,bind,ro \"$D\"");
+    let (mut g, p, _reserved) = worker_in_namespace(&dir, "ro", sqlite_cfg(&db), &data, "mount --bind \"$D\" \"$D\"; mount -o remount,bind,ro \"$D\"");
     assert_unusable(p, "PUT", "/objects/f/new", Some(b"{}"), &db, "read-only");
     wait_health(p, "read-only");
     in_ns(g.pid(), &format!("mount -o remount,bind,rw '{}'", data.display()));
@@ -241,7 +259,7 @@ fn full_file_system_answers_503_loses_nothing_and_recovers() {
     let data = dir.join("small");
     std::fs::create_dir(&data).unwrap();
     let db = data.join("objects.db");
-    let (mut g, p) = worker_in_namespace(&dir, "full", sqlite_cfg(&db), &data, "mount -t tmpfs -o size=1m tmpfs \"$D\"");
+    let (mut g, p, _reserved) = worker_in_namespace(&dir, "full", sqlite_cfg(&db), &data, "mount -t tmpfs -o size=1m tmpfs \"$D\"");
     let (acked, refusal) = fill(p, "o", 200, 30_000);
     let v = refusal.expect("a 1 MiB file system never filled up");
     assert_eq!((v["cause"].as_str(), v["file"].as_str()), (Some("full"), Some(db.display().to_string().as_str())), "{}", v);
@@ -305,13 +323,7 @@ fn another_schema_version_or_program_is_refused() {
     assert_eq!(worker_request(w.port, "PUT", "/objects/v/1", Some(b"{}")).status, 200);
     drop(w);
     let set = |sql: &str| {
-        let st = Command::new("python3")
-            .args(["-c", "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.executescript(sys.argv[2])\nc.commit()\n"])
-            .arg(&db)
-            .arg(sql)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        python("import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.executescript(sys.argv[2])\nc.commit()\n", &[db.as_os_str(), sql.as_ref()]);
     };
     set("PRAGMA user_version = 2;");
     let w = start_worker(&dir, "w2", sqlite_cfg(&db));
@@ -329,12 +341,7 @@ fn another_schema_version_or_program_is_refused() {
     assert!(v["detail"].as_str().unwrap().starts_with("not a zdrestart database (application_id 0x2a"), "{}", v);
     // A file of another program with tables of its own is not taken over.
     let other: PathBuf = dir.join("other.db");
-    let st = Command::new("python3")
-        .args(["-c", "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute('CREATE TABLE mine (x)')\nc.commit()\n"])
-        .arg(&other)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    python("import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute('CREATE TABLE mine (x)')\nc.commit()\n", &[other.as_os_str()]);
     let w3 = start_worker(&dir, "w3", sqlite_cfg(&other));
     assert_unusable(w3.port, "PUT", "/objects/v/1", Some(b"{}"), &other, "wrong schema");
 }

@@ -9,6 +9,7 @@
 //! The timeouts are far apart (1 s and 10 s): a worker killed by the other
 //! config's timeout is at least 10 s late or 9 s early, which no load on the
 //! machine can produce or hide (a SIGKILL never comes before its deadline).
+#![deny(unsafe_code)]
 
 mod common;
 
@@ -21,9 +22,11 @@ const T: Duration = Duration::from_secs(60);
 const OLD_MS: i64 = 1_000;
 const NEW_MS: i64 = 10_000;
 /// The SIGTERM record is written a moment after the instant its deadline is
-/// counted from: a kill may follow that record by a little less than the
-/// timeout.
-const SLACK_MS: i64 = 200;
+/// counted from (the loop's clock reading of that wake-up): a kill may
+/// follow that record by a little less than the timeout, by as long as the
+/// master was kept off the CPU in between on a loaded machine. The ranges
+/// stay 9 s apart.
+const SLACK_MS: i64 = 500;
 
 /// Killed by the old config's timeout (and not the new one's, which would
 /// make it at least 9 s later).

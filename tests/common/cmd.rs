@@ -22,11 +22,13 @@ pub fn scrub_env(cmd: &mut Command) {
 }
 
 /// Run a command to completion with a timeout (killed after it): status,
-/// stdout, stderr. For zdrestartctl, zdrestart --check, bunyan, ...
+/// stdout, stderr. For zdrestartctl, zdrestart --check, bunyan, ... The
+/// command is tagged ([`crate::spawn::tag`]): it dies with the test binary.
 pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String, String) {
     let dir = TestDir::new(&format!("{}-cmd", test_name()));
     let out = dir.join("stdout");
     let err = dir.join("stderr");
+    crate::spawn::tag(cmd);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out).unwrap())

@@ -96,14 +96,9 @@ impl ControlClient {
         if !self.r.buffer().is_empty() {
             panic!("unexpected answer {:?}", String::from_utf8_lossy(self.r.buffer()));
         }
-        let mut b = [0u8; 1];
-        let fd = self.r.get_ref().as_raw_fd();
-        // SAFETY: b is a valid buffer of 1 byte; recv(2) with MSG_PEEK only writes into it.
-        let n = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-        let r = if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) };
-        match r {
+        match crate::sys::peek_byte(self.r.get_ref().as_raw_fd()) {
             Ok(0) => true,
-            Ok(_) => panic!("unexpected answer waiting: {:?}", b),
+            Ok(_) => panic!("unexpected answer waiting on the control connection"),
             Err(e) if e.kind() == ErrorKind::WouldBlock => false,
             Err(e) => e.kind() == ErrorKind::ConnectionReset,
         }

@@ -5,10 +5,8 @@
 //! which the scripts find through `ZDRESTART_CONFIG`. With them a test keeps a
 //! restart in flight exactly as long as it needs, with no timeout to race.
 
-use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::{ErrorKind, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,10 +28,7 @@ impl ProbeGate {
     pub fn new(dir: &Path) -> ProbeGate {
         let path = dir.join(PROBE_GATE);
         let _ = std::fs::remove_file(&path);
-        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-        // SAFETY: c is a valid NUL-terminated path; mkfifo(3) has no other precondition.
-        let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
-        assert_eq!(rc, 0, "mkfifo {}: {}", path.display(), std::io::Error::last_os_error());
+        crate::sys::mkfifo(&path);
         ProbeGate { path }
     }
 
@@ -80,11 +75,27 @@ impl ReadyGate {
         std::fs::write(&self.path, b"open\n").unwrap_or_else(|e| panic!("create {}: {}", self.path.display(), e));
     }
 
+    /// Let only the worker of this index (`ZDRESTART_WORKER`) go on.
+    pub fn open_worker(&self, index: u32) {
+        let p = self.worker_path(index);
+        std::fs::write(&p, b"open\n").unwrap_or_else(|e| panic!("create {}: {}", p.display(), e));
+    }
+
+    fn worker_path(&self, index: u32) -> PathBuf {
+        let mut name = self.path.file_name().unwrap().to_os_string();
+        name.push(format!(".{}", index));
+        self.path.with_file_name(name)
+    }
+
+    /// Close the gate (and every per-worker gate of indexes below 1024).
     pub fn close(&self) {
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => panic!("remove {}: {}", self.path.display(), e),
+        let paths = std::iter::once(self.path.clone()).chain((0..1024).map(|i| self.worker_path(i)));
+        for p in paths {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => panic!("remove {}: {}", p.display(), e),
+            }
         }
     }
 }

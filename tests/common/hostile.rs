@@ -6,42 +6,8 @@
 use crate::http::{read_response, HTTP_TIMEOUT};
 use std::io::{self, BufReader, Write};
 use std::net::TcpStream;
-use std::os::fd::FromRawFd;
 
-/// A TCP connection to 127.0.0.1:`port` whose receive buffer is `rcvbuf`
-/// bytes (set before `connect`, so that the window the server sees is
-/// small), with the segment size of an Ethernet path (1460) instead of
-/// loopback's 65483: the server's kernel then sizes its send buffer as it
-/// would for a remote client (tens of kB), instead of taking a whole 1 MiB
-/// answer off the server's hands.
-pub fn connect_small_window(port: u16, rcvbuf: i32) -> io::Result<TcpStream> {
-    // SAFETY: plain socket calls on a descriptor this function owns; every
-    // pointer passed points at a live local of the size given.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let s = TcpStream::from_raw_fd(fd);
-        let len = std::mem::size_of::<i32>() as libc::socklen_t;
-        if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&rcvbuf as *const i32).cast(), len) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mss: i32 = 1460;
-        if libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG, (&mss as *const i32).cast(), len) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut addr: libc::sockaddr_in = std::mem::zeroed();
-        addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_port = port.to_be();
-        addr.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
-        let alen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        if libc::connect(fd, (&addr as *const libc::sockaddr_in).cast(), alen) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(s)
-    }
-}
+pub use crate::sys::connect_small_window;
 
 /// `n` clients with a `rcvbuf`-byte receive buffer that each send `GET path`
 /// (keep-alive) and never read. Returns the connections (hold them: dropping

@@ -13,7 +13,11 @@
 //! Every process a test starts through this harness dies when the owning value
 //! is dropped, also when the test panics: a `Master` runs in its own process
 //! group and its drop SIGKILLs that group plus every descendant still alive; a
-//! `Mongo` or a `ChildGuard` is SIGKILLed on drop. Temporary directories are
+//! `Mongo` or a `ChildGuard` is SIGKILLed on drop. And every process dies with
+//! the test binary, even when the binary is SIGKILLed: each is started through
+//! [`spawn`] (a parent-death signal, and a run marker in its environment that
+//! a reaper process uses to kill what is left once the binary is gone).
+//! Temporary directories are
 //! unique per test and removed on success, kept (path printed) on failure or
 //! with `ZDRESTART_KEEP_TMP=1`. The harness never signals a process it did
 //! not start, and never reads the environment of the caller into a process it
@@ -23,7 +27,13 @@
 //! Modules, by subject:
 //! - [`paths`]: the repository, the binaries, the fault workers of
 //!   tests/fault/, the running test's name;
-//! - [`dirs`]: [`TestDir`]; [`ports`]: [`free_port`]; [`wait`]: [`wait_until`];
+//! - [`spawn`]: how every process is started (marker, parent-death signal,
+//!   the reaper); [`install`]: writing a program a test runs, without
+//!   "Text file busy";
+//! - [`sys`]: the harness's only `unsafe` (signals, waitid, fds, sockets,
+//!   poll, clocks, the pre-exec hook), wrapped in safe functions;
+//! - [`dirs`]: [`TestDir`]; [`ports`]: [`ReservedPort`], [`free_port`], who
+//!   listens on a port; [`wait`]: [`wait_until`];
 //! - [`procfs`]: processes from /proc, signals;
 //! - [`bunyan`]: the log format check, log parsing, the bunyan CLI;
 //! - [`mongo`]: [`Mongo`], a `secantusd-py` server;
@@ -43,6 +53,8 @@
 //! - [`cmd`]: [`run_cmd`]; [`load`]: the load generator (not re-exported at
 //!   the top: `load::Response` is not `http::Response`).
 
+#![deny(unsafe_code)]
+
 pub mod bunyan;
 pub mod cmd;
 pub mod control;
@@ -51,6 +63,7 @@ pub mod dirs;
 pub mod fault;
 pub mod hostile;
 pub mod http;
+pub mod install;
 pub mod load;
 pub mod master;
 pub mod mongo;
@@ -58,6 +71,9 @@ pub mod ops;
 pub mod paths;
 pub mod ports;
 pub mod procfs;
+pub mod spawn;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod wait;
 pub mod worker;
 
@@ -69,6 +85,7 @@ pub use dirs::*;
 pub use fault::*;
 pub use hostile::*;
 pub use http::*;
+pub use install::*;
 pub use master::*;
 pub use mongo::*;
 pub use paths::*;

@@ -2,16 +2,26 @@
 //! new-connection clients and slow requests (`GET /delay/{ms}`), counting
 //! every failed request and remembering every acknowledged write.
 //!
-//! A failure is: a refused or reset connection, a response that is cut off,
-//! a timeout, or a 5xx. One case is not a failure but a retry, as every HTTP
-//! client does (RFC 9112 section 9.3.1): the server closed a *reused*
+//! A request succeeds only with the answer the API promises: a PUT 200 with
+//! the object as its body, a GET 200 with the object the client wrote
+//! before, a `/delay/{ms}` 200 that slept `ms`. Anything else is a failure:
+//! a refused or reset connection, a response that is cut off, a timeout,
+//! another status or body. One case is not a failure but a retry, as every
+//! HTTP client does (RFC 9112 section 9.3.1): the server closed a *reused*
 //! keep-alive connection before sending a single byte of the answer (the
 //! idle-close race); such a request is sent again once on a new connection
-//! and counted in `retries`.
+//! and counted in `retries`. A retry is legitimate only when a worker goes
+//! (or an idle timeout passes): tests bound them with
+//! [`Stats::assert_retries_at_most`], so that a failure a client would see
+//! cannot be retried away.
+//!
+//! While it runs, [`Load::ok_count`] and [`Load::answered_by`] tell a test how
+//! far the clients got, to wait for progress instead of sleeping.
 
+use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,10 +53,32 @@ pub struct Stats {
     pub pids: std::collections::BTreeSet<String>,
 }
 
+impl Stats {
+    /// Fail unless at most `bound` requests were retried (the keep-alive
+    /// retry rule of the module doc); `why` says where the bound comes from.
+    pub fn assert_retries_at_most(&self, bound: u64, why: &str) {
+        assert!(
+            self.retries <= bound,
+            "{} keep-alive retries, at most {} expected ({}): more would hide failed requests as retries",
+            self.retries,
+            bound,
+            why
+        );
+    }
+}
+
+/// What the clients have achieved so far, shared while they run.
+#[derive(Default)]
+struct Live {
+    ok: AtomicU64,
+    pids: Mutex<BTreeSet<String>>,
+}
+
 pub struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     pub stats: Arc<Mutex<Stats>>,
+    live: Arc<Live>,
     pub started: Instant,
 }
 
@@ -190,6 +222,7 @@ impl Load {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(Stats::default()));
+        let live = Arc::new(Live::default());
         let mut threads = Vec::new();
         let kinds = std::iter::repeat_n(0, spec.keepalive)
             .chain(std::iter::repeat_n(1, spec.fresh))
@@ -197,6 +230,7 @@ impl Load {
         for (t, kind) in kinds.enumerate() {
             let stop = stop.clone();
             let stats = stats.clone();
+            let live = live.clone();
             threads.push(std::thread::spawn(move || {
                 let mut conn = None;
                 let mut n: u64 = 0;
@@ -213,13 +247,17 @@ impl Load {
                     let r = call(addr, &mut conn, method, &path, &body, kind == 0, &mut local.retries);
                     let latency = t0.elapsed();
                     let ok = match r {
-                        Ok(resp) if resp.status < 500 && (method != "GET" || kind == 2 || resp.status == 200) => {
+                        Ok(resp) if promised(kind, n, spec.slow_ms, &body, &resp) => {
                             if method == "PUT" {
                                 local.acked.push((key, n));
                             }
                             if let Some(p) = resp.pid {
+                                if !local.pids.contains(&p) {
+                                    live.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(p.clone());
+                                }
                                 local.pids.insert(p);
                             }
+                            live.ok.fetch_add(1, Ordering::Relaxed);
                             true
                         }
                         Ok(resp) => {
@@ -247,7 +285,42 @@ impl Load {
                 s.pids.append(&mut local.pids);
             }));
         }
-        Load { stop, threads, stats, started: Instant::now() }
+        Load { stop, threads, stats, live, started: Instant::now() }
+    }
+
+    /// Requests answered as promised so far.
+    pub fn ok_count(&self) -> u64 {
+        self.live.ok.load(Ordering::Relaxed)
+    }
+
+    /// The worker pids (`X-Worker-Pid`) that answered a request as promised so far.
+    pub fn answered_by(&self) -> BTreeSet<String> {
+        self.live.pids.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Wait until `n` more requests than `since` were answered as promised
+    /// (`timeout` at most; panics naming `what` otherwise).
+    pub fn wait_ok_after(&self, since: u64, n: u64, timeout: Duration, what: &str) {
+        let end = Instant::now() + timeout;
+        while self.ok_count() < since + n {
+            assert!(Instant::now() < end, "load: {} requests answered after {:?} ({}), {} wanted", self.ok_count() - since, timeout, what, n);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait until each of `pids` answered a request as promised (`timeout`
+    /// at most; panics otherwise).
+    pub fn wait_answered_by(&self, pids: &[i32], timeout: Duration) {
+        let end = Instant::now() + timeout;
+        loop {
+            let seen = self.answered_by();
+            let missing: Vec<i32> = pids.iter().copied().filter(|p| !seen.contains(&p.to_string())).collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < end, "load: no answer from workers {:?} within {:?}", missing, timeout);
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Stop all clients and return what they saw.
@@ -270,6 +343,24 @@ impl Load {
         s.failures.extend(panicked);
         s.samples.sort_by_key(|x| x.at);
         s
+    }
+}
+
+/// Whether `resp` is what the API promises for the request the client of
+/// `kind` sent as its `n`th: PUT (odd n) 200 echoing the object, GET 200 with
+/// the object of the PUT before, `/delay/{ms}` 200 having slept `ms`.
+fn promised(kind: usize, n: u64, slow_ms: u64, body: &[u8], resp: &Response) -> bool {
+    if resp.status != 200 {
+        return false;
+    }
+    let got: serde_json::Value = match serde_json::from_slice(&resp.body) {
+        Ok(v) => v,
+        Err(_) => return false,
+    };
+    match kind {
+        2 => got.get("slept_ms").and_then(|v| v.as_u64()) == Some(slow_ms),
+        _ if n % 2 == 1 => serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|sent| sent == got),
+        _ => got.get("n").and_then(|v| v.as_u64()) == Some(n - 1),
     }
 }
 

@@ -1,13 +1,21 @@
 //! A real `zdrestart` master for a test: its config, its process group, its
 //! log, waits on its records, and the guarantee that everything it started
-//! dies with the value.
+//! dies with the value (and with the test binary: tests/common/spawn.rs).
+//!
+//! Its port: the master binds its listeners itself (it takes no inherited
+//! socket), so the port [`free_port`] picked may be taken by another process
+//! before the master binds it. [`MasterBuilder::spawn`] therefore waits until
+//! the master either listens on its port or has exited; a master that exited
+//! with `bind 127.0.0.1:<port>: Address already in use` while no socket of
+//! the test itself holds that port is started again on another port (its
+//! first attempt's log and output kept beside, `*.bind-retry-N`).
 
-use crate::cmd::scrub_env;
 use crate::bunyan::{event_of, parse_log, worker_pid_of};
+use crate::cmd::scrub_env;
 use crate::dirs::TestDir;
 use crate::http::{get, http, Response};
 use crate::paths::{master_bin, test_name};
-use crate::ports::free_port;
+use crate::ports::{free_port, pid_listens_on};
 use crate::procfs::{descendants_of, fd_count, kill, live_children, proc_environ, proc_stat, zombie_children};
 use crate::wait::wait_until;
 use serde_json::{json, Map, Value};
@@ -19,6 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// How many times a master whose port was taken is started on another one.
+const BIND_RETRIES: u32 = 5;
 
 /// The config a test master gets unless overridden: a free port, log file and
 /// pidfile in the test dir, 2 workers, memory driver, short timeouts, and no
@@ -135,7 +146,11 @@ impl MasterBuilder {
         &self.config
     }
 
-    /// Write the config and start the master (does not wait for anything).
+    /// Write the config and start the master. When the config is the
+    /// harness's own (no `raw_config`, no `args`, the port it picked), waits
+    /// until the master listens on its port or has exited, and starts it
+    /// again on another port if that one was taken meanwhile (module doc);
+    /// otherwise does not wait for anything.
     pub fn spawn(self) -> Master {
         let config_path = self.dir.join("zdrestart.json");
         match &self.raw_config {
@@ -143,6 +158,10 @@ impl MasterBuilder {
             None => fs::write(&config_path, serde_json::to_vec_pretty(&Value::Object(self.config.clone())).unwrap())
                 .unwrap(),
         }
+        let rebind = self.raw_config.is_none()
+            && self.args.is_none()
+            && self.config.get("port").and_then(Value::as_u64) == Some(u64::from(self.port))
+            && self.config.get("address").and_then(Value::as_str) == Some("127.0.0.1");
         let logfile = self.config.get("logfile").and_then(Value::as_str).map(PathBuf::from);
         let pidfile = self.config.get("pidfile").and_then(Value::as_str).map(PathBuf::from);
         let stdout = self.dir.join("master.stdout");
@@ -151,24 +170,17 @@ impl MasterBuilder {
             Some(a) => a.iter().map(|s| s.replace("{config}", &config_path.display().to_string())).collect(),
             None => vec!["-c".into(), config_path.display().to_string()],
         };
-        let mut cmd = Command::new(self.bin.clone().unwrap_or_else(master_bin));
-        cmd.args(&args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&stdout).unwrap())
-            .stderr(fs::File::create(&stderr).unwrap())
-            .process_group(0);
-        scrub_env(&mut cmd);
-        for k in &self.env_remove {
-            cmd.env_remove(k);
-        }
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
+        let launch = Launch {
+            bin: self.bin.clone().unwrap_or_else(master_bin),
+            args,
+            cwd: self.dir.path().to_path_buf(),
+            env: self.env.clone(),
+            env_remove: self.env_remove.clone(),
+        };
         let started = Instant::now();
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {}", master_bin().display(), e));
+        let child = launch.start(&stdout, &stderr);
         let pid = child.id() as i32;
-        Master {
+        let mut m = Master {
             dir: self.dir,
             port: self.port,
             config_path,
@@ -183,7 +195,12 @@ impl MasterBuilder {
             started,
             seen_workers: Mutex::new(HashSet::new()),
             check_log_on_drop: true,
+            launch,
+        };
+        if rebind {
+            m.settle_bind();
         }
+        m
     }
 
     /// Start the master and wait until `workers` workers reported ready and the
@@ -202,6 +219,45 @@ impl MasterBuilder {
         let err = m.stderr_text();
         (st, err, m)
     }
+}
+
+/// How the harness starts a master's process (again, after a taken port).
+struct Launch {
+    bin: PathBuf,
+    args: Vec<String>,
+    cwd: PathBuf,
+    env: Vec<(String, String)>,
+    env_remove: Vec<String>,
+}
+
+impl Launch {
+    fn start(&self, stdout: &Path, stderr: &Path) -> Child {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args)
+            .current_dir(&self.cwd)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(stdout).unwrap_or_else(|e| panic!("create {}: {}", stdout.display(), e)))
+            .stderr(fs::File::create(stderr).unwrap_or_else(|e| panic!("create {}: {}", stderr.display(), e)))
+            .process_group(0);
+        scrub_env(&mut cmd);
+        for k in &self.env_remove {
+            cmd.env_remove(k);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        crate::spawn::tag(&mut cmd);
+        cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {}", self.bin.display(), e))
+    }
+}
+
+/// Number of distinct workers that reported ready (`worker.ready`) after the
+/// latest `master.start` of a log (a log file may hold the records of an
+/// earlier master too).
+pub fn ready_workers_since_start(recs: &[Value]) -> usize {
+    let from = recs.iter().rposition(|r| event_of(r) == "master.start").map_or(recs.len(), |i| i + 1);
+    let pids: HashSet<i32> = recs[from..].iter().filter(|r| event_of(r) == "worker.ready").filter_map(worker_pid_of).collect();
+    pids.len()
 }
 
 /// A running `zdrestart` master in its own process group.
@@ -223,6 +279,7 @@ pub struct Master {
     /// Validate every log record (bunyan + component) when dropped after a
     /// successful test. On by default.
     pub check_log_on_drop: bool,
+    launch: Launch,
 }
 
 impl Master {
@@ -247,6 +304,61 @@ impl Master {
     /// Send a signal to the master.
     pub fn signal(&self, sig: i32) {
         assert!(kill(self.pid, sig), "kill({}, {}): {}", self.pid, sig, io::Error::last_os_error());
+    }
+
+    /// Wait (30 s at most) until the master listens on its port or has
+    /// exited; if it exited because another process took the port, start it
+    /// again on a new one (module doc).
+    fn settle_bind(&mut self) {
+        for attempt in 1..=BIND_RETRIES + 1 {
+            let end = Instant::now() + Duration::from_secs(30);
+            let listening = format!("listening on 127.0.0.1:{}", self.port);
+            for round in 0u64.. {
+                // Its log says so right after the bind (cheap to read); now
+                // and then /proc too (slow on a busy machine, but it does not
+                // depend on the log level).
+                let logged = self.logfile.is_some()
+                    && self.log_records().iter().any(|r| r["component"] == "master" && r["msg"] == listening.as_str());
+                if logged || (round % 50 == 49 && pid_listens_on(self.pid, self.port)) {
+                    return;
+                }
+                if self.exited().is_some() {
+                    break;
+                }
+                if Instant::now() >= end {
+                    return; // the test's own waits report what is wrong
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let taken = format!("bind 127.0.0.1:{}: Address already in use", self.port);
+            let ours = pid_listens_on(std::process::id() as i32, self.port);
+            if !self.stderr_text().contains(&taken) || ours || attempt > BIND_RETRIES {
+                return;
+            }
+            eprintln!("port {} was taken before the master bound it: starting it again on another port", self.port);
+            self.relaunch_on_a_new_port(attempt);
+        }
+    }
+
+    fn relaunch_on_a_new_port(&mut self, attempt: u32) {
+        self.kill_all();
+        let aside = |p: &Path| {
+            let mut name = p.file_name().unwrap_or_default().to_os_string();
+            name.push(format!(".bind-retry-{}", attempt));
+            let _ = fs::rename(p, p.with_file_name(name));
+        };
+        for p in self.logfile.iter().chain([&self.stdout, &self.stderr]) {
+            aside(p);
+        }
+        self.port = free_port();
+        self.config["port"] = json!(self.port);
+        let text = serde_json::to_vec_pretty(&self.config).unwrap();
+        fs::write(&self.config_path, text).unwrap_or_else(|e| panic!("write {}: {}", self.config_path.display(), e));
+        self.status = None;
+        self.started = Instant::now();
+        let child = self.launch.start(&self.stdout, &self.stderr);
+        self.pid = child.id() as i32;
+        self.child = Some(child);
     }
 
     /// Whether the master has exited. It is not reaped here: its pid (and so
@@ -390,13 +502,8 @@ impl Master {
     pub fn wait_serving(&self, timeout: Duration) {
         let n = self.workers();
         let end = Instant::now() + timeout;
-        self.wait_for(&format!("{} worker.ready events", n), timeout, |recs| {
-            let ready = recs.iter().filter(|r| event_of(r) == "worker.ready").count();
-            if ready >= n {
-                Some(())
-            } else {
-                None
-            }
+        self.wait_for(&format!("{} workers ready after the latest master.start", n), timeout, |recs| {
+            (ready_workers_since_start(recs) >= n).then_some(())
         });
         let ok = wait_until(end.saturating_duration_since(Instant::now()).max(Duration::from_secs(2)), || {
             matches!(http(self.port, "GET", "/healthz", None), Ok(r) if r.status == 200)
@@ -502,27 +609,7 @@ impl Master {
     }
 }
 
-/// The exit status of child `pid` if it has exited, leaving it a zombie
-/// (waitid(2) with WNOWAIT): the pid stays reserved until it is reaped.
-fn exited_not_reaped(pid: i32) -> Option<ExitStatus> {
-    // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill in.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: info is a valid, exclusively borrowed siginfo_t; waitid only writes to it.
-    let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
-    // SAFETY: after a successful waitid, si_pid is set (0 when nothing exited yet).
-    if rc != 0 || unsafe { info.si_pid() } == 0 {
-        return None;
-    }
-    // SAFETY: for a CLD_* siginfo filled by waitid, si_status is valid.
-    let status = unsafe { info.si_status() };
-    // Back to the wait(2) status encoding that ExitStatus::from_raw takes.
-    let raw = match info.si_code {
-        libc::CLD_EXITED => (status & 0xff) << 8,
-        libc::CLD_DUMPED => (status & 0x7f) | 0x80,
-        _ => status & 0x7f,
-    };
-    Some(ExitStatus::from_raw(raw))
-}
+use crate::sys::exited_not_reaped;
 
 impl Drop for Master {
     fn drop(&mut self) {

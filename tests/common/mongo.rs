@@ -1,12 +1,21 @@
-//! The MongoDB-compatible test server (`secantusd-py`): started on a free
-//! port, killed on drop. The MongoDB tests fail, never skip, without it.
+//! The MongoDB-compatible test server (`secantusd-py`): on a loopback port
+//! the harness reserves for it, killed on drop. The MongoDB tests fail,
+//! never skip, without it.
+//!
+//! The port is never free between its choice and the server's bind: the
+//! harness holds a [`ReservedPort`] for the value's whole life and hands the
+//! server a socket bound to it (tests/common/secantusd-on-fd.py). While the
+//! server is stopped the port stays reserved and refuses connections, so
+//! [`Mongo::restart`] serves again on the same port with no window in which
+//! another process could take it.
 
 use crate::dirs::TestDir;
 use crate::paths::{repo_root, test_name};
-use crate::ports::{free_port, port_accepts, port_is_free};
+use crate::ports::{port_accepts, ReservedPort};
 use crate::procfs::kill;
-use crate::wait::wait_until;
+use crate::spawn::spawn;
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -34,50 +43,78 @@ pub fn secantusd_bin() -> PathBuf {
     p
 }
 
-/// A `secantusd-py` server on a free loopback port with in-memory storage.
-/// Killed (SIGKILL) on drop.
+/// The Python interpreter of secantusd-py's venv (its `#!` line), which runs
+/// the launcher tests/common/secantusd-on-fd.py.
+fn secantusd_python() -> PathBuf {
+    let bin = secantusd_bin();
+    let f = fs::File::open(&bin).unwrap_or_else(|e| panic!("open {}: {}", bin.display(), e));
+    let mut first = String::new();
+    BufReader::new(f).read_line(&mut first).unwrap_or_else(|e| panic!("read {}: {}", bin.display(), e));
+    let python = first.strip_prefix("#!").map(|s| s.trim()).filter(|s| !s.is_empty() && !s.contains(' '));
+    let python = python.unwrap_or_else(|| panic!("{}: no `#!<python>` line (got {:?})", bin.display(), first));
+    PathBuf::from(python)
+}
+
+/// A `secantusd-py` server on a reserved loopback port with in-memory
+/// storage. Killed (SIGKILL) on drop.
 pub struct Mongo {
     pub port: u16,
+    reserved: ReservedPort,
     child: Option<Child>,
     dir: TestDir,
     starts: u32,
 }
 
 impl Mongo {
-    /// Start a server and wait until it accepts TCP connections (20 s at most;
-    /// panics with its output otherwise).
+    /// Start a server and wait until it accepts TCP connections (60 s at most:
+    /// its Python start-up takes seconds on a loaded machine; panics with its
+    /// output otherwise).
     pub fn start() -> Mongo {
-        Mongo::start_on(free_port())
-    }
-
-    /// `start` on a given port (e.g. one a worker was already pointed at).
-    pub fn start_on(port: u16) -> Mongo {
-        let dir = TestDir::new(&format!("{}-mongo", test_name()));
-        let mut m = Mongo { port, child: None, dir, starts: 0 };
+        let mut m = Mongo::down();
         m.spawn();
         m
     }
 
+    /// A server that is down: its port reserved (connections refused),
+    /// nothing running until [`Mongo::restart`].
+    pub fn down() -> Mongo {
+        Mongo::on(ReservedPort::new())
+    }
+
+    /// `start` on a given port (e.g. one a worker was already pointed at);
+    /// panics when another process holds it.
+    pub fn start_on(port: u16) -> Mongo {
+        let mut m = Mongo::on(ReservedPort::on(port));
+        m.spawn();
+        m
+    }
+
+    fn on(reserved: ReservedPort) -> Mongo {
+        let dir = TestDir::new(&format!("{}-mongo", test_name()));
+        Mongo { port: reserved.port(), reserved, child: None, dir, starts: 0 }
+    }
+
     fn spawn(&mut self) {
-        let bin = secantusd_bin();
+        let python = secantusd_python();
+        let launcher = repo_root().join("tests/common/secantusd-on-fd.py");
         self.starts += 1;
         let logpath = self.dir.join(format!("secantusd.{}.log", self.starts));
         let log = fs::File::create(&logpath).expect("create secantusd log");
         let tmp = self.dir.join("tmp");
         let _ = fs::create_dir_all(&tmp);
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&python);
+        cmd.arg(&launcher)
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string(), "--storage-path", ":memory:"])
             .current_dir(self.dir.path())
             .env("TMPDIR", &tmp)
-            .stdin(Stdio::null())
+            .stdin(Stdio::from(self.reserved.bound()))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {}", bin.display(), e));
-        self.child = Some(child);
-        let end = Instant::now() + Duration::from_secs(20);
+            .process_group(0);
+        self.child = Some(spawn(&mut cmd));
+        let end = Instant::now() + Duration::from_secs(60);
         loop {
+            // The port is reserved: whoever accepts on it is this server.
             if port_accepts(self.port) {
                 return;
             }
@@ -94,7 +131,7 @@ impl Mongo {
             if Instant::now() >= end {
                 self.stop();
                 panic!(
-                    "secantusd-py did not accept TCP on 127.0.0.1:{} within 20 s; output:\n{}",
+                    "secantusd-py did not accept TCP on 127.0.0.1:{} within 60 s; output:\n{}",
                     self.port,
                     fs::read_to_string(&logpath).unwrap_or_default()
                 );
@@ -113,7 +150,8 @@ impl Mongo {
         self.child.as_ref().map(|c| c.id() as i32)
     }
 
-    /// Kill the server (SIGKILL to its process group) and reap it.
+    /// Kill the server (SIGKILL to its process group) and reap it. The port
+    /// stays reserved: connections to it are refused.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             kill(-(c.id() as i32), libc::SIGKILL);
@@ -125,12 +163,6 @@ impl Mongo {
     /// Start it again on the same port (data is gone: in-memory storage).
     pub fn restart(&mut self) {
         self.stop();
-        // The port may take a moment to be bindable again.
-        assert!(
-            wait_until(Duration::from_secs(10), || port_is_free(self.port)),
-            "port {} of the stopped secantusd-py still in use after 10 s",
-            self.port
-        );
         self.spawn();
     }
 }

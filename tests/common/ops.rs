@@ -6,9 +6,7 @@
 
 use crate::*;
 use std::fs;
-use std::io;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 /// The process group of a live process (from /proc), None once it is gone.
@@ -35,10 +33,9 @@ pub fn pids_with_env(key: &str, value: &str) -> Vec<i32> {
         .collect()
 }
 
-/// A FIFO at `path` (mkfifo(1)).
+/// A FIFO at `path` (mode 0600).
 pub fn mkfifo(path: &Path) {
-    let st = Command::new("mkfifo").arg(path).status().expect("run mkfifo");
-    assert!(st.success(), "mkfifo {}", path.display());
+    crate::sys::mkfifo(path);
 }
 
 /// Open the FIFO for writing once a reader has it open (ENXIO until then),
@@ -73,10 +70,6 @@ pub fn fd_target(pid: i32, fd: i32) -> String {
 /// process this test process starts while it is open inherits it (the
 /// situation of `(exec 9<secret; zdrestart -c cfg)`). Closed on drop.
 pub fn inheritable_copy(f: &fs::File) -> std::os::fd::OwnedFd {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: F_DUPFD creates a new fd (no FD_CLOEXEC) and touches no memory.
-    let fd = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD, 20) };
-    assert!(fd >= 20, "fcntl F_DUPFD: {}", io::Error::last_os_error());
-    // SAFETY: fd was just created and is owned by nobody else.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+    use std::os::fd::AsRawFd;
+    crate::sys::inheritable_dup(f.as_raw_fd(), 20)
 }

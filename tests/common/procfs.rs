@@ -32,6 +32,24 @@ pub fn proc_stat(pid: i32) -> Option<ProcStat> {
     })
 }
 
+/// How long ago process `pid` started (from its start time in
+/// /proc/<pid>/stat, in clock ticks since boot, and /proc/uptime: both
+/// CLOCK_BOOTTIME). None when there is no such process.
+pub fn age_of(pid: i32) -> Option<std::time::Duration> {
+    let start = proc_stat(pid)?.starttime as f64 / crate::sys::clock_ticks_per_second() as f64;
+    let up: f64 = fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    Some(std::time::Duration::from_secs_f64((up - start).max(0.0)))
+}
+
+/// Wait (`timeout` at most) until every process of `pids` is older than
+/// `age` (or gone); false on timeout. E.g. past the master's crash window
+/// (1 s): a worker killed after it is respawned at once, without backoff.
+pub fn wait_older_than(pids: &[i32], age: std::time::Duration, timeout: std::time::Duration) -> bool {
+    // /proc's start time is in ticks (rounded down): allow one more.
+    let age = age + std::time::Duration::from_millis(20);
+    crate::wait::wait_until(timeout, || pids.iter().all(|&p| age_of(p).is_none_or(|a| a >= age)))
+}
+
 /// The resident set of a process in kB (`VmRSS` of /proc/<pid>/status);
 /// panics when it cannot be read (the process is gone, or a zombie).
 pub fn rss_kb(pid: i32) -> u64 {
@@ -91,6 +109,34 @@ pub fn descendants_of(pid: i32) -> Vec<i32> {
     out
 }
 
+/// The threads of pid: (tid, name, context switches so far: voluntary plus
+/// involuntary), from /proc/<pid>/task. A thread that does not run does not
+/// switch: an unchanged count over a while means it never woke up.
+pub fn thread_switches(pid: i32) -> Vec<(i32, String, u64)> {
+    let mut v = Vec::new();
+    let Ok(dir) = fs::read_dir(format!("/proc/{}/task", pid)) else { return v };
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let name = fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string();
+        let status = fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let n: u64 = status
+            .lines()
+            .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        v.push((tid, name, n));
+    }
+    v.sort();
+    v
+}
+
+/// The state letter of thread `tid` of `pid` (`R` running, `S` asleep, ...),
+/// None when it is gone.
+pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
+    let s = fs::read_to_string(format!("/proc/{}/task/{}/stat", pid, tid)).ok()?;
+    s[s.rfind(')')? + 2..].chars().next()
+}
+
 /// Number of open fds of pid (entries of /proc/<pid>/fd).
 pub fn fd_count(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{}/fd", pid)).map(|d| d.count()).unwrap_or(0)
@@ -142,8 +188,7 @@ fn parse_environ(raw: &[u8]) -> Vec<(String, String)> {
 
 /// Send a signal to a pid (tests may signal anything they started).
 pub fn kill(pid: i32, sig: i32) -> bool {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(pid, sig) == 0 }
+    crate::sys::kill(pid, sig)
 }
 
 /// Inodes of the sockets pid has open (from its /proc/<pid>/fd links).
@@ -166,22 +211,42 @@ pub fn socket_inodes(pid: i32) -> Vec<u64> {
 /// in the worker's hands (positive proof, from /proc/net/tcp and
 /// /proc/<pid>/fd, that a request is in flight in that process).
 pub fn request_taken_by(pid: i32, client: &std::net::TcpStream) -> bool {
-    let (Ok(local), Ok(peer)) = (client.local_addr(), client.peer_addr()) else { return false };
+    requests_taken_by(pid, &[client]) == 1
+}
+
+/// [`request_taken_by`] for many connections at once (one read of the
+/// tables): how many of `clients` are in `pid`'s hands.
+pub fn requests_taken_by(pid: i32, clients: &[&std::net::TcpStream]) -> usize {
+    which_requests_taken_by(pid, clients).into_iter().filter(|&t| t).count()
+}
+
+/// [`request_taken_by`] for each of `clients`, from one read of the tables
+/// (reading /proc/net/tcp takes long on a machine with many sockets).
+pub fn which_requests_taken_by(pid: i32, clients: &[&std::net::TcpStream]) -> Vec<bool> {
     // The server end: local = the client's peer, remote = the client's local.
     let key = |a: std::net::SocketAddr| match a {
         std::net::SocketAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port()),
         std::net::SocketAddr::V6(_) => String::new(),
     };
-    let (want_local, want_remote) = (key(peer), key(local));
-    let Ok(table) = fs::read_to_string("/proc/net/tcp") else { return false };
+    let wanted: Vec<Option<(String, String)>> =
+        clients.iter().map(|c| Some((key(c.peer_addr().ok()?), key(c.local_addr().ok()?)))).collect();
+    let mut taken = vec![false; clients.len()];
+    let Ok(table) = fs::read_to_string("/proc/net/tcp") else { return taken };
     let inodes = socket_inodes(pid);
-    table.lines().skip(1).any(|line| {
+    for line in table.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
         // sl local rem st tx_queue:rx_queue tr:when retrnsmt uid timeout inode
-        f.len() > 9
-            && f[1] == want_local
-            && f[2] == want_remote
-            && f[4].split(':').nth(1).is_some_and(|rx| u64::from_str_radix(rx, 16) == Ok(0))
-            && f[9].parse::<u64>().is_ok_and(|ino| inodes.contains(&ino))
-    })
+        if f.len() <= 9
+            || !f[4].split(':').nth(1).is_some_and(|rx| u64::from_str_radix(rx, 16) == Ok(0))
+            || !f[9].parse::<u64>().is_ok_and(|ino| inodes.contains(&ino))
+        {
+            continue;
+        }
+        for (i, w) in wanted.iter().enumerate() {
+            if w.as_ref().is_some_and(|(l, r)| l == f[1] && r == f[2]) {
+                taken[i] = true;
+            }
+        }
+    }
+    taken
 }

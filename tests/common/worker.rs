@@ -3,13 +3,15 @@
 
 use crate::cmd::{run_cmd, scrub_env};
 use crate::dirs::TestDir;
-use crate::http::{http, Response};
+use crate::http::{http, http_with, Response};
 use crate::paths::worker_bin;
-use crate::ports::{free_port, port_accepts};
+use crate::ports::ReservedPort;
+use crate::spawn::spawn;
 use crate::wait::wait_until;
 use serde_json::{json, Map, Value};
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -26,6 +28,12 @@ impl ChildGuard {
     pub fn new(child: Child, log: impl Into<PathBuf>) -> ChildGuard {
         let pid = child.id() as i32;
         ChildGuard { child: Some(child), pid, log: log.into() }
+    }
+
+    /// Start `cmd` (tagged: it dies with the test binary, see
+    /// [`crate::spawn`]) and guard it; its output should go to `log`.
+    pub fn spawn(cmd: &mut Command, log: impl Into<PathBuf>) -> ChildGuard {
+        ChildGuard::new(spawn(cmd), log)
     }
 
     pub fn pid(&self) -> i32 {
@@ -73,8 +81,9 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Start `zdrestart-worker -c config` by hand (no master, no LISTEN_FDS),
-/// stdout and stderr into `log`, with extra environment. Does not wait.
+/// Start `zdrestart-worker -c config` by hand (no master, no LISTEN_FDS: it
+/// binds address:port of its config itself), stdout and stderr into `log`,
+/// with extra environment. Does not wait.
 pub fn spawn_worker(config: &Path, log: &Path, env: &[(&str, &str)]) -> ChildGuard {
     let out = fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {}", log.display(), e));
     let err = out.try_clone().unwrap();
@@ -84,7 +93,30 @@ pub fn spawn_worker(config: &Path, log: &Path, env: &[(&str, &str)]) -> ChildGua
     for (k, v) in env {
         cmd.env(k, v);
     }
-    ChildGuard::new(cmd.spawn().expect("spawn zdrestart-worker"), log)
+    ChildGuard::new(spawn(&mut cmd), log)
+}
+
+/// Start `zdrestart-worker -c config` by hand on `listener` (a listening
+/// socket the test bound), passed as a service manager would: fd 3 with
+/// `LISTEN_FDS=1` and `LISTEN_PID` its own pid (sh moves stdin to fd 3 and
+/// execs the worker, keeping its pid). Output into `log`. Does not wait.
+pub fn spawn_worker_on(listener: OwnedFd, config: &Path, log: &Path, env: &[(&str, &str)]) -> ChildGuard {
+    let out = fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {}", log.display(), e));
+    let err = out.try_clone().unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"exec 3<&0 0</dev/null; LISTEN_FDS=1 LISTEN_PID=$$ exec "$0" "$@""#)
+        .arg(worker_bin())
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::from(listener))
+        .stdout(out)
+        .stderr(err);
+    scrub_env(&mut cmd);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    ChildGuard::new(spawn(&mut cmd), log)
 }
 
 /// A built-in worker run by hand by `start_worker`.
@@ -93,14 +125,24 @@ pub struct HandWorker {
     pub port: u16,
     /// Its config file.
     pub config: PathBuf,
+    /// The port, reserved for the worker's life (see [`ReservedPort`]).
+    _reserved: ReservedPort,
 }
 
-/// Run the built-in worker by hand on a free port: config `<dir>/<name>.json`
-/// = `{"address": "127.0.0.1", "port": <port>}` plus the keys of `extra` (a
-/// JSON object), output in `<dir>/<name>.log`. Waits (15 s at most) until it
-/// accepts connections; panics with its output otherwise.
+/// Run the built-in worker by hand on a port reserved for it: config
+/// `<dir>/<name>.json` = `{"address": "127.0.0.1", "port": <port>}` plus the
+/// keys of `extra` (a JSON object), output in `<dir>/<name>.log`. The worker
+/// gets its listener bound already (`LISTEN_FDS`), so no other process can
+/// take the port first. Waits (15 s at most) until it answers `GET /healthz`;
+/// panics with its output otherwise.
 pub fn start_worker(dir: &TestDir, name: &str, extra: Value) -> HandWorker {
-    let port = free_port();
+    start_worker_with_env(dir, name, extra, &[])
+}
+
+/// [`start_worker`] with extra environment for the worker.
+pub fn start_worker_with_env(dir: &TestDir, name: &str, extra: Value, env: &[(&str, &str)]) -> HandWorker {
+    let reserved = ReservedPort::new();
+    let port = reserved.port();
     let mut cfg = Map::new();
     cfg.insert("address".into(), json!("127.0.0.1"));
     cfg.insert("port".into(), json!(port));
@@ -109,12 +151,15 @@ pub fn start_worker(dir: &TestDir, name: &str, extra: Value) -> HandWorker {
     }
     let config = dir.join(format!("{}.json", name));
     fs::write(&config, serde_json::to_vec_pretty(&Value::Object(cfg)).unwrap()).unwrap();
-    let mut proc = spawn_worker(&config, &dir.join(format!("{}.log", name)), &[]);
-    if !wait_until(Duration::from_secs(15), || port_accepts(port)) {
+    let mut proc = spawn_worker_on(reserved.listener(), &config, &dir.join(format!("{}.log", name)), env);
+    let serving = wait_until(Duration::from_secs(15), || {
+        proc.alive() && matches!(http_with(port, "GET", "/healthz", None, &[], Duration::from_secs(2)), Ok(r) if r.status == 200)
+    });
+    if !serving {
         let alive = proc.alive();
-        panic!("worker {} not listening on {} (alive: {}):\n{}", name, port, alive, proc.output());
+        panic!("worker {} does not answer on port {} (alive: {}):\n{}", name, port, alive, proc.output());
     }
-    HandWorker { proc, port, config }
+    HandWorker { proc, port, config, _reserved: reserved }
 }
 
 /// One request to a worker (directly, not through a master) on a new

@@ -1,21 +1,19 @@
 //! Programs a test writes and then runs (a new `zdrestart` that stands for
 //! a package upgrade, or one that only pretends to be one), as `programs`
 //! in a test file (`mod programs;`). Every such program is written through
-//! [`install_program`], the one place to fix how a test writes an
-//! executable while other tests of the same binary fork (a child that
-//! inherits a writable fd to the file makes its exec fail with ETXTBSY).
+//! [`install_program`], which goes through the harness's
+//! `zdrestart_testkit::install`: the test binary never opens a program for
+//! writing (a child forked by another thread inherits every fd until its
+//! exec, and a writable fd to the program makes the program's exec fail
+//! with ETXTBSY); `cp` writes it and it is renamed into place.
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// Put `bytes` at `path` as a new executable file: written beside it and
-/// renamed over it, never written into a file that may be running.
+/// Put `bytes` at `path` as a new executable file (mode 0755): copied
+/// beside it by `cp` and renamed over it, never written into a file that
+/// may be running, never held open for writing by the test binary.
 pub fn install_program(path: &Path, bytes: &[u8]) {
-    let tmp = path.with_extension("new");
-    fs::write(&tmp, bytes).unwrap_or_else(|e| panic!("write {}: {}", tmp.display(), e));
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
-    fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename {} to {}: {}", tmp.display(), path.display(), e));
+    zdrestart_testkit::install::install_bytes(path, bytes);
 }
 
 /// A new `zdrestart` at `path` whose check of the hand-over

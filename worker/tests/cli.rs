@@ -1,6 +1,7 @@
 //! The worker's command line, run as a process. Also makes `cargo test` build
 //! the worker's binary, which the master's integration tests (tests/ at the
 //! repository root) start as their workers.
+#![deny(unsafe_code)]
 
 use std::process::Command;
 
