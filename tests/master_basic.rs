@@ -157,7 +157,7 @@ fn objects_and_errors_through_the_master() {
 
     // 413: over 1 MiB.
     let mut big = b"{\"x\":\"".to_vec();
-    big.extend(std::iter::repeat(b'a').take(1024 * 1024 + 16));
+    big.extend(std::iter::repeat_n(b'a', 1024 * 1024 + 16));
     big.extend_from_slice(b"\"}");
     let r = http(p, "PUT", "/objects/thing/big", Some(&big));
     match r {

@@ -64,10 +64,12 @@ fn nack_exit(reason: &str) -> Exit {
 struct Failure {
     exit: Exit,
     msg: String,
+    /// The connection itself failed (nothing was sent).
+    at_connect: bool,
 }
 
 fn failure(exit: Exit, msg: String) -> Failure {
-    Failure { exit, msg }
+    Failure { exit, msg, at_connect: false }
 }
 
 /// Default timeout of every command but `restart --wait`.
@@ -386,7 +388,7 @@ fn exchange(sock: &Path, line: &str, timeout: Option<Duration>, wait: bool) -> R
             ErrorKind::NotFound | ErrorKind::ConnectionRefused => Exit::NoMaster,
             _ => Exit::Usage,
         };
-        failure(exit, msg)
+        Failure { exit, msg, at_connect: true }
     })?;
     let setup = |e: std::io::Error| failure(Exit::Usage, format!("{}: {}", sock.display(), os_text(&e)));
     stream.set_read_timeout(timeout).map_err(setup)?;
@@ -595,7 +597,7 @@ fn run(args: &[String]) -> u8 {
         Err(f) => {
             eprintln!("zdrestartctl: {}", f.msg);
             let mut exit = f.exit;
-            if f.msg.starts_with("connect ") {
+            if f.at_connect {
                 if let Some((hint, held)) = pidfile_hint(&opts) {
                     eprintln!("zdrestartctl: {}", hint);
                     if held && exit == Exit::NoMaster {
