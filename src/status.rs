@@ -111,7 +111,13 @@ pub struct StatusReport {
     pub generation: u64,
     pub lockout: bool,
     pub magic: u64,
+    /// The workers' version: what the probe of the code of the current
+    /// generation reported (the version of the code the master started
+    /// with until a restart completes).
     pub version: String,
+    /// The version of the master itself (its executable: changed by an
+    /// upgrade of the master, `zdrestartctl upgrade`).
+    pub master_version: String,
     /// Pid of the master.
     pub pid: u32,
     /// When the master started (ISO 8601 UTC).
@@ -171,6 +177,7 @@ mod tests {
             lockout: false,
             magic: 1,
             version: "0.1.0".into(),
+            master_version: "0.1.1".into(),
             pid: 10,
             started: "2024-01-01T00:00:00.000Z".into(),
             workers_configured: 2,
@@ -197,6 +204,7 @@ mod tests {
         let j = serde_json::to_string(&s).unwrap();
         assert!(!j.contains('\n'));
         assert!(j.starts_with("{\"state\":\"running\",\"generation\":2,\"lockout\":false,\"magic\":1,"));
+        assert!(j.contains(",\"version\":\"0.1.0\",\"master_version\":\"0.1.1\","), "{}", j);
         assert!(j.contains("\"outcome\":\"in progress\"") && j.contains("\"state\":\"ready\""), "{}", j);
         assert!(j.contains("\"workers_hung\":3") && j.contains("\"canary\":true"), "{}", j);
         let back: StatusReport = serde_json::from_str(&j).unwrap();

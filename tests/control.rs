@@ -5,8 +5,8 @@
 //!
 //! Every command and every NACK reason goes through the socket twice: as raw
 //! lines on a `UnixStream` (the pump.io-compatible protocol, byte for byte) and
-//! through `zdrestartctl` (exit status 0 ACK / 1 NACK / 2 usage or connection
-//! error, and what it prints). Then: STATUS fields against /proc, LOGLEVEL, the
+//! through `zdrestartctl` (its exit status, by the class of the answer:
+//! tests/ctl_exit_codes.rs has each one, and what it prints). Then: STATUS fields against /proc, LOGLEVEL, the
 //! socket file's life (mode 0600, other users, stale file, live socket,
 //! removal at exit), and hostile clients during a restart.
 //!
@@ -40,10 +40,17 @@ fn sorted_pids(st: &Value) -> Vec<i32> {
     v
 }
 
-/// Assert a NACK through zdrestartctl: exit 1, nothing on stdout, the reason
-/// and some advice on stderr.
+/// Assert a NACK through zdrestartctl: its exit status (zdrestartctl(8): 1
+/// refused, 3 aborted or in lockout, 4 retry later, 6 stopping), nothing on
+/// stdout, the reason and some advice on stderr.
 fn assert_ctl_nack(c: &Ctl, verb: &str, reason: &str) {
-    assert_eq!(c.code, 1, "NACK must exit 1: {:?}", c);
+    let code = match reason.split(':').next().unwrap() {
+        "aborted" | "aborted restart" => 3,
+        "restart in flight" | "too many clients" => 4,
+        "stopping" => 6,
+        _ => 1,
+    };
+    assert_eq!(c.code, code, "NACK {:?} must exit {}: {:?}", reason, code, c);
     assert!(c.out.is_empty(), "a NACK prints nothing on stdout: {:?}", c);
     let head = format!("zdrestartctl: {}: {}", verb, reason);
     assert!(c.err.starts_with(&head), "stderr must start with {:?}: {:?}", head, c);
@@ -558,7 +565,7 @@ fn restart_wait_returns_after_complete_and_old_workers_gone() {
 }
 
 #[test]
-fn aborted_restart_gives_exit_1_and_lockout() {
+fn aborted_restart_gives_exit_3_and_lockout() {
     let mongo = Mongo::start();
     let (mut m, sock) = mongo_master(&mongo, json!({}));
     let old = m.worker_pids();
@@ -650,7 +657,7 @@ fn socket_is_mode_0600_and_refuses_other_users() {
         Ctl { code: st.code().unwrap_or(-1), out, err }
     };
     let c = as_nobody(&missing);
-    assert_eq!(c.code, 2, "{:?}", c);
+    assert_eq!(c.code, 6, "no master there: {:?}", c);
     assert!(c.err.contains("No such file"), "nobody reaches the directory: {:?}", c);
     let c = as_nobody(&sock_s);
     assert_eq!(c.code, 2, "{:?}", c);
@@ -695,7 +702,7 @@ fn live_socket_is_never_stolen_and_stale_one_is_replaced() {
     assert!(wait_until(Duration::from_secs(10), || wpids.iter().all(|p| !pid_alive(*p))), "workers outlive a killed master");
     assert!(std::fs::symlink_metadata(&sock).unwrap().file_type().is_socket(), "stale socket file");
     let c = ctl(&sock, &["version"]);
-    assert_eq!(c.code, 2, "a stale socket is a connection error: {:?}", c);
+    assert_eq!(c.code, 6, "a stale socket is no master: {:?}", c);
     assert!(c.err.contains("Connection refused"), "{:?}", c);
 
     // A new master on the same path starts fine and replaces it: it says it
@@ -720,7 +727,7 @@ fn live_socket_is_never_stolen_and_stale_one_is_replaced() {
 }
 
 #[test]
-fn socket_removed_at_graceful_exit_then_missing_socket_is_exit_2() {
+fn socket_removed_at_graceful_exit_then_missing_socket_is_exit_6() {
     let (mut m, sock) = mem_master(json!({}));
     assert_eq!(ask(&sock, "VERSION"), "ACK 0.1.0");
     // A connected client does not keep the master from exiting.
@@ -731,12 +738,12 @@ fn socket_removed_at_graceful_exit_then_missing_socket_is_exit_2() {
     assert!(!sock.exists(), "socket file left after a graceful exit");
 
     let c = ctl(&sock, &["restart", "--wait"]);
-    assert_eq!(c.code, 2, "{:?}", c);
+    assert_eq!(c.code, 6, "{:?}", c);
     assert!(c.out.is_empty(), "{:?}", c);
     assert!(c.err.contains(&sock.display().to_string()) && c.err.contains("No such file"), "{:?}", c);
     assert!(c.err.contains("is the master running"), "{:?}", c);
     let c = ctl(&sock, &["status"]);
-    assert_eq!(c.code, 2, "{:?}", c);
+    assert_eq!(c.code, 6, "{:?}", c);
 }
 
 // ---------------------------------------------------------------------------

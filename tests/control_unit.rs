@@ -432,12 +432,13 @@ fn restart_wait_clients_are_never_evicted_and_a_full_table_of_them_nacks() {
         let reply = ask(&h.path, "VERSION");
         assert_eq!(reply, "NACK too many clients");
     }
-    // zdrestartctl reports it like any NACK (exit 1, reason and advice),
-    // whether the master's answer and close come before or after its send.
+    // zdrestartctl reports it like any NACK (reason and advice; exit 4:
+    // retry later), whether the master's answer and close come before or
+    // after its send.
     let sock = dir.join("ctl.sock").to_string_lossy().into_owned();
     for _ in 0..5 {
         let (code, out, err) = ctl_raw(&["-s", &sock, "status"]).parts();
-        assert_eq!((code, out.as_str()), (1, ""), "{}", err);
+        assert_eq!((code, out.as_str()), (4, ""), "{}", err);
         assert!(err.starts_with("zdrestartctl: status: too many clients: "), "{}", err);
         assert!(err.contains("Retry in a moment"), "{}", err);
     }
@@ -696,7 +697,7 @@ fn zdrestartctl_exit_codes_and_messages() {
     assert!(err.starts_with("zdrestartctl: restart refused: bad driver: "), "{}", err);
     assert!(err.contains("mongodb"), "{}", err);
     let (code, _, err) = ctl_raw(&["-s", s, "restart", "--wait"]).parts();
-    assert_eq!(code, 1);
+    assert_eq!(code, 3, "aborted: {}", err);
     assert!(err.starts_with("zdrestartctl: restart failed: aborted: new worker 1234 exited with status 1"), "{}", err);
     assert!(err.contains("restart the master as soon as possible"), "{}", err);
 
@@ -709,10 +710,10 @@ fn zdrestartctl_exit_codes_and_messages() {
     assert_eq!(code, 0);
     assert!(out.contains("state:         -") && out.contains("workers:       0"), "{}", out);
 
-    // Timeout: no answer within -t seconds is exit 2 and says so.
+    // Timeout: no answer within -t seconds is exit 5 and says so.
     *h.stats.answers.lock().unwrap() = None;
     let (code, _, err) = ctl_raw(&["-s", s, "-t", "0.1", "restart", "--wait"]).parts();
-    assert_eq!(code, 2);
+    assert_eq!(code, 5);
     assert!(err.contains("no answer within 0.1 s") && err.contains("zdrestartctl status"), "{}", err);
 
     // The socket named by controlSocket in the config given with -c.
@@ -724,10 +725,10 @@ fn zdrestartctl_exit_codes_and_messages() {
     assert_eq!(code, 2);
     assert!(err.contains("missing.json"), "{}", err);
 
-    // Connection and usage errors: exit 2, naming the socket and the cause.
+    // No master on the socket: exit 6, naming the socket and the cause.
     let missing = dir.join("none.sock");
     let (code, _, err) = ctl_raw(&["-s", missing.to_str().unwrap(), "status"]).parts();
-    assert_eq!(code, 2);
+    assert_eq!(code, 6);
     assert_eq!(
         err,
         format!(
@@ -764,16 +765,16 @@ fn zdrestartctl_reads_an_answer_sent_before_the_master_closed() {
     let sock = dir.join("ctl.sock").to_string_lossy().into_owned();
     for _ in 0..runs {
         let (code, out, err) = ctl_raw(&["-s", &sock, "restart", "--wait"]).parts();
-        assert_eq!((code, out.as_str()), (1, ""), "{}", err);
+        assert_eq!((code, out.as_str()), (4, ""), "{}", err);
         assert!(err.starts_with("zdrestartctl: restart refused: too many clients: "), "{}", err);
     }
     server.join().unwrap();
 
-    // Closed without an answer: exit 2, naming the socket.
+    // Closed without an answer: exit 6 (the master went away), naming the socket.
     let listener = UnixListener::bind(dir.join("mute.sock")).unwrap();
     let server = thread::spawn(move || drop(listener.accept().unwrap()));
     let (code, _, err) = ctl_raw(&["-s", dir.join("mute.sock").to_str().unwrap(), "status"]).parts();
-    assert_eq!(code, 2, "{}", err);
+    assert_eq!(code, 6, "{}", err);
     assert!(err.contains("mute.sock"), "{}", err);
     server.join().unwrap();
 }

@@ -63,7 +63,7 @@ fn zdrestartctl_finds_the_master_started_with_zdrestart_config() {
     let elsewhere = TestDir::new(&format!("{}-elsewhere", test_name()));
     let abs_cfg = dir.join("zdrestart.json").display().to_string();
     let c = ctl_in(elsewhere.path(), &[("ZDRESTART_CONFIG", &abs_cfg)], &["status"]);
-    assert_eq!(c.code, 2, "{:?}", c);
+    assert_eq!(c.code, 6, "{:?}", c);
     assert!(c.err.contains("is relative (\"ctl.sock\")"), "{:?}", c);
     assert!(c.err.contains("pass the absolute path with -s"), "{:?}", c);
     let sock = dir.join("ctl.sock").display().to_string();
@@ -87,7 +87,7 @@ fn zdrestartctl_says_what_to_pass_when_it_finds_no_master() {
     let sock = dir.join("none.sock");
     let cfg = write(&dir, "socket.json", json!({"controlSocket": sock.display().to_string()}));
     let c = ctl_in(dir.path(), &[], &["-c", cfg.to_str().unwrap(), "status"]);
-    assert_eq!(c.code, 2, "{:?}", c);
+    assert_eq!(c.code, 6, "{:?}", c);
     assert!(c.err.contains(&format!("connect {}: No such file or directory", sock.display())), "{:?}", c);
     assert!(c.err.contains(&format!("Is the master started with {} running?", cfg.display())), "{:?}", c);
 
@@ -98,7 +98,7 @@ fn zdrestartctl_says_what_to_pass_when_it_finds_no_master() {
 
     // -s that nobody listens on.
     let c = ctl_in(dir.path(), &[], &["-s", sock.to_str().unwrap(), "status"]);
-    assert_eq!(c.code, 2, "{:?}", c);
+    assert_eq!(c.code, 6, "{:?}", c);
     assert!(c.err.contains("No master listens on the socket given with -s"), "{:?}", c);
 }
 

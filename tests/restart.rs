@@ -364,7 +364,7 @@ fn a_restart_is_refused_while_a_rollout_is_in_flight() {
     assert_eq!(ask(&sock, "RESTART"), "NACK restart in flight");
     assert_eq!(ask(&sock, "RESTART WAIT"), "NACK restart in flight");
     let c = ctl(&sock, &["restart", "--wait"]);
-    assert_eq!(c.code, 1, "{:?}", c);
+    assert_eq!(c.code, 4, "retry later: {:?}", c);
     assert!(c.err.starts_with("zdrestartctl: restart refused: restart in flight"), "{:?}", c);
     let m2 = m.mark();
     m.signal(libc::SIGUSR2);

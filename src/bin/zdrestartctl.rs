@@ -2,9 +2,12 @@
 //! ARCHITECTURE.md, "The control protocol").
 //!
 //! Sends one command, prints the answer for a person (or the raw JSON of
-//! `status --json`), and exits 0 on ACK, 1 on NACK (reason and advice on
-//! stderr, the same wording as `zdrestart --check`: `zdrestart::control`),
-//! 2 on usage, connection, timeout or protocol errors. Never links MongoDB.
+//! `status --json`), and exits with a status a script or a fleet tool can
+//! branch on ([`Exit`]): 0 complete, 1 refused (nothing changed), 2 usage or
+//! protocol error, 3 aborted (the master is in lockout), 4 not possible right
+//! now (retry later), 5 timed out, 6 no master. The reason and advice of a
+//! NACK go to stderr, in the same wording as `zdrestart --check`
+//! (`zdrestart::control`). Never links MongoDB.
 #![deny(unsafe_code)]
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -13,14 +16,62 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use zdrestart::config::{self, Config};
-use zdrestart::control::locate::{self, Located};
+use zdrestart::control::locate::{self, Located, SocketFrom};
 use zdrestart::control::{self, Answer};
 use zdrestart::restart::Reason;
 use zdrestart::status::{MasterState, StatusReport};
 
-const EXIT_ACK: u8 = 0;
-const EXIT_NACK: u8 = 1;
-const EXIT_ERROR: u8 = 2;
+/// The exit statuses (zdrestartctl(8), EXIT STATUS; `--help`). Distinct, so
+/// that a fleet tool rolling a release host by host can tell "stop the
+/// rollout" (1, 3) from "try again in a moment" (4) from "the host has no
+/// master" (6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Exit {
+    /// ACK: done; for `--wait`, the restart is complete.
+    Ok = 0,
+    /// NACK: refused before any worker was touched (the reason says why).
+    Refused = 1,
+    /// Usage, an unreadable `-c` file, a socket we may not use, an answer
+    /// that is neither ACK nor NACK.
+    Usage = 2,
+    /// The restart was aborted, or is refused because an earlier one was:
+    /// the workers that serve keep serving, the master is in lockout.
+    Aborted = 3,
+    /// Not possible right now: a restart in flight, the master starting,
+    /// too many control clients. Retry later.
+    Retry = 4,
+    /// No answer within `--timeout` (a restart may still be in progress).
+    Timeout = 5,
+    /// No master: nothing listens on the socket, or the master went away
+    /// (stopping, or it closed the connection without answering).
+    NoMaster = 6,
+}
+
+/// The exit status of a NACK, by its reason.
+fn nack_exit(reason: &str) -> Exit {
+    let key = control::reason_key(reason);
+    match Reason::from_wire(key) {
+        Some(Reason::Aborted | Reason::AbortedRestart) => Exit::Aborted,
+        Some(Reason::InFlight | Reason::Starting | Reason::UpgradeNotPossible) => Exit::Retry,
+        Some(Reason::Stopping) => Exit::NoMaster,
+        None if key == control::wire::NACK_TOO_MANY_CLIENTS => Exit::Retry,
+        _ => Exit::Refused,
+    }
+}
+
+/// Why there is no answer to print: the message and the exit status.
+#[derive(Debug, PartialEq)]
+struct Failure {
+    exit: Exit,
+    msg: String,
+    /// The connection itself failed (nothing was sent).
+    at_connect: bool,
+}
+
+fn failure(exit: Exit, msg: String) -> Failure {
+    Failure { exit, msg, at_connect: false }
+}
 
 /// Default timeout of every command but `restart --wait`.
 const DEFAULT_TIMEOUT_SECS: f64 = 30.0;
@@ -36,12 +87,13 @@ Commands:
   restart [--wait]     zero-downtime restart (like SIGUSR2). Without --wait:
                        returns once the master accepted or refused it. With
                        --wait: returns when the restart is complete (exit 0),
-                       or refused or aborted (exit 1, reason and advice on stderr)
+                       or was refused or aborted (reason and advice on stderr)
   restart --canary [--wait]
                        canary restart: one new worker starts beside the whole
                        old fleet and the restart stops there; both generations
                        serve. With --wait: returns once the canary passed its
-                       soak and stands (exit 0), or failed (exit 1)
+                       soak and stands (exit 0), or failed (exit 3 when the
+                       master locks out, 1 when the canary was rolled back)
   promote [--wait]     carry a standing canary's restart on to every worker
                        (--wait: until it is complete)
   rollback             stop the canary: every worker is of the old generation
@@ -52,10 +104,11 @@ Commands:
                        workers kept), then rolls the workers over (not with
                        --no-restart). Also ends a lockout. Without --wait:
                        returns once the new master runs; with --wait: when the
-                       roll-over that follows is complete (exit 0) or refused
-                       or aborted (exit 1)
+                       roll-over that follows is complete (exit 0) or was
+                       refused or aborted
   status [--json]      state of the master and of every worker; --json prints
-                       the master's one-line JSON as it is
+                       the master's one-line JSON as it is (state, generation,
+                       lockout, magic, version, master_version, workers, ...)
   version              version of the running master
   loglevel LEVEL       set the log level of the master and its workers:
                        trace, debug, info, warn, error, fatal (the same as
@@ -68,21 +121,36 @@ Commands:
 Options:
   -s, --socket SOCKET  control socket (default: controlSocket of the config,
                        else /run/zdrestart/zdrestart.sock)
-  -c, --config CONFIG  config file to read controlSocket from: the one the
-                       master was started with (default: $ZDRESTART_CONFIG,
-                       else /etc/zdrestart.json)
-  -t, --timeout SECS   give up after SECS seconds without an answer (exit 2);
+  -c, --config CONFIG  config file to read controlSocket (and pidfile) from:
+                       the one the master was started with (default:
+                       $ZDRESTART_CONFIG, else /etc/zdrestart.json)
+  -t, --timeout SECS   give up after SECS seconds without an answer (exit 5);
                        0 waits forever. Default: 30, except restart --wait,
                        promote --wait and upgrade --wait, which wait
                        without limit: the master bounds every step of a
                        restart (readyTimeout, minReady, shutdownTimeout) and
                        answers when it ends, or closes the connection if it
-                       exits
+                       exits. A timeout leaves a restart running
   -h, --help           this help
   -V, --version        version of zdrestartctl
 
-Exit status: 0 ACK, 1 NACK (refused, aborted, or bad request), 2 usage,
-connection, timeout or protocol error.
+Exit status (distinct, for scripts and fleet tools):
+  0  complete: the master answered ACK (with --wait: the restart is complete)
+  1  refused: nothing changed; the reason is on stderr (bad config, listen
+     address changed, no workers, incompatibility, probe failed, bad driver,
+     upgrade check failed, exec failed, or a command the master rejects)
+  2  usage error, a -c file that cannot be read, a socket this user may not
+     use, or an answer that is neither ACK nor NACK
+  3  aborted: the restart was aborted (or refused as \"aborted restart\"
+     after an earlier one): workers that serve keep serving, the master is
+     in lockout until it is upgraded (upgrade --wait) or restarted
+  4  not possible right now: a restart in flight, the master starting (its
+     pidfile is locked but its socket is not open yet), an upgrade already
+     under way, too many control clients: retry later
+  5  timed out: no answer within --timeout (a restart may still be running)
+  6  no master: nothing listens on the socket and no master holds the
+     pidfile, the master is stopping, or it closed the connection without
+     answering (it exited)
 ";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -289,14 +357,18 @@ fn socket_path(opts: &Opts) -> Result<Located, String> {
 /// Whether a master runs, by the test the master's pidfile is made for (its
 /// lock, not the pid in it: zdrestart(8), FILES), when the config read for
 /// the socket names a `pidfile`. None when there is nothing to say.
-fn pidfile_hint(located: &Located) -> Option<String> {
+/// The bool: a master holds the pidfile's lock.
+fn pidfile_hint(located: &Located) -> Option<(String, bool)> {
     let path = &located.config.as_ref()?.0;
     let cfg = Config::parse(path, &std::fs::read_to_string(path).ok()?).ok()?;
     let pidfile = cfg.pidfile?;
     Some(match zdrestart::master::pidfile::holder(&pidfile) {
-        Ok(Some(pid)) => format!("pidfile {}: a master runs (pid {}, it holds the pidfile's lock)", pidfile.display(), pid),
-        Ok(None) => format!("pidfile {}: no master holds its lock: the master is not running", pidfile.display()),
-        Err(e) => format!("pidfile {}: {}", pidfile.display(), os_text(&e)),
+        Ok(Some(pid)) => (
+            format!("pidfile {}: a master runs (pid {}, it holds the pidfile's lock)", pidfile.display(), pid),
+            true,
+        ),
+        Ok(None) => (format!("pidfile {}: no master holds its lock: the master is not running", pidfile.display()), false),
+        Err(e) => (format!("pidfile {}: {}", pidfile.display(), os_text(&e)), false),
     })
 }
 
@@ -316,12 +388,20 @@ fn connect_hint(kind: ErrorKind) -> &'static str {
     }
 }
 
-/// Send one command line and read one answer line. Err: message for exit 2.
-fn exchange(sock: &Path, line: &str, timeout: Option<Duration>, wait: bool) -> Result<String, String> {
-    let stream = UnixStream::connect(sock)
-        .map_err(|e| format!("connect {}: {}{}", sock.display(), os_text(&e), connect_hint(e.kind())))?;
-    stream.set_read_timeout(timeout).map_err(|e| format!("{}: {}", sock.display(), os_text(&e)))?;
-    stream.set_write_timeout(timeout).map_err(|e| format!("{}: {}", sock.display(), os_text(&e)))?;
+/// Send one command line and read one answer line.
+fn exchange(sock: &Path, line: &str, timeout: Option<Duration>, wait: bool) -> Result<String, Failure> {
+    let stream = UnixStream::connect(sock).map_err(|e| {
+        let msg = format!("connect {}: {}{}", sock.display(), os_text(&e), connect_hint(e.kind()));
+        // Nothing listens there: "no master" (run() may find it starting).
+        let exit = match e.kind() {
+            ErrorKind::NotFound | ErrorKind::ConnectionRefused => Exit::NoMaster,
+            _ => Exit::Usage,
+        };
+        Failure { exit, msg, at_connect: true }
+    })?;
+    let setup = |e: std::io::Error| failure(Exit::Usage, format!("{}: {}", sock.display(), os_text(&e)));
+    stream.set_read_timeout(timeout).map_err(setup)?;
+    stream.set_write_timeout(timeout).map_err(setup)?;
     converse(&stream, sock, line, timeout, wait)
 }
 
@@ -337,24 +417,25 @@ fn converse(
     line: &str,
     timeout: Option<Duration>,
     wait: bool,
-) -> Result<String, String> {
+) -> Result<String, Failure> {
+    let still = if wait { "; the restart may still be in progress: see `zdrestartctl status`" } else { "" };
+    let timed_out = |secs: f64| failure(Exit::Timeout, format!("{}: no answer within {} s{}", sock.display(), secs, still));
     let send_err = match (&*stream).write_all(format!("{}\n", line).as_bytes()) {
         Ok(()) => None,
         // The master does not read: waiting again for an answer is pointless.
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-            return Err(format!("send to {}: {}", sock.display(), os_text(&e)))
+            return Err(timed_out(timeout.map_or(0.0, |d| d.as_secs_f64())));
         }
         Err(e) => {
             // The peer is gone or going: an answer, if any, is already there.
             // Never wait long for it.
             let short = Duration::from_secs(1);
             let _ = stream.set_read_timeout(Some(timeout.map_or(short, |t| t.min(short))));
-            Some(format!("send to {}: {}", sock.display(), os_text(&e)))
+            Some(failure(Exit::NoMaster, format!("send to {}: {}", sock.display(), os_text(&e))))
         }
     };
     let mut buf = Vec::new();
     let mut r = BufReader::new(stream.take(MAX_ANSWER));
-    let still = if wait { "; the restart may still be in progress: see `zdrestartctl status`" } else { "" };
     let read = r.read_until(b'\n', &mut buf);
     if let Some(e) = send_err {
         if buf.is_empty() {
@@ -364,21 +445,25 @@ fn converse(
     match read {
         Ok(_) => {}
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-            let secs = timeout.map(|d| d.as_secs_f64()).unwrap_or(0.0);
-            return Err(format!("{}: no answer within {} s{}", sock.display(), secs, still));
+            return Err(timed_out(timeout.map_or(0.0, |d| d.as_secs_f64())));
         }
-        Err(e) => return Err(format!("read from {}: {}{}", sock.display(), os_text(&e), still)),
+        Err(e) => {
+            return Err(failure(Exit::NoMaster, format!("read from {}: {}{}", sock.display(), os_text(&e), still)))
+        }
     }
     if buf.last() != Some(&b'\n') {
         if buf.is_empty() {
-            return Err(format!(
-                "{}: the master closed the connection without answering{}",
-                sock.display(),
-                if wait { " (did it exit? see its log)" } else { "" }
+            return Err(failure(
+                Exit::NoMaster,
+                format!(
+                    "{}: the master closed the connection without answering{}",
+                    sock.display(),
+                    if wait { " (did it exit? see its log)" } else { "" }
+                ),
             ));
         }
         if buf.len() as u64 >= MAX_ANSWER {
-            return Err(format!("{}: answer longer than {} bytes", sock.display(), MAX_ANSWER));
+            return Err(failure(Exit::Usage, format!("{}: answer longer than {} bytes", sock.display(), MAX_ANSWER)));
         }
     }
     Ok(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string())
@@ -396,7 +481,7 @@ fn render_status(st: &StatusReport) -> String {
     o += &format!("generation:    {}\n", st.generation);
     o += &format!("lockout:       {}\n", if st.lockout { "YES" } else { "no" });
     o += &format!("magic:         {}\n", st.magic);
-    o += &format!("version:       {}\n", st.version);
+    o += &format!("version:       {} (workers); master {}\n", st.version, if st.master_version.is_empty() { "-" } else { &st.master_version });
     o += &format!("master:        pid {}, started {}\n", st.pid, st.started);
     match &st.last_restart {
         Some(lr) => {
@@ -457,7 +542,7 @@ fn refused_before_exec(reason: &str) -> bool {
 }
 
 /// Print the outcome of one command; returns the exit status.
-fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
+fn report(cmd: &Cmd, answer: Answer) -> Result<Exit, String> {
     match answer {
         Answer::Nack(reason) => {
             let verb = match cmd {
@@ -478,7 +563,7 @@ fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
                 other => other.name(),
             };
             eprintln!("zdrestartctl: {}: {}", verb, control::operator_message(&reason));
-            Ok(EXIT_NACK)
+            Ok(nack_exit(&reason))
         }
         Answer::Ack(data) => {
             match cmd {
@@ -512,7 +597,7 @@ fn report(cmd: &Cmd, answer: Answer) -> Result<u8, String> {
                 Cmd::LogLevel(l) if l == "restore" => println!("log level restored to logLevel of the config"),
                 Cmd::LogLevel(l) => println!("log level set to {}", l),
             }
-            Ok(EXIT_ACK)
+            Ok(Exit::Ok)
         }
     }
 }
@@ -521,23 +606,23 @@ fn run(args: &[String]) -> u8 {
     let opts = match parse_args(args) {
         Ok(Parsed::Help) => {
             print!("{}", USAGE);
-            return EXIT_ACK;
+            return Exit::Ok as u8;
         }
         Ok(Parsed::Version) => {
             println!("zdrestartctl {}", zdrestart::VERSION);
-            return EXIT_ACK;
+            return Exit::Ok as u8;
         }
         Ok(Parsed::Run(o)) => o,
         Err(e) => {
             eprintln!("zdrestartctl: {}\nTry 'zdrestartctl --help'.", e);
-            return EXIT_ERROR;
+            return Exit::Usage as u8;
         }
     };
     let located = match socket_path(&opts) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("zdrestartctl: {}", e);
-            return EXIT_ERROR;
+            return Exit::Usage as u8;
         }
     };
     let wait = matches!(opts.cmd, Cmd::Restart { wait: true, .. } | Cmd::Upgrade { wait: true, .. } | Cmd::Promote { wait: true });
@@ -546,27 +631,42 @@ fn run(args: &[String]) -> u8 {
     let sock = located.socket.clone();
     let line = match exchange(&sock, &opts.cmd.line(), timeout, wait) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("zdrestartctl: {}", e);
-            if let Some(hint) = pidfile_hint(&located) {
-                eprintln!("zdrestartctl: {}", hint);
+        Err(f) => {
+            eprintln!("zdrestartctl: {}", f.msg);
+            let mut exit = f.exit;
+            if f.at_connect {
+                let mut starting = false;
+                if let Some((hint, held)) = pidfile_hint(&located) {
+                    eprintln!("zdrestartctl: {}", hint);
+                    // A relative controlSocket may be the master's, resolved in
+                    // another directory: the lock then says nothing of the socket.
+                    let relative = matches!(&located.from, SocketFrom::Config { written } if Path::new(written).is_relative());
+                    if held && exit == Exit::NoMaster && !relative {
+                        // Its socket opens once its probe has passed.
+                        eprintln!(
+                            "zdrestartctl: the master is starting (its control socket opens once its probe has passed), \
+                             or it runs without this controlSocket: retry later"
+                        );
+                        exit = Exit::Retry;
+                        starting = true;
+                    }
+                }
+                if !starting && no_master_there(&sock) {
+                    eprintln!("zdrestartctl: {}", located.hint());
+                }
             }
-            // Connecting failed (not a timeout, not a closed connection).
-            if e.starts_with("connect ") && no_master_there(&sock) {
-                eprintln!("zdrestartctl: {}", located.hint());
-            }
-            return EXIT_ERROR;
+            return exit as u8;
         }
     };
     let Some(answer) = control::parse_answer(&line) else {
         eprintln!("zdrestartctl: {}: unexpected answer: {:?}", sock.display(), line);
-        return EXIT_ERROR;
+        return Exit::Usage as u8;
     };
     match report(&opts.cmd, answer) {
-        Ok(code) => code,
+        Ok(exit) => exit as u8,
         Err(e) => {
             eprintln!("zdrestartctl: {}: {}", sock.display(), e);
-            EXIT_ERROR
+            Exit::Usage as u8
         }
     }
 }
@@ -702,7 +802,7 @@ mod tests {
         let (client, master) = UnixStream::pair().unwrap();
         drop(master);
         let err = converse(&client, sock, "RESTART WAIT", None, true).unwrap_err();
-        assert_eq!(err, "send to /run/test.sock: Broken pipe");
+        assert_eq!(err, failure(Exit::NoMaster, "send to /run/test.sock: Broken pipe".into()));
 
         // Send fine, answer read (the usual case).
         let (client, master) = UnixStream::pair().unwrap();
@@ -714,6 +814,29 @@ mod tests {
         });
         assert_eq!(converse(&client, sock, "VERSION", t, false), Ok("ACK 0.1.0".to_string()));
         assert_eq!(peer.join().unwrap(), "VERSION\n");
+    }
+
+    #[test]
+    fn exit_status_of_each_nack() {
+        // Every reason and protocol NACK has its class; the classes are distinct numbers.
+        let codes = [Exit::Ok, Exit::Refused, Exit::Usage, Exit::Aborted, Exit::Retry, Exit::Timeout, Exit::NoMaster];
+        let mut n: Vec<u8> = codes.iter().map(|e| *e as u8).collect();
+        n.dedup();
+        assert_eq!(n, vec![0, 1, 2, 3, 4, 5, 6]);
+        for r in Reason::ALL {
+            let want = match r {
+                Reason::Aborted | Reason::AbortedRestart => Exit::Aborted,
+                Reason::InFlight | Reason::Starting | Reason::UpgradeNotPossible => Exit::Retry,
+                Reason::Stopping => Exit::NoMaster,
+                _ => Exit::Refused,
+            };
+            assert_eq!(nack_exit(r.wire()), want, "{}", r);
+        }
+        assert_eq!(nack_exit("aborted: new worker exited: new worker 12 exited (exit status 1)"), Exit::Aborted);
+        assert_eq!(nack_exit("probe failed: ERROR=database unreachable"), Exit::Refused);
+        assert_eq!(nack_exit("too many clients"), Exit::Retry);
+        assert_eq!(nack_exit("unknown"), Exit::Refused);
+        assert_eq!(nack_exit("invalid"), Exit::Refused);
     }
 
     #[test]

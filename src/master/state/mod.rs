@@ -409,6 +409,7 @@ impl Master {
             lockout: self.locked_out(),
             magic: self.magic,
             version: self.version.clone(),
+            master_version: crate::VERSION.to_string(),
             pid: master_pid,
             started: iso(started),
             workers_configured: self.config.workers,
