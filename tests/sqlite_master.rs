@@ -238,7 +238,7 @@ fn quick_start_on_the_example_config() {
     let (n, f) = (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     eprintln!("curl PUT+GET pairs during the restart: {}, failed {}; zdrestartctl: {:?} {} {}", n, f, st, out, err);
     assert!(st.success(), "zdrestartctl restart --wait: {:?} {} {}", st, out, err);
-    assert!(n > 10, "too little traffic: {}", n);
+    assert!(n >= 10, "too little traffic: {}", n);
     assert_eq!(f, 0, "curl pairs failed during the restart");
     assert_eq!(m.events("restart.complete").len(), 1);
     assert!(dir.join("target/zdrestart.db").exists());
