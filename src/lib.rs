@@ -9,6 +9,7 @@
 pub mod config;
 pub mod control;
 pub mod log;
+pub mod metrics;
 pub mod master;
 pub mod protocol;
 pub mod restart;

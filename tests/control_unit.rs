@@ -507,7 +507,7 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
     (&b).write_all(b"RESTART WAIT\n").unwrap();
     let cmds = pump(&mut server, step);
     assert_eq!(cmds.len(), 1);
-    assert_eq!(cmds[0].1, Command::Restart { wait: true, canary: false });
+    assert_eq!(cmds[0].1, Command::Restart { wait: true, canary: false, progress: false });
     let b_id = cmds[0].0;
     // c: connected, never sent anything; the only evictable one.
     let c = control_connect(&dir.join("ctl.sock"));

@@ -10,11 +10,11 @@ fn with(extra: &str) -> Config {
     cfg(&format!(r#"{{"driver":"mongodb","workers":2,"readyTimeout":5,"shutdownTimeout":3,"minReady":0,"watchdogTimeout":0{}}}"#, extra))
 }
 
-/// The typed facts of these actions.
+/// The typed facts of workers' health and canaries in these actions.
 fn facts(a: &[Action]) -> Vec<Progress> {
     a.iter()
         .filter_map(|a| match a {
-            Action::Progress(p) => Some(p.clone()),
+            Action::Progress(p) if p.logged_here() => Some(p.clone()),
             _ => None,
         })
         .collect()
@@ -23,7 +23,7 @@ fn facts(a: &[Action]) -> Vec<Progress> {
 fn events(a: &[Action]) -> Vec<&'static str> {
     a.iter()
         .filter_map(|a| match a {
-            Action::Progress(p) => Some(p.event()),
+            Action::Progress(p) if p.logged_here() => Some(p.event()),
             _ => None,
         })
         .collect()
