@@ -94,8 +94,9 @@ pub fn render(st: &StatusReport) -> String {
     let mut o = String::new();
     family(&mut o, "zdrestart_build_info", "gauge",
         "Always 1: the master's version, and the magic number and version of the worker code it runs.");
-    let _ = writeln!(o, "zdrestart_build_info{{version=\"{}\",magic=\"{}\",worker_version=\"{}\"}} 1",
-        label(crate::VERSION), st.magic, label(&st.version));
+    // Labels in the order Prometheus and node_exporter print them (sorted).
+    let _ = writeln!(o, "zdrestart_build_info{{magic=\"{}\",version=\"{}\",worker_version=\"{}\"}} 1",
+        st.magic, label(crate::VERSION), label(&st.version));
     gauge(&mut o, "zdrestart_start_time_seconds", "When the master started, in seconds since the Unix epoch.", seconds(st.started_unix_ms));
     family(&mut o, "zdrestart_state", "gauge", "1 for the state the master is in, 0 for the others.");
     for s in MASTER_STATES {
@@ -113,7 +114,7 @@ pub fn render(st: &StatusReport) -> String {
         *by.entry((w.generation, w.state.as_str())).or_insert(0) += 1;
     }
     for ((generation, state), n) in &by {
-        let _ = writeln!(o, "zdrestart_workers{{state=\"{}\",generation=\"{}\"}} {}", state, generation, n);
+        let _ = writeln!(o, "zdrestart_workers{{generation=\"{}\",state=\"{}\"}} {}", generation, state, n);
     }
     let c = &st.counters;
     counter(&mut o, "zdrestart_restarts_total", "Zero-downtime restart requests, by outcome.", "outcome", &RESTART_OUTCOMES, &c.restarts);
@@ -146,8 +147,8 @@ mod tests {
         assert!(t.contains("worker_version=\"a\\\"b\\\\c\"} 1\n"), "{}", t);
         assert!(t.contains("zdrestart_restarts_total{outcome=\"complete\"} 1\n"));
         assert!(t.contains("zdrestart_restarts_total{outcome=\"rolled_back\"} 0\n"));
-        assert!(t.contains("zdrestart_workers{state=\"ready\",generation=\"2\"} 0\n"));
-        assert!(t.contains("zdrestart_workers{state=\"stopping\",generation=\"1\"} 1\n"));
+        assert!(t.contains("zdrestart_workers{generation=\"2\",state=\"ready\"} 0\n"));
+        assert!(t.contains("zdrestart_workers{generation=\"1\",state=\"stopping\"} 1\n"));
         assert!(t.contains("zdrestart_start_time_seconds 1.500\n"));
         assert!(t.contains("zdrestart_state{state=\"not_ready\"} 0\n"));
         assert!(!t.contains("last_restart"), "no restart ran yet");
