@@ -8,9 +8,11 @@
 #![deny(unsafe_code)]
 
 mod progress;
+mod socket;
 mod status_table;
 
 use progress::{Display, Mode};
+use socket::{connect_hint, os_text, pidfile_hint, socket_path};
 use status_table::render_status;
 use std::io::IsTerminal;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -18,7 +20,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use zdrestart::config::{self, Config};
+use zdrestart::config;
 use zdrestart::control::{self, Answer};
 use zdrestart::restart::Reason;
 use zdrestart::status::StatusReport;
@@ -293,85 +295,6 @@ fn parse_command(first: &str, rest: &[&str]) -> Result<Cmd, String> {
     })
 }
 
-/// An io::Error as text without std's " (os error N)" suffix.
-fn os_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" (os error ") {
-        Some(i) if s.ends_with(')') => s[..i].to_string(),
-        _ => s,
-    }
-}
-
-/// The socket to use: -s, else controlSocket of the config, else the default.
-/// Warnings (config unreadable or invalid) go to stderr; an explicit -c that
-/// cannot be read is an error.
-fn socket_path(opts: &Opts) -> Result<PathBuf, String> {
-    if let Some(s) = &opts.socket {
-        return Ok(config::absolute(s));
-    }
-    let default = PathBuf::from(config::DEFAULT_CONTROL_SOCKET);
-    let (cfg, explicit) = match &opts.config {
-        Some(c) => (config::absolute(c), true),
-        None => (PathBuf::from(config::DEFAULT_PATH), false),
-    };
-    let text = match std::fs::read_to_string(&cfg) {
-        Ok(t) => t,
-        Err(e) if !explicit && e.kind() == ErrorKind::NotFound => return Ok(default),
-        Err(e) if explicit => return Err(format!("cannot read config {}: {}", cfg.display(), os_text(&e))),
-        Err(e) => {
-            eprintln!(
-                "zdrestartctl: warning: cannot read {}: {}; using {}",
-                cfg.display(),
-                os_text(&e),
-                default.display()
-            );
-            return Ok(default);
-        }
-    };
-    match Config::parse(&cfg, &text) {
-        Ok(c) => Ok(c.control_socket.unwrap_or(default)),
-        Err(e) => {
-            // An invalid config (being edited?) may still name the socket.
-            let named = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("controlSocket").and_then(|s| s.as_str()).map(|s| s.to_string()))
-                .filter(|s| !s.is_empty());
-            match named {
-                Some(s) => Ok(config::absolute(Path::new(&s))),
-                None => {
-                    eprintln!("zdrestartctl: warning: {}; using {}", e, default.display());
-                    Ok(default)
-                }
-            }
-        }
-    }
-}
-
-/// Whether a master runs, by the test the master's pidfile is made for (its
-/// lock, not the pid in it: zdrestart(8), FILES), when the config read for
-/// the socket names a `pidfile`. None when there is nothing to say.
-fn pidfile_hint(opts: &Opts) -> Option<String> {
-    if opts.socket.is_some() && opts.config.is_none() {
-        return None;
-    }
-    let path = config::absolute(opts.config.as_deref().unwrap_or(Path::new(config::DEFAULT_PATH)));
-    let cfg = Config::parse(&path, &std::fs::read_to_string(&path).ok()?).ok()?;
-    let pidfile = cfg.pidfile?;
-    Some(match zdrestart::master::pidfile::holder(&pidfile) {
-        Ok(Some(pid)) => format!("pidfile {}: a master runs (pid {}, it holds the pidfile's lock)", pidfile.display(), pid),
-        Ok(None) => format!("pidfile {}: no master holds its lock: the master is not running", pidfile.display()),
-        Err(e) => format!("pidfile {}: {}", pidfile.display(), os_text(&e)),
-    })
-}
-
-fn connect_hint(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::NotFound | ErrorKind::ConnectionRefused => " (is the master running with controlSocket set?)",
-        ErrorKind::PermissionDenied => " (the socket is mode 0600: run as the user that runs the master)",
-        _ => "",
-    }
-}
-
 /// Send one command line and read one answer line. Err: message for exit 2.
 fn exchange(sock: &Path, line: &str, timeout: Option<Duration>, wait: bool, steps: Option<&mut Display>) -> Result<String, String> {
     let stream = UnixStream::connect(sock)
@@ -384,6 +307,28 @@ fn exchange(sock: &Path, line: &str, timeout: Option<Duration>, wait: bool, step
         stream.set_read_timeout(Some(timeout.map_or(t, |d| d.min(t)))).map_err(|e| format!("{}: {}", sock.display(), os_text(&e)))?;
     }
     converse(&stream, sock, line, timeout, wait, steps)
+}
+
+/// Read up to the answer line into `buf`: the `PROGRESS <json>` lines
+/// before it go to `steps` (without `steps` the first line is the answer);
+/// on a terminal a read that times out redraws the progress line, until
+/// `timeout` passed with no line at all.
+fn read_answer(r: &mut impl BufRead, buf: &mut Vec<u8>, timeout: Option<Duration>, mut steps: Option<&mut Display>) -> std::io::Result<usize> {
+    let mut active = Instant::now();
+    loop {
+        let read = r.read_until(b'\n', buf);
+        let timed_out = matches!(&read, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
+        let Some(d) = steps.as_deref_mut() else { return read };
+        if read.is_ok() && buf.ends_with(b"\n") && buf.starts_with(b"PROGRESS ") {
+            d.step(&String::from_utf8_lossy(&buf["PROGRESS ".len()..]));
+            buf.clear();
+            active = Instant::now();
+        } else if timed_out && d.tick_every().is_some() && timeout.is_none_or(|t| active.elapsed() < t) {
+            d.tick();
+        } else {
+            return read;
+        }
+    }
 }
 
 /// The exchange on a connected stream (timeouts set).
@@ -417,26 +362,7 @@ fn converse(
     let mut buf = Vec::new();
     let mut r = BufReader::new(stream.take(MAX_ANSWER));
     let still = if wait { "; the restart may still be in progress: see `zdrestartctl status`" } else { "" };
-    let mut active = Instant::now();
-    let read = loop {
-        let read = r.read_until(b'\n', &mut buf);
-        let timed_out = matches!(&read, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
-        if let Some(d) = steps.as_deref_mut() {
-            // A step before the answer (`PROGRESS <json>`): shown, and the
-            // answer still awaited.
-            if read.is_ok() && buf.ends_with(b"\n") && buf.starts_with(b"PROGRESS ") {
-                d.step(&String::from_utf8_lossy(&buf["PROGRESS ".len()..]));
-                buf.clear();
-                active = Instant::now();
-                continue;
-            }
-            if timed_out && d.tick_every().is_some() && timeout.is_none_or(|t| active.elapsed() < t) {
-                d.tick();
-                continue;
-            }
-        }
-        break read;
-    };
+    let read = read_answer(&mut r, &mut buf, timeout, steps.as_deref_mut());
     if let Some(e) = send_err {
         if buf.is_empty() {
             return Err(e);
