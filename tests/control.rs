@@ -645,7 +645,8 @@ fn socket_is_mode_0600_and_refuses_other_users() {
                 .args(["--reuid=65534", "--regid=65534", "--clear-groups", ctl_s.as_str(), "-s", sock, "version"]),
             T,
         );
-        Ctl { code: st.code().unwrap_or(-1), out, err }
+        let (steps, out) = split_steps(&out);
+        Ctl { code: st.code().unwrap_or(-1), out, err, steps }
     };
     let c = as_nobody(&missing);
     assert_eq!(c.code, 2, "{:?}", c);

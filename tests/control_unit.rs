@@ -700,7 +700,7 @@ fn zdrestartctl_exit_codes_and_messages() {
     assert_eq!(ctl_raw(&["-s", s, "frobnicate"]).code, 2);
     assert_eq!(ctl_raw(&["-s", s, "loglevel", "loud"]).code, 2);
     let (code, out, _) = ctl_raw(&["--help"]).parts();
-    assert!(code == 0 && out.contains("restart [--wait]"));
+    assert!(code == 0 && out.contains("restart [--wait [--json]]"));
 }
 
 #[test]

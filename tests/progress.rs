@@ -52,9 +52,10 @@ fn restart_wait_shows_each_step_as_it_happens() {
     let r = ctl(&sock(&m), &["restart", "--wait"]);
     assert_eq!(r.code, 0, "{:?}", r);
     let new = pids(&m, 2);
-    let lines: Vec<&str> = r.out.lines().collect();
-    // Every step line is stamped with the time since the command started.
-    assert!(lines[..lines.len() - 1].iter().all(|l| l.starts_with("[") && l.contains(" s] ")), "{:?}", r);
+    let lines: Vec<&str> = r.steps.iter().map(|s| s.as_str()).collect();
+    // Every step line is stamped with the time since the command started;
+    // then the outcome, as without steps.
+    assert_eq!(r.out, "zero-downtime restart complete\n", "{:?}", r);
     let probe = find(&lines, 0, "probe passed (magic ");
     assert!(lines[probe].contains("rolling 2 workers to generation 2"), "{:?}", r);
     for (i, pid) in new.iter().enumerate() {
@@ -67,7 +68,6 @@ fn restart_wait_shows_each_step_as_it_happens() {
         find(&lines, asked, &format!("worker {} (generation 1) stopped and drained (exit status 0)", pid));
     }
     find(&lines, probe, "complete: 2 workers of generation 2 in ");
-    assert_eq!(lines.last(), Some(&"zero-downtime restart complete"), "{:?}", r);
     // The same facts as the log's records, in the log's order.
     let ready_logged: Vec<i64> = m.events("worker.ready").iter().filter(|e| e["generation"] == 2).map(|e| e["worker_pid"].as_i64().unwrap()).collect();
     let mut ready_shown: Vec<(usize, i64)> = new.iter().map(|p| (find(&lines, 0, &format!("worker {} ready in ", p)), *p)).collect();
@@ -143,7 +143,8 @@ fn a_refused_restart_shows_its_reason_and_advice() {
     });
     let r = ctl(&sock(&m), &["restart", "--wait"]);
     assert_eq!(r.code, 1, "{:?}", r);
-    assert!(r.out.contains(" s] refused: bad config: ") && r.out.contains("\"workers\""), "{:?}", r);
+    assert!(r.steps.len() == 1 && r.steps[0].contains(" s] refused: bad config: ") && r.steps[0].contains("\"workers\""), "{:?}", r);
+    assert!(r.out.is_empty(), "{:?}", r);
     assert!(r.err.starts_with("zdrestartctl: restart refused: bad config: "), "{:?}", r);
     let r = ctl(&sock(&m), &["restart", "--wait", "--json"]);
     assert_eq!(r.code, 1, "{:?}", r);
@@ -166,7 +167,7 @@ fn an_aborted_restart_shows_the_abort_and_the_lockout() {
     });
     let r = ctl(&sock(&m), &["restart", "--wait"]);
     assert_eq!(r.code, 1, "{:?}", r);
-    let lines: Vec<&str> = r.out.lines().collect();
+    let lines: Vec<&str> = r.steps.iter().map(|s| s.as_str()).collect();
     let probe = find(&lines, 0, "probe passed");
     let started = find(&lines, probe, "started (generation 2, index 0)");
     find(&lines, started, "(generation 2) exited unexpectedly (exit status 1)");
@@ -177,7 +178,7 @@ fn an_aborted_restart_shows_the_abort_and_the_lockout() {
     // In lockout a restart is refused at once, and says why.
     let r = ctl(&sock(&m), &["restart", "--wait"]);
     assert_eq!(r.code, 1, "{:?}", r);
-    assert!(r.out.contains("refused: aborted restart"), "{:?}", r);
+    assert!(r.steps.iter().any(|s| s.contains("refused: aborted restart")), "{:?}", r);
 }
 
 /// `upgrade --wait`: the new image of the master streams the roll-over.
@@ -186,11 +187,11 @@ fn upgrade_wait_shows_the_roll_over_of_the_new_master() {
     let m = master(json!({}));
     let r = ctl(&sock(&m), &["upgrade", "--wait"]);
     assert_eq!(r.code, 0, "{:?}", r);
-    let lines: Vec<&str> = r.out.lines().collect();
+    let lines: Vec<&str> = r.steps.iter().map(|s| s.as_str()).collect();
     let up = find(&lines, 0, "master upgraded: zdrestart ");
     let probe = find(&lines, up, "probe passed");
     find(&lines, probe, "complete: 2 workers of generation 2 in ");
-    assert_eq!(lines.last(), Some(&"master upgraded; zero-downtime restart complete"), "{:?}", r);
+    assert_eq!(r.out, "master upgraded; zero-downtime restart complete\n", "{:?}", r);
     // The counters went over to the new image.
     let st = status(&sock(&m));
     assert_eq!((st["counters"]["upgrades"]["done"].as_u64(), st["counters"]["restarts"]["complete"].as_u64()), (Some(1), Some(1)), "{}", st);

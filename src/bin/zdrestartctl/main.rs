@@ -96,6 +96,28 @@ Options:
 
 Exit status: 0 ACK, 1 NACK (refused, aborted, or bad request), 2 usage,
 connection, timeout or protocol error.
+
+Examples of the output:
+  $ zdrestartctl restart --wait          (not a terminal: one line per step)
+  [  0.115 s] probe passed (magic 1, version 0.1.0): rolling 2 workers to
+              generation 2 (generation 2: 0 of 2 ready, 2 old left)
+  [  0.115 s] worker 860 ready in 39 ms (generation 2: 1 of 2 ready, 2 old left)
+  [  0.396 s] worker 791 (generation 1) stopped and drained (exit status 0) (...)
+  [  0.721 s] complete: 2 workers of generation 2 in 624 ms
+  zero-downtime restart complete
+  $ zdrestartctl restart --wait --json
+  {"step":"worker.ready","text":"worker 860 ready in 39 ms","pid":860,...}
+  {"step":"answer","ok":true,"answer":"complete","elapsed_ms":721}
+  $ zdrestartctl status
+  running: generation 2, version 0.1.0, magic 1, up 3s; last restart:
+  complete (generation 2) in 0.624 s, started 2026-12-04T01:25:16.919Z
+  master pid 787, RSS 2 MiB, listening on 127.0.0.1:8080, 2 workers (2 configured)
+  INDEX      PID  GEN  STATE              UPTIME       RSS  STATUS
+      0      860    2  ready                  0s    10 MiB  -
+  $ zdrestartctl metrics
+  zdrestart_build_info{magic="1",version="0.1.0",worker_version="0.1.0"} 1
+  zdrestart_restarts_total{outcome="complete"} 1
+  ...
 ";
 
 #[derive(Debug, Clone, PartialEq)]
