@@ -106,8 +106,8 @@ Examples of the output:
   [  0.721 s] complete: 2 workers of generation 2 in 624 ms
   zero-downtime restart complete
   $ zdrestartctl restart --wait --json
-  {"step":"worker.ready","text":"worker 860 ready in 39 ms","pid":860,...}
-  {"step":"answer","ok":true,"answer":"complete","elapsed_ms":721}
+  {\"step\":\"worker.ready\",\"text\":\"worker 860 ready in 39 ms\",\"pid\":860,...}
+  {\"step\":\"answer\",\"ok\":true,\"answer\":\"complete\",\"elapsed_ms\":721}
   $ zdrestartctl status
   running: generation 2, version 0.1.0, magic 1, up 3s; last restart:
   complete (generation 2) in 0.624 s, started 2026-12-04T01:25:16.919Z
@@ -115,8 +115,8 @@ Examples of the output:
   INDEX      PID  GEN  STATE              UPTIME       RSS  STATUS
       0      860    2  ready                  0s    10 MiB  -
   $ zdrestartctl metrics
-  zdrestart_build_info{magic="1",version="0.1.0",worker_version="0.1.0"} 1
-  zdrestart_restarts_total{outcome="complete"} 1
+  zdrestart_build_info{magic=\"1\",version=\"0.1.0\",worker_version=\"0.1.0\"} 1
+  zdrestart_restarts_total{outcome=\"complete\"} 1
   ...
 ";
 
