@@ -584,7 +584,7 @@ fn aborted_restart_gives_exit_1_and_lockout() {
     let v = ctl(&sock, &["status"]);
     assert_eq!(v.code, 0, "{:?}", v);
     assert!(v.out.starts_with("lockout: ") && v.out.contains("restart the master as soon as possible"), "{:?}", v);
-    assert!(v.out.contains(": aborted in "), "{:?}", v);
+    assert!(v.out.contains("; last restart: aborted (generation 2) in "), "{:?}", v);
 
     // Every later restart is refused: `aborted restart`, even with a good config.
     set_worker(&mut m, None, json!({}));
