@@ -365,7 +365,7 @@ fn converse(
     line: &str,
     timeout: Option<Duration>,
     wait: bool,
-    mut steps: Option<&mut Display>,
+    steps: Option<&mut Display>,
 ) -> Result<String, String> {
     let send_err = match (&*stream).write_all(format!("{}\n", line).as_bytes()) {
         Ok(()) => None,
@@ -384,7 +384,7 @@ fn converse(
     let mut buf = Vec::new();
     let mut r = BufReader::new(stream.take(MAX_ANSWER));
     let still = if wait { "; the restart may still be in progress: see `zdrestartctl status`" } else { "" };
-    let read = read_answer(&mut r, &mut buf, timeout, steps.as_deref_mut());
+    let read = read_answer(&mut r, &mut buf, timeout, steps);
     if let Some(e) = send_err {
         if buf.is_empty() {
             return Err(e);
