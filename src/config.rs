@@ -131,6 +131,9 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     pub pidfile: Option<PathBuf>,
     pub control_socket: Option<PathBuf>,
+    /// `metricsFile`: the Prometheus text the master keeps up to date for
+    /// node_exporter's textfile collector (absolute).
+    pub metrics_file: Option<PathBuf>,
     pub server_user: Option<String>,
     /// Worker argv; `None` means the built-in worker.
     pub worker: Option<Vec<String>>,
@@ -234,6 +237,7 @@ impl Config {
             log_level: k.level("logLevel", log::LevelFilter::Info)?,
             pidfile: k.path("pidfile")?,
             control_socket: k.path("controlSocket")?,
+            metrics_file: k.path("metricsFile")?,
             server_user: k.name("serverUser", "a user name")?,
             worker: k.argv("worker")?,
             shutdown_timeout: k.seconds("shutdownTimeout", Duration::from_secs(30))?,

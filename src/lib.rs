@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod line_level;
 pub mod log;
+pub mod metrics;
 pub mod master;
 pub mod protocol;
 pub mod restart;

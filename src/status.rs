@@ -122,6 +122,10 @@ pub struct StatusReport {
     pub pid: u32,
     /// When the master started (ISO 8601 UTC).
     pub started: String,
+    /// The same, in milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// The master's resident set size (VmRSS), when it could be read.
+    pub rss_bytes: Option<u64>,
     /// `workers` of the config the current generation runs with.
     pub workers_configured: u32,
     /// `address:port` the master listens on (bound once, at start).
@@ -129,6 +133,9 @@ pub struct StatusReport {
     pub last_restart: Option<LastRestart>,
     /// Workers found hung (watchdog) since the master started.
     pub workers_hung: u64,
+    /// Restarts, upgrades, worker exits and respawns counted since the
+    /// master started (`zdrestartctl metrics`).
+    pub counters: crate::metrics::Counters,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -155,6 +162,11 @@ pub struct WorkerStatus {
     pub index: u32,
     pub state: WorkerState,
     pub started: String,
+    /// The same, in milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// Its resident set size (VmRSS of its process, or of its main process
+    /// when it named one), when it could be read.
+    pub rss_bytes: Option<u64>,
     /// The worker's last `STATUS=` report (report pipe or sd_notify(3)).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
@@ -180,6 +192,9 @@ mod tests {
             master_version: "0.1.1".into(),
             pid: 10,
             started: "2024-01-01T00:00:00.000Z".into(),
+            started_unix_ms: 1_704_067_200_000,
+            rss_bytes: Some(2_000_000),
+            counters: Default::default(),
             workers_configured: 2,
             listen: "127.0.0.1:8080".into(),
             last_restart: Some(LastRestart {
@@ -195,6 +210,8 @@ mod tests {
                 index: 0,
                 state: WorkerState::Ready,
                 started: "2024-01-01T00:01:00.000Z".into(),
+                started_unix_ms: 1_704_067_260_000,
+                rss_bytes: None,
                 status: Some("serving".into()),
                 main_pid: None,
                 canary: true,

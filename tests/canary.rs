@@ -55,7 +55,7 @@ fn canary_stands(m: &Master) -> (Vec<i64>, i64) {
     assert_eq!(canary.len(), 1, "{}", st);
     assert_eq!(pids(&st, |w| w["generation"] == 1 && w["state"] == "ready"), old, "the whole old fleet serves on");
     let shown = ctl(&s, &["status"]);
-    assert!(shown.out.contains(&format!("{:>8}     2      0  ready (canary)", canary[0])), "{:?}", shown);
+    assert!(shown.out.contains(&format!("    0 {:>8}    2  ready (canary)", canary[0])), "{:?}", shown);
     // Both generations serve: new connections reach the canary too.
     let ok = wait_until(T, || get(m.port, "/healthz").worker_pid() == Some(canary[0] as i32));
     assert!(ok, "the canary never answered");

@@ -526,7 +526,7 @@ fn eviction_spares_clients_owed_an_answer_and_takes_stalled_ones() {
     (&b).write_all(b"RESTART WAIT\n").unwrap();
     let cmds = pump(&mut server, step);
     assert_eq!(cmds.len(), 1);
-    assert_eq!(cmds[0].1, Command::Restart { wait: true, canary: false });
+    assert_eq!(cmds[0].1, Command::Restart { wait: true, canary: false, progress: false });
     let b_id = cmds[0].0;
     // c: connected, never sent anything; the only evictable one.
     let c = control_connect(&dir.join("ctl.sock"));
@@ -708,7 +708,7 @@ fn zdrestartctl_exit_codes_and_messages() {
     assert!(out.starts_with("{\"pad\":\"xxx") && out.ends_with("\"}\n"));
     let (code, out, _) = ctl_raw(&["-s", s, "status"]).parts();
     assert_eq!(code, 0);
-    assert!(out.contains("state:         -") && out.contains("workers:       0"), "{}", out);
+    assert!(out.starts_with("-: generation 0") && out.contains(", 0 workers (0 configured)"), "{}", out);
 
     // Timeout: no answer within -t seconds is exit 5 and says so.
     *h.stats.answers.lock().unwrap() = None;
@@ -740,7 +740,7 @@ fn zdrestartctl_exit_codes_and_messages() {
     assert_eq!(ctl_raw(&["-s", s, "frobnicate"]).code, 2);
     assert_eq!(ctl_raw(&["-s", s, "loglevel", "loud"]).code, 2);
     let (code, out, _) = ctl_raw(&["--help"]).parts();
-    assert!(code == 0 && out.contains("restart [--wait]"));
+    assert!(code == 0 && out.contains("restart [--wait [--json]]"));
 }
 
 #[test]

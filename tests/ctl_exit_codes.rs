@@ -15,7 +15,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -48,7 +48,7 @@ fn status_json(sock: &Path) -> Value {
 
 /// zdrestartctl started in the background (for a wait the test interrupts).
 fn ctl_spawn(args: &[&str]) -> Child {
-    let mut cmd = Command::new(ctl_bin());
+    let mut cmd = common::spawn::command(ctl_bin());
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     scrub_env(&mut cmd);
     cmd.spawn().expect("zdrestartctl")
@@ -56,11 +56,8 @@ fn ctl_spawn(args: &[&str]) -> Child {
 
 fn ctl_finish(child: Child) -> Ctl {
     let o = child.wait_with_output().unwrap();
-    Ctl {
-        code: o.status.code().expect("zdrestartctl killed by a signal"),
-        out: String::from_utf8_lossy(&o.stdout).into_owned(),
-        err: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    let (steps, out) = split_steps(&String::from_utf8_lossy(&o.stdout));
+    Ctl { code: o.status.code().expect("zdrestartctl killed by a signal"), out, err: String::from_utf8_lossy(&o.stderr).into_owned(), steps }
 }
 
 #[test]

@@ -26,7 +26,8 @@ fn ctl_in(cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> Ctl {
         cmd.env(k, v);
     }
     let (st, out, err) = run_cmd(&mut cmd, T);
-    Ctl { code: st.code().expect("zdrestartctl killed by a signal"), out, err }
+    let (steps, out) = split_steps(&out);
+    Ctl { code: st.code().expect("zdrestartctl killed by a signal"), out, err, steps }
 }
 
 /// `zdrestart ARGS` (for `-t` and `--check`): exit code, stdout + stderr.

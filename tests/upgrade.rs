@@ -334,6 +334,7 @@ fn upgrade_ends_a_lockout_without_a_failed_request() {
     let out = ctl(&sock, &["upgrade", "--wait"]);
     assert_eq!(out.code, 0, "{:?}\n{}", out, m.diagnostics());
     assert_eq!(out.out, "master upgraded; zero-downtime restart complete\n");
+    assert!(out.steps.iter().any(|s| s.contains("complete: ")), "the roll-over's steps: {:?}", out.steps);
     let up = m.wait_for_event("master.upgrade", T);
     assert_eq!(up["lockout_cleared"], true);
     let st = status(&sock);

@@ -23,4 +23,4 @@ pub mod wire;
 pub use advice::{advice, operator_message, reason_key};
 pub use handover::{ClientState, ControlState};
 pub use server::{ClientId, ControlServer, Limits, MAX_CLIENTS, MAX_LINE, MAX_OUTPUT};
-pub use wire::{ack, cmds_answer, nack, parse_answer, render, Answer, Command, ACK_COMPLETE, NACK_UNKNOWN};
+pub use wire::{ack, cmds_answer, nack, parse_answer, render, Answer, Command, ACK_COMPLETE, NACK_UNKNOWN, PROGRESS};

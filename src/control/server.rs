@@ -442,6 +442,22 @@ impl ControlServer {
         }
     }
 
+    /// Queue a line for `client` that is not the answer to a command (a
+    /// streamed step, `PROGRESS <json>`): what the client is owed does not
+    /// change. Unknown or closed client: ignored. A client that does not
+    /// read its steps is dropped past the output bound, like one that does
+    /// not read its answers.
+    pub fn stream(&mut self, client: ClientId, line: &str) {
+        let now = Instant::now();
+        let max_output = self.limits.max_output;
+        let Some(c) = self.clients.get_mut(&client) else { return };
+        let ok = c.queue(line, max_output) && c.flush(now).is_ok();
+        if !ok {
+            log::warn!(component = "control"; "control client dropped: it does not read its progress ({} bytes pending)", c.pending());
+            self.clients.remove(&client);
+        }
+    }
+
     /// Earliest idle deadline of a client, for the poll timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.clients.values().filter(|c| !c.waiting).map(|c| c.last_activity + self.limits.idle_timeout).min()

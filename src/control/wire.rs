@@ -66,6 +66,10 @@ pub const NACK_UNKNOWN_ARGUMENT: &str = "unknown argument";
 pub const NACK_INVALID: &str = "invalid";
 pub const NACK_LINE_TOO_LONG: &str = "line too long";
 pub const NACK_TOO_MANY_CLIENTS: &str = "too many clients";
+/// The first word of a streamed step (`RESTART WAIT PROGRESS`, `PROMOTE
+/// WAIT PROGRESS`, `UPGRADE WAIT PROGRESS`): `PROGRESS <one-line JSON>`,
+/// zero or more before the one answer line (`ACK ...` or `NACK ...`).
+pub const PROGRESS: &str = "PROGRESS";
 /// Data of the `ACK` that answers `RESTART WAIT` when the restart completed.
 pub const ACK_COMPLETE: &str = "complete";
 /// Data of the `ACK` that answers `RESTART CANARY WAIT` once the canary
@@ -89,17 +93,19 @@ pub enum Command {
     /// when the restart ends: `ACK complete`, or `NACK <reason>`); with
     /// `CANARY` (zdrestart's own): start one new worker beside the old fleet
     /// and stop there (`WAIT`: answer `ACK canary` once it stands).
-    Restart { wait: bool, canary: bool },
+    /// `PROGRESS` (with `WAIT` only, zdrestart's own): before the answer,
+    /// one `PROGRESS <json>` line per step of the restart ([`PROGRESS`]).
+    Restart { wait: bool, canary: bool, progress: bool },
     /// `PROMOTE [WAIT]`: carry a canary restart on (`WAIT`: answer when it
     /// ends, as `RESTART WAIT`).
-    Promote { wait: bool },
+    Promote { wait: bool, progress: bool },
     /// `ROLLBACK`: stop the canary, the old fleet serves on.
     Rollback,
     /// `UPGRADE [WAIT] [NORESTART]`: re-exec the master in place (zdrestart's
     /// own). Answered by the new image: `ACK upgraded <version>`, or with
     /// `WAIT` when the roll-over that follows ends (`ACK complete` or `NACK
     /// <reason>`); `NACK <reason>` when refused.
-    Upgrade { wait: bool, restart: bool },
+    Upgrade { wait: bool, restart: bool, progress: bool },
     /// Not a command: answer `NACK unknown` ([`NACK_UNKNOWN`]). Holds the word.
     Unknown(String),
     /// A known command used wrongly: answer `NACK <nack>`; `detail` says
@@ -146,22 +152,21 @@ pub fn parse_command(line: &str) -> Option<Command> {
             },
             _ => bad(NACK_INVALID, format!("LOGLEVEL: one level expected, got \"{}\"", rest.join(" "))),
         },
-        "RESTART" => match flags(&rest, ["WAIT", "CANARY"]) {
-            Some([wait, canary]) => Some(Command::Restart { wait, canary }),
-            None => bad(NACK_UNKNOWN_ARGUMENT, format!("RESTART: unknown argument \"{}\"", rest.join(" "))),
+        "RESTART" => match flags(&rest, ["WAIT", "CANARY", "PROGRESS"]) {
+            Some([wait, canary, progress]) if wait || !progress => Some(Command::Restart { wait, canary, progress }),
+            _ => bad(NACK_UNKNOWN_ARGUMENT, format!("RESTART: unknown argument \"{}\" (PROGRESS needs WAIT)", rest.join(" "))),
         },
-        "PROMOTE" => match rest.as_slice() {
-            [] => Some(Command::Promote { wait: false }),
-            [w] if w.eq_ignore_ascii_case("wait") => Some(Command::Promote { wait: true }),
-            _ => bad(NACK_UNKNOWN_ARGUMENT, format!("PROMOTE: unknown argument \"{}\"", rest.join(" "))),
+        "PROMOTE" => match flags(&rest, ["WAIT", "PROGRESS"]) {
+            Some([wait, progress]) if wait || !progress => Some(Command::Promote { wait, progress }),
+            _ => bad(NACK_UNKNOWN_ARGUMENT, format!("PROMOTE: unknown argument \"{}\" (PROGRESS needs WAIT)", rest.join(" "))),
         },
         "ROLLBACK" => match rest.as_slice() {
             [] => Some(Command::Rollback),
             _ => bad(NACK_UNKNOWN_ARGUMENT, format!("ROLLBACK takes no argument, got \"{}\"", rest.join(" "))),
         },
-        "UPGRADE" => match flags(&rest, ["WAIT", "NORESTART"]) {
-            Some([wait, norestart]) => Some(Command::Upgrade { wait, restart: !norestart }),
-            None => bad(NACK_UNKNOWN_ARGUMENT, format!("UPGRADE: unknown argument \"{}\"", rest.join(" "))),
+        "UPGRADE" => match flags(&rest, ["WAIT", "NORESTART", "PROGRESS"]) {
+            Some([wait, norestart, progress]) if wait || !progress => Some(Command::Upgrade { wait, restart: !norestart, progress }),
+            _ => bad(NACK_UNKNOWN_ARGUMENT, format!("UPGRADE: unknown argument \"{}\"", rest.join(" "))),
         },
         _ => Some(Command::Unknown(first.to_string())),
     }
@@ -253,13 +258,19 @@ mod tests {
         assert_eq!(parse_command("cmds\n"), Some(Command::Cmds));
         assert_eq!(parse_command("Version\r\n"), Some(Command::Version));
         assert_eq!(parse_command("  status  "), Some(Command::Status));
-        assert_eq!(parse_command("RESTART"), Some(Command::Restart { wait: false, canary: false }));
-        assert_eq!(parse_command("restart wait"), Some(Command::Restart { wait: true, canary: false }));
-        assert_eq!(parse_command("RESTART\tWait"), Some(Command::Restart { wait: true, canary: false }));
-        assert_eq!(parse_command("RESTART canary"), Some(Command::Restart { wait: false, canary: true }));
-        assert_eq!(parse_command("restart WAIT Canary"), Some(Command::Restart { wait: true, canary: true }));
-        assert_eq!(parse_command("PROMOTE"), Some(Command::Promote { wait: false }));
-        assert_eq!(parse_command("promote wait"), Some(Command::Promote { wait: true }));
+        assert_eq!(parse_command("RESTART"), Some(Command::Restart { wait: false, canary: false, progress: false }));
+        assert_eq!(parse_command("restart wait"), Some(Command::Restart { wait: true, canary: false, progress: false }));
+        assert_eq!(parse_command("RESTART\tWait"), Some(Command::Restart { wait: true, canary: false, progress: false }));
+        assert_eq!(parse_command("RESTART canary"), Some(Command::Restart { wait: false, canary: true, progress: false }));
+        assert_eq!(parse_command("restart WAIT Canary"), Some(Command::Restart { wait: true, canary: true, progress: false }));
+        assert_eq!(parse_command("PROMOTE"), Some(Command::Promote { wait: false, progress: false }));
+        assert_eq!(parse_command("promote wait"), Some(Command::Promote { wait: true, progress: false }));
+        assert_eq!(parse_command("restart wait progress"), Some(Command::Restart { wait: true, canary: false, progress: true }));
+        assert_eq!(parse_command("PROMOTE PROGRESS WAIT"), Some(Command::Promote { wait: true, progress: true }));
+        assert_eq!(parse_command("upgrade wait progress"), Some(Command::Upgrade { wait: true, restart: true, progress: true }));
+        for no_wait in ["RESTART PROGRESS", "PROMOTE PROGRESS", "UPGRADE PROGRESS", "RESTART WAIT PROGRESS PROGRESS"] {
+            assert!(matches!(parse_command(no_wait), Some(Command::Bad { nack: NACK_UNKNOWN_ARGUMENT, .. })), "{}", no_wait);
+        }
         assert_eq!(parse_command("Rollback"), Some(Command::Rollback));
     }
 
@@ -322,9 +333,9 @@ mod tests {
 
     #[test]
     fn parses_upgrade() {
-        assert_eq!(parse_command("upgrade"), Some(Command::Upgrade { wait: false, restart: true }));
-        assert_eq!(parse_command("UPGRADE wait NoRestart"), Some(Command::Upgrade { wait: true, restart: false }));
-        assert_eq!(parse_command("UPGRADE norestart WAIT"), Some(Command::Upgrade { wait: true, restart: false }));
+        assert_eq!(parse_command("upgrade"), Some(Command::Upgrade { wait: false, restart: true, progress: false }));
+        assert_eq!(parse_command("UPGRADE wait NoRestart"), Some(Command::Upgrade { wait: true, restart: false, progress: false }));
+        assert_eq!(parse_command("UPGRADE norestart WAIT"), Some(Command::Upgrade { wait: true, restart: false, progress: false }));
         for bad in ["UPGRADE now", "UPGRADE WAIT WAIT", "UPGRADE NORESTART NORESTART"] {
             assert!(matches!(parse_command(bad), Some(Command::Bad { nack: NACK_UNKNOWN_ARGUMENT, .. })), "{}", bad);
         }

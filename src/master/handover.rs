@@ -65,6 +65,10 @@ pub struct Handover {
     #[serde(default)]
     pub workers_socket: Option<FdPath>,
     pub master: MasterSnapshot,
+    /// The master's counters (`zdrestartctl metrics`): they go on counting
+    /// across an upgrade.
+    #[serde(default)]
+    pub counters: crate::metrics::Counters,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +87,9 @@ pub struct UpgradeRequest {
     pub wait: bool,
     /// Roll the workers over after the upgrade (not `--no-restart`).
     pub restart: bool,
+    /// `UPGRADE WAIT PROGRESS`: the new image streams the roll-over's steps.
+    #[serde(default)]
+    pub progress: bool,
 }
 
 /// The state machine's part ([`super::state::Master::snapshot`]).
@@ -304,6 +311,7 @@ pub fn shape(h: &Handover) -> Handover {
     let mut s = h.clone();
     s.loglevel = None;
     s.requester = None;
+    s.counters = Default::default();
     if let Some(c) = &mut s.control {
         c.clients.clear();
     }
@@ -419,7 +427,8 @@ mod tests {
                 ident: (1, 2),
                 clients: vec![ClientState { fd: 6, inbuf: vec![], out: vec![], eof: false }],
             }),
-            requester: Some(UpgradeRequest { fd: 6, wait: true, restart: true }),
+            requester: Some(UpgradeRequest { fd: 6, wait: true, restart: true, progress: true }),
+            counters: Default::default(),
             workers_socket: None,
             master: MasterSnapshot {
                 generation: 2,
@@ -587,7 +596,7 @@ mod tests {
             (|h| h.master.workers[0].fds.control = 5, "listed twice"),
             (|h| h.master.workers[0].pid = 0, "bad worker pid"),
             (|h| h.master.workers[0].generation = 3, "generation 3"),
-            (|h| h.requester = Some(UpgradeRequest { fd: 42, wait: false, restart: true }), "not a control client"),
+            (|h| h.requester = Some(UpgradeRequest { fd: 42, wait: false, restart: true, progress: false }), "not a control client"),
             (|h| h.master.workers.push(h.master.workers[0].clone()), "twice"),
             (
                 |h| {

@@ -12,6 +12,7 @@ pub mod child;
 pub mod event_loop;
 pub mod handover;
 pub mod listeners;
+pub mod metrics_file;
 pub mod notify_socket;
 pub mod orphans;
 pub mod pidfile;

@@ -132,11 +132,25 @@ pub fn status(sock: &Path) -> Value {
     serde_json::from_str(j).unwrap_or_else(|e| panic!("STATUS JSON: {}: {}", e, j))
 }
 
-/// What `zdrestartctl` did: exit code and output.
+/// What `zdrestartctl` did: exit code and output. The steps that `--wait`
+/// prints before its outcome when stdout is not a terminal (`[  0.115 s]
+/// ...` lines) are in `steps`; `out` is the rest of stdout (the outcome).
 pub struct Ctl {
     pub code: i32,
     pub out: String,
     pub err: String,
+    pub steps: Vec<String>,
+}
+
+/// A step line of `zdrestartctl ... --wait` (zdrestartctl(8)).
+pub fn is_step_line(l: &str) -> bool {
+    l.starts_with('[') && l.split_once(" s] ").is_some_and(|(t, _)| t[1..].trim().parse::<f64>().is_ok())
+}
+
+/// Split stdout into its step lines and the rest.
+pub fn split_steps(stdout: &str) -> (Vec<String>, String) {
+    let (steps, rest): (Vec<&str>, Vec<&str>) = stdout.split_inclusive('\n').partition(|l| is_step_line(l));
+    (steps.iter().map(|l| l.trim_end_matches('\n').to_string()).collect(), rest.concat())
 }
 
 impl Ctl {
@@ -148,7 +162,8 @@ impl Ctl {
 
 impl std::fmt::Debug for Ctl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout:\n{}--- stderr:\n{}", self.code, self.out, self.err)
+        let steps: String = self.steps.iter().map(|s| format!("{}\n", s)).collect();
+        write!(f, "exit {}\n--- steps:\n{}--- stdout:\n{}--- stderr:\n{}", self.code, steps, self.out, self.err)
     }
 }
 
@@ -166,5 +181,6 @@ pub fn ctl_raw(args: &[&str]) -> Ctl {
     cmd.args(args);
     scrub_env(&mut cmd);
     let (st, out, err) = run_cmd(&mut cmd, Duration::from_secs(60));
-    Ctl { code: st.code().unwrap_or_else(|| panic!("zdrestartctl killed by a signal: {:?}", st)), out, err }
+    let (steps, out) = split_steps(&out);
+    Ctl { code: st.code().unwrap_or_else(|| panic!("zdrestartctl killed by a signal: {:?}", st)), out, err, steps }
 }

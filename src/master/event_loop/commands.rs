@@ -58,10 +58,7 @@ impl Loop {
         let answer = match cmd {
             Command::Cmds => control::cmds_answer(),
             Command::Version => control::ack(crate::VERSION),
-            Command::Status => {
-                let st = self.sm.status(std::process::id(), self.started_wall);
-                control::ack(&serde_json::to_string(&st).unwrap_or_default())
-            }
+            Command::Status => control::ack(&serde_json::to_string(&self.status_report(true)).unwrap_or_default()),
             Command::LogLevel(level) => {
                 crate::log::set_level(level);
                 let name = level.to_string().to_lowercase();
@@ -79,12 +76,14 @@ impl Loop {
                 self.send_all(&format!("LOGLEVEL={}\n", name));
                 control::ack("")
             }
-            Command::Restart { wait, canary } => {
+            Command::Restart { wait, canary, progress } => {
+                self.watch(client, progress);
                 let config = self.reload_config();
                 self.queue.push_back(Event::Restart { config, by: Requester::Control { client, wait }, canary });
                 return;
             }
-            Command::Promote { wait } => {
+            Command::Promote { wait, progress } => {
+                self.watch(client, progress);
                 self.queue.push_back(Event::Promote { client, wait });
                 return;
             }
@@ -92,7 +91,8 @@ impl Loop {
                 self.queue.push_back(Event::Rollback { client });
                 return;
             }
-            Command::Upgrade { wait, restart } => {
+            Command::Upgrade { wait, restart, progress } => {
+                self.watch(client, progress);
                 self.queue.push_back(Event::Upgrade { client, wait, restart });
                 return;
             }

@@ -17,6 +17,7 @@
 mod children;
 mod commands;
 mod reexec;
+mod watch;
 mod workers_socket;
 
 pub use reexec::resume;
@@ -36,7 +37,9 @@ use crate::restart::Reason;
 use crate::sdnotify::{self, Notifier};
 use crate::signals::SignalPipe;
 use crate::sys;
-use std::collections::{BTreeMap, VecDeque};
+use super::metrics_file::MetricsFile;
+use crate::metrics::Counters;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
@@ -138,6 +141,15 @@ struct Loop {
     /// the loop; it is carried out once the queue is empty (unless it is
     /// cancelled meanwhile).
     upgrade: Option<UpgradeRun>,
+    /// Control clients owed the answer to a `... WAIT PROGRESS`: each fact
+    /// goes to them as a `PROGRESS` line until their answer is sent.
+    streams: BTreeSet<ClientId>,
+    /// Restarts, upgrades, exits and respawns counted (metrics).
+    counters: Counters,
+    /// `metricsFile` (from the config the master started with), and
+    /// whether a fact came since it was last brought up to date.
+    metrics_file: Option<MetricsFile>,
+    metrics_due: bool,
 }
 
 /// What a loop starts from: a fresh start ([`run`]) or the hand-over of an
@@ -155,6 +167,8 @@ struct Parts {
     exe: Result<PathBuf, String>,
     /// The workers' sd_notify socket of an older image.
     workers_socket: Option<NotifySocket>,
+    /// The counters of an older image.
+    counters: Counters,
 }
 
 impl Loop {
@@ -183,6 +197,11 @@ impl Loop {
             workers_socket: p.workers_socket,
             exe: p.exe,
             upgrade: None,
+            streams: BTreeSet::new(),
+            counters: p.counters,
+            metrics_file: cfg.metrics_file.as_deref().map(MetricsFile::new),
+            // Written once at start, then on facts.
+            metrics_due: true,
         }
     }
 }
@@ -223,7 +242,7 @@ pub fn run(cfg: Config, opts: Options, signals: SignalPipe) -> Result<i32, Strin
         "zdrestart {} master started on {} with {} workers", crate::VERSION, cfg.listen_display(), cfg.workers);
     let sm = Master::new(Arc::new(cfg), info);
     let parts =
-        Parts { opts, sm, listeners, children: BTreeMap::new(), control, signals, started_wall, loglevel: None, pidfile, exe, workers_socket: None };
+        Parts { opts, sm, listeners, children: BTreeMap::new(), control, signals, started_wall, loglevel: None, pidfile, exe, workers_socket: None, counters: Counters::default() };
     let mut lp = Loop::new(parts);
     lp.queue.push_back(Event::Start);
     let code = lp.run();
@@ -334,6 +353,7 @@ impl Loop {
         let mut set = PollSet::default();
         loop {
             self.process_queue();
+            self.update_metrics_file();
             if let Some(code) = self.exit {
                 return code;
             }
@@ -496,7 +516,10 @@ impl Loop {
                     p.kill();
                 }
             }
-            Action::Reply { client, answer } => self.reply(client, &control::render(&answer)),
+            Action::Reply { client, answer } => {
+                self.reply(client, &control::render(&answer));
+                self.streams.remove(&client);
+            }
             Action::Announce(a) => self.announce(a),
             Action::Exit(code) => self.exit = Some(code),
             Action::Upgrade { client, wait, restart } => self.upgrade = Some(UpgradeRun::new(client, wait, restart)),
@@ -505,9 +528,8 @@ impl Loop {
                     up.cancel();
                 }
             }
-            // Logged by the state machine; streamed progress and metrics
-            // hook in here.
-            Action::Progress(_) => {}
+            // Logged by the state machine: counted, streamed.
+            Action::Progress(fact) => self.on_fact(&fact),
         }
     }
 
@@ -552,6 +574,10 @@ impl Loop {
         }
         if let Some(n) = self.workers_socket.take() {
             n.remove();
+        }
+        self.update_metrics_file();
+        if let Some(m) = self.metrics_file.take() {
+            m.close();
         }
         log::logger().flush();
     }

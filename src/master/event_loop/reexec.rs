@@ -52,7 +52,9 @@ pub fn resume(cfg: Config, h: Handover, signals: SignalPipe) -> Result<i32, Stri
     let started_wall = std::time::UNIX_EPOCH + Duration::from_millis(h.started_ms);
     let opts = Options { no_pidfd: h.no_pidfd };
     let (loglevel, exe) = (h.loglevel.clone(), Ok(h.exe.clone()));
-    let mut lp = Loop::new(Parts { opts, sm, listeners, children, control, signals, started_wall, loglevel, pidfile, exe, workers_socket });
+    let counters = h.counters.clone();
+    let mut lp =
+        Loop::new(Parts { opts, sm, listeners, children, control, signals, started_wall, loglevel, pidfile, exe, workers_socket, counters });
     // Workers that exited during the exec are found now (their pidfds are
     // readable, or SIGCHLD is pending).
     let ids_now: Vec<WorkerId> = lp.children.keys().copied().collect();
@@ -61,6 +63,9 @@ pub fn resume(cfg: Config, h: Handover, signals: SignalPipe) -> Result<i32, Stri
     }
     if let Some(r) = h.requester {
         let client = ids.iter().find(|(fd, _)| *fd == r.fd).map(|&(_, id)| id);
+        if let Some(c) = client.filter(|_| r.progress && r.wait) {
+            lp.streams.insert(c);
+        }
         let restart = r.restart.then(|| lp.reload_config());
         lp.queue.push_back(Event::Resumed { client, wait: r.wait, restart });
     }
@@ -263,7 +268,7 @@ impl Loop {
             Some(c) => Some(c.handover(client)?),
             None => None,
         };
-        let requester = self.control.as_ref().and_then(|c| c.client_fd(client)).map(|fd| UpgradeRequest { fd, wait, restart });
+        let requester = self.control.as_ref().and_then(|c| c.client_fd(client)).map(|fd| UpgradeRequest { fd, wait, restart, progress: self.streams.contains(&client) });
         let ms = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         Ok(Handover {
             from_version: crate::VERSION.to_string(),
@@ -281,6 +286,7 @@ impl Loop {
             requester,
             workers_socket: self.workers_socket.as_ref().map(|n| handover::FdPath { fd: n.fd(), path: n.path().to_path_buf() }),
             master,
+            counters: self.counters.clone(),
         })
     }
 }

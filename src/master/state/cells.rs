@@ -4,7 +4,7 @@
 //! own step ([`super::rollout`]), carried out by [`Master::apply`].
 
 use super::event::{Action, Announce, Event};
-use super::progress::Progress;
+use super::progress::{ExitCause, Progress};
 use super::workers::{Life, Worker, WorkerId};
 use super::{Master, Pending, Phase, Requester, BACKOFF_FIRST, BACKOFF_MAX, CRASH_WINDOW};
 use crate::restart::{Reason, Refused, RestartAnswer};
@@ -32,12 +32,13 @@ impl Master {
         }
     }
 
-    pub(super) fn spawned(&mut self, ev: Event, _: Instant, _: &mut Vec<Action>) {
+    pub(super) fn spawned(&mut self, ev: Event, _: Instant, out: &mut Vec<Action>) {
         let Event::Spawned { id, pid } = ev else { return };
         if let Some(w) = self.workers.get_mut(id) {
             w.pid = Some(pid);
             log::info!(event = "worker.spawn", worker_pid = pid, generation = w.generation,
                 worker = w.index; "spawned worker {} (generation {}, index {})", pid, w.generation, w.index);
+            Self::tell(Progress::WorkerSpawned { id, pid, generation: w.generation, index: w.index }, out);
         }
     }
 
@@ -51,9 +52,10 @@ impl Master {
         }
         w.life = if soak.is_zero() { Life::Ready } else { Life::Soaking { passes_at: now + soak } };
         w.watchdog_at = w.timeouts.watchdog.map(|t| now + t);
-        let (pid, generation) = (w.pid_or_0(), w.generation);
-        log::info!(event = "worker.ready", worker_pid = pid, generation = generation, worker = w.index,
-            ms = now.duration_since(w.started).as_millis() as u64; "worker {} ready", pid);
+        let (pid, generation, index, took) = (w.pid_or_0(), w.generation, w.index, now.duration_since(w.started));
+        log::info!(event = "worker.ready", worker_pid = pid, generation = generation, worker = index,
+            ms = took.as_millis() as u64; "worker {} ready", pid);
+        Self::tell(Progress::WorkerReady { id, pid, generation, index, took }, out);
         if !soak.is_zero() {
             self.note(Progress::SoakStarted { id, pid, generation, min_ready: soak }, out);
         }
@@ -162,7 +164,7 @@ impl Master {
 
     /// A worker is gone (`Exited`, or `SpawnFailed`: status None): out of
     /// the table, logged. The worker as it was, and how it ended.
-    fn gone(&mut self, ev: Event) -> Option<(Worker, Option<ExitStatus>)> {
+    fn gone(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) -> Option<(Worker, Option<ExitStatus>)> {
         let (id, status) = match ev {
             Event::Exited { id, status } => (id, Some(status)),
             Event::SpawnFailed { id, error } => {
@@ -191,11 +193,20 @@ impl Master {
                     generation = w.generation, worker = w.index, signal = sig; "worker {} {} ({})", pid, how, st),
             }
         }
+        let cause = match status {
+            None => ExitCause::SpawnFailed,
+            Some(ExitStatus::Signal(libc::SIGKILL)) if w.life == (Life::Stopping { kill_at: None }) => ExitCause::Killed,
+            Some(_) if w.asked_to_stop() => ExitCause::Stopped,
+            Some(_) => ExitCause::Unexpected,
+        };
+        let status_text = status.map_or_else(|| "not started".to_string(), |s| s.to_string());
+        let (pid, generation, index, lived) = (w.pid_or_0(), w.generation, w.index, now.saturating_duration_since(w.started));
+        Self::tell(Progress::WorkerExited { id, pid, generation, index, cause, status: status_text, lived }, out);
         Some((w, status))
     }
 
     pub(super) fn gone_respawn(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
-        let Some((w, _)) = self.gone(ev) else { return };
+        let Some((w, _)) = self.gone(ev, now, out) else { return };
         // A hung worker that was replaced has its successor already.
         if w.generation == self.generation && w.index < self.config.workers && !w.replaced {
             self.schedule_respawn(&w, now.duration_since(w.started), now, out);
@@ -217,20 +228,20 @@ impl Master {
     }
 
     pub(super) fn gone_in_rollout(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
-        let Some((w, status)) = self.gone(ev) else { return };
+        let Some((w, status)) = self.gone(ev, now, out) else { return };
         let Some(r) = &mut self.rollout else { return };
         let steps = r.gone(&w, status);
         self.apply(steps, now, out);
         self.after_exit_in_lockout(w.pid_or_0(), out);
     }
 
-    pub(super) fn gone_in_lockout(&mut self, ev: Event, _: Instant, out: &mut Vec<Action>) {
-        let Some((w, _)) = self.gone(ev) else { return };
+    pub(super) fn gone_in_lockout(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
+        let Some((w, _)) = self.gone(ev, now, out) else { return };
         self.after_exit_in_lockout(w.pid_or_0(), out);
     }
 
-    pub(super) fn gone_while_stopping(&mut self, ev: Event, _: Instant, out: &mut Vec<Action>) {
-        if self.gone(ev).is_some() && self.workers.is_empty() {
+    pub(super) fn gone_while_stopping(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
+        if self.gone(ev, now, out).is_some() && self.workers.is_empty() {
             log::info!(event = "master.stop"; "all workers gone; master exiting");
             out.push(Action::Exit(0));
         }
@@ -258,12 +269,13 @@ impl Master {
         } else {
             *streak = 0;
         }
-        if *streak == 0 {
+        let delay = if *streak == 0 { Duration::ZERO } else { BACKOFF_FIRST.saturating_mul(1 << (*streak - 1).min(10)).min(BACKOFF_MAX) };
+        Self::tell(Progress::Respawn { generation: w.generation, index: w.index, delay }, out);
+        if delay.is_zero() {
             log::error!(generation = w.generation, worker = w.index; "respawning worker {} now", w.index);
             let cfg = self.config.clone();
             self.spawn(w.generation, w.index, cfg, now, out);
         } else {
-            let delay = BACKOFF_FIRST.saturating_mul(1 << (*streak - 1).min(10)).min(BACKOFF_MAX);
             log::error!(generation = w.generation, worker = w.index, delay_ms = delay.as_millis() as u64;
                 "worker {} died within {:?} of starting; respawning in {:?}", w.index, CRASH_WINDOW, delay);
             self.pending.push(Pending { due: now + delay, generation: w.generation, index: w.index });

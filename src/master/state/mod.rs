@@ -35,7 +35,7 @@ pub use super::admission::{ProbeFailure, ProbeInfo};
 pub use crate::control::ClientId;
 pub use crate::status::WorkerState;
 pub use event::{Action, Announce, Event, Kind, Requester};
-pub use progress::{CanaryBy, HungThen, Progress};
+pub use progress::{CanaryBy, ExitCause, HungThen, Progress, RolloutView};
 pub use rollout::{Rollout, Step};
 pub use table::Phase;
 pub use workers::{Life, Timeouts, Worker, WorkerId};
@@ -198,6 +198,23 @@ impl Master {
         out.push(Action::Progress(fact));
     }
 
+    /// A fact of progress whose cell logged its own record: handed to the
+    /// loop only.
+    fn tell(fact: Progress, out: &mut Vec<Action>) {
+        out.push(Action::Progress(fact));
+    }
+
+    /// Where the rollout in flight stands (streamed progress), if one runs
+    /// past its probe.
+    pub fn rollout_view(&self) -> Option<RolloutView> {
+        let r = self.rollout.as_ref().filter(|r| r.generation > 0)?;
+        let new = |w: &&Worker| r.owns(w.id);
+        let ready = self.workers.iter().filter(new).filter(|w| w.life == Life::Ready).count() as u32;
+        let of = if self.phase == Phase::Canary { 1 } else { r.config.workers };
+        let old = self.workers.iter().filter(|w| !r.owns(w.id) && w.generation != r.generation).count() as u32;
+        Some(RolloutView { generation: r.generation, ready, of, old })
+    }
+
     /// Handle one event at `now` (monotonic: deadlines) and `wall` (the same
     /// instant on the wall clock: STATUS times): the cell of the current
     /// phase and the event runs, then a rollout that is complete ends.
@@ -265,7 +282,9 @@ impl Master {
         // (`MAINPID=`) is one of it.
         if let Some(pid) = w.pid {
             log::info!(worker_pid = pid, generation = w.generation; "asking worker {} to exit (SIGTERM)", pid);
+            let (generation, index) = (w.generation, w.index);
             out.push(Action::Signal { id, signal: libc::SIGTERM });
+            Self::tell(Progress::WorkerStopping { id, pid, generation, index }, out);
         }
     }
 
@@ -304,6 +323,7 @@ impl Master {
         let (reason, detail) = (refused.reason.wire(), refused.detail.as_str());
         log::warn!(event = "restart.refused", reason = reason, detail = detail;
             "zero-downtime restart refused: {}", refused);
+        Self::tell(Progress::Refused { reason: refused.reason, detail: refused.detail.clone() }, out);
         // A refusal while a restart runs, or in lockout, must not hide that
         // restart's record from STATUS.
         if !matches!(refused.reason, Reason::InFlight | Reason::AbortedRestart | Reason::Stopping | Reason::NotReady) {
@@ -339,6 +359,8 @@ impl Master {
         log::error!(event = "restart.abort", reason = why, detail = detail.as_str(), worker_pid = failed.pid_or_0(),
             generation = r.generation, stderr = lines.as_str();
             "zero-downtime restart aborted: {}: {}", why, detail);
+        let took = now.duration_since(r.started);
+        Self::tell(Progress::Aborted { generation: r.generation, cause: why, detail: detail.clone(), took }, out);
         log::error!(event = "master.lockout";
             "restarts are now refused and no worker will be respawned: restart the master as soon as possible: \
              zdrestartctl upgrade --wait (without downtime, once the cause is fixed), or a normal restart");
@@ -383,6 +405,7 @@ impl Master {
         let ms = now.duration_since(r.started).as_millis() as u64;
         log::info!(event = "restart.complete", generation = r.generation, duration_ms = ms, workers = r.config.workers;
             "Zero-downtime restart complete");
+        Self::tell(Progress::Completed { generation: r.generation, workers: r.config.workers, took: now.duration_since(r.started) }, out);
         self.config = r.config;
         self.version = r.version;
         self.streak.clear();
@@ -412,6 +435,9 @@ impl Master {
             master_version: crate::VERSION.to_string(),
             pid: master_pid,
             started: iso(started),
+            started_unix_ms: unix_ms(started),
+            rss_bytes: None,
+            counters: Default::default(),
             workers_configured: self.config.workers,
             // address/port never change without a normal restart.
             listen: self.config.listen_display(),
@@ -432,6 +458,8 @@ impl Master {
                     index: w.index,
                     state: w.state(),
                     started: iso(w.started_wall),
+                    started_unix_ms: unix_ms(w.started_wall),
+                    rss_bytes: None,
                     status: w.status.clone(),
                     main_pid: w.main_pid,
                     canary: self.phase == Phase::Canary && self.rollout.as_ref().is_some_and(|r| r.owns(w.id)),
@@ -439,6 +467,10 @@ impl Master {
                 .collect(),
         }
     }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 #[cfg(test)]

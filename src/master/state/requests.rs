@@ -19,6 +19,7 @@ fn changed_master_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("logfile", new.logfile != old.logfile),
         ("pidfile", new.pidfile != old.pidfile),
         ("controlSocket", new.control_socket != old.control_socket),
+        ("metricsFile", new.metrics_file != old.metrics_file),
         ("serverUser", new.server_user != old.server_user),
     ]
     .into_iter()
@@ -118,6 +119,8 @@ impl Master {
             canary = r.canary, min_ready_ms = r.config.min_ready.as_millis() as u64, max_surge = r.config.max_surge;
             "zero-downtime restart started: generation {} ({} workers, version {}{})", generation, r.config.workers, info.version,
             if r.canary { "; canary: one worker, then hold" } else { "" });
+        let begins = Progress::RestartBegins { generation, workers: r.config.workers, version: info.version.clone(), magic: info.magic, canary: r.canary };
+        Self::tell(begins, out);
         if let Requester::Control { client, wait: false } = r.by {
             out.push(Action::Reply { client, answer: RestartAnswer::Started });
         }

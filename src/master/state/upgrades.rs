@@ -6,6 +6,7 @@
 //! [`Master::resume`] with the `Resumed` cell (the new image's).
 
 use super::event::{Action, Event, Requester};
+use super::progress::Progress;
 use super::table::{self, Phase};
 use super::workers::{Life, Timeouts, Worker, WorkerId};
 use super::{Master, Pending, RestartRecord, UpgradeAsked};
@@ -36,6 +37,7 @@ impl Master {
         } else {
             log::warn!(event = "upgrade.refused", reason = reason, detail = detail; "upgrade of the master refused: {}", refused);
         }
+        Self::tell(Progress::Upgrade { refused: Some(refused.reason), detail: refused.detail.clone() }, out);
         out.push(Action::Reply { client, answer: RestartAnswer::Refused(refused) });
     }
 
@@ -95,6 +97,7 @@ impl Master {
     /// ends; the roll-over is a restart request like any other.
     pub(super) fn resumed(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
         let Event::Resumed { client, wait, restart } = ev else { return };
+        Self::tell(Progress::Upgrade { refused: None, detail: format!("zdrestart {} runs", crate::VERSION) }, out);
         let by = match (client, wait, restart.is_some()) {
             (Some(client), true, true) => Requester::Control { client, wait: true },
             (client, _, _) => {

@@ -10,11 +10,11 @@ fn with(extra: &str) -> Config {
     cfg(&format!(r#"{{"driver":"mongodb","workers":2,"readyTimeout":5,"shutdownTimeout":3,"minReady":0,"watchdogTimeout":0{}}}"#, extra))
 }
 
-/// The typed facts of these actions.
+/// The typed facts of workers' health and canaries in these actions.
 fn facts(a: &[Action]) -> Vec<Progress> {
     a.iter()
         .filter_map(|a| match a {
-            Action::Progress(p) => Some(p.clone()),
+            Action::Progress(p) if p.logged_here() => Some(p.clone()),
             _ => None,
         })
         .collect()
@@ -23,7 +23,7 @@ fn facts(a: &[Action]) -> Vec<Progress> {
 fn events(a: &[Action]) -> Vec<&'static str> {
     a.iter()
         .filter_map(|a| match a {
-            Action::Progress(p) => Some(p.event()),
+            Action::Progress(p) if p.logged_here() => Some(p.event()),
             _ => None,
         })
         .collect()
@@ -362,4 +362,34 @@ fn a_generation_that_is_not_ready_refuses_a_restart() {
     assert!(notified(&a).is_empty(), "refused before it was taken up");
     h.ready_all();
     assert_eq!(h.m.state(), MasterState::Running);
+}
+
+/// Every step of a restart is a fact for the loop (streamed, counted), in
+/// the order it happens, with where the rollout stands.
+#[test]
+fn every_step_of_a_restart_is_a_fact() {
+    let all = |a: &[Action]| -> Vec<&'static str> {
+        a.iter().filter_map(|a| if let Action::Progress(p) = a { Some(p.event()) } else { None }).collect()
+    };
+    let mut h = running(with(""));
+    let a = h.roll(with(""), true);
+    assert_eq!(all(&a), vec!["restart.start", "worker.spawn"], "{:?}", a);
+    let v = h.m.rollout_view().unwrap();
+    assert_eq!((v.generation, v.ready, v.of, v.old), (2, 0, 2, 2));
+    let a = h.ready_pid(103);
+    assert_eq!(all(&a), vec!["worker.ready", "worker.stop", "worker.spawn"], "{:?}", a);
+    let a = h.exit_pid(101, 0);
+    assert!(matches!(&facts_all(&a)[..], [Progress::WorkerExited { cause: ExitCause::Stopped, pid: 101, .. }]), "{:?}", a);
+    assert_eq!(h.m.rollout_view().map(|v| (v.ready, v.old)), Some((1, 1)));
+    h.ready_pid(104);
+    let a = h.exit_pid(102, 0);
+    assert_eq!(all(&a), vec!["worker.exit", "restart.complete"], "{:?}", a);
+    assert!(h.m.rollout_view().is_none());
+    // A refusal is a fact too.
+    let a = h.ev(Event::Restart { config: Err("bad".into()), by: Requester::Signal, canary: false });
+    assert_eq!(all(&a), vec!["restart.refused"], "{:?}", a);
+}
+
+fn facts_all(a: &[Action]) -> Vec<Progress> {
+    a.iter().filter_map(|a| if let Action::Progress(p) = a { Some(p.clone()) } else { None }).collect()
 }

@@ -10,16 +10,24 @@
 //! (`zdrestart::control`). Never links MongoDB.
 #![deny(unsafe_code)]
 
+mod progress;
+mod socket;
+mod status_table;
+
+use progress::{Display, Mode};
+use socket::{connect_hint, no_master_there, os_text, pidfile_hint, socket_path};
+use status_table::render_status;
+use std::io::IsTerminal;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
-use zdrestart::config::{self, Config};
-use zdrestart::control::locate::{self, Located, SocketFrom};
+use std::time::{Duration, Instant};
+use zdrestart::config;
+use zdrestart::control::locate::SocketFrom;
 use zdrestart::control::{self, Answer};
 use zdrestart::restart::Reason;
-use zdrestart::status::{MasterState, StatusReport};
+use zdrestart::status::StatusReport;
 
 /// The exit statuses (zdrestartctl(8), EXIT STATUS; `--help`). Distinct, so
 /// that a fleet tool rolling a release host by host can tell "stop the
@@ -84,31 +92,42 @@ Usage: zdrestartctl [-s SOCKET] [-t SECONDS] [-c CONFIG] COMMAND
 Talk to a running zdrestart master through its control socket.
 
 Commands:
-  restart [--wait]     zero-downtime restart (like SIGUSR2). Without --wait:
+  restart [--wait [--json]]
+                       zero-downtime restart (like SIGUSR2). Without --wait:
                        returns once the master accepted or refused it. With
-                       --wait: returns when the restart is complete (exit 0),
-                       or was refused or aborted (reason and advice on stderr)
+                       --wait: shows each step as it happens (on a terminal
+                       one progress line updated in place, else one line per
+                       step, with --json one JSON object per step and one for
+                       the answer) and returns when the restart is complete
+                       (exit 0), or was refused or aborted (reason and advice
+                       on stderr; exit status below)
   restart --canary [--wait]
                        canary restart: one new worker starts beside the whole
                        old fleet and the restart stops there; both generations
                        serve. With --wait: returns once the canary passed its
                        soak and stands (exit 0), or failed (exit 3 when the
                        master locks out, 1 when the canary was rolled back)
-  promote [--wait]     carry a standing canary's restart on to every worker
-                       (--wait: until it is complete)
+  promote [--wait [--json]]
+                       carry a standing canary's restart on to every worker
+                       (--wait: until it is complete, showing each step)
   rollback             stop the canary: every worker is of the old generation
                        again, no lockout
-  upgrade [--wait] [--no-restart]
+  upgrade [--wait [--json]] [--no-restart]
                        upgrade the master itself with zero downtime: it re-execs
                        its executable on disk in place (same pid, listeners and
                        workers kept), then rolls the workers over (not with
                        --no-restart). Also ends a lockout. Without --wait:
                        returns once the new master runs; with --wait: when the
                        roll-over that follows is complete (exit 0) or was
-                       refused or aborted
-  status [--json]      state of the master and of every worker; --json prints
-                       the master's one-line JSON as it is (state, generation,
+                       refused or aborted, showing its steps as restart --wait
+  status [--json]      a summary line (state, generation, version, magic,
+                       uptime, last restart and its outcome) and a table of
+                       the workers (index, pid, generation, state, uptime,
+                       RSS, the worker's own STATUS text); --json prints the
+                       master's one-line JSON as it is (state, generation,
                        lockout, magic, version, master_version, workers, ...)
+  metrics              the master's metrics in the Prometheus text format (the
+                       text it writes to metricsFile)
   version              version of the running master
   loglevel LEVEL       set the log level of the master and its workers:
                        trace, debug, info, warn, error, fatal (the same as
@@ -151,6 +170,28 @@ Exit status (distinct, for scripts and fleet tools):
   6  no master: nothing listens on the socket and no master holds the
      pidfile, the master is stopping, or it closed the connection without
      answering (it exited)
+
+Examples of the output:
+  $ zdrestartctl restart --wait          (not a terminal: one line per step)
+  [  0.115 s] probe passed (magic 1, version 0.1.0): rolling 2 workers to
+              generation 2 (generation 2: 0 of 2 ready, 2 old left)
+  [  0.115 s] worker 860 ready in 39 ms (generation 2: 1 of 2 ready, 2 old left)
+  [  0.396 s] worker 791 (generation 1) stopped and drained (exit status 0) (...)
+  [  0.721 s] complete: 2 workers of generation 2 in 624 ms
+  zero-downtime restart complete
+  $ zdrestartctl restart --wait --json
+  {\"step\":\"worker.ready\",\"text\":\"worker 860 ready in 39 ms\",\"pid\":860,...}
+  {\"step\":\"answer\",\"ok\":true,\"answer\":\"complete\",\"elapsed_ms\":721}
+  $ zdrestartctl status
+  running: generation 2, version 0.1.0, magic 1, up 3s; last restart:
+  complete (generation 2) in 0.624 s, started 2026-12-04T01:25:16.919Z
+  master pid 787, RSS 2 MiB, listening on 127.0.0.1:8080, 2 workers (2 configured)
+  INDEX      PID  GEN  STATE              UPTIME       RSS  STATUS
+      0      860    2  ready                  0s    10 MiB  -
+  $ zdrestartctl metrics
+  zdrestart_build_info{magic=\"1\",version=\"0.1.0\",worker_version=\"0.1.0\"} 1
+  zdrestart_restarts_total{outcome=\"complete\"} 1
+  ...
 ";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +201,7 @@ enum Cmd {
     Rollback,
     Upgrade { wait: bool, restart: bool },
     Status { json: bool },
+    Metrics,
     Version,
     LogLevel(String),
     Cmds,
@@ -168,16 +210,17 @@ enum Cmd {
 impl Cmd {
     fn line(&self) -> String {
         match self {
+            // WAIT always asks for the steps (PROGRESS lines before the answer).
             Cmd::Restart { wait, canary } => {
-                format!("RESTART{}{}", if *canary { " CANARY" } else { "" }, if *wait { " WAIT" } else { "" })
+                format!("RESTART{}{}", if *canary { " CANARY" } else { "" }, if *wait { " WAIT PROGRESS" } else { "" })
             }
             Cmd::Promote { wait: false } => "PROMOTE".into(),
-            Cmd::Promote { wait: true } => "PROMOTE WAIT".into(),
+            Cmd::Promote { wait: true } => "PROMOTE WAIT PROGRESS".into(),
             Cmd::Rollback => "ROLLBACK".into(),
             Cmd::Upgrade { wait, restart } => {
-                format!("UPGRADE{}{}", if *wait { " WAIT" } else { "" }, if *restart { "" } else { " NORESTART" })
+                format!("UPGRADE{}{}", if *wait { " WAIT PROGRESS" } else { "" }, if *restart { "" } else { " NORESTART" })
             }
-            Cmd::Status { .. } => "STATUS".into(),
+            Cmd::Status { .. } | Cmd::Metrics => "STATUS".into(),
             Cmd::Version => "VERSION".into(),
             Cmd::LogLevel(l) => format!("LOGLEVEL {}", l),
             Cmd::Cmds => "CMDS".into(),
@@ -191,6 +234,7 @@ impl Cmd {
             Cmd::Rollback => "rollback",
             Cmd::Upgrade { .. } => "upgrade",
             Cmd::Status { .. } => "status",
+            Cmd::Metrics => "metrics",
             Cmd::Version => "version",
             Cmd::LogLevel(_) => "loglevel",
             Cmd::Cmds => "cmds",
@@ -204,6 +248,8 @@ struct Opts {
     config: Option<PathBuf>,
     timeout: Option<f64>,
     cmd: Cmd,
+    /// `--json` of `restart`, `promote`, `upgrade`: steps as JSON objects.
+    json: bool,
 }
 
 enum Parsed {
@@ -222,9 +268,21 @@ fn parse_args(args: &[String]) -> Result<Parsed, String> {
     let Some((first, rest)) = words.split_first() else {
         return Err("missing command".into());
     };
-    let rest: Vec<&str> = rest.iter().map(|s| s.as_str()).collect();
+    let mut rest: Vec<&str> = rest.iter().map(|s| s.as_str()).collect();
+    let mut json = false;
+    if matches!(first.as_str(), "restart" | "promote" | "upgrade") {
+        let n = rest.len();
+        rest.retain(|w| *w != "--json");
+        json = rest.len() < n;
+        if n - rest.len() > 1 {
+            return Err(format!("{}: --json given twice", first));
+        }
+    }
     let cmd = parse_command(first, &rest)?;
-    Ok(Parsed::Run(Opts { socket, config, timeout, cmd }))
+    if json && !matches!(cmd, Cmd::Restart { wait: true, .. } | Cmd::Promote { wait: true } | Cmd::Upgrade { wait: true, .. }) {
+        return Err(format!("{}: --json goes with --wait (it shows the steps)", first));
+    }
+    Ok(Parsed::Run(Opts { socket, config, timeout, cmd, json }))
 }
 
 /// The options, apart from the command's words.
@@ -316,6 +374,7 @@ fn parse_command(first: &str, rest: &[&str]) -> Result<Cmd, String> {
             r => return Err(unexpected(r[r.len() - 1])),
         },
         "version" => none(Cmd::Version)?,
+        "metrics" => none(Cmd::Metrics)?,
         "cmds" => none(Cmd::Cmds)?,
         "loglevel" => match rest {
             [] => return Err("loglevel: missing LEVEL (trace, debug, info, warn, error, fatal or restore)".into()),
@@ -332,64 +391,8 @@ fn parse_command(first: &str, rest: &[&str]) -> Result<Cmd, String> {
     })
 }
 
-/// An io::Error as text without std's " (os error N)" suffix.
-fn os_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" (os error ") {
-        Some(i) if s.ends_with(')') => s[..i].to_string(),
-        _ => s,
-    }
-}
-
-/// The socket to use (`zdrestart::control::locate`): -s, else controlSocket
-/// of -c, `$ZDRESTART_CONFIG` or /etc/zdrestart.json, else the default.
-/// Warnings (default config unreadable or invalid) go to stderr; a config
-/// named by -c or `$ZDRESTART_CONFIG` that cannot be read is an error.
-fn socket_path(opts: &Opts) -> Result<Located, String> {
-    let env = std::env::var_os(zdrestart::protocol::ENV_CONFIG);
-    let located = locate::locate(opts.socket.as_deref(), opts.config.as_deref(), env.as_deref())?;
-    for w in &located.warnings {
-        eprintln!("zdrestartctl: warning: {}", w);
-    }
-    Ok(located)
-}
-
-/// Whether a master runs, by the test the master's pidfile is made for (its
-/// lock, not the pid in it: zdrestart(8), FILES), when the config read for
-/// the socket names a `pidfile`. None when there is nothing to say.
-/// The bool: a master holds the pidfile's lock.
-fn pidfile_hint(located: &Located) -> Option<(String, bool)> {
-    let path = &located.config.as_ref()?.0;
-    let cfg = Config::parse(path, &std::fs::read_to_string(path).ok()?).ok()?;
-    let pidfile = cfg.pidfile?;
-    Some(match zdrestart::master::pidfile::holder(&pidfile) {
-        Ok(Some(pid)) => (
-            format!("pidfile {}: a master runs (pid {}, it holds the pidfile's lock)", pidfile.display(), pid),
-            true,
-        ),
-        Ok(None) => (format!("pidfile {}: no master holds its lock: the master is not running", pidfile.display()), false),
-        Err(e) => (format!("pidfile {}: {}", pidfile.display(), os_text(&e)), false),
-    })
-}
-
-/// Nothing listens on `sock` (no such file, or a socket nobody accepts on):
-/// the client looked in the wrong place, or no master runs.
-fn no_master_there(sock: &Path) -> bool {
-    match UnixStream::connect(sock) {
-        Ok(_) => false,
-        Err(e) => matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused),
-    }
-}
-
-fn connect_hint(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::PermissionDenied => " (the socket is mode 0600: run as the user that runs the master)",
-        _ => "",
-    }
-}
-
 /// Send one command line and read one answer line.
-fn exchange(sock: &Path, line: &str, timeout: Option<Duration>, wait: bool) -> Result<String, Failure> {
+fn exchange(sock: &Path, line: &str, timeout: Option<Duration>, wait: bool, steps: Option<&mut Display>) -> Result<String, Failure> {
     let stream = UnixStream::connect(sock).map_err(|e| {
         let msg = format!("connect {}: {}{}", sock.display(), os_text(&e), connect_hint(e.kind()));
         // Nothing listens there: "no master" (run() may find it starting).
@@ -402,7 +405,34 @@ fn exchange(sock: &Path, line: &str, timeout: Option<Duration>, wait: bool) -> R
     let setup = |e: std::io::Error| failure(Exit::Usage, format!("{}: {}", sock.display(), os_text(&e)));
     stream.set_read_timeout(timeout).map_err(setup)?;
     stream.set_write_timeout(timeout).map_err(setup)?;
-    converse(&stream, sock, line, timeout, wait)
+    // A terminal's progress line is redrawn every second: the reads wake
+    // up that often, and the timeout is counted here.
+    if let Some(t) = steps.as_ref().and_then(|d| d.tick_every()) {
+        stream.set_read_timeout(Some(timeout.map_or(t, |d| d.min(t)))).map_err(setup)?;
+    }
+    converse(&stream, sock, line, timeout, wait, steps)
+}
+
+/// Read up to the answer line into `buf`: the `PROGRESS <json>` lines
+/// before it go to `steps` (without `steps` the first line is the answer);
+/// on a terminal a read that times out redraws the progress line, until
+/// `timeout` passed with no line at all.
+fn read_answer(r: &mut impl BufRead, buf: &mut Vec<u8>, timeout: Option<Duration>, mut steps: Option<&mut Display>) -> std::io::Result<usize> {
+    let mut active = Instant::now();
+    loop {
+        let read = r.read_until(b'\n', buf);
+        let timed_out = matches!(&read, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
+        let Some(d) = steps.as_deref_mut() else { return read };
+        if read.is_ok() && buf.ends_with(b"\n") && buf.starts_with(b"PROGRESS ") {
+            d.step(&String::from_utf8_lossy(&buf["PROGRESS ".len()..]));
+            buf.clear();
+            active = Instant::now();
+        } else if timed_out && d.tick_every().is_some() && timeout.is_none_or(|t| active.elapsed() < t) {
+            d.tick();
+        } else {
+            return read;
+        }
+    }
 }
 
 /// The exchange on a connected stream (timeouts set).
@@ -417,6 +447,7 @@ fn converse(
     line: &str,
     timeout: Option<Duration>,
     wait: bool,
+    steps: Option<&mut Display>,
 ) -> Result<String, Failure> {
     let still = if wait { "; the restart may still be in progress: see `zdrestartctl status`" } else { "" };
     let timed_out = |secs: f64| failure(Exit::Timeout, format!("{}: no answer within {} s{}", sock.display(), secs, still));
@@ -436,7 +467,7 @@ fn converse(
     };
     let mut buf = Vec::new();
     let mut r = BufReader::new(stream.take(MAX_ANSWER));
-    let read = r.read_until(b'\n', &mut buf);
+    let read = read_answer(&mut r, &mut buf, timeout, steps);
     if let Some(e) = send_err {
         if buf.is_empty() {
             return Err(e);
@@ -469,71 +500,6 @@ fn converse(
     Ok(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string())
 }
 
-/// A number that may be absent, as `-`.
-fn opt(n: Option<impl std::fmt::Display>) -> String {
-    n.map_or_else(|| "-".into(), |n| n.to_string())
-}
-
-/// STATUS for a person.
-fn render_status(st: &StatusReport) -> String {
-    let mut o = String::new();
-    o += &format!("state:         {}\n", st.state);
-    o += &format!("generation:    {}\n", st.generation);
-    o += &format!("lockout:       {}\n", if st.lockout { "YES" } else { "no" });
-    o += &format!("magic:         {}\n", st.magic);
-    o += &format!("version:       {} (workers); master {}\n", st.version, if st.master_version.is_empty() { "-" } else { &st.master_version });
-    o += &format!("master:        pid {}, started {}\n", st.pid, st.started);
-    match &st.last_restart {
-        Some(lr) => {
-            let mut s = format!("generation {}, started {}: {}", opt(lr.generation), lr.started, lr.outcome);
-            if let Some(ms) = lr.duration_ms {
-                s += &format!(" in {}.{:03} s", ms / 1000, ms % 1000);
-            }
-            if let Some(r) = &lr.reason {
-                s += &format!(" ({})", r);
-            }
-            o += &format!("last restart:  {}\n", s);
-        }
-        None => o += "last restart:  none\n",
-    }
-    o += &format!("workers:       {}\n", st.workers.len());
-    if st.workers_hung > 0 {
-        o += &format!("hung workers:  {} since the master started (watchdog)\n", st.workers_hung);
-    }
-    if !st.workers.is_empty() {
-        o += &format!("  {:>8}  {:>4}  {:>5}  {:<16} {}\n", "PID", "GEN", "INDEX", "STATE", "STARTED");
-        for w in &st.workers {
-            let state = if w.canary { format!("{} (canary)", w.state) } else { w.state.to_string() };
-            o += &format!(
-                "  {:>8}  {:>4}  {:>5}  {:<16} {}\n",
-                opt(w.pid),
-                w.generation,
-                w.index,
-                state,
-                w.started
-            );
-            if let Some(m) = w.main_pid {
-                o += &format!("            main process {}\n", m);
-            }
-            if let Some(t) = &w.status {
-                o += &format!("            status: {}\n", t);
-            }
-        }
-    }
-    if st.lockout {
-        let r = Reason::AbortedRestart;
-        o += &format!("\nLockout: {}.\n{}\n", r.describe(), r.advice());
-    }
-    if st.state == MasterState::Canary {
-        o += "\nA canary restart is in progress: `zdrestartctl promote` carries it on to every worker once the canary \
-              stands, `zdrestartctl rollback` stops the canary.\n";
-    }
-    if st.state == MasterState::NotReady {
-        let r = Reason::NotReady;
-        o += &format!("\nNot ready: {}; restarts are refused until it is.\n", r.describe());
-    }
-    o
-}
 
 /// Was an `UPGRADE` answered `NACK <reason>` by the old image, before any
 /// exec (nothing changed)? Otherwise the new image answered it.
@@ -591,7 +557,13 @@ fn report(cmd: &Cmd, answer: Answer) -> Result<Exit, String> {
                 Cmd::Status { json: false } => {
                     let st: StatusReport = serde_json::from_str(&data)
                         .map_err(|e| format!("STATUS answer is not JSON ({}): {}", e, data))?;
-                    print!("{}", render_status(&st));
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    print!("{}", render_status(&st, now.as_millis() as u64));
+                }
+                Cmd::Metrics => {
+                    let st: StatusReport = serde_json::from_str(&data)
+                        .map_err(|e| format!("STATUS answer is not JSON ({}): {}", e, data))?;
+                    print!("{}", zdrestart::metrics::render(&st));
                 }
                 Cmd::Version | Cmd::Cmds => println!("{}", data),
                 Cmd::LogLevel(l) if l == "restore" => println!("log level restored to logLevel of the config"),
@@ -629,7 +601,13 @@ fn run(args: &[String]) -> u8 {
     let secs = opts.timeout.unwrap_or(if wait { 0.0 } else { DEFAULT_TIMEOUT_SECS });
     let timeout = if secs > 0.0 { Some(Duration::from_secs_f64(secs)) } else { None };
     let sock = located.socket.clone();
-    let line = match exchange(&sock, &opts.cmd.line(), timeout, wait) {
+    let what = match opts.cmd {
+        Cmd::Upgrade { .. } => "upgrade",
+        _ => "restart",
+    };
+    let mode = if opts.json { Mode::Json } else if std::io::stdout().is_terminal() { Mode::Terminal } else { Mode::Plain };
+    let mut steps = wait.then(|| Display::new(mode, what));
+    let line = match exchange(&sock, &opts.cmd.line(), timeout, wait, steps.as_mut()) {
         Ok(l) => l,
         Err(f) => {
             eprintln!("zdrestartctl: {}", f.msg);
@@ -662,6 +640,12 @@ fn run(args: &[String]) -> u8 {
         eprintln!("zdrestartctl: {}: unexpected answer: {:?}", sock.display(), line);
         return Exit::Usage as u8;
     };
+    if let Some(d) = &mut steps {
+        d.finish(&answer);
+        if d.mode() == Mode::Json && matches!(answer, Answer::Ack(_)) {
+            return Exit::Ok as u8;
+        }
+    }
     match report(&opts.cmd, answer) {
         Ok(exit) => exit as u8,
         Err(e) => {
@@ -697,13 +681,17 @@ mod tests {
         assert_eq!(cmd(&["restart"]).cmd, Cmd::Restart { wait: false, canary: false });
         assert_eq!(cmd(&["restart", "--wait"]).cmd, Cmd::Restart { wait: true, canary: false });
         assert_eq!(cmd(&["restart", "--canary", "--wait"]).cmd, Cmd::Restart { wait: true, canary: true });
-        assert_eq!(Cmd::Restart { wait: true, canary: true }.line(), "RESTART CANARY WAIT");
+        assert_eq!(Cmd::Restart { wait: true, canary: true }.line(), "RESTART CANARY WAIT PROGRESS");
         assert_eq!(cmd(&["promote", "--wait"]).cmd, Cmd::Promote { wait: true });
-        assert_eq!(Cmd::Promote { wait: true }.line(), "PROMOTE WAIT");
+        assert_eq!(Cmd::Promote { wait: true }.line(), "PROMOTE WAIT PROGRESS");
         assert_eq!(cmd(&["rollback"]).cmd, Cmd::Rollback);
+        assert!(cmd(&["restart", "--wait", "--json"]).json && cmd(&["upgrade", "--json", "--wait"]).json);
+        assert!(!cmd(&["restart", "--wait"]).json);
+        assert!(p(&["restart", "--json"]).is_err() && p(&["status", "--json", "--json"]).is_err());
+        assert_eq!(cmd(&["metrics"]).cmd, Cmd::Metrics);
         assert_eq!(cmd(&["upgrade"]).cmd, Cmd::Upgrade { wait: false, restart: true });
         assert_eq!(cmd(&["upgrade", "--no-restart", "--wait"]).cmd, Cmd::Upgrade { wait: true, restart: false });
-        assert_eq!(Cmd::Upgrade { wait: true, restart: false }.line(), "UPGRADE WAIT NORESTART");
+        assert_eq!(Cmd::Upgrade { wait: true, restart: false }.line(), "UPGRADE WAIT PROGRESS NORESTART");
         assert!(p(&["upgrade", "--wait", "--wait"]).is_err());
         assert!(p(&["upgrade", "now"]).is_err());
         assert_eq!(cmd(&["status"]).cmd, Cmd::Status { json: false });
@@ -745,41 +733,12 @@ mod tests {
 
     #[test]
     fn command_lines() {
-        assert_eq!(Cmd::Restart { wait: true, canary: false }.line(), "RESTART WAIT");
+        assert_eq!(Cmd::Restart { wait: true, canary: false }.line(), "RESTART WAIT PROGRESS");
+        assert_eq!(Cmd::Upgrade { wait: true, restart: false }.line(), "UPGRADE WAIT PROGRESS NORESTART");
+        assert_eq!(Cmd::Metrics.line(), "STATUS");
         assert_eq!(Cmd::Restart { wait: false, canary: true }.line(), "RESTART CANARY");
         assert_eq!(Cmd::LogLevel("warn".into()).line(), "LOGLEVEL warn");
         assert_eq!(Cmd::Status { json: true }.line(), "STATUS");
-    }
-
-    #[test]
-    fn renders_status() {
-        let v: StatusReport = serde_json::from_str(
-            r#"{"state":"lockout","generation":3,"lockout":true,"magic":1,"version":"0.1.0","pid":100,
-            "started":"2024-01-01T00:00:00.000Z","last_restart":{"generation":3,"started":"2024-01-01T00:10:00.000Z",
-            "outcome":"aborted","reason":"new worker 12 exited with status 1","duration_ms":1500},
-            "workers":[{"pid":11,"generation":2,"index":0,"state":"ready","started":"2024-01-01T00:00:01.000Z",
-            "status":"Gunicorn arbiter booted","main_pid":12}]}"#,
-        )
-        .unwrap();
-        let s = render_status(&v);
-        assert!(s.contains("state:         lockout"), "{}", s);
-        assert!(s.contains("lockout:       YES"), "{}", s);
-        assert!(s.contains("aborted in 1.500 s (new worker 12 exited with status 1)"), "{}", s);
-        assert!(s.contains("      11     2      0  ready  "), "{}", s);
-        assert!(s.contains("\n            main process 12\n            status: Gunicorn arbiter booted\n"), "{}", s);
-        assert!(s.contains("restart the master as soon as possible"), "{}", s);
-        let v: StatusReport = serde_json::from_str(
-            r#"{"state":"canary","generation":1,"workers_hung":2,"workers":[{"pid":11,"generation":1,"state":"ready"},
-            {"pid":12,"generation":2,"state":"soaking","canary":true}]}"#,
-        )
-        .unwrap();
-        let s = render_status(&v);
-        assert!(s.contains("state:         canary") && s.contains("hung workers:  2 since"), "{}", s);
-        assert!(s.contains("      12     2      0  soaking (canary)"), "{}", s);
-        assert!(s.contains("zdrestartctl promote") && s.contains("zdrestartctl rollback"), "{}", s);
-        let v: StatusReport = serde_json::from_str(r#"{"state":"running","last_restart":null,"workers":[]}"#).unwrap();
-        let s = render_status(&v);
-        assert!(s.contains("last restart:  none") && s.contains("workers:       0"), "{}", s);
     }
 
     #[test]
@@ -796,12 +755,12 @@ mod tests {
         let (client, master) = UnixStream::pair().unwrap();
         (&master).write_all(b"NACK too many clients\n").unwrap();
         drop(master);
-        assert_eq!(converse(&client, sock, "STATUS", t, false), Ok("NACK too many clients".to_string()));
+        assert_eq!(converse(&client, sock, "STATUS", t, false, None), Ok("NACK too many clients".to_string()));
 
         // Closed without an answer: the send error, as before.
         let (client, master) = UnixStream::pair().unwrap();
         drop(master);
-        let err = converse(&client, sock, "RESTART WAIT", None, true).unwrap_err();
+        let err = converse(&client, sock, "RESTART WAIT", None, true, None).unwrap_err();
         assert_eq!(err, failure(Exit::NoMaster, "send to /run/test.sock: Broken pipe".into()));
 
         // Send fine, answer read (the usual case).
@@ -812,7 +771,7 @@ mod tests {
             (&master).write_all(b"ACK 0.1.0\n").unwrap();
             l
         });
-        assert_eq!(converse(&client, sock, "VERSION", t, false), Ok("ACK 0.1.0".to_string()));
+        assert_eq!(converse(&client, sock, "VERSION", t, false, None), Ok("ACK 0.1.0".to_string()));
         assert_eq!(peer.join().unwrap(), "VERSION\n");
     }
 
