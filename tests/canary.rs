@@ -141,7 +141,7 @@ fn a_canary_that_dies_is_a_failed_restart() {
         c.insert("worker".into(), fault_worker_json("ready-then-exit.sh"));
     });
     let r = ctl(&s, &["restart", "--canary", "--wait"]);
-    assert_eq!(r.code, 1, "{:?}", r);
+    assert_eq!(r.code, 3, "{:?}", r);
     assert!(r.err.contains("restart failed: aborted: new worker exited"), "{:?}", r);
     let st = status(&s);
     assert_eq!((st["state"].as_str(), st["lockout"].as_bool()), (Some("lockout"), Some(true)), "{}", st);

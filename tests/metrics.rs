@@ -149,7 +149,7 @@ fn metrics_follow_restarts_and_node_exporter_serves_the_file() {
         c.insert("workers".into(), json!(2));
         c.insert("worker".into(), fault_worker_json("die-at-start.sh"));
     });
-    assert_eq!(ctl(&sock(&m), &["restart", "--wait"]).code, 1);
+    assert_eq!(ctl(&sock(&m), &["restart", "--wait"]).code, 3);
     assert!(after("zdrestart_lockout", 1.0), "{}", node.scrape());
     let text = metrics(&m);
     assert_eq!(sample(&text, "zdrestart_restarts_total{outcome=\"aborted\"}"), Some(1.0), "{}", text);

@@ -166,7 +166,7 @@ fn an_aborted_restart_shows_the_abort_and_the_lockout() {
         c.insert("worker".into(), fault_worker_json("die-at-start.sh"));
     });
     let r = ctl(&sock(&m), &["restart", "--wait"]);
-    assert_eq!(r.code, 1, "{:?}", r);
+    assert_eq!(r.code, 3, "{:?}", r);
     let lines: Vec<&str> = r.steps.iter().map(|s| s.as_str()).collect();
     let probe = find(&lines, 0, "probe passed");
     let started = find(&lines, probe, "started (generation 2, index 0)");
@@ -177,7 +177,7 @@ fn an_aborted_restart_shows_the_abort_and_the_lockout() {
     assert_eq!(pids(&m, 1), old, "the old workers serve on");
     // In lockout a restart is refused at once, and says why.
     let r = ctl(&sock(&m), &["restart", "--wait"]);
-    assert_eq!(r.code, 1, "{:?}", r);
+    assert_eq!(r.code, 3, "{:?}", r);
     assert!(r.steps.iter().any(|s| s.contains("refused: aborted restart")), "{:?}", r);
 }
 

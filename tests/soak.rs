@@ -64,7 +64,7 @@ fn a_new_worker_that_exits_after_ready_aborts_the_restart() {
         c.insert("worker".into(), fault_worker_json("ready-then-exit.sh"));
     });
     let r = ctl(&sock(&m), &["restart", "--wait"]);
-    assert_eq!(r.code, 1, "{:?}", r);
+    assert_eq!(r.code, 3, "{:?}", r);
     assert!(r.err.contains("restart failed: aborted: new worker exited: new worker"), "{:?}", r);
     assert!(r.err.contains("after READY=1"), "{:?}", r);
     let abort = m.wait_for_event("restart.abort", T);
@@ -100,7 +100,7 @@ fn an_error_after_ready_inside_the_soak_aborts_the_restart() {
         c.insert("magic".into(), magic);
     });
     let r = ctl(&sock(&m), &["restart", "--wait"]);
-    assert_eq!(r.code, 1, "{:?}", r);
+    assert_eq!(r.code, 3, "{:?}", r);
     assert!(r.err.contains("aborted: new worker reported an error"), "{:?}", r);
     assert!(r.err.contains("ERRNO=5"), "{:?}", r);
     assert_eq!(status(&sock(&m))["state"], "lockout");
