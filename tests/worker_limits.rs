@@ -156,45 +156,65 @@ fn a_body_slower_than_min_body_rate_gets_408_at_its_deadline() {
     assert_eq!(order, ["408 /objects/t/a", "200 /delay/3000", "408 /objects/t/b", "200 /delay/5000"], "the worker's answers, in its order");
 }
 
-/// Over 64 MiB of request bodies being received, a request with a body
-/// gets 503 with `Retry-After: 1` at once, not a place in a queue. A
-/// `Content-Length` is charged in full when its head arrives: 64 heads of
-/// 1 MiB bodies (exactly the bound) are taken, the 65th is refused; a GET
-/// is still answered; once one of them goes, there is room again.
+/// Over the memory budget (`params.maxBuffered`, 64 MiB by default) a
+/// request gets 503 with `Retry-After: 1` at once, not a place in a queue. A
+/// `Content-Length` is set aside in full when its head arrives: heads of
+/// 1 MiB bodies are taken until their bodies would take the worker past
+/// 64 MiB (the heads and buffers themselves count too, so 56 to 64 of them),
+/// the next is refused at once; a GET is still answered; once one of them
+/// goes, there is room again.
 #[test]
 fn over_64_mib_of_bodies_a_request_gets_503_at_once() {
     let dir = TestDir::for_test();
     let w = start_worker(&dir, "w", json!({"params": {"headerTimeout": 600}}));
     let pid = w.proc.pid();
-    let mut held: Vec<TcpStream> = (0..64)
-        .map(|i| {
-            let mut s = connect(w.port);
-            s.write_all(format!("PUT /objects/big/{} HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n", i).as_bytes()).unwrap();
-            s
-        })
-        .collect();
-    assert!(
-        wait_until(T, || requests_taken_by(pid, &held.iter().collect::<Vec<_>>()) == 64),
-        "the worker did not take the 64 heads"
-    );
-    // None of the 64 was refused: they are all waiting for their bodies.
-    for (i, s) in held.iter().enumerate() {
+    let head = |i: usize| format!("PUT /objects/big/{} HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n", i);
+    // Whether the worker answered on `s` by now. /healthz is answered by the
+    // worker's event loop: once it has answered, the loop has also handled
+    // the head sent before it, and any answer to that head is in `s`'s
+    // receive queue.
+    let answered = |s: &TcpStream| {
+        assert_eq!(worker_request(w.port, "GET", "/healthz", None).status, 200, "a request without a body is answered");
         s.set_nonblocking(true).unwrap();
-        let nothing = matches!(s.peek(&mut [0u8; 1]), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        let got = !matches!(s.peek(&mut [0u8; 1]), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock);
         s.set_nonblocking(false).unwrap();
-        assert!(nothing, "the {}th 1 MiB body (within 64 MiB) was answered", i + 1);
-    }
-    let r = http_with(w.port, "PUT", "/objects/t/small", Some(b"{}"), &[], T).expect("an answer, not a wait");
+        got
+    };
+    let mut held: Vec<TcpStream> = Vec::new();
+    let refused = loop {
+        assert!(held.len() <= 64, "{} heads of 1 MiB bodies taken: more than 64 MiB set aside", held.len());
+        let mut s = connect(w.port);
+        s.write_all(head(held.len()).as_bytes()).unwrap();
+        assert!(wait_until(T, || requests_taken_by(pid, &[&s]) == 1), "the worker did not read head {}", held.len());
+        if answered(&s) {
+            break s;
+        }
+        held.push(s);
+    };
+    assert!(held.len() >= 56, "only {} heads of 1 MiB bodies taken before a 503: the budget is not 64 MiB", held.len());
+    let r = read_response(&mut std::io::BufReader::new(refused), false).expect("the 503");
     assert_eq!(r.status, 503, "{:?}", r);
     assert_eq!(r.header("retry-after"), Some("1"));
     assert!(r.json()["error"].as_str().is_some_and(|e| e.contains("bodies")), "{}", r.text());
-    assert_eq!(worker_request(w.port, "GET", "/healthz", None).status, 200, "a request without a body is answered");
-    // One of the 64 leaves: its 1 MiB is released.
+    // None of those taken was answered: they wait for their bodies.
+    for (i, s) in held.iter().enumerate() {
+        assert!(!answered(s), "the body of head {} (within 64 MiB) was answered before it came", i);
+    }
+    // One of them leaves: its 1 MiB is released, a new one is taken.
     drop(held.pop());
-    assert!(
-        wait_until(T, || http_with(w.port, "PUT", "/objects/t/small", Some(b"{}"), &[], T).is_ok_and(|r| r.status == 200)),
-        "no room after a 1 MiB body left"
-    );
+    let mut s = connect(w.port);
+    s.write_all(head(999).as_bytes()).unwrap();
+    assert!(wait_until(T, || requests_taken_by(pid, &[&s]) == 1), "the worker did not read the head after room was made");
+    assert!(!answered(&s), "no room after a 1 MiB body left");
+    s.write_all(&{
+        let mut b = b"{\"s\":\"".to_vec();
+        b.resize(1048576 - 2, b'x');
+        b.extend_from_slice(b"\"}");
+        b
+    })
+    .unwrap();
+    let r = read_response(&mut std::io::BufReader::new(s), false).expect("the answer to the 1 MiB body");
+    assert_eq!(r.status, 200, "{:?}", r);
 }
 
 /// In steady state (not stopping), a keep-alive connection left idle is
