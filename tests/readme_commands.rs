@@ -117,14 +117,14 @@ fn the_readme_commands_run_as_written() {
     assert!(st.is_some_and(|s| s.success()), "{}", all);
     assert!(stdout.ends_with("README-DONE\n"), "{}", all);
     // What the README promises.
-    assert!(stdout.contains("state:         running"), "{}", all);
+    assert!(stdout.contains("running: generation 1,"), "{}", all);
     assert!(stdout.contains("zero-downtime restart complete"), "{}", all);
     assert!(!stdout.contains("FAILED"), "{}", all);
     // The requests' dots: one run of them while the restart ran.
     let dots = stdout.split(|c| c != '.').map(str::len).max().unwrap_or(0);
     assert!(dots >= 10, "requests in a row during the restart: {} ({})", dots, all);
     assert!(stdout.contains(r#"{"a":1}"#) && stdout.contains(r#""driver":"sqlite""#), "{}", all);
-    assert!(stdout.contains("generation:    2"), "{}", all);
+    assert!(stdout.contains("running: generation 2,"), "{}", all);
     assert!(stdout.contains("verdict: a zero-downtime restart would be accepted"), "{}", all);
     assert!(stdout.contains("master upgraded; zero-downtime restart complete"), "{}", all);
     assert!(stdout.contains("is valid") && stdout.contains("canary rolled back"), "{}", all);
