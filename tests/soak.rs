@@ -204,3 +204,83 @@ fn a_restart_is_refused_while_the_generation_is_not_ready() {
     assert!(r.out.starts_with("not ready: ") && r.out.contains("Not ready:"), "{:?}", r);
     assert!(m.events("restart.start").is_empty());
 }
+
+fn sigkill(pid: i64) {
+    let r = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(r.success(), "kill -KILL {}", pid);
+}
+
+/// Workers in STATUS: (pid, generation, state).
+fn fleet(m: &Master) -> Vec<(i64, u64, String)> {
+    let st = status(&sock(m));
+    st["workers"].as_array().unwrap().iter().map(|w| (w["pid"].as_i64().unwrap(), w["generation"].as_u64().unwrap(), w["state"].as_str().unwrap().to_string())).collect()
+}
+
+/// The chaos soak's sequence: during a restart an old worker dies (not
+/// respawned: the new generation replaces it); a new worker passes its soak,
+/// so the last old worker is told to exit; then that new worker is
+/// SIGKILLed. The restart is aborted and locks out, but with no old worker
+/// to fall back on the other new worker is left serving, not stopped with
+/// it; and `zdrestartctl upgrade --wait` afterwards brings the master back
+/// to `workers` ready workers (before: the abort stopped every worker, the
+/// master had none, and after an upgrade it stayed "not ready" with 0).
+#[test]
+fn a_new_worker_killed_after_the_last_old_one_went_leaves_the_new_generation_serving() {
+    let mongo = Mongo::start();
+    let b = Master::for_test();
+    let exe = b.dir().join("bin/zdrestart");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    // A copy: an upgrade re-execs the file on disk.
+    std::fs::copy(master_bin(), &exe).unwrap();
+    let ctl_sock = b.dir().join("ctl.sock");
+    let mut m = b
+        .bin(&exe)
+        .merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri()}, "controlSocket": ctl_sock.display().to_string(),
+            "shutdownTimeout": 10, "minReady": 2, "maxSurge": 1, "worker": [worker_bin().display().to_string()]}))
+        .start();
+    let old = workers(&m, 1, "ready");
+    assert_eq!(old.len(), 2);
+    let mut tickets = m.ticket_new_workers();
+    let r = ctl(&sock(&m), &["restart"]);
+    assert_eq!(r.code, 0, "{:?}", r);
+    assert!(wait_until(T, || workers(&m, 2, "starting").len() == 1), "no new worker\n{}", m.diagnostics());
+    // 1. An old worker dies; it is not respawned.
+    sigkill(old[0]);
+    assert!(wait_until(T, || fleet(&m).iter().all(|w| w.0 != old[0])), "{}", m.diagnostics());
+    // 2. The first new worker passes its soak; the last old one goes.
+    tickets.issue(1);
+    let passed = m.wait_for_event("worker.passed", T);
+    let first = passed["worker_pid"].as_i64().unwrap();
+    assert!(wait_until(T, || fleet(&m).iter().all(|w| w.0 != old[1] || w.2 == "stopping")), "{}", m.diagnostics());
+    let second: Vec<i64> = workers(&m, 2, "starting");
+    assert_eq!(second.len(), 1, "{:?}", fleet(&m));
+    // 3. That new worker is SIGKILLed: abort, lockout.
+    sigkill(first);
+    let abort = m.wait_for_event("restart.abort", T);
+    assert_eq!(abort["reason"], "new worker exited", "{}", abort);
+    m.wait_for_event("master.lockout", T);
+    // The other new worker is not stopped: it gets ready and serves.
+    tickets.issue(1);
+    assert!(
+        wait_until(T, || m.exited().is_some() || workers(&m, 2, "ready") == second),
+        "the other new worker of generation 2 should serve on in the lockout: {:?}\n{}",
+        m.exited(),
+        m.diagnostics()
+    );
+    assert!(m.exited().is_none(), "the master exited: no worker left\n{}", m.diagnostics());
+    assert!(wait_until(T, || fleet(&m).len() == 1), "{:?}", fleet(&m));
+    let st = status(&sock(&m));
+    assert_eq!((st["state"].as_str(), st["lockout"].as_bool()), (Some("lockout"), Some(true)), "{}", st);
+    assert_eq!(m.healthz().status, 200);
+    // 4. The upgrade ends the lockout and rolls over to two ready workers.
+    tickets.issue(10);
+    let r = ctl(&sock(&m), &["upgrade", "--wait"]);
+    assert_eq!(r.code, 0, "{:?}\n{}", r, m.diagnostics());
+    let ok = wait_until(T, || {
+        let st = status(&sock(&m));
+        st["state"] == "running" && fleet(&m).iter().filter(|w| w.2 == "ready").count() == 2 && fleet(&m).len() == 2
+    });
+    assert!(ok, "not back to 2 ready workers: {}\n{}", status(&sock(&m)), m.diagnostics());
+    assert_eq!(status(&sock(&m))["lockout"], false);
+    assert_eq!(m.healthz().status, 200);
+}

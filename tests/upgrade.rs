@@ -514,3 +514,37 @@ fn the_executable_is_resolved_at_start_logged_and_run_by_the_upgrade() {
     let now = fs::read_link(format!("/proc/{}/exe", pid)).unwrap();
     assert_eq!(now, real, "the master runs {}", now.display());
 }
+
+/// An upgrade without a roll-over (`--no-restart`) out of a lockout that
+/// kept the old fleet: the resumed master serves generation 2 (the aborted
+/// restart's number) with workers of generation 1. One of them that dies
+/// is replaced, as the serving generation, so the fleet stays at `workers`
+/// (before: not respawned, not of the serving generation, and the fleet
+/// shrank to nothing).
+#[test]
+fn a_worker_of_the_older_generation_that_dies_after_an_upgrade_is_replaced() {
+    let mongo = Mongo::start();
+    let (mut m, _exe, sock) = mongo_master(&mongo);
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), fault_worker_json("die-at-start.sh"));
+    });
+    m.signal(libc::SIGUSR2);
+    m.wait_for_event("master.lockout", T);
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), json!([worker_bin().display().to_string()]));
+    });
+    let out = ctl(&sock, &["upgrade", "--wait", "--no-restart"]);
+    assert_eq!(out.code, 0, "{:?}\n{}", out, m.diagnostics());
+    let before = status_pids(&sock);
+    assert_eq!(before.len(), 2);
+    let mark = m.mark();
+    assert!(common::sys::kill(before[0] as i32, libc::SIGKILL), "kill -KILL {}", before[0]);
+    let (_, spawn) = m.wait_event_after(mark, "worker.spawn", T);
+    assert_eq!(spawn["generation"], 2, "{}", spawn);
+    let ok = wait_until(T, || {
+        let st = status(&sock);
+        st["state"] == "running" && st["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "ready").count() == 2
+    });
+    assert!(ok, "not back to 2 ready workers: {}\n{}", status(&sock), m.diagnostics());
+    assert!(!status_pids(&sock).contains(&before[0]));
+}

@@ -100,6 +100,35 @@ impl ReadyGate {
     }
 }
 
+/// The tickets of `ready-ticket.sh` workers: each lets one waiting (or
+/// later) worker go on as the real worker and report ready; the others wait.
+pub struct ReadyTickets {
+    dir: PathBuf,
+    issued: u32,
+}
+
+impl ReadyTickets {
+    /// No ticket yet, in `dir` (the directory of the master's config file).
+    pub fn new(dir: &Path) -> ReadyTickets {
+        let dir = dir.join("ready-tickets");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {}", dir.display(), e));
+        ReadyTickets { dir, issued: 0 }
+    }
+
+    /// Let `n` more workers through.
+    pub fn issue(&mut self, n: u32) {
+        for _ in 0..n {
+            self.issued += 1;
+            // Written aside, then renamed in: a worker never takes a ticket
+            // half made.
+            let tmp = self.dir.join(format!("new.{}", self.issued));
+            std::fs::write(&tmp, b"go\n").unwrap_or_else(|e| panic!("create {}: {}", tmp.display(), e));
+            let t = self.dir.join(format!("ticket.{}", self.issued));
+            std::fs::rename(&tmp, &t).unwrap_or_else(|e| panic!("rename to {}: {}", t.display(), e));
+        }
+    }
+}
+
 impl crate::master::Master {
     /// Hold the probe of the next restart until the test gives its verdict:
     /// the config's worker becomes `probe-held.sh` (with `probeTimeout` one
@@ -123,5 +152,17 @@ impl crate::master::Master {
             c.insert("readyTimeout".into(), serde_json::json!(3600));
         });
         gate
+    }
+
+    /// Let the new workers of the next restart report ready one ticket at a
+    /// time: the config's worker becomes `ready-ticket.sh` (with
+    /// `readyTimeout` one hour). Returns the tickets, none issued.
+    pub fn ticket_new_workers(&mut self) -> ReadyTickets {
+        let tickets = ReadyTickets::new(self.dir.path());
+        self.rewrite_config(|c| {
+            c.insert("worker".into(), crate::paths::fault_worker_json("ready-ticket.sh"));
+            c.insert("readyTimeout".into(), serde_json::json!(3600));
+        });
+        tickets
     }
 }

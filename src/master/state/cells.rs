@@ -207,8 +207,12 @@ impl Master {
 
     pub(super) fn gone_respawn(&mut self, ev: Event, now: Instant, out: &mut Vec<Action>) {
         let Some((w, _)) = self.gone(ev, now, out) else { return };
-        // A hung worker that was replaced has its successor already.
-        if w.generation == self.generation && w.index < self.config.workers && !w.replaced {
+        // A hung worker that was replaced has its successor already. A
+        // worker of an older generation (one a resumed master took over
+        // from a lockout) is replaced by one of the serving generation
+        // while the fleet is short.
+        let serving = w.generation == self.generation || (w.generation < self.generation && self.fleet_short(true));
+        if serving && w.index < self.config.workers && !w.replaced {
             self.schedule_respawn(&w, now.duration_since(w.started), now, out);
         }
     }
@@ -269,16 +273,18 @@ impl Master {
         } else {
             *streak = 0;
         }
+        // As the serving generation, whatever the generation of the one gone.
+        let generation = self.generation;
         let delay = if *streak == 0 { Duration::ZERO } else { BACKOFF_FIRST.saturating_mul(1 << (*streak - 1).min(10)).min(BACKOFF_MAX) };
-        Self::tell(Progress::Respawn { generation: w.generation, index: w.index, delay }, out);
+        Self::tell(Progress::Respawn { generation, index: w.index, delay }, out);
         if delay.is_zero() {
-            log::error!(generation = w.generation, worker = w.index; "respawning worker {} now", w.index);
+            log::error!(generation = generation, worker = w.index; "respawning worker {} now", w.index);
             let cfg = self.config.clone();
-            self.spawn(w.generation, w.index, cfg, now, out);
+            self.spawn(generation, w.index, cfg, now, out);
         } else {
-            log::error!(generation = w.generation, worker = w.index, delay_ms = delay.as_millis() as u64;
+            log::error!(generation = generation, worker = w.index, delay_ms = delay.as_millis() as u64;
                 "worker {} died within {:?} of starting; respawning in {:?}", w.index, CRASH_WINDOW, delay);
-            self.pending.push(Pending { due: now + delay, generation: w.generation, index: w.index });
+            self.pending.push(Pending { due: now + delay, generation, index: w.index });
         }
     }
 

@@ -184,6 +184,13 @@ impl Master {
             && self.workers.iter().all(|w| w.life == Life::Ready || gone_for_good(w))
     }
 
+    /// Fewer workers run (not asked to stop) than `workers` of the
+    /// config; `or_due`: counting the respawns due as running.
+    fn fleet_short(&self, or_due: bool) -> bool {
+        let due = if or_due { self.pending.len() } else { 0 };
+        self.workers.iter().filter(|w| !w.asked_to_stop()).count() + due < self.config.workers as usize
+    }
+
     /// The earliest deadline the loop must wake up for: a worker's (ready,
     /// soak, watchdog, kill), a respawn's, a standing canary's.
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -383,13 +390,20 @@ impl Master {
         }
         // The failed worker goes (SIGABRT if hung); so do the new workers
         // that have not passed their soak: unproven code, for which no old
-        // worker went. Those that passed serve on, as do the old ones.
+        // worker went. Those that passed serve on, as do the old ones. With
+        // no old worker left serving (each replaced, told to exit, or dead)
+        // the new generation is all that serves: none of it is stopped.
         match self.workers.get(failed.id).map(|w| w.life) {
             Some(Life::Hung) => self.abort_worker(failed.id, now, out),
             Some(l) if l != Life::Ready => self.stop_worker(failed.id, now, out),
             _ => {}
         }
-        for &id in r.new_workers() {
+        let fallback = r.old_serving_besides(failed.id);
+        if !fallback {
+            log::error!(generation = r.generation;
+                "no old worker is left to fall back on: the new generation's other workers serve on");
+        }
+        for &id in r.new_workers().iter().filter(|_| fallback) {
             if self.workers.get(id).is_some_and(|w| matches!(w.life, Life::Starting { .. } | Life::Soaking { .. })) {
                 self.stop_worker(id, now, out);
             }

@@ -63,6 +63,12 @@ impl Master {
         if let Err(refused) = admission::check_state(self.state()) {
             return self.refuse(by, refused, out);
         }
+        self.take_up_admitted(config, by, canary, now, out);
+    }
+
+    /// A restart request past the state check: the config checks, then
+    /// the probe.
+    pub(super) fn take_up_admitted(&mut self, config: Result<Config, String>, by: Requester, canary: bool, now: Instant, out: &mut Vec<Action>) {
         if let Ok(new) = &config {
             for w in &new.warnings {
                 log::warn!("{}", w);

@@ -161,6 +161,14 @@ impl Rollout {
         &self.new
     }
 
+    /// Is an old worker other than `failed` still serving, one an abort
+    /// can fall back on? None once every old one was replaced or told to
+    /// exit (or died, or is the one that failed): then the new generation
+    /// is the one serving.
+    pub fn old_serving_besides(&self, failed: WorkerId) -> bool {
+        self.serving.iter().any(|&o| o != failed)
+    }
+
     /// How long a new worker soaks after `READY=1` (`minReady`; zero: it
     /// passes at once).
     pub fn soak(&self) -> Duration {

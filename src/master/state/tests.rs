@@ -663,3 +663,4 @@ fn a_resumed_master_answers_and_rolls_over() {
 }
 
 mod safety;
+mod fallback;

@@ -107,10 +107,17 @@ impl Master {
                 Requester::Upgrade
             }
         };
-        if let Some(config) = restart {
-            let ev = Event::Restart { config, by, canary: false };
-            (table::cell(self.phase, ev.kind()).run)(self, ev, now, out);
+        let Some(config) = restart else { return };
+        if self.phase == Phase::Running && self.fleet_short(false) {
+            // The fleet the old image left is short (its respawns were
+            // scheduled by `resume`): the roll-over, which starts the whole
+            // fleet anew, is how it is made whole, so "not ready" does not
+            // hold it back.
+            log::info!(component = "master"; "zero-downtime restart requested ({}): the roll-over makes the short fleet whole", by.via());
+            return self.take_up_admitted(config, by, false, now, out);
         }
+        let ev = Event::Restart { config, by, canary: false };
+        (table::cell(self.phase, ev.kind()).run)(self, ev, now, out);
     }
 
     /// The state machine's part of the hand-over state of an upgrade
@@ -167,7 +174,24 @@ impl Master {
             reason: l.reason.clone(),
             duration_ms: l.duration_ms,
         });
+        m.fill_fleet(now);
         m
+    }
+
+    /// The serving generation kept at `workers` (zdrestart(8), "Upgrading
+    /// the master"): the workers an aborted restart or crashes in a lockout
+    /// left missing are respawned at once, each in a free index, as any
+    /// respawn (the loop wakes up for its deadline, `now`).
+    fn fill_fleet(&mut self, now: Instant) {
+        let generation = self.generation;
+        let live: Vec<u32> = self.workers.iter().filter(|w| !w.asked_to_stop()).map(|w| w.index).collect();
+        let planned: Vec<u32> = self.pending.iter().filter(|p| p.generation == generation).map(|p| p.index).collect();
+        let short = (self.config.workers as usize).saturating_sub(live.len() + planned.len());
+        let free = (0..self.config.workers).filter(|i| !live.contains(i) && !planned.contains(i));
+        for index in free.take(short) {
+            log::warn!(generation = generation, worker = index; "the fleet handed over is short of worker {}: respawning it", index);
+            self.pending.push(Pending { due: now, generation, index });
+        }
     }
 }
 
