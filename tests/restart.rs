@@ -481,9 +481,10 @@ fn keep_fresh_until_sigterm(m: &Master, mut fresh: BTreeMap<i32, Fresh>, within:
 /// README, "What a restart costs": old workers drain in parallel while the
 /// rollout goes on, so a restart takes the rollout plus at most one idle
 /// timeout, not N of them. Each of 4 old workers holds a keep-alive
-/// connection kept fresh until its SIGTERM, after which the worker keeps it
-/// until its idle timeout (6 s): each old worker lives about one idle
-/// timeout after its SIGTERM. In parallel, the rollout waits for none of
+/// connection kept fresh until its SIGTERM (no refresh crosses it:
+/// [`keep_fresh_until_sigterm`]), after which the worker keeps it until its
+/// idle timeout (6 s): each old worker lives one idle timeout after its
+/// SIGTERM. In parallel, the rollout waits for none of
 /// them and the restart for about one; drained one after another, the
 /// rollout (or the restart after it) would take about 4 idle timeouts.
 /// The bounds leave half an idle timeout (and the rollout a whole one) for
