@@ -11,7 +11,9 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -436,44 +438,53 @@ fn default_shutdown_timeout_is_thirty_seconds() {
     assert_eq!(c.workers, 2, "two or more workers is the default");
 }
 
-/// A client that keeps an idle keep-alive connection to one old worker
-/// fresh: a request every 500 ms (pacing, not a wait for a result) until
-/// the master's log says it asked that worker to exit; then it leaves the
-/// connection idle and waits for the worker to close it. Returns whether
-/// the worker closed it, how long after the client's last request, and
-/// whether that last answer already said `Connection: close` (a request
-/// that crossed the SIGTERM: then the close is not an idle timeout's).
-fn keep_fresh_until_sigterm(mut c: KeepAlive, sent: std::time::Instant, pid: i32, log: PathBuf) -> (bool, Duration, bool) {
-    let asked = format!("asking worker {} to exit", pid);
-    let stopped = || parse_log(&log).iter().any(|r| worker_pid_of(r) == Some(pid) && r["msg"].as_str().unwrap_or("").starts_with(&asked));
-    let mut last = sent;
-    loop {
-        // The master logs its SIGTERM before it sends it: no record read
-        // right before a request means no SIGTERM yet (a request can cross
-        // it only in the moment the request travels).
-        if stopped() {
-            let closed = c.closed_within(Duration::from_secs(60));
-            return (closed, last.elapsed(), false);
+/// An idle keep-alive connection to one old worker, and when its last
+/// request was sent.
+type Fresh = (KeepAlive, Instant);
+
+/// Keep each connection of `fresh` (by its worker's pid) fresh, a request
+/// every 500 ms, until the master's log says it asked that worker to exit;
+/// then leave it idle, and a thread waits (60 s at most) for the worker to
+/// close it. No request crosses a SIGTERM: the master is held (stopped) while
+/// the test reads its new log records and sends the requests of the workers
+/// that have no SIGTERM record, and the master logs a SIGTERM before it sends
+/// it. Each thread returns the pid, whether the worker closed the
+/// connection, and how long after its last request.
+fn keep_fresh_until_sigterm(m: &Master, mut fresh: BTreeMap<i32, Fresh>, within: Duration) -> Vec<JoinHandle<(i32, bool, Duration)>> {
+    let mut tail = LogTail::new(m.logfile.as_ref().expect("a log file"));
+    let mut closing = Vec::new();
+    let end = Instant::now() + within;
+    while !fresh.is_empty() {
+        assert!(Instant::now() < end, "old workers {:?} not asked to exit within {:?}", fresh.keys(), within);
+        let held = m.hold();
+        for rec in tail.new_records() {
+            let asked = |pid: &i32| rec["msg"].as_str().unwrap_or("").starts_with(&format!("asking worker {} to exit", pid));
+            let Some(pid) = worker_pid_of(&rec).filter(asked) else { continue };
+            if let Some((mut c, last)) = fresh.remove(&pid) {
+                closing.push(std::thread::spawn(move || (pid, c.closed_within(Duration::from_secs(60)), last.elapsed())));
+            }
         }
-        if std::time::Instant::now() < last + Duration::from_millis(500) {
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
+        for (pid, (c, last)) in fresh.iter_mut().filter(|(_, (_, last))| last.elapsed() >= Duration::from_millis(500)) {
+            *last = Instant::now();
+            match c.get("/healthz") {
+                Ok(r) if r.worker_pid() == Some(*pid) && !r.closes() => {}
+                other => panic!("the fresh connection to worker {} (no SIGTERM yet) failed: {:?}", pid, other.map(|r| (r.worker_pid(), r.closes()))),
+            }
         }
-        last = std::time::Instant::now();
-        match c.get("/healthz") {
-            Ok(r) if r.worker_pid() == Some(pid) && !r.closes() => {}
-            Ok(r) if r.worker_pid() == Some(pid) => return (true, last.elapsed(), true),
-            other => panic!("the fresh connection to worker {} failed: {:?}", pid, other.map(|r| r.status)),
-        }
+        drop(held);
+        // Pacing (the master runs in between), not a wait for a result.
+        std::thread::sleep(Duration::from_millis(100));
     }
+    closing
 }
 
 /// README, "What a restart costs": old workers drain in parallel while the
 /// rollout goes on, so a restart takes the rollout plus at most one idle
 /// timeout, not N of them. Each of 4 old workers holds a keep-alive
-/// connection kept fresh until its SIGTERM, after which the worker keeps it
-/// until its idle timeout (6 s): each old worker lives about one idle
-/// timeout after its SIGTERM. In parallel, the rollout waits for none of
+/// connection kept fresh until its SIGTERM (no refresh crosses it:
+/// [`keep_fresh_until_sigterm`]), after which the worker keeps it until its
+/// idle timeout (6 s): each old worker lives one idle timeout after its
+/// SIGTERM. In parallel, the rollout waits for none of
 /// them and the restart for about one; drained one after another, the
 /// rollout (or the restart after it) would take about 4 idle timeouts.
 /// The bounds leave half an idle timeout (and the rollout a whole one) for
@@ -484,27 +495,20 @@ fn a_restart_takes_the_rollout_plus_one_idle_timeout_not_n() {
     let idle_timeout = Duration::from_secs(6);
     let m = mongo_master(&mongo, json!({"workers": 4, "shutdownTimeout": 60, "params": {"uri": mongo.uri(), "timeout": 2, "idleTimeout": 6}}));
     let workers = m.wait_worker_count(4, T);
-    let mut idle = std::collections::BTreeMap::new();
+    let mut idle = BTreeMap::new();
     for _ in 0..400 {
         if idle.len() == workers.len() {
             break;
         }
         let mut c = KeepAlive::one_connection(m.port);
-        let sent = std::time::Instant::now();
+        let sent = Instant::now();
         let r = c.get("/healthz").unwrap();
         idle.entry(r.worker_pid().unwrap()).or_insert((c, sent));
     }
     assert_eq!(idle.len(), 4, "no connection to every worker: {:?}", idle.keys());
-    let log = m.logfile.clone().unwrap();
-    let clients: Vec<_> = idle
-        .into_iter()
-        .map(|(pid, (c, sent))| {
-            let log = log.clone();
-            std::thread::spawn(move || keep_fresh_until_sigterm(c, sent, pid, log))
-        })
-        .collect();
     let mark = m.mark();
     m.signal(libc::SIGUSR2);
+    let closing = keep_fresh_until_sigterm(&m, idle, Duration::from_secs(120));
     let (_, done) = m.wait_event_after(mark, "restart.complete", Duration::from_secs(120));
     let recs = m.log_records();
     let start = recs[mark..].iter().find(|r| event_of(r) == "restart.start").expect("restart.start");
@@ -517,16 +521,11 @@ fn a_restart_takes_the_rollout_plus_one_idle_timeout_not_n() {
     let rollout = last_ready - time_ms_of(start);
     let total = time_ms_of(&done) - time_ms_of(start);
     eprintln!("restart of 4 workers with a fresh connection each: rollout {} ms, complete after {} ms", rollout, total);
-    let mut kept = 0;
-    for c in clients {
-        let (closed, after, crossed) = c.join().unwrap();
-        assert!(closed, "a connection to an old worker was never closed");
-        if !crossed {
-            kept += 1;
-            assert!(after >= idle_timeout, "a connection was closed {:?} after its last request, before its idle timeout", after);
-        }
+    for c in closing {
+        let (pid, closed, after) = c.join().unwrap();
+        assert!(closed, "the idle connection to old worker {} was never closed", pid);
+        assert!(after >= idle_timeout, "old worker {} closed its idle connection {:?} after its last request, before its idle timeout", pid, after);
     }
-    assert!(kept >= 2, "{} of 4 old workers kept their idle connection after their SIGTERM", kept);
     let idle_ms = idle_timeout.as_millis() as i64;
     assert!(rollout < 2 * idle_ms, "the rollout ({} ms) waited for old workers' idle connections", rollout);
     assert!(total <= rollout + idle_ms + idle_ms / 2, "the restart took {} ms: more than the rollout ({} ms) plus one idle timeout", total, rollout);

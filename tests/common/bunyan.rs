@@ -138,3 +138,48 @@ pub fn time_ms_of(rec: &Value) -> i64 {
     let days = era * 146_097 + doe - 719_468;
     ((days * 24 + n(11, 13)) * 60 + n(14, 16)) * 60_000 + n(17, 19) * 1000 + n(20, 23)
 }
+
+/// Reads a bunyan log file incrementally: each call parses only the records
+/// completed since the last one (a test that polls the log for a record of
+/// its own does not re-read and re-parse the whole file each time).
+pub struct LogTail {
+    path: PathBuf,
+    offset: u64,
+    line: usize,
+}
+
+impl LogTail {
+    /// From the start of the file at `path` (which may not exist yet).
+    pub fn new(path: &Path) -> LogTail {
+        LogTail { path: path.to_path_buf(), offset: 0, line: 0 }
+    }
+
+    /// The records completed since the last call (a trailing line not yet
+    /// terminated by '\n' waits for the next call). Panics as [`parse_log`].
+    pub fn new_records(&mut self) -> Vec<Value> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = match fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => panic!("open log {}: {}", self.path.display(), e),
+        };
+        let mut data = Vec::new();
+        f.seek(SeekFrom::Start(self.offset))
+            .and_then(|_| f.read_to_end(&mut data))
+            .unwrap_or_else(|e| panic!("read log {}: {}", self.path.display(), e));
+        let Some(end) = data.iter().rposition(|b| *b == b'\n') else { return Vec::new() };
+        self.offset += end as u64 + 1;
+        let mut out = Vec::new();
+        for line in data[..end].split(|b| *b == b'\n') {
+            self.line += 1;
+            let text = String::from_utf8_lossy(line);
+            let rec: Value = serde_json::from_slice(line)
+                .unwrap_or_else(|e| panic!("{}:{}: not JSON ({}): {}", self.path.display(), self.line, e, text));
+            if let Err(e) = check_bunyan(&rec) {
+                panic!("{}:{}: not a valid bunyan record: {}: {}", self.path.display(), self.line, e, text);
+            }
+            out.push(rec);
+        }
+        out
+    }
+}

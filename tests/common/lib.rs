@@ -35,7 +35,8 @@
 //! - [`dirs`]: [`TestDir`]; [`ports`]: [`ReservedPort`], [`free_port`], who
 //!   listens on a port; [`wait`]: [`wait_until`];
 //! - [`procfs`]: processes from /proc, signals;
-//! - [`bunyan`]: the log format check, log parsing, the bunyan CLI;
+//! - [`bunyan`]: the log format check, log parsing (whole, or the new
+//!   records only: `LogTail`), the bunyan CLI;
 //! - [`mongo`]: [`Mongo`], a `secantusd-py` server;
 //! - [`master`]: [`Master`] / [`MasterBuilder`], a real `zdrestart` master;
 //! - [`http`]: an HTTP/1.1 client ([`http()`], [`get`], [`KeepAlive`]);

@@ -306,6 +306,18 @@ impl Master {
         assert!(kill(self.pid, sig), "kill({}, {}): {}", self.pid, sig, io::Error::last_os_error());
     }
 
+    /// Stop the master (SIGSTOP) until the returned guard is dropped
+    /// (SIGCONT): once this returns it is stopped (state `T`), so it decides
+    /// and signals nothing, and its log holds every record it wrote before.
+    /// Its workers go on serving. Panics if it is not stopped within 30 s.
+    pub fn hold(&self) -> Held {
+        self.signal(libc::SIGSTOP);
+        let held = Held { pid: self.pid };
+        let stopped = wait_until(Duration::from_secs(30), || proc_stat(self.pid).map(|s| s.state) == Some('T'));
+        assert!(stopped, "the master ({}) not stopped 30 s after SIGSTOP: {:?}", self.pid, proc_stat(self.pid));
+        held
+    }
+
     /// Wait (30 s at most) until the master listens on its port or has
     /// exited; if it exited because another process took the port, start it
     /// again on a new one (module doc).
@@ -610,6 +622,17 @@ impl Master {
 }
 
 use crate::sys::exited_not_reaped;
+
+/// A master held by [`Master::hold`]: SIGCONT when dropped (on a failure too).
+pub struct Held {
+    pid: i32,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        kill(self.pid, libc::SIGCONT);
+    }
+}
 
 impl Drop for Master {
     fn drop(&mut self) {
