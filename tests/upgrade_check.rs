@@ -164,8 +164,9 @@ fn the_master_serves_while_a_slow_check_runs_and_checks_the_state_again() {
     assert!(m.zombies().is_empty(), "{:?}", m.zombies());
 }
 
-/// A check that never answers: refused at its deadline (10 s), the loop
-/// alive throughout, nothing changed, the check child gone.
+/// A check that never answers (README: "with a 10 s timeout"): refused at
+/// its deadline, not before, the loop alive throughout, nothing changed,
+/// the check child gone.
 #[test]
 fn a_check_that_hangs_is_refused_at_its_deadline_and_the_loop_goes_on() {
     let _g = exclusive();
@@ -201,6 +202,8 @@ fn a_check_that_hangs_is_refused_at_its_deadline_and_the_loop_goes_on() {
     assert_eq!(m.pid(), pid);
     assert_eq!(pids(&status(&sock)), workers);
     assert!(m.events("upgrade.exec").is_empty());
+    assert!(m.events("master.upgrade").is_empty());
+    assert_eq!(m.events("upgrade.refused").len(), 1);
     assert!(m.zombies().is_empty(), "{:?}", m.zombies());
 }
 
