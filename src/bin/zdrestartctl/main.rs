@@ -46,8 +46,9 @@ enum Exit {
     /// The restart was aborted, or is refused because an earlier one was:
     /// the workers that serve keep serving, the master is in lockout.
     Aborted = 3,
-    /// Not possible right now: a restart in flight, the master starting,
-    /// too many control clients. Retry later.
+    /// Not possible right now: a restart in flight, a worker of the serving
+    /// generation not ready (starting, respawned, replaced), the master
+    /// starting, too many control clients. Retry later.
     Retry = 4,
     /// No answer within `--timeout` (a restart may still be in progress).
     Timeout = 5,
@@ -61,7 +62,7 @@ fn nack_exit(reason: &str) -> Exit {
     let key = control::reason_key(reason);
     match Reason::from_wire(key) {
         Some(Reason::Aborted | Reason::AbortedRestart) => Exit::Aborted,
-        Some(Reason::InFlight | Reason::Starting | Reason::UpgradeNotPossible) => Exit::Retry,
+        Some(Reason::InFlight | Reason::NotReady | Reason::Starting | Reason::UpgradeNotPossible) => Exit::Retry,
         Some(Reason::Stopping) => Exit::NoMaster,
         None if key == control::wire::NACK_TOO_MANY_CLIENTS => Exit::Retry,
         _ => Exit::Refused,
@@ -163,9 +164,10 @@ Exit status (distinct, for scripts and fleet tools):
   3  aborted: the restart was aborted (or refused as \"aborted restart\"
      after an earlier one): workers that serve keep serving, the master is
      in lockout until it is upgraded (upgrade --wait) or restarted
-  4  not possible right now: a restart in flight, the master starting (its
-     pidfile is locked but its socket is not open yet), an upgrade already
-     under way, too many control clients: retry later
+  4  not possible right now: a restart in flight, a worker of the serving
+     generation not ready (starting, respawned, replaced), the master
+     starting (its pidfile is locked but its socket is not open yet), an
+     upgrade already under way, too many control clients: retry later
   5  timed out: no answer within --timeout (a restart may still be running)
   6  no master: nothing listens on the socket and no master holds the
      pidfile, the master is stopping, or it closed the connection without
@@ -785,7 +787,7 @@ mod tests {
         for r in Reason::ALL {
             let want = match r {
                 Reason::Aborted | Reason::AbortedRestart => Exit::Aborted,
-                Reason::InFlight | Reason::Starting | Reason::UpgradeNotPossible => Exit::Retry,
+                Reason::InFlight | Reason::NotReady | Reason::Starting | Reason::UpgradeNotPossible => Exit::Retry,
                 Reason::Stopping => Exit::NoMaster,
                 _ => Exit::Refused,
             };
