@@ -131,7 +131,7 @@ impl SqliteStore {
         db.busy_timeout(self.timeout).map_err(|e| self.diagnose(&e))?;
         // Opening is lazy: this reads the header (not a database -> corrupt)
         // and, once per file, switches it to WAL (needs write access).
-        let mode: String = db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(|e| self.diagnose(&e))?;
+        let mode = self.switch_to_wal(&db)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(problem(Fault::ReadOnly, format!("cannot switch the journal to WAL (it is {:?})", mode)));
         }
@@ -143,6 +143,31 @@ impl SqliteStore {
         let mut conn = Conn { db, file: self.identity()? };
         self.check_schema(&mut conn.db)?;
         Ok(conn)
+    }
+
+    /// `PRAGMA journal_mode=WAL`, waiting for the lock as the busy handler
+    /// would. SQLite does not call the busy handler there when connections
+    /// that have all read the file each need it to themselves: one of them
+    /// gets SQLITE_BUSY at once. That is what workers (or one worker's
+    /// threads) meet when they first open, together, a file not in WAL yet
+    /// (new, restored from a backup, made by another program); it is no
+    /// reason to answer 503, so the switch is tried again until `timeout`.
+    fn switch_to_wal(&self, db: &Connection) -> Result<String, Problem> {
+        let deadline = Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+                Ok(mode) => return Ok(mode),
+                Err(e) => {
+                    let p = self.diagnose(&e);
+                    if p.fault != Fault::Locked || Instant::now() + pause >= deadline {
+                        return Err(p);
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+            }
+        }
     }
 
     /// (device, inode) of the file at the path now.
@@ -164,7 +189,17 @@ impl SqliteStore {
             let tables = db.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
             Ok((app, ver, tables))
         };
-        let (app, ver, tables) = versions(db).map_err(|e| self.diagnose(&e))?;
+        // The three in one read transaction: one snapshot of the file. Read
+        // one by one, they could straddle another worker's creation of the
+        // schema (application_id still 0, tables already there), and a new
+        // database would be taken for another program's file.
+        let snapshot = |db: &mut Connection| -> rusqlite::Result<(i64, i64, i64)> {
+            let tx = db.transaction()?;
+            let v = versions(&tx)?;
+            tx.commit()?;
+            Ok(v)
+        };
+        let (app, ver, tables) = snapshot(db).map_err(|e| self.diagnose(&e))?;
         if app == 0 && ver == 0 && tables == 0 {
             // New or empty: create the schema, unless another worker did it
             // between our look and our write lock.
@@ -183,7 +218,7 @@ impl SqliteStore {
                 log::info!(file = self.file.as_str(); "database {} created (schema version {})", self.file, SCHEMA_VERSION);
             }
             tx.commit().map_err(|e| self.diagnose(&e))?;
-            return self.check_schema_values(versions(db).map_err(|e| self.diagnose(&e))?);
+            return self.check_schema_values(snapshot(db).map_err(|e| self.diagnose(&e))?);
         }
         self.check_schema_values((app, ver, tables))
     }
@@ -399,6 +434,37 @@ mod tests {
         assert!(!a.delete("t", "x").unwrap());
         assert_eq!(a.health(), Health::Ok);
         a.check().unwrap();
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    /// Workers that first open a new file together: SQLite gives one of
+    /// them SQLITE_BUSY at once, without waiting, when they switch it to
+    /// WAL, and one may look at the file while another creates the schema;
+    /// none of them may answer `locked` or `wrong schema` for that.
+    #[test]
+    fn stores_that_open_a_new_file_at_once_all_succeed() {
+        let d = dir("together");
+        let mut failed = Vec::new();
+        for round in 0..100 {
+            let p = d.join(format!("o{}.db", round));
+            let barrier = Arc::new(std::sync::Barrier::new(3));
+            let threads: Vec<_> = (0..3)
+                .map(|i| {
+                    let (p, barrier) = (p.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        let s = SqliteStore::new(&p, Duration::from_secs(5), Sync::Normal);
+                        barrier.wait();
+                        s.put("t", &i.to_string(), "{}")
+                    })
+                })
+                .collect();
+            for t in threads {
+                if let Err(e) = t.join().unwrap() {
+                    failed.push(format!("round {}: {}", round, e));
+                }
+            }
+        }
+        assert!(failed.is_empty(), "{} of 300 opens failed: {:?}", failed.len(), failed);
         let _ = fs::remove_dir_all(&d);
     }
 
