@@ -508,3 +508,56 @@ fn a_worker_of_the_older_generation_that_dies_after_an_upgrade_is_replaced() {
     assert!(ok, "not back to 2 ready workers: {}\n{}", status(&sock), m.diagnostics());
     assert!(!status_pids(&sock).contains(&before[0]));
 }
+
+/// The chaos soak's case: a restart aborts (its first new worker exits a
+/// second after READY=1) while another new worker, stopped by the abort,
+/// drains for its shutdownTimeout (it ignores SIGTERM), and `upgrade
+/// --wait` ends the lockout meanwhile. The resumed master serves with the
+/// old workers: the roll-over is taken up (before: refused as `not ready`,
+/// the draining worker counted as one of the serving generation) and
+/// completes, and the draining worker's exit is not answered with a
+/// respawn (before: a third worker, of the aborted generation's number).
+#[test]
+fn an_upgrade_while_a_new_worker_of_the_aborted_restart_drains_rolls_over() {
+    let mongo = Mongo::start();
+    let (mut m, _exe, sock) = mongo_master(&mongo);
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), fault_worker_json("first-dies-others-linger.sh"));
+        c.insert("minReady".into(), json!(3));
+    });
+    m.signal(libc::SIGUSR2);
+    m.wait_for_event("master.lockout", T);
+    let st = status(&sock);
+    let draining: Vec<i64> = st["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["generation"] == 2 && w["state"] == "stopping")
+        .map(|w| w["pid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(draining.len(), 1, "a new worker drains after the abort: {}", st);
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), json!([worker_bin().display().to_string()]));
+        c.insert("minReady".into(), json!(0));
+    });
+    let mark = m.mark();
+    let out = ctl(&sock, &["upgrade", "--wait"]);
+    assert_eq!(out.code, 0, "{:?}\n{}", out, m.diagnostics());
+    assert_eq!(out.out, "master upgraded; zero-downtime restart complete\n");
+    // The draining worker ends (SIGKILL at its shutdownTimeout at the latest).
+    let gone = m.wait_for("the draining worker's exit", Duration::from_secs(30), |recs| {
+        recs.iter().skip(mark).find(|r| event_of(r) == "worker.exit" && r["worker_pid"] == draining[0]).cloned()
+    });
+    assert!(gone["msg"].as_str().unwrap().contains("exited as asked"), "{}", gone);
+    let after = m.log_records();
+    let respawns: Vec<&Value> = after[mark..]
+        .iter()
+        .filter(|r| r["msg"].as_str().is_some_and(|s| s.contains("respawning") || s.contains("short of worker")))
+        .collect();
+    assert!(respawns.is_empty(), "nothing is respawned: {:?}", respawns);
+    let st = status(&sock);
+    assert_eq!(st["state"], "running", "{}", st);
+    let workers = st["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "{}", st);
+    assert!(workers.iter().all(|w| w["state"] == "ready" && w["generation"] == 3), "{}", st);
+}

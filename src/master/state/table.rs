@@ -88,7 +88,7 @@ pub fn cell(phase: Phase, kind: Kind) -> Cell {
         (_, K::ReportedError) => c(Master::failure, "SIGTERM it (unless already asked)"),
         (Rolling | Canary, K::NotifyFailure) => c(Master::failure_in_rollout, "not ready yet or soaking: as `ReportedError`; else logged"),
         (_, K::NotifyFailure) => c(Master::failure, "not ready yet: as `ReportedError`; else logged"),
-        (Running | Probing, K::Exited | K::SpawnFailed) => c(Master::gone_respawn, "respawn, as the serving generation (backoff from 0.5 s to 30 s if it lived < 1 s); not a hung worker already replaced; one of an older generation (after an upgrade out of a lockout) only while the fleet is short of `workers`"),
+        (Running | Probing, K::Exited | K::SpawnFailed) => c(Master::gone_respawn, "respawn, as the serving generation (backoff from 0.5 s to 30 s if it lived < 1 s); not a hung worker already replaced, nor one an upgraded master adopted while it was asked to exit; one of an older generation (after an upgrade out of a lockout) only while the fleet is short of `workers`"),
         (Rolling, K::Exited | K::SpawnFailed) => c(Master::gone_in_rollout, "the rollout's `gone`: a new worker (soaking or not): abort, -> Lockout (no old worker left serving: the other new ones serve on); an old one: not respawned"),
         (Canary, K::Exited | K::SpawnFailed) => c(Master::gone_in_canary, "the canary: abort, -> Lockout; an old one: as Running"),
         (Lockout, K::Exited | K::SpawnFailed) => c(Master::gone_in_lockout, "no respawn; last one gone: `Exit(1)`"),

@@ -263,6 +263,11 @@ fn adopted(w: &WorkerSnapshot, config: &Config, now: Instant) -> Worker {
             Life::Ready => timeouts.watchdog.map(|t| now + t),
             _ => None,
         },
-        replaced: false,
+        // One the old image asked to exit is on its way out for good here:
+        // `fill_fleet` counts only the others, and gives its index a
+        // successor if the fleet is short, so its exit is not answered with
+        // a respawn, nor does the serving generation's readiness wait for
+        // it (a new worker an abort stopped carries the serving number).
+        replaced: w.asked_to_stop,
     }
 }

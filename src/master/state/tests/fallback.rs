@@ -162,3 +162,64 @@ fn a_resumed_master_replaces_a_dead_worker_of_the_older_generation() {
     assert_eq!(spawns(&a), 1);
     assert_eq!(r.m.workers().map(|w| (w.pid, w.generation)).collect::<Vec<_>>(), vec![(Some(102), 1), (Some(201), 2)]);
 }
+
+/// Old 101 and 102 serve; new 103 is ready and soaking, 104 starts; 103 is
+/// SIGKILLed: the abort falls back on the old workers and stops 104, which
+/// is still draining when `upgrade --wait` ends the lockout (the chaos
+/// soak's case).
+fn aborted_with_a_new_worker_draining() -> H {
+    let mut h = running(soaked());
+    h.restart(soaked(), false);
+    h.probe_ok();
+    let a = h.ev(Event::Ready { id: id(&h, 103) });
+    assert_eq!(spawns(&a), 1, "104 starts while 103 soaks");
+    let a = h.ev(Event::Exited { id: id(&h, 103), status: ExitStatus::Signal(9) });
+    assert_eq!(h.m.state(), MasterState::Lockout);
+    assert_eq!(h.terms(&a), vec![104]);
+    assert_eq!(live(&h), vec![101, 102]);
+    h
+}
+
+/// The resumed master serves with the old workers: the aborted
+/// generation's worker still draining is on its way out for good. It does
+/// not make the master "not ready", and its exit is not answered with a
+/// respawn (before: a third worker, of the aborted generation's number).
+#[test]
+fn a_new_worker_draining_after_an_abort_is_gone_for_good_in_the_resumed_master() {
+    let h = aborted_with_a_new_worker_draining();
+    let snap = h.m.snapshot(h.now, fds).unwrap();
+    let mut r = H { m: Master::resume(h.m.config.clone(), &snap, h.now), now: h.now, t0: h.t0, next_pid: 200 };
+    assert_eq!(r.m.next_deadline().filter(|&d| d <= r.now), None, "a whole fleet: nothing to respawn");
+    r.ev(Event::Resumed { client: Some(1), wait: false, restart: None });
+    assert_eq!(r.m.state(), MasterState::Running);
+    r.now += Duration::from_secs(2);
+    let a = r.ev(Event::Exited { id: id(&r, 104), status: ExitStatus::Code(0) });
+    assert_eq!(spawns(&a), 0, "104 was asked to exit for good");
+    assert_eq!(live(&r), vec![101, 102]);
+    assert_eq!(r.advance(Duration::from_secs(1)).len(), 0, "and no respawn is due later");
+}
+
+/// `upgrade --wait` from that lockout: the roll-over is taken up, not
+/// refused as `not ready`, and completes with the fleet at `workers`.
+#[test]
+fn the_roll_over_after_an_abort_with_a_new_worker_draining_is_taken_up() {
+    let h = aborted_with_a_new_worker_draining();
+    let snap = h.m.snapshot(h.now, fds).unwrap();
+    let mut r = H { m: Master::resume(h.m.config.clone(), &snap, h.now), now: h.now, t0: h.t0, next_pid: 200 };
+    let a = r.ev(Event::Resumed { client: Some(1), wait: true, restart: Some(Ok(soaked())) });
+    assert!(replies(&a).is_empty(), "{:?}", replies(&a));
+    assert_eq!(r.m.phase(), Phase::Probing);
+    r.probe_ok();
+    assert_eq!(r.m.phase(), Phase::Rolling);
+    r.ev(Event::Exited { id: id(&r, 104), status: ExitStatus::Code(0) });
+    for _ in 0..2 {
+        r.ready_all();
+        r.advance(Duration::from_secs(5));
+    }
+    for pid in [101, 102] {
+        r.ev(Event::Exited { id: id(&r, pid), status: ExitStatus::Code(0) });
+    }
+    assert_eq!(r.m.state(), MasterState::Running);
+    assert_eq!(r.m.workers().filter(|w| w.life == Life::Ready).count(), 2);
+    assert_eq!(r.m.workers().count(), 2);
+}
