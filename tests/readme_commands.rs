@@ -8,7 +8,10 @@
 //! install -y PKGS` checks that the packages are installed (scripts/test
 //! installs the same ones), `cargo build --release` checks that the binaries
 //! are there (the ones built for this run), the master run in the foreground
-//! in "a first terminal" runs in the background until its port answers, and
+//! in "a first terminal" runs in the background until its port answers and
+//! `zdrestartctl status` says `running` (every worker ready: what a second
+//! terminal opened a moment later sees; a worker may still be starting
+//! when the first one answers), and
 //! the example's port 8080 is a free port. The master is stopped (SIGTERM,
 //! then its process group SIGKILLed) at the end, also when the script fails.
 
@@ -60,7 +63,9 @@ fn strip_comment(l: &str) -> &str {
 /// The script for bash: each README line, or what stands in for it.
 fn script(blocks: &[Vec<String>], port: u16) -> String {
     let mut s = String::from("set -euo pipefail\n");
-    s += "wait_port() { for i in $(seq 600); do curl -sf -o /dev/null localhost:PORT/healthz && return 0; sleep 0.1; done; echo 'master not serving' >&2; return 1; }\n";
+    s += "wait_port() { for i in $(seq 600); do curl -sf -o /dev/null localhost:PORT/healthz && \
+          target/release/zdrestartctl status --json 2>/dev/null | grep -q '\"state\":\"running\"' && return 0; sleep 0.1; done; \
+          echo 'master not serving' >&2; return 1; }\n";
     let mut masters = 0;
     for line in blocks.iter().flatten() {
         if let Some(pkgs) = line.strip_prefix("apt-get install -y ") {
