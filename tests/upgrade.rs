@@ -82,6 +82,26 @@ fn mongo_master(mongo: &Mongo) -> (Master, PathBuf, PathBuf) {
     start(Master::for_test().merge(json!({"driver": "mongodb", "params": {"uri": mongo.uri(), "timeout": DB_TIMEOUT}, "threads": 8, "shutdownTimeout": 10})))
 }
 
+/// A broken deploy: the worker becomes the fault worker `script` (and the
+/// config gets the keys of `extra`), SIGUSR2, the restart aborts and the
+/// master locks out. Its `master.lockout` record.
+fn lock_out(m: &mut Master, script: &str, extra: Value) -> Value {
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), fault_worker_json(script));
+        c.extend(extra.as_object().cloned().unwrap_or_default());
+    });
+    m.signal(libc::SIGUSR2);
+    m.wait_for_event("master.lockout", T)
+}
+
+/// The operator's fix: the real worker again (and the keys of `extra`).
+fn fix_worker(m: &mut Master, extra: Value) {
+    m.rewrite_config(|c| {
+        c.insert("worker".into(), json!([worker_bin().display().to_string()]));
+        c.extend(extra.as_object().cloned().unwrap_or_default());
+    });
+}
+
 fn report(what: &str, s: &load::Stats) {
     let ok = s.samples.iter().filter(|x| x.ok).count();
     eprintln!("{}: {} requests, {} ok, {} failed, {} keep-alive retries, {} worker pids answered",
@@ -308,20 +328,13 @@ fn upgrade_ends_a_lockout_without_a_failed_request() {
     let (mut m, _exe, sock) = mongo_master(&mongo);
     let pid = m.pid();
     let load = Load::start(m.port, SPEC);
-    // A broken deploy: the restart aborts, the master locks out.
-    m.rewrite_config(|c| {
-        c.insert("worker".into(), fault_worker_json("die-at-start.sh"));
-    });
-    m.signal(libc::SIGUSR2);
-    let lockout = m.wait_for_event("master.lockout", T);
+    let lockout = lock_out(&mut m, "die-at-start.sh", json!({}));
     assert!(lockout["msg"].as_str().unwrap().contains("zdrestartctl upgrade --wait"), "{}", lockout);
     assert_eq!(status(&sock)["state"], "lockout");
     assert_eq!(ask(&sock, "RESTART"), "NACK aborted restart");
     let serving = status_pids(&sock);
     // The operator fixes the code and upgrades: a fresh state, every worker new.
-    m.rewrite_config(|c| {
-        c.insert("worker".into(), json!([worker_bin().display().to_string()]));
-    });
+    fix_worker(&mut m, json!({}));
     let out = ctl(&sock, &["upgrade", "--wait"]);
     assert_eq!(out.code, 0, "{:?}\n{}", out, m.diagnostics());
     assert_eq!(out.out, "master upgraded; zero-downtime restart complete\n");
@@ -485,14 +498,8 @@ fn the_executable_is_resolved_at_start_logged_and_run_by_the_upgrade() {
 fn a_worker_of_the_older_generation_that_dies_after_an_upgrade_is_replaced() {
     let mongo = Mongo::start();
     let (mut m, _exe, sock) = mongo_master(&mongo);
-    m.rewrite_config(|c| {
-        c.insert("worker".into(), fault_worker_json("die-at-start.sh"));
-    });
-    m.signal(libc::SIGUSR2);
-    m.wait_for_event("master.lockout", T);
-    m.rewrite_config(|c| {
-        c.insert("worker".into(), json!([worker_bin().display().to_string()]));
-    });
+    lock_out(&mut m, "die-at-start.sh", json!({}));
+    fix_worker(&mut m, json!({}));
     let out = ctl(&sock, &["upgrade", "--wait", "--no-restart"]);
     assert_eq!(out.code, 0, "{:?}\n{}", out, m.diagnostics());
     let before = status_pids(&sock);
@@ -521,12 +528,7 @@ fn a_worker_of_the_older_generation_that_dies_after_an_upgrade_is_replaced() {
 fn an_upgrade_while_a_new_worker_of_the_aborted_restart_drains_rolls_over() {
     let mongo = Mongo::start();
     let (mut m, _exe, sock) = mongo_master(&mongo);
-    m.rewrite_config(|c| {
-        c.insert("worker".into(), fault_worker_json("first-dies-others-linger.sh"));
-        c.insert("minReady".into(), json!(3));
-    });
-    m.signal(libc::SIGUSR2);
-    m.wait_for_event("master.lockout", T);
+    lock_out(&mut m, "first-dies-others-linger.sh", json!({"minReady": 3}));
     let st = status(&sock);
     let draining: Vec<i64> = st["workers"]
         .as_array()
@@ -536,10 +538,7 @@ fn an_upgrade_while_a_new_worker_of_the_aborted_restart_drains_rolls_over() {
         .map(|w| w["pid"].as_i64().unwrap())
         .collect();
     assert_eq!(draining.len(), 1, "a new worker drains after the abort: {}", st);
-    m.rewrite_config(|c| {
-        c.insert("worker".into(), json!([worker_bin().display().to_string()]));
-        c.insert("minReady".into(), json!(0));
-    });
+    fix_worker(&mut m, json!({"minReady": 0}));
     let mark = m.mark();
     let out = ctl(&sock, &["upgrade", "--wait"]);
     assert_eq!(out.code, 0, "{:?}\n{}", out, m.diagnostics());

@@ -204,14 +204,9 @@ fn two_workers_that_start_together_on_a_new_file_answer_every_request() {
     let dir = TestDir::for_test();
     let mut failed = Vec::new();
     for round in 0..100 {
-        let db = dir.join(format!("new{}.db", round));
-        let config = dir.join(format!("w{}.json", round));
         let reserved = ReservedPort::new();
         let port = reserved.port();
-        let mut cfg = sqlite_cfg(&db);
-        cfg["address"] = json!("127.0.0.1");
-        cfg["port"] = json!(port);
-        std::fs::write(&config, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let config = worker_config(&dir, &format!("w{}", round), port, sqlite_cfg(&dir.join(format!("new{}.db", round))));
         let listener = reserved.listener();
         let second = listener.try_clone().unwrap();
         // The requests wait in the listener's queue before either worker runs.

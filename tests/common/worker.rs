@@ -139,18 +139,25 @@ pub fn start_worker(dir: &TestDir, name: &str, extra: Value) -> HandWorker {
     start_worker_with_env(dir, name, extra, &[])
 }
 
-/// [`start_worker`] with extra environment for the worker.
-pub fn start_worker_with_env(dir: &TestDir, name: &str, extra: Value, env: &[(&str, &str)]) -> HandWorker {
-    let reserved = ReservedPort::new();
-    let port = reserved.port();
+/// Write `<dir>/<name>.json` for a worker run by hand: `{"address":
+/// "127.0.0.1", "port": <port>}` plus the keys of `extra` (a JSON object).
+pub fn worker_config(dir: &TestDir, name: &str, port: u16, extra: Value) -> PathBuf {
     let mut cfg = Map::new();
     cfg.insert("address".into(), json!("127.0.0.1"));
     cfg.insert("port".into(), json!(port));
-    for (k, v) in extra.as_object().expect("start_worker: extra must be a JSON object") {
+    for (k, v) in extra.as_object().expect("worker_config: extra must be a JSON object") {
         cfg.insert(k.clone(), v.clone());
     }
     let config = dir.join(format!("{}.json", name));
     fs::write(&config, serde_json::to_vec_pretty(&Value::Object(cfg)).unwrap()).unwrap();
+    config
+}
+
+/// [`start_worker`] with extra environment for the worker.
+pub fn start_worker_with_env(dir: &TestDir, name: &str, extra: Value, env: &[(&str, &str)]) -> HandWorker {
+    let reserved = ReservedPort::new();
+    let port = reserved.port();
+    let config = worker_config(dir, name, port, extra);
     let mut proc = spawn_worker_on(reserved.listener(), &config, &dir.join(format!("{}.log", name)), env);
     let serving = wait_until(Duration::from_secs(15), || {
         proc.alive() && matches!(http_with(port, "GET", "/healthz", None, &[], Duration::from_secs(2)), Ok(r) if r.status == 200)

@@ -22,6 +22,23 @@ fn fds(id: WorkerId) -> Option<WorkerFds> {
     Some(WorkerFds { control: id.0 as i32 + 1000, ..Default::default() })
 }
 
+/// The master of the new image after an upgrade of `h` (its new workers'
+/// pids from 201).
+fn resumed(h: &H) -> H {
+    let snap = h.m.snapshot(h.now, fds).unwrap();
+    H { m: Master::resume(h.m.config.clone(), &snap, h.now), now: h.now, t0: h.t0, next_pid: 200 }
+}
+
+/// `upgrade --wait` (a roll-over) on the resumed master `r`: taken up, no
+/// answer yet; its probe passes and it rolls.
+fn roll_over_taken_up(r: &mut H) {
+    let a = r.ev(Event::Resumed { client: Some(1), wait: true, restart: Some(Ok(soaked())) });
+    assert!(replies(&a).is_empty(), "{:?}", replies(&a));
+    assert_eq!(r.m.phase(), Phase::Probing);
+    r.probe_ok();
+    assert_eq!(r.m.phase(), Phase::Rolling);
+}
+
 /// Old 101 and 102; new 103 passes its soak, 104 starts; old 101 dies
 /// during the rollout (`old_dies`: not respawned) or serves on.
 fn one_passed(old_dies: bool) -> H {
@@ -103,8 +120,7 @@ fn a_master_resumed_from_a_lockout_makes_its_fleet_whole() {
     h.ev(Event::Exited { id: id(&h, 103), status: ExitStatus::Signal(9) });
     h.ev(Event::Exited { id: id(&h, 104), status: ExitStatus::Signal(9) });
     assert_eq!(h.m.state(), MasterState::Lockout);
-    let snap = h.m.snapshot(h.now, fds).unwrap();
-    let mut r = H { m: Master::resume(h.m.config.clone(), &snap, h.now), now: h.now, t0: h.t0, next_pid: 200 };
+    let mut r = resumed(&h);
     assert_eq!(r.m.next_deadline(), Some(r.now), "the respawns are due now");
     let a = r.ev(Event::Resumed { client: Some(1), wait: false, restart: None });
     assert!(replies(&a)[0].starts_with("ACK upgraded"), "{:?}", replies(&a));
@@ -128,13 +144,8 @@ fn a_short_fleet_is_rolled_over_not_refused() {
     let mut h = one_passed(true);
     h.ev(Event::Exited { id: id(&h, 103), status: ExitStatus::Signal(9) });
     h.ev(Event::Exited { id: id(&h, 104), status: ExitStatus::Signal(9) });
-    let snap = h.m.snapshot(h.now, fds).unwrap();
-    let mut r = H { m: Master::resume(h.m.config.clone(), &snap, h.now), now: h.now, t0: h.t0, next_pid: 200 };
-    let a = r.ev(Event::Resumed { client: Some(1), wait: true, restart: Some(Ok(soaked())) });
-    assert!(replies(&a).is_empty(), "{:?}", replies(&a));
-    assert_eq!(r.m.phase(), Phase::Probing);
-    r.probe_ok();
-    assert_eq!(r.m.phase(), Phase::Rolling);
+    let mut r = resumed(&h);
+    roll_over_taken_up(&mut r);
     r.ev(Event::Exited { id: id(&r, 102), status: ExitStatus::Code(0) });
     for _ in 0..2 {
         r.ready_all();
@@ -154,8 +165,7 @@ fn a_resumed_master_replaces_a_dead_worker_of_the_older_generation() {
     h.probe_ok();
     h.ev(Event::Exited { id: id(&h, 103), status: ExitStatus::Code(1) });
     assert_eq!(h.m.state(), MasterState::Lockout);
-    let snap = h.m.snapshot(h.now, fds).unwrap();
-    let mut r = H { m: Master::resume(h.m.config.clone(), &snap, h.now), now: h.now, t0: h.t0, next_pid: 200 };
+    let mut r = resumed(&h);
     assert_eq!(r.m.next_deadline(), None, "a whole fleet: nothing to respawn");
     r.now += Duration::from_secs(5);
     let a = r.ev(Event::Exited { id: id(&r, 101), status: ExitStatus::Signal(9) });
@@ -187,8 +197,7 @@ fn aborted_with_a_new_worker_draining() -> H {
 #[test]
 fn a_new_worker_draining_after_an_abort_is_gone_for_good_in_the_resumed_master() {
     let h = aborted_with_a_new_worker_draining();
-    let snap = h.m.snapshot(h.now, fds).unwrap();
-    let mut r = H { m: Master::resume(h.m.config.clone(), &snap, h.now), now: h.now, t0: h.t0, next_pid: 200 };
+    let mut r = resumed(&h);
     assert_eq!(r.m.next_deadline().filter(|&d| d <= r.now), None, "a whole fleet: nothing to respawn");
     r.ev(Event::Resumed { client: Some(1), wait: false, restart: None });
     assert_eq!(r.m.state(), MasterState::Running);
@@ -204,13 +213,8 @@ fn a_new_worker_draining_after_an_abort_is_gone_for_good_in_the_resumed_master()
 #[test]
 fn the_roll_over_after_an_abort_with_a_new_worker_draining_is_taken_up() {
     let h = aborted_with_a_new_worker_draining();
-    let snap = h.m.snapshot(h.now, fds).unwrap();
-    let mut r = H { m: Master::resume(h.m.config.clone(), &snap, h.now), now: h.now, t0: h.t0, next_pid: 200 };
-    let a = r.ev(Event::Resumed { client: Some(1), wait: true, restart: Some(Ok(soaked())) });
-    assert!(replies(&a).is_empty(), "{:?}", replies(&a));
-    assert_eq!(r.m.phase(), Phase::Probing);
-    r.probe_ok();
-    assert_eq!(r.m.phase(), Phase::Rolling);
+    let mut r = resumed(&h);
+    roll_over_taken_up(&mut r);
     r.ev(Event::Exited { id: id(&r, 104), status: ExitStatus::Code(0) });
     for _ in 0..2 {
         r.ready_all();
